@@ -1,0 +1,1 @@
+"""One module per paper experiment: published settings as defaults, run, report."""

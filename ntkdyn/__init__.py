@@ -1,0 +1,47 @@
+"""ntkdyn: gradient starvation and Spectral Decoupling in JAX.
+
+The public API is re-exported here; each module holds one idea (see the module docstrings).
+Theory entry points follow the input dtype: enable ``jax_enable_x64`` for float64 where the theory
+needs it (the CLI does so for its theory commands).
+"""
+
+__version__ = "0.1.0"
+
+# Feature systems and losses
+from ntkdyn.systems import (
+    FeatureSystem,
+    feature_system,
+    random_orthonormal,
+    random_system,
+    rotation_matrix,
+    rotation_system,
+    system_from_matrix,
+)
+from ntkdyn.losses import (
+    GroupDROState,
+    binary_cross_entropy,
+    class_conditional_sd_penalty,
+    group_dro_init,
+    group_dro_update,
+    irm_penalty,
+    logistic_loss,
+    sd_penalty,
+    to_signed,
+    vrex_penalty,
+)
+from ntkdyn.runs import RunDir, atomic_write_json, atomic_write_text
+
+# Theory: dynamics and fixed points
+# (dynamics.py, fixed_points.py)
+
+# Tangent features, empirical NTK, spectrum, linearized model
+# (tangent.py, linearized.py)
+
+# Models
+# (models/)
+
+__all__ = sorted(
+    name
+    for name, obj in dict(globals()).items()
+    if not name.startswith("_") and not getattr(obj, "__file__", None) and name not in {"annotations"}
+)

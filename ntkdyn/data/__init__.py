@@ -1,0 +1,1 @@
+"""Datasets: two moons, MNIST (files, download, embedded subset), Colored MNIST, CelebA."""

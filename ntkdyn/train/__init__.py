@@ -1,0 +1,1 @@
+"""Training loops (vmapped seeds, sharding), checkpoints and metrics."""
