@@ -40,6 +40,9 @@ from ntkdyn.runs import RunDir, atomic_write_json, atomic_write_text
 # Models
 # (models/)
 
+# Data: MNIST and Colored MNIST
+from ntkdyn.data.mnist import MNIST, download_mnist, load_mnist
+
 __all__ = sorted(
     name
     for name, obj in dict(globals()).items()
