@@ -39,6 +39,8 @@ from ntkdyn.runs import RunDir, atomic_write_json, atomic_write_text
 
 # Models
 # (models/)
+from ntkdyn.models.cnn import CNN, init_cnn
+from ntkdyn.models.mlp import MLP, DenseApply, ModuleApply, he_normal, init_mlp, pure, xavier_uniform
 
 # Data: MNIST and Colored MNIST
 from ntkdyn.data.mnist import MNIST, download_mnist, load_mnist

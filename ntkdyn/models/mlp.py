@@ -1,0 +1,278 @@
+"""Fully connected networks (Flax NNX) and the pure ``(apply_fn, params)`` view of any NNX module.
+
+The theory sees a network only as a pure function ``apply_fn(params, x)`` over a params PyTree
+(Pezeshki et al. 2021, Sec. 2: the tangent features Φ = ∇_θ f(X; θ₀)). This module provides
+
+* :class:`MLP`: x ↦ W_L φ(… φ(W_1 x + b_1) …) + b_L with optional batch norm and dropout (NNX
+  train/eval modes via ``model.train()`` / ``model.eval()``);
+* :func:`pure`: any NNX module → ``(apply_fn, params)`` in eval mode, ``params`` the
+  :class:`flax.nnx.Param` state and everything else (batch statistics, RNG counters) closed over;
+* :class:`DenseApply`: the pure forward pass of a dense network whose layers can be read from the
+  params, which the structured empirical NTK (:class:`ntkdyn.NTKMethod`) recognises;
+* :func:`init_mlp`: key → ``(apply_fn, params)``, cheap and functional, so seeds are batched with
+  ``jax.vmap``::
+
+      apply_fn, _ = init_mlp(keys[0], 2, [500])
+      params = jax.vmap(lambda k: init_mlp(k, 2, [500])[1])(keys)   # stacked over seeds
+      logits = jax.vmap(apply_fn, in_axes=(0, None))(params, x)      # (seeds, n, 1)
+
+  To train a stateful model, split once (``graphdef, params, rest = nnx.split(model, nnx.Param,
+  ...)``), update ``params`` functionally and ``nnx.update(model, params)`` at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, PRNGKeyArray
+
+__all__ = ["MLP", "DenseApply", "ModuleApply", "pure", "init_mlp", "he_normal", "xavier_uniform"]
+
+Initializer = Callable[..., Array]
+
+he_normal: Initializer = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+"""He (Kaiming) normal initializer, Var(W) = 2 / fan_in (truncated normal)."""
+
+xavier_uniform: Initializer = nnx.initializers.xavier_uniform()
+"""Xavier (Glorot) uniform initializer, U(±√(6 / (fan_in + fan_out))) (the Colored MNIST setting)."""
+
+
+def _flatten_input(x: Array, in_features: int) -> Array:
+    x = jnp.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(
+            f"x: expected a batch of inputs shaped (n, ...) with {in_features} features per example, "
+            f"got shape {x.shape}; add a leading batch axis (x[None]) for a single example"
+        )
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] != in_features:
+        raise ValueError(
+            f"x: each example has {flat.shape[1]} features (shape {x.shape}) but the network expects "
+            f"in_features={in_features}"
+        )
+    return flat
+
+
+class MLP(nnx.Module):
+    """A fully connected network in_features → hidden[0] → … → hidden[-1] → out_features.
+
+    Each hidden layer is Linear → (BatchNorm) → activation → (Dropout); the last layer is linear.
+    Dropout and batch norm follow NNX modes: ``model.train()`` (stochastic dropout, batch statistics)
+    and ``model.eval()`` (identity dropout, running statistics).
+
+    Args:
+        in_features: number of input features (trailing input dims are flattened).
+        hidden: widths of the hidden layers (may be empty: a linear model).
+        out_features: number of outputs (1 for a binary logit).
+        rngs: :class:`flax.nnx.Rngs` with a ``params`` stream (and ``dropout`` if dropout is used;
+            ``nnx.Rngs(key)`` provides both).
+        activation: elementwise nonlinearity φ (default ReLU).
+        kernel_init: weight initializer (default LeCun normal, Var(W) = 1/fan_in, Flax's default;
+            pass :data:`he_normal` or :data:`xavier_uniform` for the other common choices).
+        bias_init: bias initializer (default zeros).
+        dropout_rate: dropout probability after each hidden activation (0 disables it).
+        batch_norm: add batch normalisation before each hidden activation.
+        dtype: parameter dtype (default float32).
+
+    Raises:
+        ValueError: naming ``in_features``, ``hidden``, ``out_features`` or ``dropout_rate`` when
+            out of range.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        out_features: int = 1,
+        *,
+        rngs: nnx.Rngs,
+        activation: Callable[[Array], Array] = jax.nn.relu,
+        kernel_init: Initializer | None = None,
+        bias_init: Initializer = nnx.initializers.zeros_init(),
+        dropout_rate: float = 0.0,
+        batch_norm: bool = False,
+        dtype: Any = jnp.float32,
+    ):
+        hidden = [int(h) for h in hidden]
+        if int(in_features) < 1:
+            raise ValueError(f"in_features: must be >= 1, got {in_features}")
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"hidden: every width must be >= 1, got {hidden}")
+        if int(out_features) < 1:
+            raise ValueError(f"out_features: must be >= 1, got {out_features}")
+        if not 0.0 <= float(dropout_rate) < 1.0:
+            raise ValueError(f"dropout_rate: must be in [0, 1), got {dropout_rate}")
+        kernel_init = nnx.initializers.lecun_normal() if kernel_init is None else kernel_init
+        dims = [int(in_features), *hidden, int(out_features)]
+        self.in_features = dims[0]
+        self.out_features = dims[-1]
+        self.activation = activation
+        self.linears = nnx.List(
+            [
+                nnx.Linear(a, b, kernel_init=kernel_init, bias_init=bias_init, param_dtype=dtype, rngs=rngs)
+                for a, b in zip(dims[:-1], dims[1:], strict=True)
+            ]
+        )
+        self.norms = nnx.List([nnx.BatchNorm(h, param_dtype=dtype, rngs=rngs) for h in hidden]) if batch_norm else None
+        self.dropout = nnx.Dropout(float(dropout_rate), rngs=rngs) if dropout_rate > 0 else None
+
+    def __call__(self, x: Float[Array, "n ..."]) -> Float[Array, "n out"]:
+        """Forward pass; ``x`` is (n, ...) with in_features values per example; returns (n, out)."""
+        h = _flatten_input(x, self.in_features)
+        for i, linear in enumerate(self.linears[:-1]):
+            h = linear(h)
+            if self.norms is not None:
+                h = self.norms[i](h)
+            h = self.activation(h)
+            if self.dropout is not None:
+                h = self.dropout(h)
+        return self.linears[-1](h)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModuleApply:
+    """Pure forward pass of an NNX module: ``apply_fn(params, x) = merge(graphdef, params, rest)(x)``.
+
+    Attributes:
+        graphdef: the module's static structure (``nnx.split``).
+        rest: non-parameter state (batch statistics, RNG state), closed over and never updated.
+    """
+
+    graphdef: Any
+    rest: Any
+
+    def __call__(self, params, x):
+        return nnx.merge(self.graphdef, params, self.rest)(x)
+
+
+def _linear_layers(params) -> list[tuple[Array, Array | None]]:
+    """(kernel, bias) of each layer of a dense params PyTree, in order.
+
+    Recognises the :class:`MLP` Param state (``params['linears'][i]['kernel'|'bias']``), a sequence of
+    ``{'kernel': W, 'bias': b}`` dicts, or a sequence of ``(W, b)`` pairs (b may be ``None``);
+    kernels are (fan_in, fan_out).
+    """
+    if isinstance(params, nnx.State) or (isinstance(params, dict) and "linears" in params):
+        layers = params["linears"]
+        layers = [layers[i] for i in sorted(layers.keys())] if not isinstance(layers, (list, tuple)) else layers
+    else:
+        layers = params
+    if not isinstance(layers, (list, tuple)):
+        raise ValueError(
+            f"params: expected a dense network's layers (MLP params, a list of {{'kernel', 'bias'}} dicts "
+            f"or a list of (W, b) pairs), got {type(params).__name__}"
+        )
+    out = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (tuple, list)):
+            W, b = layer
+        elif isinstance(layer, (dict, nnx.State)) and "kernel" in layer:
+            W, b = layer["kernel"], (layer["bias"] if "bias" in layer else None)
+        else:
+            raise ValueError(
+                f"params: layer {i} is a {type(layer).__name__}, not a {{'kernel', 'bias'}} dict or a (W, b) pair"
+            )
+        W = W[...] if isinstance(W, nnx.Variable) else jnp.asarray(W)
+        if b is not None:
+            b = b[...] if isinstance(b, nnx.Variable) else jnp.asarray(b)
+        if W.ndim != 2:
+            raise ValueError(f"params: layer {i} kernel must be 2-D (fan_in, fan_out), got shape {W.shape}")
+        out.append((W, b))
+    for i in range(1, len(out)):
+        if out[i][0].shape[0] != out[i - 1][0].shape[1]:
+            raise ValueError(
+                f"params: layer {i} kernel has fan_in {out[i][0].shape[0]} but layer {i - 1} has fan_out "
+                f"{out[i - 1][0].shape[1]}"
+            )
+    return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DenseApply:
+    """Pure forward pass of a dense network f(x) = W_Lᵀ φ(… φ(W_1ᵀ x + b_1) …) + b_L.
+
+    ``apply_fn(params, x)`` with ``params`` the :class:`MLP` Param state, a list of
+    ``{'kernel': W, 'bias': b}`` dicts or a list of ``(W, b)`` pairs (kernels (fan_in, fan_out),
+    biases optional). Trailing input dims are flattened. This is the form the structured empirical
+    NTK recognises (``NTKMethod.STRUCTURED``), which needs the layers and φ explicitly.
+
+    Attributes:
+        activation: the elementwise nonlinearity φ applied after every layer but the last.
+    """
+
+    activation: Callable[[Array], Array] = jax.nn.relu
+
+    def layers(self, params) -> list[tuple[Array, Array | None]]:
+        """The (kernel, bias) pairs of ``params`` in order (bias ``None`` when absent).
+
+        Raises:
+            ValueError: naming ``params`` if it is not a dense network's layers.
+        """
+        return _linear_layers(params)
+
+    def __call__(self, params, x: Float[Array, "n ..."]) -> Float[Array, "n out"]:
+        layers = self.layers(params)
+        h = _flatten_input(x, layers[0][0].shape[0])
+        for i, (W, b) in enumerate(layers):
+            h = h @ W
+            if b is not None:
+                h = h + b
+            if i < len(layers) - 1:
+                h = self.activation(h)
+        return h
+
+
+def pure(module: nnx.Module) -> tuple[Callable, Any]:
+    """The pure eval-mode view ``(apply_fn, params)`` of an NNX module.
+
+    ``params`` is the module's :class:`flax.nnx.Param` state; everything else (batch statistics,
+    dropout RNG state) is closed over and frozen. ``apply_fn(params, x)`` is a pure function usable
+    with ``jit``, ``vmap`` and ``grad``; the module itself is not modified (a copy is put in eval
+    mode). An :class:`MLP` without batch norm gets a :class:`DenseApply` (the same function, in the
+    form the structured NTK recognises); any other module gets a :class:`ModuleApply`.
+
+    Args:
+        module: any Flax NNX module.
+
+    Returns:
+        ``(apply_fn, params)``.
+
+    Raises:
+        ValueError: naming ``module`` if it is not an NNX module.
+    """
+    if not isinstance(module, nnx.Module):
+        raise ValueError(f"module: expected a flax.nnx.Module, got {type(module).__name__}")
+    m = nnx.clone(module)
+    m.eval()
+    graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+    if isinstance(m, MLP) and m.norms is None:
+        return DenseApply(m.activation), params
+    return ModuleApply(graphdef, rest), params
+
+
+def init_mlp(
+    key: PRNGKeyArray,
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int = 1,
+    **kwargs,
+) -> tuple[Callable, Any]:
+    """Initialise an :class:`MLP` from a key and return its pure view ``(apply_fn, params)``.
+
+    Functional and cheap, so ``jax.vmap(lambda k: init_mlp(k, ...)[1])(keys)`` stacks the params of
+    many seeds (``apply_fn`` does not depend on the key).
+
+    Args:
+        key: PRNG key for the weights (and the dropout stream).
+        in_features, hidden, out_features: the architecture (see :class:`MLP`).
+        **kwargs: further :class:`MLP` keyword arguments (activation, kernel_init, dropout_rate, ...).
+
+    Returns:
+        ``(apply_fn, params)`` as from :func:`pure`.
+    """
+    return pure(MLP(in_features, hidden, out_features, rngs=nnx.Rngs(key), **kwargs))
