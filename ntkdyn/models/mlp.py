@@ -35,11 +35,36 @@ __all__ = ["MLP", "DenseApply", "ModuleApply", "pure", "init_mlp", "he_normal", 
 
 Initializer = Callable[..., Array]
 
-he_normal: Initializer = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
-"""He (Kaiming) normal initializer, Var(W) = 2 / fan_in (truncated normal)."""
+_he_normal = nnx.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+_xavier_uniform = nnx.initializers.xavier_uniform()
 
-xavier_uniform: Initializer = nnx.initializers.xavier_uniform()
-"""Xavier (Glorot) uniform initializer, U(±√(6 / (fan_in + fan_out))) (the Colored MNIST setting)."""
+
+def he_normal(key: PRNGKeyArray, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    """He (Kaiming) initializer: truncated normal with Var(W) = 2 / fan_in (fan_in = shape[-2]).
+
+    Args:
+        key: PRNG key.
+        shape: kernel shape (..., fan_in, fan_out).
+        dtype: output dtype.
+
+    Returns:
+        The initial kernel.
+    """
+    return _he_normal(key, shape, dtype)
+
+
+def xavier_uniform(key: PRNGKeyArray, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    """Xavier (Glorot) uniform initializer, U(±√(6 / (fan_in + fan_out))) (the Colored MNIST setting).
+
+    Args:
+        key: PRNG key.
+        shape: kernel shape (..., fan_in, fan_out).
+        dtype: output dtype.
+
+    Returns:
+        The initial kernel.
+    """
+    return _xavier_uniform(key, shape, dtype)
 
 
 def _flatten_input(x: Array, in_features: int) -> Array:
