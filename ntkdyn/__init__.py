@@ -44,6 +44,7 @@ from ntkdyn.models.mlp import MLP, DenseApply, ModuleApply, he_normal, init_mlp,
 
 # Data: MNIST and Colored MNIST
 from ntkdyn.data.mnist import MNIST, download_mnist, load_mnist
+from ntkdyn.data.colored_mnist import ColoredMNIST, Environment, colored_mnist, grayscale, probe_inputs
 
 __all__ = sorted(
     name
