@@ -33,6 +33,19 @@ from ntkdyn.runs import RunDir, atomic_write_json, atomic_write_text
 
 # Theory: dynamics and fixed points
 # (dynamics.py, fixed_points.py)
+from ntkdyn.dynamics import (
+    RESULTS,
+    SolverError,
+    Trajectory,
+    ce_field,
+    dual_field,
+    dual_to_z,
+    gd,
+    integrate,
+    quadratic_ce_field,
+    sd_field,
+    z_to_dual,
+)
 
 # Tangent features, empirical NTK, spectrum, linearized model
 # (tangent.py, linearized.py)
