@@ -46,6 +46,14 @@ from ntkdyn.dynamics import (
     sd_field,
     z_to_dual,
 )
+from ntkdyn.fixed_points import (
+    finite_difference_jacobian_s,
+    fixed_point,
+    fixed_point_jacobian_s,
+    lambert_w_fixed_point,
+    sd_square_margin,
+    starvation_matrix,
+)
 
 # Tangent features, empirical NTK, spectrum, linearized model
 # (tangent.py, linearized.py)

@@ -1,0 +1,279 @@
+"""Fixed points of the feature-response flows and their sensitivity to the singular values.
+
+z* solves field(z*, system) = 0 (Newton's method, optimistix). Its derivative with respect to the
+singular values comes from the implicit function theorem, ∂z*/∂s = −(∂f/∂z)⁻¹ ∂f/∂s, which jax computes
+by differentiating *through* the root finder (optimistix's ``ImplicitAdjoint``): no unrolled Newton
+iterations are differentiated.
+
+Gradient starvation (Pezeshki et al. 2021, Sec. 3.2, Thm. 2): feature i *starves* feature j when
+∂z_j*/∂s_i < 0 — a stronger feature i lowers the response the network learns for feature j. The
+:func:`starvation_matrix` M[j, i] = ∂z_j*/∂s_i shows it for any d; :func:`finite_difference_jacobian_s`
+cross-checks it by central differences.
+
+Closed forms used as checks: :func:`lambert_w_fixed_point` (U = I, large margins) and
+:func:`sd_square_margin` (SD with square U). Float64 is advised (enable ``jax_enable_x64``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+import scipy.optimize
+import scipy.special
+from jaxtyping import Array, ArrayLike, Float
+
+from ntkdyn.dynamics import SolverError, _is_concrete, _validate_state, _validate_system
+from ntkdyn.systems import FeatureSystem
+
+__all__ = [
+    "fixed_point",
+    "fixed_point_jacobian_s",
+    "starvation_matrix",
+    "finite_difference_jacobian_s",
+    "lambert_w_fixed_point",
+    "sd_square_margin",
+]
+
+Field = Callable[[Array, FeatureSystem], Array]
+
+
+def _root(field, system, z0, rtol, atol, max_steps):
+    solver = optx.Newton(rtol=rtol, atol=atol)
+    sol = optx.root_find(
+        lambda z, sys: field(z, sys), solver, z0, args=system, max_steps=max_steps, throw=False
+    )
+    return sol.value, sol.result
+
+
+@functools.partial(jax.jit, static_argnames=("field", "rtol", "atol", "max_steps"))
+def _fixed_point(field, system, z0, rtol, atol, max_steps):
+    z, result = _root(field, system, z0, rtol, atol, max_steps)
+    residual = jnp.max(jnp.abs(field(z, system)))
+    return z, result, residual
+
+
+def _hint(rtol, atol, max_steps) -> str:
+    return (
+        f"(rtol={rtol}, atol={atol}, max_steps={max_steps}). Pass a better initial guess `z0` (e.g. "
+        "the end of a gd run, or lambert_w_fixed_point), or increase `max_steps`."
+    )
+
+
+def _default_z0(field: Field, system: FeatureSystem, z0) -> Array:
+    if z0 is None:
+        return jnp.zeros(system.s.shape[-1:], jnp.result_type(system.s.dtype, float))
+    return _validate_state(field, system, z0)
+
+
+def fixed_point(
+    field: Field,
+    system: FeatureSystem,
+    z0: Float[ArrayLike, " d"] | None = None,
+    *,
+    rtol: float = 1e-12,
+    atol: float = 1e-12,
+    max_steps: int = 256,
+    throw: bool = True,
+) -> Float[Array, " d"]:
+    """The fixed point z* of a flow, field(z*, system) = 0, by Newton's method (optimistix).
+
+    For :func:`~ntkdyn.dynamics.ce_field` this is λz* = S²Uᵀσ(−Uz*) (paper Sec. 3.2); for
+    :func:`~ntkdyn.dynamics.sd_field`, Uᵀσ(−Uz*) = λz*. Differentiable with respect to ``system`` by
+    implicit differentiation (see :func:`fixed_point_jacobian_s`). Jit-compiled, ``jax.vmap``-able.
+
+    Newton from z = 0 converges for the CE and SD fields (the fields are monotone, and convex along
+    the Newton path); for other fields, or the dual flow, pass ``z0`` (e.g. ``gd(...).final``).
+
+    Args:
+        field: a vector field ``field(z, system)``.
+        system: the (U, s, λ) system.
+        z0: (d,) initial guess; default zeros (d,). Required, in (0, 1)ⁿ, for the dual field.
+        rtol, atol: Newton's termination tolerances (on the step, in the max norm).
+        max_steps: Newton's iteration budget.
+        throw: raise :class:`~ntkdyn.dynamics.SolverError` if Newton fails or leaves a residual
+            ‖field(z*)‖_∞ > 1e3·atol (under ``jit``/``vmap``: an Equinox runtime error); with
+            ``False`` a failed solve returns NaNs.
+
+    Returns:
+        (d,) the fixed point.
+
+    Raises:
+        ValueError: for a bad ``system`` or ``z0``.
+        SolverError: Newton did not converge (with ``throw``), naming ``z0`` and ``max_steps``.
+    """
+    _validate_system(system)
+    z0 = _default_z0(field, system, z0)
+    z, result, residual = _fixed_point(field, system, z0, float(rtol), float(atol), int(max_steps))
+    ok = (result == optx.RESULTS.successful) & (residual <= 1e3 * atol + 1e3 * rtol * jnp.max(jnp.abs(z)))
+    msg = f"Newton's method did not reach a fixed point of the field {_hint(rtol, atol, max_steps)}"
+    if not throw:
+        return jnp.where(ok, z, jnp.nan)
+    if _is_concrete(ok):
+        if not bool(jnp.all(ok)):
+            raise SolverError(f"{msg} Solver status: {optx.RESULTS[result] or 'converged'}; residual {float(jnp.max(residual)):.2e}.")
+        return z
+    return eqx.error_if(z, ~ok, msg)
+
+
+def fixed_point_jacobian_s(
+    field: Field,
+    system: FeatureSystem,
+    z0: Float[ArrayLike, " d"] | None = None,
+    *,
+    rtol: float = 1e-12,
+    atol: float = 1e-12,
+    max_steps: int = 256,
+) -> Float[Array, "d d"]:
+    """∂z*/∂s by implicit differentiation through the Newton solver: J[j, i] = ∂z_j*/∂s_i.
+
+    Implicit function theorem on field(z*(s), s) = 0: ∂z*/∂s = −(∂field/∂z)⁻¹ ∂field/∂s at z*, computed by
+    ``jax.jacfwd`` through ``optimistix.root_find`` (``ImplicitAdjoint``). Paper Sec. 3.2, Thm. 2.
+
+    Args:
+        field: a vector field ``field(z, system)`` whose state is z ∈ ℝᵈ.
+        system: the (U, s, λ) system.
+        z0: initial guess for the solver (default zeros).
+        rtol, atol, max_steps: Newton's settings (see :func:`fixed_point`).
+
+    Returns:
+        (d, d) matrix J with J[j, i] = ∂z_j*/∂s_i.
+
+    Raises:
+        ValueError: for a bad ``system`` or ``z0``.
+        SolverError: Newton did not converge.
+    """
+    _validate_system(system)
+    z0 = _default_z0(field, system, z0)
+    fixed_point(field, system, z0, rtol=rtol, atol=atol, max_steps=max_steps)  # surfaces failures
+    return _jacobian_s(field, system, z0, float(rtol), float(atol), int(max_steps))
+
+
+@functools.partial(jax.jit, static_argnames=("field", "rtol", "atol", "max_steps"))
+def _jacobian_s(field, system, z0, rtol, atol, max_steps):
+    def z_star(s):
+        return _root(field, system._replace(s=s), z0, rtol, atol, max_steps)[0]
+
+    return jax.jacfwd(z_star)(system.s)
+
+
+def starvation_matrix(
+    field: Field,
+    system: FeatureSystem,
+    z0: Float[ArrayLike, " d"] | None = None,
+    *,
+    rtol: float = 1e-12,
+    atol: float = 1e-12,
+    max_steps: int = 256,
+) -> Float[Array, "d d"]:
+    """The starvation matrix M[j, i] = ∂z_j*/∂s_i of a d-feature system (paper Sec. 3.2, Thm. 2).
+
+    An off-diagonal entry M[j, i] < 0 means feature i starves feature j: increasing the strength s_i
+    of feature i decreases the response z_j* learned for feature j. Under CE with coupled U the
+    off-diagonal entries are generically nonzero; under SD they vanish (its fixed point does not
+    depend on s). Same computation as :func:`fixed_point_jacobian_s`.
+
+    Args:
+        field: a vector field (e.g. :func:`~ntkdyn.dynamics.ce_field`).
+        system: the (U, s, λ) system, any d.
+        z0: initial guess for Newton (default zeros).
+        rtol, atol, max_steps: Newton's settings.
+
+    Returns:
+        (d, d) matrix M.
+
+    Raises:
+        ValueError: for a bad ``system`` or ``z0``.
+        SolverError: Newton did not converge.
+    """
+    return fixed_point_jacobian_s(field, system, z0, rtol=rtol, atol=atol, max_steps=max_steps)
+
+
+def finite_difference_jacobian_s(
+    field: Field,
+    system: FeatureSystem,
+    h: float = 1e-5,
+    z0: Float[ArrayLike, " d"] | None = None,
+    *,
+    rtol: float = 1e-13,
+    atol: float = 1e-13,
+    max_steps: int = 256,
+) -> Float[Array, "d d"]:
+    """∂z*/∂s by central finite differences: J[:, i] = (z*(s + h eᵢ) − z*(s − h eᵢ)) / 2h.
+
+    A slow reference for :func:`fixed_point_jacobian_s` (error O(h²) + O(tol/h)).
+
+    Args:
+        field: a vector field.
+        system: the (U, s, λ) system.
+        h: the step, 0 < h < min(s).
+        z0: initial guess for Newton (default zeros).
+        rtol, atol, max_steps: Newton's settings (tight by default: the differences divide by 2h).
+
+    Returns:
+        (d, d) matrix J with J[j, i] ≈ ∂z_j*/∂s_i.
+
+    Raises:
+        ValueError: naming ``h`` if it is not in (0, min(s)).
+        SolverError: Newton did not converge.
+    """
+    _validate_system(system)
+    s = jnp.asarray(system.s)
+    if not (np.isfinite(h) and 0 < h < float(jnp.min(s))):
+        raise ValueError(f"h: must satisfy 0 < h < min(s) = {float(jnp.min(s))}, got {h}")
+    eye = jnp.eye(s.shape[0], dtype=s.dtype)
+
+    def z_star(si):
+        return fixed_point(field, system._replace(s=si), z0, rtol=rtol, atol=atol, max_steps=max_steps)
+
+    cols = [(z_star(s + h * eye[i]) - z_star(s - h * eye[i])) / (2 * h) for i in range(s.shape[0])]
+    return jnp.stack(cols, axis=1)
+
+
+def lambert_w_fixed_point(s: Float[ArrayLike, " d"], lam: float) -> Float[Array, " d"]:
+    """Large-margin fixed point of CE with U = I: z_j* ≈ W(s_j²/λ) (W the Lambert W function).
+
+    With U = I the fixed point solves λz_j = s_j²σ(−z_j) feature by feature; for large margins
+    σ(−z) ≈ e^{−z}, so z_j e^{z_j} = s_j²/λ (paper Sec. 3.2). The relative error is O(e^{−z*}).
+
+    Args:
+        s: (d,) singular values > 0.
+        lam: λ > 0.
+
+    Returns:
+        (d,) the approximation W(s²/λ), in float64.
+
+    Raises:
+        ValueError: naming ``s`` or ``lam`` for non-positive or non-finite values.
+    """
+    s_np = np.atleast_1d(np.asarray(s, dtype=float))
+    if not np.all(np.isfinite(s_np)) or np.any(s_np <= 0):
+        raise ValueError(f"s: singular values must be finite and > 0, got {s_np.tolist()}")
+    if not np.isfinite(lam) or lam <= 0:
+        raise ValueError(f"lam: must be a finite number > 0, got {lam}")
+    return jnp.asarray(np.real(scipy.special.lambertw(s_np**2 / lam)))
+
+
+def sd_square_margin(lam: float) -> float:
+    """The SD margin a of a square system: the root of σ(−a) = λa.
+
+    With square U every margin is equal at the SD fixed point, so z* = a·Uᵀ1 whatever s is
+    (paper Sec. 4); for small λ, a ≈ W(1/λ).
+
+    Args:
+        lam: λ > 0.
+
+    Returns:
+        a > 0 (float64 scalar).
+
+    Raises:
+        ValueError: naming ``lam`` if it is not a finite number > 0.
+    """
+    if not np.isfinite(lam) or lam <= 0:
+        raise ValueError(f"lam: must be a finite number > 0, got {lam}")
+    return float(scipy.optimize.brentq(lambda a: scipy.special.expit(-a) - lam * a, 0.0, 1.0 / lam, xtol=1e-15, rtol=1e-15))
