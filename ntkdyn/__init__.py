@@ -57,6 +57,17 @@ from ntkdyn.fixed_points import (
 
 # Tangent features, empirical NTK, spectrum, linearized model
 # (tangent.py, linearized.py)
+from ntkdyn.tangent import (
+    FeatureResponseTracker,
+    FeatureSpectrum,
+    NTKMethod,
+    empirical_ntk,
+    feature_response_trajectory,
+    feature_responses,
+    feature_spectrum,
+    signed_labels,
+    tangent_features,
+)
 
 # Models
 # (models/)
