@@ -15,6 +15,7 @@ from ntkdyn.systems import (
     random_system,
     rotation_matrix,
     rotation_system,
+    stack_systems,
     system_from_matrix,
 )
 from ntkdyn.losses import (
@@ -50,6 +51,7 @@ from ntkdyn.fixed_points import (
     finite_difference_jacobian_s,
     fixed_point,
     fixed_point_jacobian_s,
+    fixed_points_batch,
     lambert_w_fixed_point,
     sd_square_margin,
     starvation_matrix,
@@ -68,6 +70,7 @@ from ntkdyn.tangent import (
     signed_labels,
     tangent_features,
 )
+from ntkdyn.linearized import GDTrace, linearize, train_gd
 
 # Models
 # (models/)

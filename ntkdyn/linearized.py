@@ -1,0 +1,195 @@
+"""The linearized network f_lin(θ) = f(θ₀) + Φ(θ − θ₀) and exact full-batch gradient descent on it.
+
+The theory (Pezeshki et al. 2021, Sec. 3) describes a network by its first-order Taylor expansion
+at initialisation; its feature responses z = S Vᵀ(θ − θ₀) then follow the discrete map
+z_{k+1} = z_k + η·field(z_k) of :func:`ntkdyn.dynamics.gd` exactly. :func:`train_gd` runs the same
+full-batch gradient descent on the real network (``linearized=False``) or on its linearization
+(``linearized=True``) and records the outputs on the training set, so that measured z(t) of real
+training, z(t) of linearized training and the prediction of the theory can be drawn together.
+
+The loss is the one the theory's fields are derived from (sums, not means):
+
+    L(θ) = Σᵢ log(1 + exp(−yᵢ gᵢ(θ))) + (wd/2)‖θ − θ₀‖² + (sd/2)‖g(θ)‖²,
+
+with g(θ) = f(X; θ) − f(X; θ₀) when ``center=True`` (the theory's margins m = Yg = Uz start at
+zero) or g(θ) = f(X; θ) otherwise. Weight decay pulls towards θ₀, which is what the theory's
+(λ/2)‖θ‖² means for a linearization about θ₀. Then for the linearized model with ``center=True``,
+``wd = λ`` reproduces :func:`ntkdyn.dynamics.ce_field` and ``sd = λ`` :func:`ntkdyn.dynamics.sd_field`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from ntkdyn.tangent import _check_U, _check_x, _out_shape, _outputs, signed_labels
+
+__all__ = ["linearize", "GDTrace", "train_gd"]
+
+ApplyFn = Callable[[Any, Array], Array]
+
+
+def linearize(apply_fn: ApplyFn, params0: Any) -> ApplyFn:
+    """The linearized model f_lin(θ, x) = f(θ₀, x) + J(θ₀, x)(θ − θ₀) as a pure function.
+
+    Computed with one forward-mode JVP per call (no n × p matrix); differentiable in θ and jittable.
+
+    Args:
+        apply_fn: pure ``apply_fn(params, x)``.
+        params0: θ₀, the expansion point.
+
+    Returns:
+        ``f_lin(params, x)`` with the same output shape as ``apply_fn``.
+    """
+
+    def f_lin(params, x):
+        dparams = jax.tree.map(lambda a, b: a - b, params, params0)
+        out, tangent = jax.jvp(lambda p: apply_fn(p, x), (params0,), (dparams,))
+        return out + tangent
+
+    return f_lin
+
+
+class GDTrace(NamedTuple):
+    """Outputs on the training set along a gradient-descent run.
+
+    Attributes:
+        steps: (T,) step numbers k = 0, save_every, …, num_steps.
+        outputs: (T, n) network outputs f(X; θ_k) (of the linearized model if it was trained).
+        f0: (n,) outputs at θ₀.
+        params: θ after the last step.
+        eta: the step size (time in gradient-flow units is t = η·k, as in :class:`ntkdyn.dynamics.Trajectory`).
+    """
+
+    steps: Int[Array, " T"]
+    outputs: Float[Array, "T n"]
+    f0: Float[Array, " n"]
+    params: Any
+    eta: float
+
+    @property
+    def t(self) -> Float[Array, " T"]:
+        """(T,) gradient-flow time η·k of each sample."""
+        return self.eta * self.steps
+
+    def responses(self, y: ArrayLike, U: ArrayLike) -> Float[Array, "T d"]:
+        """Feature responses z_k = Uᵀ Y (f(X; θ_k) − f(X; θ₀)) of each sample (Sec. 4, Fig. 5).
+
+        Args:
+            y: (n,) labels in {−1, +1} or {0, 1}.
+            U: (n, d) left singular vectors at θ₀ (:func:`ntkdyn.feature_spectrum`).
+
+        Returns:
+            (T, d) responses.
+
+        Raises:
+            ValueError: naming ``y`` or ``U`` on a shape or label mismatch.
+        """
+        n = self.f0.shape[0]
+        yv = jnp.asarray(signed_labels(y, n), self.outputs.dtype)
+        U = _check_U(U, n)
+        return ((self.outputs - self.f0) * yv) @ U
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "linearized", "center", "num_blocks", "save_every"))
+def _run(apply_fn, params0, x, y, eta, wd, sd, *, linearized, center, num_blocks, save_every):
+    n = x.shape[0]
+    if linearized:
+        f0, jvp = jax.linearize(lambda p: _outputs(apply_fn, p, x, None), params0)
+
+        def outputs(p):
+            return f0 + jvp(jax.tree.map(lambda a, b: a - b, p, params0))
+    else:
+        f0 = _outputs(apply_fn, params0, x, None)
+
+        def outputs(p):
+            return _outputs(apply_fn, p, x, None)
+
+    def loss(p):
+        out = outputs(p)
+        g = out - f0 if center else out
+        dp = jax.tree.map(lambda a, b: a - b, p, params0)
+        l2 = sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(dp))
+        return jnp.sum(jax.nn.softplus(-y * g)) + 0.5 * wd * l2 + 0.5 * sd * jnp.sum(g**2), out
+
+    def step(p, _):
+        grads, _ = jax.grad(loss, has_aux=True)(p)
+        return jax.tree.map(lambda a, g: a - eta * g, p, grads), None
+
+    def block(p, _):
+        p, _ = jax.lax.scan(step, p, None, length=save_every)
+        return p, outputs(p)
+
+    params, outs = jax.lax.scan(block, params0, None, length=num_blocks)
+    outs = jnp.concatenate([outputs(params0)[None], outs], axis=0).reshape(num_blocks + 1, n)
+    return outs, f0, params
+
+
+def train_gd(
+    apply_fn: ApplyFn,
+    params0: Any,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    eta: float,
+    num_steps: int,
+    save_every: int = 1,
+    weight_decay: float = 0.0,
+    sd: float = 0.0,
+    center: bool = True,
+    linearized: bool = False,
+) -> GDTrace:
+    """Full-batch gradient descent θ_{k+1} = θ_k − η∇L(θ_k) on the loss of the module docstring.
+
+    One jitted ``lax.scan``. With ``linearized=True`` the model is f_lin (:func:`linearize`, via
+    one ``jax.linearize`` at θ₀) and the run is exact: its feature responses equal
+    :func:`ntkdyn.dynamics.gd` on ``feature_spectrum(...).to_system(λ)`` (``ce_field`` with
+    ``weight_decay = λ``, ``sd_field`` with ``sd = λ``) up to rounding, when ``center=True`` and
+    U spans the rows of YΦ (no truncated directions).
+
+    Args:
+        apply_fn: pure scalar-output ``apply_fn(params, x)``.
+        params0: θ₀.
+        x: (n, ...) training inputs.
+        y: (n,) labels in {−1, +1} or {0, 1}.
+        eta: step size η > 0.
+        num_steps: number of steps K ≥ 1.
+        save_every: record the outputs every this many steps; must divide ``num_steps``.
+        weight_decay: wd ≥ 0 on θ − θ₀.
+        sd: Spectral Decoupling strength ≥ 0 on ‖g‖².
+        center: train g = f − f(θ₀) (the theory's convention) instead of f.
+        linearized: train the linearized model instead of the network.
+
+    Returns:
+        :class:`GDTrace`.
+
+    Raises:
+        ValueError: naming ``eta``, ``num_steps``, ``save_every``, ``weight_decay``, ``sd``, ``x``,
+            ``y`` or ``params0`` on bad input.
+    """
+    x = _check_x(x, "x")
+    _out_shape(apply_fn, params0, x, None)
+    if not (np.isfinite(eta) and eta > 0):
+        raise ValueError(f"eta: must be a finite step size > 0, got {eta}")
+    for name, value in (("weight_decay", weight_decay), ("sd", sd)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}: must be finite and >= 0, got {value}")
+    if int(num_steps) != num_steps or num_steps < 1:
+        raise ValueError(f"num_steps: must be a positive integer, got {num_steps}")
+    if int(save_every) != save_every or save_every < 1 or num_steps % save_every:
+        raise ValueError(f"save_every: must be a positive divisor of num_steps={num_steps}, got {save_every}")
+    dtype = jax.eval_shape(apply_fn, params0, x).dtype
+    yv = jnp.asarray(signed_labels(y, x.shape[0]), dtype)
+    outs, f0, params = _run(
+        apply_fn, params0, x, yv, jnp.asarray(eta, dtype), jnp.asarray(weight_decay, dtype), jnp.asarray(sd, dtype),
+        linearized=bool(linearized), center=bool(center), num_blocks=int(num_steps) // int(save_every),
+        save_every=int(save_every),
+    )
+    steps = jnp.arange(outs.shape[0]) * int(save_every)
+    return GDTrace(steps, outs, f0, params, float(eta))
