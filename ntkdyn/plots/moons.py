@@ -153,7 +153,7 @@ def moons_regularizer_figure(
         raise ValueError(f"ncols: must be >= 1, got {ncols}")
     ncols = min(ncols, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.7 * ncols, 2.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.7 * ncols, 3.0 * nrows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_axis_off()
     for ax, panel in zip(axes.flat, panels):
