@@ -81,6 +81,11 @@ from ntkdyn.models.mlp import MLP, DenseApply, ModuleApply, he_normal, init_mlp,
 from ntkdyn.data.mnist import MNIST, download_mnist, load_mnist
 from ntkdyn.data.colored_mnist import ColoredMNIST, Environment, colored_mnist, grayscale, probe_inputs
 
+# Two moons, full-batch multi-seed training, decision-boundary metrics
+from ntkdyn.data.moons import make_moons, two_moons
+from ntkdyn.train.fullbatch import SeedAxis, TrainResult, TrainState, train_fullbatch
+from ntkdyn.boundary import boundary_distances, boundary_metrics, line_residual, zero_level_set
+
 __all__ = sorted(
     name
     for name, obj in dict(globals()).items()
