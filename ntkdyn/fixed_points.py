@@ -34,6 +34,7 @@ from ntkdyn.systems import FeatureSystem
 __all__ = [
     "fixed_point",
     "fixed_point_jacobian_s",
+    "fixed_points_batch",
     "starvation_matrix",
     "finite_difference_jacobian_s",
     "lambert_w_fixed_point",
@@ -56,6 +57,104 @@ def _fixed_point(field, system, z0, rtol, atol, max_steps):
     z, result = _root(field, system, z0, rtol, atol, max_steps)
     residual = jnp.max(jnp.abs(field(z, system)))
     return z, result, residual
+
+
+def _converged(field, system, z, result, rtol, atol):
+    residual = jnp.max(jnp.abs(field(z, system)))
+    return (result == optx.RESULTS.successful) & (residual <= 1e3 * atol + 1e3 * rtol * jnp.max(jnp.abs(z)))
+
+
+@functools.partial(jax.jit, static_argnames=("field", "rtol", "atol", "max_steps"))
+def _chunk_solve(field, systems, z0, rtol, atol, max_steps):
+    def one(system):
+        z, result = _root(field, system, z0, rtol, atol, max_steps)
+
+        def z_star(s):
+            return _root(field, system._replace(s=s), z0, rtol, atol, max_steps)[0]
+
+        return z, jax.jacfwd(z_star)(system.s), _converged(field, system, z, result, rtol, atol)
+
+    return jax.vmap(one)(systems)
+
+
+def _validate_batch(systems: FeatureSystem) -> int:
+    if not isinstance(systems, FeatureSystem):
+        raise ValueError(f"systems: expected a batched FeatureSystem, got {type(systems).__name__}")
+    U, s, lam = (np.asarray(x, dtype=float) for x in systems)
+    if U.ndim != 3 or s.ndim != 2 or lam.ndim != 1 or not (U.shape[0] == s.shape[0] == lam.shape[0]) or U.shape[2] != s.shape[1]:
+        raise ValueError(
+            f"systems: expected a batch U (B, n, d), s (B, d), lam (B,), got shapes {U.shape}, {s.shape}, {lam.shape}; "
+            "stack single systems with jax.tree.map(lambda *x: jnp.stack(x), *systems)"
+        )
+    for name, arr in (("U", U), ("s", s), ("lam", lam)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"systems.{name}: contains non-finite values (NaN or inf)")
+    if np.any(s <= 0):
+        raise ValueError(f"systems.s: singular values must be > 0, got min {s.min()}")
+    if np.any(lam < 0):
+        raise ValueError(f"systems.lam: must be >= 0, got min {lam.min()}")
+    err = np.max(np.abs(np.einsum("bni,bnj->bij", U, U) - np.eye(U.shape[2])))
+    tol = 1e-10 if np.asarray(systems.U).dtype == np.float64 else 1e-4
+    if err > tol:
+        raise ValueError(f"systems.U: columns are not orthonormal (max |UᵀU - I| = {err:.2e} > {tol:.0e})")
+    return U.shape[0]
+
+
+def fixed_points_batch(
+    field: Field,
+    systems: FeatureSystem,
+    z0: Float[ArrayLike, " d"] | None = None,
+    *,
+    chunk: int = 64,
+    rtol: float = 1e-12,
+    atol: float = 1e-12,
+    max_steps: int = 256,
+) -> tuple[Float[Array, "B d"], Float[Array, "B d d"]]:
+    """Fixed points and ∂z*/∂s of a batch of systems (grids of s, λ, δ) with one compiled function.
+
+    The batch is cut into chunks of ``chunk`` systems (the last one padded), each solved by the same
+    jit-compiled ``vmap`` of Newton + implicit differentiation, so grids of any size cost one
+    compilation per field. Equal to looping :func:`fixed_point` and :func:`fixed_point_jacobian_s`.
+
+    Args:
+        field: a vector field ``field(z, system)``.
+        systems: a batched :class:`~ntkdyn.systems.FeatureSystem`: U (B, n, d), s (B, d), lam (B,).
+        z0: (d,) common initial guess (default zeros).
+        chunk: systems per compiled call.
+        rtol, atol, max_steps: Newton's settings (see :func:`fixed_point`).
+
+    Returns:
+        ``(z, J)``: (B, d) fixed points and (B, d, d) Jacobians J[b, j, i] = ∂z_j*/∂s_i.
+
+    Raises:
+        ValueError: naming ``systems`` (bad batch) or ``chunk``.
+        SolverError: Newton failed for some system (its index is named).
+    """
+    B = _validate_batch(systems)
+    if int(chunk) < 1:
+        raise ValueError(f"chunk: must be >= 1, got {chunk}")
+    d = systems.s.shape[1]
+    z0 = jnp.zeros(d, systems.s.dtype) if z0 is None else jnp.asarray(z0, systems.s.dtype)
+    if z0.shape != (d,):
+        raise ValueError(f"z0: expected shape ({d},), got {z0.shape}")
+    chunk = int(chunk)  # fixed (not min(chunk, B)): every batch size reuses one compilation
+    pad = (-B) % chunk
+    padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), systems)
+    zs, Js, oks = [], [], []
+    for i in range(0, B + pad, chunk):
+        part = jax.tree.map(lambda x, i=i: x[i : i + chunk], padded)
+        z, J, ok = _chunk_solve(field, part, z0, float(rtol), float(atol), int(max_steps))
+        zs.append(z)
+        Js.append(J)
+        oks.append(ok)
+    z, J, ok = (jnp.concatenate(a)[:B] for a in (zs, Js, oks))
+    if not bool(jnp.all(ok)):
+        bad = np.flatnonzero(~np.asarray(ok))
+        raise SolverError(
+            f"Newton's method did not reach a fixed point for systems {bad[:10].tolist()} of the batch "
+            f"{_hint(rtol, atol, max_steps)}"
+        )
+    return z, J
 
 
 def _hint(rtol, atol, max_steps) -> str:

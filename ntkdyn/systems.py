@@ -28,6 +28,7 @@ __all__ = [
     "random_orthonormal",
     "random_system",
     "system_from_matrix",
+    "stack_systems",
 ]
 
 
@@ -193,3 +194,27 @@ def system_from_matrix(
     if return_V:
         return system, Vt[keep].T
     return system
+
+
+def stack_systems(systems) -> FeatureSystem:
+    """Stack systems of equal shapes into one batched system (U (B, n, d), s (B, d), lam (B,)) for ``jax.vmap``.
+
+    Stacks on the host (``numpy``), which is much faster than stacking many device arrays.
+
+    Args:
+        systems: a non-empty sequence of :class:`FeatureSystem` with equal shapes.
+
+    Returns:
+        The batched system, in the dtype of the first system.
+
+    Raises:
+        ValueError: naming ``systems`` if it is empty or the shapes differ.
+    """
+    systems = list(systems)
+    if not systems:
+        raise ValueError("systems: got an empty sequence; pass at least one FeatureSystem")
+    shapes = {tuple(np.shape(x) for x in sy) for sy in systems}
+    if len(shapes) != 1:
+        raise ValueError(f"systems: all systems must have the same shapes, got {sorted(shapes)}")
+    dtype = jnp.asarray(systems[0].s).dtype
+    return FeatureSystem(*(jnp.asarray(np.stack([np.asarray(sy[i]) for sy in systems]), dtype) for i in range(3)))

@@ -123,7 +123,7 @@ def test_sd_fixed_point_does_not_depend_on_s():
 def test_vmap_over_systems_equals_loop():
     s1 = jnp.array([2.0, 3.5, 5.0, 8.0])
     deltas = jnp.array([0.0, 0.2, 0.5, 0.7])
-    systems = [rotation_system([a, 2.0], d, 0.01) for a, d in zip(s1, deltas)]
+    systems = [rotation_system([a, 2.0], d, 0.01) for a, d in zip(s1, deltas, strict=False)]
     batch = jax.tree.map(lambda *x: jnp.stack(x), *systems)
     z0 = jnp.zeros(2)
     v_gd = jax.vmap(lambda sys: gd(ce_field, sys, z0, eta=0.05, num_steps=400, save_every=40))(batch)

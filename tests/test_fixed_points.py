@@ -22,6 +22,7 @@ from ntkdyn.fixed_points import (
     finite_difference_jacobian_s,
     fixed_point,
     fixed_point_jacobian_s,
+    fixed_points_batch,
     lambert_w_fixed_point,
     sd_square_margin,
     starvation_matrix,
@@ -140,7 +141,7 @@ def test_reference_system_starvation_published_behaviour():
 def test_vmapped_fixed_points_equal_loop():
     s1 = jnp.linspace(2.0, 8.0, 5)
     lam = jnp.array([0.01, 0.005, 0.02, 0.01, 0.001])
-    systems = [ref(float(a), float(b)) for a, b in zip(s1, lam)]
+    systems = [ref(float(a), float(b)) for a, b in zip(s1, lam, strict=False)]
     batch = jax.tree.map(lambda *x: jnp.stack(x), *systems)
     zv = jax.vmap(lambda sy: fixed_point(ce_field, sy))(batch)
     Mv = jax.vmap(lambda sy: starvation_matrix(ce_field, sy))(batch)
@@ -164,3 +165,25 @@ def test_failure_is_reported():
         lambert_w_fixed_point([1.0, -2.0], 0.01)
     with pytest.raises(ValueError, match="s"):
         fixed_point(ce_field, system._replace(s=jnp.array([1.0, jnp.inf])))
+
+
+def test_fixed_points_batch_equals_loop_and_reuses_one_compilation():
+    from ntkdyn.fixed_points import _chunk_solve
+    from ntkdyn.systems import stack_systems
+
+    systems = [rotation_system([a, b], d, lam) for a, b, d, lam in
+               [(2.0, 2.0, 0.5, 0.01), (6.0, 2.0, 0.3, 0.01), (3.0, 5.0, 0.5, 0.02), (8.0, 1.0, 0.0, 0.001), (4.0, 4.5, 0.8, 0.01)]]
+    batch = stack_systems(systems)
+    z, J = fixed_points_batch(ce_field, batch, chunk=2)  # 3 chunks, the last padded
+    for i, sy in enumerate(systems):
+        np.testing.assert_allclose(z[i], fixed_point(ce_field, sy), rtol=1e-13)
+        np.testing.assert_allclose(J[i], fixed_point_jacobian_s(ce_field, sy), rtol=1e-10, atol=1e-14)
+    before = _chunk_solve._cache_size()
+    fixed_points_batch(ce_field, stack_systems(systems[:3]), chunk=2)
+    assert _chunk_solve._cache_size() == before
+    with pytest.raises(ValueError, match="systems"):
+        fixed_points_batch(ce_field, systems[0])
+    with pytest.raises(ValueError, match="systems"):
+        stack_systems([systems[0], random_system(jax.random.PRNGKey(0), 3, [1.0, 2.0], 0.1)])
+    with pytest.raises(SolverError, match=r"systems \[0, 1, 2, 3, 4\]"):
+        fixed_points_batch(ce_field, batch, max_steps=1)

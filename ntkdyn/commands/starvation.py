@@ -61,7 +61,7 @@ def starvation_table(
     """Fixed points and ∂z₂*/∂s₁ of the two-feature system for each s₁, under CE and SD.
 
     CE: λz* = S²Uᵀσ(−Uz*); SD: Uᵀσ(−Uz*) = λ_SD z* (paper Sec. 3.2 and 4). Derivatives by implicit
-    differentiation through the Newton solver (vmapped over s₁); CE's also by central differences.
+    differentiation through the Newton solver (one batched solve); CE's also by central differences.
 
     Args:
         s1: values of s₁ (> 0).
@@ -79,17 +79,11 @@ def starvation_table(
     Raises:
         ValueError: naming ``s1``, ``s2``, ``delta``, ``lam``, ``sd_lam`` or ``fd_h``.
     """
-    import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from ntkdyn.dynamics import ce_field, sd_field
-    from ntkdyn.fixed_points import (
-        finite_difference_jacobian_s,
-        fixed_point,
-        fixed_point_jacobian_s,
-    )
-    from ntkdyn.systems import rotation_system
+    from ntkdyn.fixed_points import fixed_points_batch
+    from ntkdyn.systems import rotation_system, stack_systems
 
     s1 = [float(v) for v in s1]
     if not s1:
@@ -104,16 +98,15 @@ def starvation_table(
     if not (math.isfinite(fd_h) and 0 < fd_h < min(min(s1), s2)):
         raise ValueError(f"fd_h: must satisfy 0 < fd_h < min(s1, s2) = {min(min(s1), s2)}, got {fd_h}")
 
+    k = len(s1)
+    # One batch per loss: the k systems, then (CE only) their s₁ ± h neighbours for the differences.
     ce_systems = [rotation_system([v, s2], delta, lam) for v in s1]
-    batch = jax.tree.map(lambda *x: jnp.stack(x), *ce_systems)
-    sd_batch = batch._replace(lam=jnp.full_like(batch.lam, sd_lam))
-
-    def solve(field, sy):
-        return fixed_point(field, sy), fixed_point_jacobian_s(field, sy)
-
-    z_ce, J_ce = jax.vmap(lambda sy: solve(ce_field, sy))(batch)
-    z_sd, J_sd = jax.vmap(lambda sy: solve(sd_field, sy))(sd_batch)
-    fd = np.array([float(finite_difference_jacobian_s(ce_field, sy, fd_h)[1, 0]) for sy in ce_systems])
+    ce_systems += [rotation_system([v + sign * fd_h, s2], delta, lam) for sign in (1, -1) for v in s1]
+    sd_systems = [rotation_system([v, s2], delta, sd_lam) for v in s1]
+    z_all, J_all = fixed_points_batch(ce_field, stack_systems(ce_systems))
+    z_ce, J_ce = z_all[:k], J_all[:k]
+    fd = np.asarray((z_all[k : 2 * k, 1] - z_all[2 * k :, 1]) / (2 * fd_h))
+    z_sd, J_sd = fixed_points_batch(sd_field, stack_systems(sd_systems))
 
     dz2 = np.asarray(J_ce[:, 1, 0])
     above = np.array(s1) > s2

@@ -1,0 +1,407 @@
+"""Theory of gradient starvation on the two-feature system: trajectories, fixed points, a verdict.
+
+Pezeshki et al. 2021, Sec. 3–4 and Fig. 6 (and the blog's slider figure). The system: n = d = 2,
+y = (1, 1), U(δ) = [[√(1−δ²), −δ], [δ, √(1−δ²)]] with δ = 0.5, s = (s₁, 2), s₁ ∈ [2, 8].
+CE with weight decay λ = 0.01, ż = η[S²Uᵀσ(−Uz) − λz]; SD with logit penalty λ = 0.002,
+ż = ηS²[Uᵀσ(−Uz) − λz]; the dual flow α̇ = log((1−α)/α) − λ⁻¹US²Uᵀα from α = 1e-8 (z ≈ 0).
+GD with η = 0.05 from z = 0, sampled every 20 steps: 2000 steps for the slider view (the blog),
+5000 steps for the z₂-vs-z₁ figure (the paper's figure script). Fixed points by Newton, ∂z*/∂s by
+implicit differentiation through the solver, checked against central differences.
+
+Command::
+
+    ntkdyn theory --out runs/theory          # seconds on a laptop CPU
+    ntkdyn theory --quick --out /tmp/theory  # smaller grids, for tests
+
+Expected (float64):
+
+* CE: z₂* = 1.640 (s₁ = 2), 1.583, 1.467, 1.329, 1.185, 0.915 (s₁ = 8) for s₁ = 2, 3, 4, 5, 6, 8;
+  ∂z₂*/∂s₁ = 0 at s₁ = s₂ = 2 and −0.096, −0.131, −0.143, −0.143, −0.123 for s₁ = 3, 4, 5, 6, 8
+  (implicit and finite differences agree to ~1e-10). Gradient starvation.
+* SD: z* = (6.373, 1.708) for every s₁ (= a·Uᵀ1 with σ(−a) = λa, a = 4.665); ∂z*/∂s₁ = 0.
+* The dual flow ends at the CE fixed point; GD after 2000 steps is still ~0.08 below z₂* at s₁ = 8.
+
+Outputs in ``--out``: ``config.json``, ``results.json`` (fixed points, derivatives, the finite-difference
+check, SD invariance, dual/primal agreement, the verdict), ``summary.md``, ``metrics.jsonl`` (the
+sampled trajectories), ``trajectories.npz``, and the figures (PNG + PDF) ``theory_z2_vs_z1``,
+``theory_slider``, ``theory_sensitivity``, ``theory_starvation_map``. One verdict line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from typing import Any
+
+HELP = __doc__.split("\n\n")[0] + "\n\nPaper settings by default (see the module docstring); --quick for a smoke test."
+X64 = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TheoryConfig:
+    """Settings of the theory experiment (defaults: the paper's two-feature system).
+
+    Attributes:
+        s2: singular value of the weak feature.
+        delta: coupling δ of U(δ).
+        lam_ce: CE weight decay λ.
+        lam_sd: SD logit penalty λ.
+        eta: GD step η.
+        steps: GD steps of the slider view.
+        figure_steps: GD steps of the z₂-vs-z₁ figure (≥ ``steps``; its first ``steps`` are reused).
+        save_every: sampling interval in steps of the slider view, the metrics and trajectories.npz.
+        figure_save_every: sampling interval of the z₂-vs-z₁ figure (must divide ``save_every``).
+        figure_s1: s₁ values of the z₂-vs-z₁ figure.
+        slider_s1: s₁ values of the slider view.
+        table_s1: s₁ values of the fixed-point table and the finite-difference check.
+        sweep: (start, stop, num) of the s₁ sweep of the sensitivity figure.
+        map_s1: (start, stop, num) of the phase map's s₁ axis.
+        map_s2: (start, stop, num) of the phase map's s₂ axis.
+        dual_alpha0: initial dual variable (α₀ → 0 is z → 0).
+        dual_t1: final time of the dual flow.
+        dual_points: log-spaced samples of the dual flow.
+        fd_h: finite-difference step.
+    """
+
+    s2: float = 2.0
+    delta: float = 0.5
+    lam_ce: float = 0.01
+    lam_sd: float = 0.002
+    eta: float = 0.05
+    steps: int = 2000
+    figure_steps: int = 5000
+    save_every: int = 20
+    figure_save_every: int = 1
+    figure_s1: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0)
+    slider_s1: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0)
+    table_s1: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+    sweep: tuple[float, float, int] = (1.0, 8.0, 71)
+    map_s1: tuple[float, float, int] = (1.0, 8.0, 36)
+    map_s2: tuple[float, float, int] = (1.0, 8.0, 36)
+    dual_alpha0: float = 1e-8
+    dual_t1: float = 0.1
+    dual_points: int = 300
+    fd_h: float = 1e-4
+
+    def validate(self) -> None:
+        """Check every setting.
+
+        Raises:
+            ValueError: naming the setting at fault.
+        """
+        for name in ("s2", "lam_ce", "lam_sd", "eta", "dual_t1", "fd_h"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name}: must be a finite number > 0, got {v}")
+        if not math.isfinite(self.delta) or abs(self.delta) >= 1:
+            raise ValueError(f"delta: must satisfy |delta| < 1, got {self.delta}")
+        if not 0 < self.dual_alpha0 < 1:
+            raise ValueError(f"dual_alpha0: must be in (0, 1), got {self.dual_alpha0}")
+        for name in ("steps", "figure_steps", "save_every", "dual_points"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.steps % self.save_every or self.figure_steps % self.save_every:
+            raise ValueError(f"save_every: must divide steps={self.steps} and figure_steps={self.figure_steps}, got {self.save_every}")
+        if self.figure_save_every < 1 or self.save_every % self.figure_save_every:
+            raise ValueError(f"figure_save_every: must divide save_every={self.save_every}, got {self.figure_save_every}")
+        if self.figure_steps < self.steps:
+            raise ValueError(f"figure_steps: must be >= steps={self.steps}, got {self.figure_steps}")
+        for name in ("figure_s1", "slider_s1", "table_s1"):
+            vals = getattr(self, name)
+            if not vals or any(not math.isfinite(v) or v <= 0 for v in vals):
+                raise ValueError(f"{name}: needs values > 0, got {vals}")
+        for name in ("sweep", "map_s1", "map_s2"):
+            lo, hi, num = getattr(self, name)
+            if not (0 < lo < hi) or num < 2:
+                raise ValueError(f"{name}: needs 0 < start < stop and num >= 2, got {(lo, hi, num)}")
+
+
+QUICK = dict(
+    steps=400, figure_steps=600, save_every=20, sweep=(1.0, 8.0, 8), map_s1=(1.0, 8.0, 5),
+    map_s2=(1.0, 8.0, 4), dual_points=60,
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the command's arguments to ``parser``."""
+    parser.add_argument("--out", default="runs/theory", help="output directory")
+    parser.add_argument("--quick", action="store_true", help="short runs and small grids (tests)")
+    parser.add_argument("--s2", type=float, default=TheoryConfig.s2, help="weak feature's singular value")
+    parser.add_argument("--delta", type=float, default=TheoryConfig.delta, help="coupling delta, |delta| < 1")
+    parser.add_argument("--lam", type=float, default=TheoryConfig.lam_ce, help="CE weight decay")
+    parser.add_argument("--sd-lam", type=float, default=TheoryConfig.lam_sd, help="SD logit penalty")
+    parser.add_argument("--eta", type=float, default=TheoryConfig.eta, help="GD step")
+
+
+def rotation_grid(pairs, delta: float, lam: float):
+    """A batch of two-feature systems U(δ), s = (s₁, s₂) for each pair, λ — without a Python loop.
+
+    Args:
+        pairs: (B, 2) singular values.
+        delta: coupling, |δ| < 1.
+        lam: λ ≥ 0.
+
+    Returns:
+        A batched :class:`~ntkdyn.systems.FeatureSystem`.
+
+    Raises:
+        ValueError: naming ``pairs``, ``delta`` or ``lam``.
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ntkdyn.systems import FeatureSystem, rotation_system
+
+    s = np.asarray(pairs, dtype=float).reshape(-1, 2)
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"pairs: singular values must be finite and > 0, got min {s.min()}")
+    base = rotation_system([1.0, 1.0], delta, lam)  # validates delta and lam
+    B = s.shape[0]
+    return FeatureSystem(jnp.broadcast_to(base.U, (B, 2, 2)), jnp.asarray(s, base.s.dtype), jnp.full((B,), base.lam))
+
+
+def run_theory(config: TheoryConfig) -> dict[str, Any]:
+    """Run every computation of the experiment and return the arrays and scalars (no file I/O).
+
+    Args:
+        config: the settings.
+
+    Returns:
+        A dict with the trajectories (``t``, ``traj_s1``, ``ce``, ``sd``, ``dual_t``, ``dual``), the
+        sweep, the phase map, the table and the checks.
+
+    Raises:
+        ValueError: for a bad setting.
+        SolverError: if GD diverges (η too large) or a solver fails.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ntkdyn.commands.starvation import starvation_table
+    from ntkdyn.dynamics import ce_field, dual_field, dual_to_z, gd, integrate, sd_field
+    from ntkdyn.fixed_points import fixed_points_batch, sd_square_margin
+    from ntkdyn.systems import rotation_system
+
+    config.validate()
+    c = config
+    timings = {}
+    start = time.perf_counter()
+
+    # Trajectories: one vmapped GD run per loss over every s₁ any figure needs.
+    traj_s1 = sorted(set(c.figure_s1) | set(c.slider_s1))
+    ce_batch = rotation_grid([(v, c.s2) for v in traj_s1], c.delta, c.lam_ce)
+    sd_batch = rotation_grid([(v, c.s2) for v in traj_s1], c.delta, c.lam_sd)
+    z0 = jnp.zeros(2)
+    run_gd = lambda field: jax.vmap(  # noqa: E731
+        lambda sy: gd(field, sy, z0, eta=c.eta, num_steps=c.figure_steps, save_every=c.figure_save_every)
+    )
+    ce = run_gd(ce_field)(ce_batch)
+    sd = run_gd(sd_field)(sd_batch)
+    r = c.save_every // c.figure_save_every
+    t_dense, ce_dense, sd_dense = np.asarray(ce.t[0]), np.asarray(ce.z), np.asarray(sd.z)
+    # The dual flow: an adaptive solve, log-spaced samples (it moves fast at first).
+    dual_ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(math.log10(c.dual_t1) - 7, math.log10(c.dual_t1), c.dual_points)])
+    dual = jax.vmap(
+        lambda sy: integrate(dual_field, sy, jnp.full(2, c.dual_alpha0), t1=c.dual_t1, ts=dual_ts)
+    )(ce_batch)
+    dual_z = jax.vmap(dual_to_z)(dual.z, ce_batch)
+    # The ODE at the slider's horizon, as a check on GD's discretisation.
+    t_slider = c.eta * c.steps
+    ode = jax.vmap(lambda sy: integrate(ce_field, sy, z0, t1=t_slider, num_points=2))(ce_batch)
+    timings["trajectories_s"] = time.perf_counter() - start
+
+    # Fixed points and derivatives over the sweep and the phase map: one batched Newton + implicit
+    # AD per loss (fixed-size chunks, so one compilation serves every grid).
+    start = time.perf_counter()
+    sweep = np.linspace(*c.sweep[:2], int(c.sweep[2]))
+    m1 = np.linspace(*c.map_s1[:2], int(c.map_s1[2]))
+    m2 = np.linspace(*c.map_s2[:2], int(c.map_s2[2]))
+    pairs = [(v, c.s2) for v in sweep] + [(a, b) for b in m2 for a in m1] + [(v, c.s2) for v in traj_s1]
+    z_ce_all, J_ce_all = fixed_points_batch(ce_field, rotation_grid(pairs, c.delta, c.lam_ce))
+    z_sd_all, J_sd_all = fixed_points_batch(sd_field, rotation_grid(pairs, c.delta, c.lam_sd))
+    ns, nm = len(sweep), len(m1) * len(m2)
+    z_ce, J_ce, z_sd, J_sd = z_ce_all[:ns], J_ce_all[:ns], z_sd_all[:ns], J_sd_all[:ns]
+    map_ce = np.asarray(J_ce_all[ns : ns + nm, 1, 0]).reshape(len(m2), len(m1))
+    map_sd = np.asarray(J_sd_all[ns : ns + nm, 1, 0]).reshape(len(m2), len(m1))
+    z_ce_traj = np.asarray(z_ce_all[ns + nm :])
+    table = starvation_table(c.table_s1, c.s2, c.delta, c.lam_ce, c.lam_sd, c.fd_h)
+    timings["fixed_points_s"] = time.perf_counter() - start
+
+    # Checks.
+    a = sd_square_margin(c.lam_sd)
+    sd_closed = a * np.asarray(rotation_system([c.s2, c.s2], c.delta, c.lam_sd).U.sum(0))
+    k_slider = c.steps // c.figure_save_every
+    checks = {
+        "sd_fixed_point_spread": float(np.max(np.abs(np.asarray(z_sd) - np.asarray(z_sd)[0]))),
+        "sd_closed_form_a": a,
+        "sd_closed_form_z": sd_closed.tolist(),
+        "sd_closed_form_max_abs_error": float(np.max(np.abs(np.asarray(z_sd) - sd_closed))),
+        "sd_max_abs_dz_ds1": float(np.max(np.abs(np.asarray(J_sd[:, :, 0])))),
+        "dual_vs_primal_max_abs": float(np.max(np.abs(np.asarray(dual_z[:, -1]) - z_ce_traj))),
+        "fd_max_abs_error": table["fd_max_abs_error"],
+        "gd_vs_ode_max_abs_at_slider_end": float(np.max(np.abs(ce_dense[:, k_slider] - np.asarray(ode.final)))),
+        "gd_slider_end_vs_fixed_point_max_abs": float(np.max(np.abs(ce_dense[:, k_slider] - z_ce_traj))),
+        "gd_figure_end_vs_fixed_point_max_abs": float(np.max(np.abs(ce_dense[:, -1] - z_ce_traj))),
+        "dz2_ds1_at_s1_eq_s2": float(np.interp(c.s2, sweep, np.asarray(J_ce[:, 1, 0]))) if sweep[0] <= c.s2 <= sweep[-1] else None,
+    }
+    return dict(
+        t=t_dense[::r], traj_s1=np.array(traj_s1), ce=ce_dense[:, ::r], sd=sd_dense[:, ::r],
+        t_dense=t_dense, ce_dense=ce_dense, sd_dense=sd_dense,
+        dual_t=np.asarray(dual_ts), dual=np.asarray(dual_z), dual_alpha=np.asarray(dual.z),
+        sweep_s1=sweep, sweep_ce_z=np.asarray(z_ce), sweep_ce_dz2=np.asarray(J_ce[:, 1, 0]),
+        sweep_sd_z=np.asarray(z_sd), sweep_sd_dz2=np.asarray(J_sd[:, 1, 0]),
+        map_s1=m1, map_s2=m2, map_ce=map_ce, map_sd=map_sd, table=table, checks=checks,
+        timings=timings,
+    )
+
+
+def _verdict(out: dict[str, Any], config: TheoryConfig) -> dict[str, Any]:
+    table, checks = out["table"], out["checks"]
+    z2 = table["ce"]["z2"]
+    starving = table["starvation"]
+    decoupled = table["sd_decoupled"] and checks["sd_fixed_point_spread"] < 1e-8
+    i_max = int(max(range(len(table["s1"])), key=lambda i: table["s1"][i]))
+    i_min = int(min(range(len(table["s1"])), key=lambda i: table["s1"][i]))
+    sd_z = (table["sd"]["z1"][0], table["sd"]["z2"][0])
+    text = (
+        f"verdict: {'gradient starvation' if starving else 'NO gradient starvation'} under CE "
+        f"(z2* {z2[i_min]:.3f} at s1={table['s1'][i_min]:g} -> {z2[i_max]:.3f} at s1={table['s1'][i_max]:g}, "
+        f"dz2*/ds1 {'< 0' if starving else 'not < 0'} for every s1 > s2, FD agrees to {table['fd_max_abs_error']:.0e}); "
+        f"SD {'removes it' if decoupled else 'does NOT remove it'} "
+        f"(z* = ({sd_z[0]:.3f}, {sd_z[1]:.3f}) for every s1, max |dz*/ds1| = {checks['sd_max_abs_dz_ds1']:.0e})"
+    )
+    return {"starvation": starving, "sd_decoupled": decoupled, "text": text}
+
+
+def _summary(config: TheoryConfig, out: dict[str, Any], verdict: dict[str, Any]) -> str:
+    table, checks = out["table"], out["checks"]
+    lines = [
+        "# Gradient starvation: two-feature theory",
+        "",
+        f"U(δ = {config.delta:g}), s₂ = {config.s2:g}, CE λ = {config.lam_ce:g}, SD λ = {config.lam_sd:g}, "
+        f"GD η = {config.eta:g} (Pezeshki et al. 2021, Sec. 3–4, Fig. 6).",
+        "",
+        "| s₁ | CE z₁* | CE z₂* | ∂z₂*/∂s₁ (implicit) | ∂z₂*/∂s₁ (FD) | SD z₁* | SD z₂* | SD ∂z₂*/∂s₁ |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ce, sd = table["ce"], table["sd"]
+    for i, s1 in enumerate(table["s1"]):
+        lines.append(
+            f"| {s1:g} | {ce['z1'][i]:.4f} | {ce['z2'][i]:.4f} | {ce['dz2_ds1'][i]:.4e} | {ce['dz2_ds1_fd'][i]:.4e} "
+            f"| {sd['z1'][i]:.4f} | {sd['z2'][i]:.4f} | {sd['dz2_ds1'][i]:.1e} |"
+        )
+    lines += [
+        "",
+        "| check | value |",
+        "|---|---:|",
+        *(f"| {k} | {v if isinstance(v, list) else f'{v:.3g}'} |" for k, v in checks.items()),
+        "",
+        f"**{verdict['text']}**",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _metrics(config: TheoryConfig, out: dict[str, Any]):
+    records = []
+    for loss in ("ce", "sd"):
+        for i, s1 in enumerate(out["traj_s1"]):
+            for k, t in enumerate(out["t"]):
+                z = out[loss][i, k]
+                records.append({"loss": loss, "s1": float(s1), "step": k * config.save_every, "t": float(t),
+                                "z1": float(z[0]), "z2": float(z[1])})
+    return records
+
+
+def write_outputs(config: TheoryConfig, out: dict[str, Any], path) -> dict[str, Any]:
+    """Write config, results, summary, metrics, trajectories and the four figures to ``path``.
+
+    Args:
+        config: the settings.
+        out: the result of :func:`run_theory`.
+        path: output directory.
+
+    Returns:
+        The results dict written to ``results.json``.
+    """
+    import numpy as np
+
+    from ntkdyn.plots.theory import (
+        sensitivity_figure,
+        slider_figure,
+        starvation_map_figure,
+        z2_vs_z1_figure,
+    )
+    from ntkdyn.runs import RunDir
+
+    rd = RunDir(path)
+    rd.write_config(dataclasses.asdict(config))
+    verdict = _verdict(out, config)
+    s1 = list(out["traj_s1"])
+    fig_idx = [s1.index(v) for v in config.figure_s1]
+    sl_idx = [s1.index(v) for v in config.slider_s1]
+    k_slider = config.steps // config.save_every + 1
+    rd.save_figure(z2_vs_z1_figure(config.figure_s1, out["ce_dense"][fig_idx], out["dual"][fig_idx],
+                                   out["sd_dense"][fig_idx]),
+                   "theory_z2_vs_z1")
+    rd.save_figure(slider_figure(out["t"][:k_slider], config.slider_s1, out["ce"][sl_idx, :k_slider],
+                                 out["sd"][sl_idx, :k_slider]), "theory_slider")
+    table = out["table"]
+    rd.save_figure(sensitivity_figure(out["sweep_s1"], out["sweep_ce_z"][:, 1], out["sweep_ce_dz2"],
+                                      out["sweep_sd_z"][:, 1], out["sweep_sd_dz2"], s2=config.s2,
+                                      fd_s1=np.array(table["s1"]), fd_dz2=np.array(table["ce"]["dz2_ds1_fd"])),
+                   "theory_sensitivity")
+    rd.save_figure(starvation_map_figure(out["map_s1"], out["map_s2"], out["map_ce"], out["map_sd"]),
+                   "theory_starvation_map")
+    rd.write_npz("trajectories.npz", t=out["t"], s1=out["traj_s1"], ce=out["ce"], sd=out["sd"],
+                 dual_t=out["dual_t"], dual_z=out["dual"], dual_alpha=out["dual_alpha"])
+    rd.write_metrics(_metrics(config, out))
+    results = {
+        "fixed_points": table,
+        "sweep": {"s1": out["sweep_s1"], "ce_z2": out["sweep_ce_z"][:, 1], "ce_dz2_ds1": out["sweep_ce_dz2"],
+                  "sd_z2": out["sweep_sd_z"][:, 1], "sd_dz2_ds1": out["sweep_sd_dz2"]},
+        "starvation_map": {"s1": out["map_s1"], "s2": out["map_s2"], "ce_dz2_ds1": out["map_ce"],
+                           "sd_dz2_ds1": out["map_sd"],
+                           "ce_fraction_negative_above_diagonal": _frac_negative(out)},
+        "checks": out["checks"],
+        "final_gd": {"s1": out["traj_s1"], "ce": out["ce"][:, -1], "sd": out["sd"][:, -1],
+                     "dual": out["dual"][:, -1]},
+        "verdict": verdict,
+    }
+    rd.write_results(results)
+    rd.write_text("summary.md", _summary(config, out, verdict))
+    return results
+
+
+def _frac_negative(out: dict[str, Any]) -> float | None:
+    import numpy as np
+
+    S1, S2 = np.meshgrid(out["map_s1"], out["map_s2"])
+    above = S1 > S2 + 1e-9
+    if not above.any():
+        return None
+    return float(np.mean(out["map_ce"][above] < 0))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the experiment, write the run directory, print the one-line verdict.
+
+    Args:
+        args: parsed arguments (see :func:`configure`).
+
+    Returns:
+        0.
+    """
+    overrides = dict(QUICK) if args.quick else {}
+    config = TheoryConfig(s2=args.s2, delta=args.delta, lam_ce=args.lam, lam_sd=args.sd_lam, eta=args.eta,
+                          **overrides)
+    if config.s2 not in config.table_s1:
+        config = dataclasses.replace(config, table_s1=tuple(sorted({config.s2, *config.table_s1})))
+    out = run_theory(config)
+    results = write_outputs(config, out, args.out)
+    sys.stdout.write(results["verdict"]["text"] + "\n")
+    return 0
