@@ -71,6 +71,7 @@ from ntkdyn.tangent import (
     tangent_features,
 )
 from ntkdyn.linearized import GDTrace, linearize, train_gd
+from ntkdyn.analytic import init_ntk_mlp, relu_ntk
 
 # Models
 # (models/)
