@@ -343,7 +343,8 @@ def load_image(path: str | os.PathLike, image_size: int = 224, *, crop: int = 17
             left = round((img.size[0] - c) / 2.0)
             top = round((img.size[1] - c) / 2.0)
             box = (left, top, left + round(c), top + round(c))
-            img = img.resize((image_size, image_size), Image.BILINEAR, box=box)
+            # crop, then resize (not resize(box=...), which samples outside the box at the edges)
+            img = img.crop(box).resize((image_size, image_size), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.float32)
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path} not found; it is listed in the attribute file — is the image folder complete?") from None

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-__all__ = ["ResNet", "resnet18", "resnet50", "RESNET_ARCHS", "init_resnet", "resnet_logit_fn"]
+__all__ = ["ResNet", "resnet10", "resnet18", "resnet50", "RESNET_ARCHS", "init_resnet", "resnet_logit_fn"]
 
 # torchvision initialises convolutions with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -143,8 +143,22 @@ def resnet50(*, width: int = 64, num_outputs: int = 1, dtype: Any = jnp.float32)
     return ResNet((3, 4, 6, 3), bottleneck=True, width=width, num_outputs=num_outputs, dtype=dtype)
 
 
+def resnet10(*, width: int = 64, num_outputs: int = 1, dtype: Any = jnp.float32) -> ResNet:
+    """ResNet-10 (basic blocks, stages 1-1-1-1): a small, fast-compiling member for smoke runs and tests.
+
+    Args:
+        width: first-stage channels.
+        num_outputs: final-layer outputs (1: one logit).
+        dtype: computation dtype.
+
+    Returns:
+        The (uninitialised) :class:`ResNet`.
+    """
+    return ResNet((1, 1, 1, 1), bottleneck=False, width=width, num_outputs=num_outputs, dtype=dtype)
+
+
 #: Architecture name → factory.
-RESNET_ARCHS: dict[str, Callable[..., ResNet]] = {"resnet18": resnet18, "resnet50": resnet50}
+RESNET_ARCHS: dict[str, Callable[..., ResNet]] = {"resnet10": resnet10, "resnet18": resnet18, "resnet50": resnet50}
 
 
 def init_resnet(model: ResNet, key: Array, image_size: int = 224) -> dict[str, Any]:
