@@ -676,6 +676,7 @@ def summary_markdown(results: dict[str, Any], config: Config) -> str:
                      f"{_pct(r['test_acc_mean'], r['test_acc_std'])} | {_pct(*pub['train'])} | {_pct(*pub['test'])} |")
     lines += ["", "Published figures are on full MNIST (60,000 images); accuracies in %, mean ± std over restarts.",
               "", "## Probe (Fig. 4): accuracy % / mean binary entropy (nats), ours (published)", "",
+              "Ours: mean over restarts on the test environment; published: one restart.", "",
               "| method | digit, gray | digit, colour | blank, gray | blank, colour |", "| --- | --- | --- | --- | --- |"]
     for m, r in results["methods"].items():
         pub = PUBLISHED[m].get("probe")

