@@ -81,6 +81,12 @@ class ColoredMNIST(NamedTuple):
 def split_sizes(n_images: int) -> tuple[int, int]:
     """(n_train, n_test) = (⌊5N/6⌋, N − ⌊5N/6⌋): 50,000 / 10,000 for full MNIST.
 
+    Args:
+        n_images: number N of MNIST training images available.
+
+    Returns:
+        (n_train, n_test).
+
     Raises:
         ValueError: if fewer than 12 images (each environment needs at least two).
     """
@@ -173,7 +179,17 @@ def colored_mnist(
 
 
 def grayscale(images: Float[Array, "*b n 2 14 14"]) -> Float[Array, "*b n 196"]:
-    """Colour removed: the two channels summed and flattened (the grayscale oracle's input)."""
+    """Colour removed: the two channels summed and flattened (the grayscale oracle's input).
+
+    Args:
+        images: (..., n, 2, 14, 14) two-channel Colored MNIST images.
+
+    Returns:
+        (..., n, 196) the channel sums, i.e. the subsampled digit intensities.
+
+    Raises:
+        ValueError: if the trailing shape is not (2, 14, 14).
+    """
     if images.ndim < 4 or images.shape[-3:] != (2, 14, 14):
         raise ValueError(f"images: expected shape (..., n, 2, 14, 14), got {images.shape}")
     return images.sum(axis=-3).reshape(*images.shape[:-3], 14 * 14)
