@@ -1,0 +1,127 @@
+"""Figures of the tangent-feature spectrum and of feature responses: arrays in, a matplotlib figure out.
+
+* :func:`spectrum_figure`: singular values s_j of YΦ (log scale) beside the label alignment |u_jᵀ1|
+  of each direction (Pezeshki et al. 2021, Sec. 3: strong features are learned first and starve
+  the weaker ones).
+* :func:`responses_figure`: feature responses z_j(t) of real training, linearized training and the
+  theory's prediction on one set of axes (Sec. 4, Fig. 5 style).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from jaxtyping import Float
+
+__all__ = ["spectrum_figure", "responses_figure"]
+
+_FACE = "#F9F9F9"
+_COLORS = ("#3B75AF", "#EF8636", "#529D3E", "#C53932", "#85584E", "#8D69B8", "#D57DBF", "#7F7F7F")
+
+
+def _style(ax) -> None:
+    ax.set_facecolor(_FACE)
+    ax.grid(True, which="major", linestyle="--", lw=0.7, color="k", alpha=0.3)
+
+
+def spectrum_figure(
+    s: Float[np.ndarray, " d"],
+    alignment: Float[np.ndarray, " d"],
+    *,
+    title: str = "",
+    top: int = 20,
+):
+    """Singular values of YΦ (left, log scale) and the label alignment |u_jᵀ1| of the top directions (right).
+
+    Args:
+        s: (d,) singular values in decreasing order.
+        alignment: (d,) |u_jᵀ1| for each direction.
+        title: figure title.
+        top: how many leading directions the right panel shows.
+
+    Returns:
+        A matplotlib ``Figure``.
+
+    Raises:
+        ValueError: naming ``s`` or ``alignment`` for mismatched or non-1-D arrays, or ``top`` < 1.
+    """
+    import matplotlib.pyplot as plt
+
+    s = np.asarray(s, dtype=float)
+    alignment = np.asarray(alignment, dtype=float)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"s: expected a non-empty 1-D array of singular values, got shape {s.shape}")
+    if alignment.shape != s.shape:
+        raise ValueError(f"alignment: expected shape {s.shape} like s, got {alignment.shape}")
+    if top < 1:
+        raise ValueError(f"top: must be >= 1, got {top}")
+    k = min(top, s.size)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    idx = np.arange(1, s.size + 1)
+    ax1.semilogy(idx, s, ".-", color=_COLORS[0], ms=3, lw=1)
+    ax1.set_xlabel("index j")
+    ax1.set_ylabel("singular value $s_j$ of $Y\\Phi$")
+    _style(ax1)
+    ax2.bar(np.arange(1, k + 1), alignment[:k], color=_COLORS[1])
+    ax2.axhline(np.sqrt(s.size), color="k", lw=0.8, ls=":", label="$\\sqrt{n}$ (all margins)")
+    ax2.set_xlabel("index j")
+    ax2.set_ylabel("label alignment $|u_j^\\top 1|$")
+    ax2.legend(frameon=False, fontsize=8)
+    _style(ax2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def responses_figure(
+    curves: Sequence[tuple[str, Float[np.ndarray, " T"], Float[np.ndarray, "T d"]]],
+    *,
+    features: Sequence[int] = (0, 1, 2, 3),
+    xlabel: str = "gradient-flow time $\\eta k$",
+    title: str = "",
+):
+    """Feature responses z_j(t) of several runs on one set of axes.
+
+    Colour marks the feature j, line style the run (solid, dashed, dotted, dash-dot in order), so
+    that e.g. ("network", t, z), ("linearized", t, z), ("theory", t, z) overlay.
+
+    Args:
+        curves: (label, t (T,), z (T, d)) for each run; the runs may have different T.
+        features: indices j of the responses to draw.
+        xlabel: x-axis label.
+        title: figure title.
+
+    Returns:
+        A matplotlib ``Figure``.
+
+    Raises:
+        ValueError: naming ``curves`` for empty input or mismatched shapes, ``features`` for an
+            index out of range.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    if not curves:
+        raise ValueError("curves: pass at least one (label, t, z) run")
+    styles = ("-", "--", ":", "-.")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r, (label, t, z) in enumerate(curves):
+        t, z = np.asarray(t, dtype=float), np.asarray(z, dtype=float)
+        if z.ndim != 2 or t.shape != (z.shape[0],):
+            raise ValueError(f"curves: run {label!r} needs t (T,) and z (T, d), got {t.shape} and {z.shape}")
+        for c, j in enumerate(features):
+            if not 0 <= j < z.shape[1]:
+                raise ValueError(f"features: index {j} out of range for d={z.shape[1]} in run {label!r}")
+            ax.plot(t, z[:, j], styles[r % len(styles)], color=_COLORS[c % len(_COLORS)], lw=1.6 if r == 0 else 1.3)
+    handles = [Line2D([], [], color=_COLORS[c % len(_COLORS)], label=f"$z_{{{j + 1}}}$") for c, j in enumerate(features)]
+    handles += [Line2D([], [], color="k", ls=styles[r % len(styles)], label=lab) for r, (lab, _, _) in enumerate(curves)]
+    ax.legend(handles=handles, frameon=False, fontsize=8, ncol=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("feature response $z_j = u_j^\\top Y (f_t - f_0)$")
+    _style(ax)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
