@@ -253,7 +253,7 @@ def _validate_state(field: Field, system: FeatureSystem, z0) -> Array:
             f"z0: the field does not map a state of shape {z0.shape} to the same shape (got {out_shape}); pass z0 of shape "
             f"(d,) = ({system.d},) for primal fields or (n,) = ({system.n},) for dual_field"
         )
-    if _is_concrete(z0) and not bool(jnp.all(jnp.isfinite(z0))):
+    if _is_concrete(z0) and not np.all(np.isfinite(np.asarray(z0))):  # numpy: stays concrete under jit
         raise ValueError("z0: contains non-finite values (NaN or inf); pass a finite initial state")
     return z0
 

@@ -132,6 +132,9 @@ def test_vmap_over_systems_equals_loop():
         np.testing.assert_allclose(v_gd.z[i], gd(ce_field, system, z0, eta=0.05, num_steps=400, save_every=40).z, rtol=1e-13)
         np.testing.assert_allclose(v_ode.z[i], integrate(sd_field, system, z0, t1=20.0, num_points=6).z, rtol=1e-9, atol=1e-12)
     assert bool(jnp.all(v_gd.success)) and bool(jnp.all(v_ode.success))
+    # Inside an outer jit too (z0 is then a closed-over constant).
+    j_ode = jax.jit(jax.vmap(lambda sy: integrate(sd_field, sy, z0, t1=20.0, num_points=6)))(batch)
+    np.testing.assert_allclose(j_ode.z, v_ode.z, rtol=1e-12)
 
 
 def test_float32_follows_input_dtype():
