@@ -164,16 +164,23 @@ RESNET_ARCHS: dict[str, Callable[..., ResNet]] = {"resnet10": resnet10, "resnet1
 def init_resnet(model: ResNet, key: Array, image_size: int = 224) -> dict[str, Any]:
     """Initialise ``{"params", "batch_stats"}`` for ``model`` on (1, image_size, image_size, 3) inputs.
 
+    Weights are drawn with JAX's ``"rbg"`` generator seeded from ``key``'s bits: the dozens of
+    initialisers of a ResNet compile several times faster with it than with threefry on a CPU
+    (seconds instead of tens of seconds). Same key → same weights on the same backend.
+
     Args:
         model: the ResNet.
-        key: PRNG key for the weights.
+        key: PRNG key (raw ``PRNGKey`` array or typed key) for the weights.
         image_size: input side length (any size ≥ 32 works; only shapes are traced).
 
     Returns:
         The variables dict.
     """
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jnp.asarray(key)
+    words = jnp.resize(data.ravel().astype(jnp.uint32), (4,))
+    rbg = jax.random.wrap_key_data(words, impl="rbg")
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return dict(jax.jit(lambda k: model.init(k, x, train=False))(key))
+    return dict(jax.jit(lambda k: model.init(k, x, train=False))(rbg))
 
 
 def resnet_logit_fn(model: ResNet, batch_stats: Any) -> Callable[[Any, Array], Float[Array, " n"]]:

@@ -145,9 +145,14 @@ def data_mesh(devices: list | None = None) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Place a PyTree on every device of ``mesh`` (parameters, optimiser state)."""
+    """Place a copy of a PyTree on every device of ``mesh`` (parameters, optimiser state).
+
+    Always a copy, never an alias of the input: the training step donates its state, which must
+    not delete arrays the caller still holds (e.g. initial weights shared by several runs).
+    """
     sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda x: jax.device_put(jnp.asarray(x), sharding), tree)
+    copy = lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x  # noqa: E731
+    return jax.tree.map(lambda x: jax.device_put(copy(x), sharding), tree)
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, Array]:
