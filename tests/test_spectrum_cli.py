@@ -19,11 +19,17 @@ def _run(tmp_path, *extra):
 
 
 def test_moons_run_writes_consistent_results(tmp_path):
-    rc, out = _run(tmp_path)
+    rc, out = _run(tmp_path, "--train-steps", "40", "--save-every", "20", "--eta", "1e-3")
     assert rc == 0
     for name in ("config.json", "results.json", "metrics.jsonl", "spectrum.npz", "spectrum.png", "spectrum.pdf",
-                 "summary.md"):
+                 "summary.md", "responses.npz", "responses.json", "responses.png", "responses.pdf"):
         assert (out / name).is_file(), name
+    # linearized training reproduces the theory's GD in z exactly (full-rank U); the network is close
+    track = json.loads((out / "responses.json").read_text())
+    assert track["rel_err_linearized_vs_theory"] < 1e-8
+    assert track["rel_err_network_vs_theory"] < 0.2
+    z = np.load(out / "responses.npz")
+    assert z["z_network"].shape == z["z_theory"].shape == (3, 24)
     res = json.loads((out / "results.json").read_text())
     s = np.asarray(res["s"])
     assert res["d"] == 24 == s.size  # p = 129 > n: full rank
@@ -74,6 +80,8 @@ def test_mnist_cnn_runs(tmp_path):
         (["--weight-decay", "-1"], "--weight-decay"),
         (["--top", "0"], "--top"),
         (["--dataset", "cifar"], "--dataset"),
+        (["--train-steps", "30", "--save-every", "7"], "--save-every"),
+        (["--eta", "0"], "--eta"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, match):

@@ -217,7 +217,7 @@ def _linear_layers(params) -> list[tuple[Array, Array | None]]:
     return out
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class DenseApply:
     """Pure forward pass of a dense network f(x) = W_Lᵀ φ(… φ(W_1ᵀ x + b_1) …) + b_L.
 
@@ -225,6 +225,9 @@ class DenseApply:
     ``{'kernel': W, 'bias': b}`` dicts or a list of ``(W, b)`` pairs (kernels (fan_in, fan_out),
     biases optional). Trailing input dims are flattened. This is the form the structured empirical
     NTK recognises (``NTKMethod.STRUCTURED``), which needs the layers and φ explicitly.
+
+    Two instances with the same activation compare equal (and hash alike), so jitted code keyed on
+    ``apply_fn`` is compiled once, not once per instance.
 
     Attributes:
         activation: the elementwise nonlinearity φ applied after every layer but the last.
