@@ -87,6 +87,32 @@ from ntkdyn.data.moons import make_moons, two_moons
 from ntkdyn.train.fullbatch import SeedAxis, TrainResult, TrainState, train_fullbatch
 from ntkdyn.boundary import boundary_distances, boundary_metrics, line_residual, zero_level_set
 
+# CelebA: data, ResNets, pretrained-weight import, data-parallel training, checkpoints
+from ntkdyn.data.celeba import CelebA, CelebASplit, epoch_order, iterate_batches, load_celeba, load_image
+from ntkdyn.data.celeba_fixture import write_celeba_fixture
+from ntkdyn.models.resnet import ResNet, init_resnet, resnet10, resnet18, resnet50, resnet_logit_fn
+from ntkdyn.models.pretrained import (
+    load_pretrained_resnet,
+    read_safetensors,
+    read_state_dict,
+    read_torch_state_dict,
+    write_safetensors,
+)
+from ntkdyn.train.dataparallel import (
+    ERM,
+    ClassConditionalSD,
+    GroupDRO,
+    MinibatchState,
+    data_mesh,
+    init_train_state,
+    initialize_multihost,
+    make_eval_step,
+    make_train_step,
+    replicate,
+    shard_batch,
+)
+from ntkdyn.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+
 __all__ = sorted(
     name
     for name, obj in dict(globals()).items()

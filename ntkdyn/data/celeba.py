@@ -140,6 +140,12 @@ def read_attributes(path: str | os.PathLike) -> tuple[list[str], list[str], Int[
 def read_partition(path: str | os.PathLike) -> dict[str, int]:
     """Read ``list_eval_partition.txt`` or ``.csv``: file name → partition (0 train, 1 val, 2 test).
 
+    Args:
+        path: the partition file (``.csv`` by suffix, else the whitespace-separated original).
+
+    Returns:
+        file name → partition id.
+
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: a malformed line or a partition outside {0, 1, 2} (names file and line).
@@ -354,7 +360,20 @@ def load_image(path: str | os.PathLike, image_size: int = 224, *, crop: int = 17
 
 
 def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True) -> Int[np.ndarray, " n"]:
-    """The example order of one epoch: a permutation fixed by ``(seed, epoch)`` (identity if not shuffling)."""
+    """The example order of one epoch: a permutation fixed by ``(seed, epoch)``.
+
+    Resuming mid-epoch slices this order, so a resumed run sees exactly the batches of an
+    uninterrupted one.
+
+    Args:
+        n: number of examples.
+        seed: run seed.
+        epoch: epoch index.
+        shuffle: False gives the identity order (evaluation).
+
+    Returns:
+        (n,) indices.
+    """
     if not shuffle:
         return np.arange(n)
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)

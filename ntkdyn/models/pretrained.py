@@ -251,6 +251,12 @@ def read_torch_state_dict(path: str | os.PathLike, *, use_torch: bool | None = N
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read weights from ``.safetensors`` (timm) or ``.pth``/``.pt``/``.bin`` (torchvision), by suffix.
 
+    Args:
+        path: the weights file.
+
+    Returns:
+        name → numpy array.
+
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: an unknown suffix or an unreadable file.
@@ -296,6 +302,12 @@ def torch_resnet_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[tuple[str
 
     Convolution weights OIHW → HWIO; linear weights (out, in) → (in, out); batch-norm weight →
     ``scale``, running statistics → ``batch_stats``. A leading ``module.`` (DataParallel) is removed.
+
+    Args:
+        state_dict: tensor name → array.
+
+    Returns:
+        Flax path → float32 array (``num_batches_tracked`` dropped).
 
     Raises:
         ValueError: a key that is not part of a ResNet.

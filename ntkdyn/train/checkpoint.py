@@ -34,7 +34,14 @@ def _host(x: Any) -> np.ndarray:
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """Checkpoint files in ``directory``, oldest step first (empty if the folder is absent)."""
+    """Checkpoint files in ``directory``, oldest step first.
+
+    Args:
+        directory: checkpoint folder.
+
+    Returns:
+        Paths (empty if the folder is absent or holds none).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -77,7 +84,14 @@ def save_checkpoint(directory: str | os.PathLike, step: int, tree: Any, metadata
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest checkpoint in ``directory``, or None."""
+    """The newest checkpoint in ``directory``.
+
+    Args:
+        directory: checkpoint folder.
+
+    Returns:
+        Its path, or None when there is none.
+    """
     found = list_checkpoints(directory)
     return found[-1] if found else None
 

@@ -39,7 +39,7 @@ __all__ = [
     "ERM",
     "ClassConditionalSD",
     "GroupDRO",
-    "TrainState",
+    "MinibatchState",
     "initialize_multihost",
     "data_mesh",
     "replicate",
@@ -103,7 +103,7 @@ class GroupDRO(NamedTuple):
                                 group_counts=np.asarray(self.group_counts, np.float32) if adj else None)
 
 
-class TrainState(NamedTuple):
+class MinibatchState(NamedTuple):
     """Everything training changes: step, parameters, batch-norm statistics, optimiser and Group DRO state."""
 
     step: Array
@@ -120,9 +120,14 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
                          process_id: int | None = None) -> bool:
     """Join a multi-host run through ``jax.distributed.initialize`` when one is configured.
 
-    Arguments fall back to ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``;
+    Call it once per process before touching any device. Arguments fall back to ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``;
     on clusters JAX detects (SLURM, TPU pods) ``jax.distributed.initialize()`` with no arguments works,
     which is what ``NTKDYN_MULTIHOST=1`` asks for.
+
+    Args:
+        coordinator_address: ``host:port`` of process 0.
+        num_processes: number of processes.
+        process_id: this process's index.
 
     Returns:
         True when the distributed runtime was initialised, False for a single-process run.
@@ -139,13 +144,27 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
 
 
 def data_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: all devices of all processes) with axis ``"data"``."""
+    """A 1-D device mesh with the axis ``"data"`` along which batches are sharded.
+
+    Args:
+        devices: the devices (default: all devices of all processes, ``jax.devices()``).
+
+    Returns:
+        The mesh.
+    """
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Place a copy of a PyTree on every device of ``mesh`` (parameters, optimiser state).
+
+    Args:
+        tree: arrays (numpy or JAX).
+        mesh: the data mesh.
+
+    Returns:
+        The tree with every leaf fully replicated over the mesh.
 
     Always a copy, never an alias of the input: the training step donates its state, which must
     not delete arrays the caller still holds (e.g. initial weights shared by several runs).
@@ -178,7 +197,14 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, Array]
 
 
 def gather(x: Array) -> np.ndarray:
-    """A (possibly multi-host sharded) array as one host numpy array on every process."""
+    """Collect a (possibly multi-host) batch-sharded array into one host numpy array on every process.
+
+    Args:
+        x: a global array.
+
+    Returns:
+        The whole array in host memory.
+    """
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -189,21 +215,24 @@ def gather(x: Array) -> np.ndarray:
 # ---- training ----------------------------------------------------------------------------------
 
 
-def init_train_state(variables: Mapping[str, Any], optimizer: optax.GradientTransformation, num_groups: int = 4) -> TrainState:
-    """Initial :class:`TrainState` from model variables ``{"params", "batch_stats"}``.
+def init_train_state(variables: Mapping[str, Any], optimizer: optax.GradientTransformation, num_groups: int = 4) -> MinibatchState:
+    """Initial :class:`MinibatchState` from model variables ``{"params", "batch_stats"}``.
 
     Args:
         variables: model variables.
         optimizer: an optax transformation (the paper: ``optax.adam(1e-5)``).
         num_groups: groups for Group DRO's weights.
+
+    Returns:
+        Step 0, the variables, the optimiser's initial state and uniform group weights.
     """
     params = variables["params"]
-    return TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}),
+    return MinibatchState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}),
                       optimizer.init(params), group_dro_init(num_groups))
 
 
 def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation, method: ERM | ClassConditionalSD | GroupDRO,
-                    *, donate: bool = True) -> Callable[[TrainState, Mapping[str, Array]], tuple[TrainState, dict[str, Array]]]:
+                    *, donate: bool = True) -> Callable[[MinibatchState, Mapping[str, Array]], tuple[MinibatchState, dict[str, Array]]]:
     """A jitted step ``(state, batch) -> (state, metrics)`` on a (sharded) global batch.
 
     ``apply_fn(variables, images, train=True, mutable=["batch_stats"])`` is a Flax Linen apply
@@ -219,7 +248,7 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
     if not isinstance(method, (ERM, ClassConditionalSD, GroupDRO)):
         raise ValueError(f"method: expected ERM(), ClassConditionalSD() or GroupDRO(), got {method!r}")
 
-    def step(state: TrainState, batch):
+    def step(state: MinibatchState, batch):
         def objective(params):
             logits, updates = apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                                        train=True, mutable=["batch_stats"])
@@ -237,15 +266,22 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
             "acc": jnp.mean(((logits > 0).astype(jnp.float32) == y).astype(jnp.float32)),
             "q": dro.q,
         }
-        return TrainState(state.step + 1, params, batch_stats, opt_state, dro), metrics
+        return MinibatchState(state.step + 1, params, batch_stats, opt_state, dro), metrics
 
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
-def make_eval_step(apply_fn: Callable) -> Callable[[TrainState, Float[Array, "n h w 3"]], Float[Array, " n"]]:
-    """A jitted ``(state, images) -> logits (n,)`` in eval mode (running batch-norm statistics)."""
+def make_eval_step(apply_fn: Callable) -> Callable[[MinibatchState, Float[Array, "n h w 3"]], Float[Array, " n"]]:
+    """A jitted ``(state, images) -> logits (n,)`` in eval mode (running batch-norm statistics).
 
-    def step(state: TrainState, images):
+    Args:
+        apply_fn: the model's Flax Linen apply function, returning (n, 1) logits.
+
+    Returns:
+        The jitted evaluation function; sharded images give sharded logits.
+    """
+
+    def step(state: MinibatchState, images):
         out = apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
         return out[:, 0].astype(jnp.float32)
 
