@@ -63,6 +63,15 @@ def test_same_seed_same_results_and_methods_agree(tmp_path):
     assert (out3 / "results.json").read_text() == (out1 / "results.json").read_text()
 
 
+def test_mnist_mlp_runs(tmp_path):
+    out = tmp_path / "mnist"
+    rc = main(["spectrum", "--dataset", "mnist", "--hidden", "8", "--n", "12", "--top", "3", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["d"] == 12 and res["dataset"] == "mnist"
+
+
+@pytest.mark.slow
 def test_mnist_cnn_runs(tmp_path):
     out = tmp_path / "mnist"
     rc = main(["spectrum", "--dataset", "mnist", "--model", "cnn", "--hidden", "4", "8", "--n", "12",

@@ -93,9 +93,9 @@ def test_every_method_matches_jacobian_contraction(key, xs, model, method):
     elif model == "custom":
         apply_fn, params = _custom(key)
     else:
-        apply_fn, params = init_cnn(key, 1, (3, 4), dtype=jnp.float64)
-        x1 = jax.random.normal(key, (5, 6, 6, 1))
-        x2 = jax.random.normal(jax.random.PRNGKey(1), (3, 6, 6, 1))
+        apply_fn, params = init_cnn(key, 1, (2, 3), dtype=jnp.float64)
+        x1 = jax.random.normal(key, (5, 4, 4, 1))
+        x2 = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 1))
     if method is NTKMethod.STRUCTURED and model in ("custom", "cnn"):
         with pytest.raises(ValueError, match="method"):
             empirical_ntk(apply_fn, params, x1, method=method)
