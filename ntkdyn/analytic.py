@@ -143,7 +143,7 @@ def init_ntk_mlp(
         raise ValueError(f"sigma_w, sigma_b: need sigma_w > 0 and sigma_b >= 0, got {sigma_w}, {sigma_b}")
     dtype = jnp.result_type(float) if dtype is None else dtype
     keys = jax.random.split(key, 2 * (len(dims) - 1))
-    params = {"W": [jax.random.normal(keys[2 * i], (a, b), dtype) for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))]}
+    params = {"W": [jax.random.normal(keys[2 * i], (a, b), dtype) for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True))]}
     if sigma_b > 0:
         params["b"] = [jax.random.normal(keys[2 * i + 1], (b,), dtype) for i, b in enumerate(dims[1:])]
 

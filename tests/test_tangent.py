@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tol
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from conftest import tol
 from ntkdyn.models.cnn import init_cnn
 from ntkdyn.models.mlp import MLP, DenseApply, init_mlp, pure
 from ntkdyn.systems import FeatureSystem
