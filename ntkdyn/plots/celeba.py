@@ -34,8 +34,9 @@ def plot_group_accuracy(group_acc: Mapping[str, Mapping[str, float]], group_name
             ax.axhline(100 * worst[m], color=bars[0].get_facecolor(), ls="--", lw=1)
     ax.set_xticks(x, [g.replace(",", "\n") for g in group_names], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.set_ylim(0, 115)
+    ax.set_yticks(range(0, 101, 20))
+    ax.legend(fontsize=8, loc="upper center", ncol=max(len(methods), 1), frameon=False)
     ax.set_title(title or "Per-group test accuracy (dashed: worst group)", fontsize=10)
     fig.tight_layout()
     return fig
