@@ -75,6 +75,14 @@ def spectrum_figure(
     return fig
 
 
+def _marks(run: int, T: int) -> dict:
+    # Runs after the second get sparse open markers, so a curve that coincides with an earlier one
+    # (linearized training vs the theory) stays visible.
+    if run < 2:
+        return {}
+    return {"marker": "os^"[(run - 2) % 3], "mfc": "none", "ms": 4, "markevery": max(1, T // 12)}
+
+
 def responses_figure(
     curves: Sequence[tuple[str, Float[np.ndarray, " T"], Float[np.ndarray, "T d"]]],
     *,
@@ -84,8 +92,9 @@ def responses_figure(
 ):
     """Feature responses z_j(t) of several runs on one set of axes.
 
-    Colour marks the feature j, line style the run (solid, dashed, dotted, dash-dot in order), so
-    that e.g. ("network", t, z), ("linearized", t, z), ("theory", t, z) overlay.
+    Colour marks the feature j, line style the run (solid, dashed, dotted, dash-dot in order; from
+    the third run on, with sparse open markers), so that e.g. ("network", t, z),
+    ("linearized", t, z), ("theory", t, z) overlay and stay distinguishable where they coincide.
 
     Args:
         curves: (label, t (T,), z (T, d)) for each run; the runs may have different T.
@@ -114,9 +123,11 @@ def responses_figure(
         for c, j in enumerate(features):
             if not 0 <= j < z.shape[1]:
                 raise ValueError(f"features: index {j} out of range for d={z.shape[1]} in run {label!r}")
-            ax.plot(t, z[:, j], styles[r % len(styles)], color=_COLORS[c % len(_COLORS)], lw=1.6 if r == 0 else 1.3)
+            ax.plot(t, z[:, j], styles[r % len(styles)], color=_COLORS[c % len(_COLORS)], lw=1.6 if r == 0 else 1.3,
+                    **_marks(r, t.size))
     handles = [Line2D([], [], color=_COLORS[c % len(_COLORS)], label=f"$z_{{{j + 1}}}$") for c, j in enumerate(features)]
-    handles += [Line2D([], [], color="k", ls=styles[r % len(styles)], label=lab) for r, (lab, _, _) in enumerate(curves)]
+    handles += [Line2D([], [], color="k", ls=styles[r % len(styles)], label=lab, **_marks(r, 1))
+                for r, (lab, _, _) in enumerate(curves)]
     ax.legend(handles=handles, frameon=False, fontsize=8, ncol=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("feature response $z_j = u_j^\\top Y (f_t - f_0)$")
