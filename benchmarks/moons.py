@@ -72,7 +72,13 @@ def main() -> None:
     parser.add_argument("--peer-epochs", type=int, default=1000)
     parser.add_argument("--seed-axis", choices=("map", "vmap"), default="map")
     parser.add_argument("--unroll", type=int, default=8)
+    parser.add_argument("--peer-threads", type=int, default=None,
+                        help="torch.set_num_threads for the peer (default: PyTorch's own choice)")
     args = parser.parse_args()
+    if args.peer_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.peer_threads)
 
     ours = _ours(args.seeds, args.epochs, args.seed_axis, args.unroll)
     peer_timed = _peer(args.peer_seeds, args.peer_epochs)
