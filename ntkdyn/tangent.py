@@ -43,6 +43,10 @@ __all__ = [
 
 ApplyFn = Callable[[Any, Array], Array]
 
+# Kernel columns per VJP/JVP batch of NTK_VECTOR_PRODUCTS when no batch_size is given: bounds its
+# memory to p × 64 parameter cotangents, never n × p.
+_VP_DEFAULT_COLUMNS = 64
+
 
 class NTKMethod(enum.Enum):
     """How :func:`empirical_ntk` computes Θ = ΦΦᵀ.
@@ -52,7 +56,7 @@ class NTKMethod(enum.Enum):
             reference: works for any ``apply_fn``; costs ≈ n₁n₂p FLOPs and holds a
             (batch × p) Jacobian block (n × p without ``batch_size``).
         NTK_VECTOR_PRODUCTS: columns Θ e_j = Φ₁(Φ₂ᵀ e_j) by a VJP followed by a JVP; never forms
-            Φ, holds p × batch parameter cotangents. Slower than the contraction on dense nets,
+            Φ, holds p × batch parameter cotangents (64 columns at a time without ``batch_size``). Slower than the contraction on dense nets,
             but the only generic choice when p · n does not fit in memory.
         STRUCTURED: the layer-wise form of a dense network,
             Θ = Σ_l (A_{l−1}A'_{l−1}ᵀ + 1) ⊙ (Δ_l Δ'_lᵀ)
@@ -246,7 +250,7 @@ def _ntk_vector_products(apply_fn, params, x1, x2, K, batch_size):
     basis_dtype = jax.eval_shape(f2, params).dtype
     blocks = []
     size = n2 * (1 if K is None else K)
-    for a, b in _batches(size, batch_size):
+    for a, b in _batches(size, _VP_DEFAULT_COLUMNS if batch_size is None else batch_size):
         idx = jnp.arange(a, b)
         cots = jax.nn.one_hot(idx, size, dtype=basis_dtype).reshape((b - a, n2) + out_dim)
         blocks.append(_ntk_columns(apply_fn, params, x1, x2, cots, K=K))  # (batch, n1[, K])
