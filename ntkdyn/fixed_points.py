@@ -106,8 +106,8 @@ def fixed_points_batch(
     z0: Float[ArrayLike, " d"] | None = None,
     *,
     chunk: int = 64,
-    rtol: float = 1e-12,
-    atol: float = 1e-12,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 256,
 ) -> tuple[Float[Array, "B d"], Float[Array, "B d d"]]:
     """Fixed points and ∂z*/∂s of a batch of systems (grids of s, λ, δ) with one compiled function.
@@ -131,6 +131,7 @@ def fixed_points_batch(
         SolverError: Newton failed for some system (its index is named).
     """
     B = _validate_batch(systems)
+    rtol, atol = _tolerances(rtol, atol, systems.s.dtype)
     if int(chunk) < 1:
         raise ValueError(f"chunk: must be >= 1, got {chunk}")
     d = systems.s.shape[1]
@@ -157,6 +158,12 @@ def fixed_points_batch(
     return z, J
 
 
+def _tolerances(rtol, atol, dtype, scale: float = 1.0) -> tuple[float, float]:
+    """Newton's default tolerances by dtype: 1e-12 in float64, 1e-5 in float32 (times ``scale``)."""
+    default = (1e-12 if jnp.dtype(dtype) == jnp.float64 else 1e-5) * scale
+    return (default if rtol is None else float(rtol)), (default if atol is None else float(atol))
+
+
 def _hint(rtol, atol, max_steps) -> str:
     return (
         f"(rtol={rtol}, atol={atol}, max_steps={max_steps}). Pass a better initial guess `z0` (e.g. "
@@ -175,8 +182,8 @@ def fixed_point(
     system: FeatureSystem,
     z0: Float[ArrayLike, " d"] | None = None,
     *,
-    rtol: float = 1e-12,
-    atol: float = 1e-12,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 256,
     throw: bool = True,
 ) -> Float[Array, " d"]:
@@ -193,7 +200,8 @@ def fixed_point(
         field: a vector field ``field(z, system)``.
         system: the (U, s, λ) system.
         z0: (d,) initial guess; default zeros (d,). Required, in (0, 1)ⁿ, for the dual field.
-        rtol, atol: Newton's termination tolerances (on the step, in the max norm).
+        rtol, atol: Newton's termination tolerances (on the step, in the max norm); default 1e-12
+            in float64, 1e-5 in float32.
         max_steps: Newton's iteration budget.
         throw: raise :class:`~ntkdyn.dynamics.SolverError` if Newton fails or leaves a residual
             ‖field(z*)‖_∞ > 1e3·atol (under ``jit``/``vmap``: an Equinox runtime error); with
@@ -208,6 +216,7 @@ def fixed_point(
     """
     _validate_system(system)
     z0 = _default_z0(field, system, z0)
+    rtol, atol = _tolerances(rtol, atol, z0.dtype)
     z, result, residual = _fixed_point(field, system, z0, float(rtol), float(atol), int(max_steps))
     ok = (result == optx.RESULTS.successful) & (residual <= 1e3 * atol + 1e3 * rtol * jnp.max(jnp.abs(z)))
     msg = f"Newton's method did not reach a fixed point of the field {_hint(rtol, atol, max_steps)}"
@@ -225,8 +234,8 @@ def fixed_point_jacobian_s(
     system: FeatureSystem,
     z0: Float[ArrayLike, " d"] | None = None,
     *,
-    rtol: float = 1e-12,
-    atol: float = 1e-12,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 256,
 ) -> Float[Array, "d d"]:
     """∂z*/∂s by implicit differentiation through the Newton solver: J[j, i] = ∂z_j*/∂s_i.
@@ -249,6 +258,7 @@ def fixed_point_jacobian_s(
     """
     _validate_system(system)
     z0 = _default_z0(field, system, z0)
+    rtol, atol = _tolerances(rtol, atol, z0.dtype)
     fixed_point(field, system, z0, rtol=rtol, atol=atol, max_steps=max_steps)  # surfaces failures
     return _jacobian_s(field, system, z0, float(rtol), float(atol), int(max_steps))
 
@@ -266,8 +276,8 @@ def starvation_matrix(
     system: FeatureSystem,
     z0: Float[ArrayLike, " d"] | None = None,
     *,
-    rtol: float = 1e-12,
-    atol: float = 1e-12,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 256,
 ) -> Float[Array, "d d"]:
     """The starvation matrix M[j, i] = ∂z_j*/∂s_i of a d-feature system (paper Sec. 3.2, Thm. 2).
@@ -299,8 +309,8 @@ def finite_difference_jacobian_s(
     h: float = 1e-5,
     z0: Float[ArrayLike, " d"] | None = None,
     *,
-    rtol: float = 1e-13,
-    atol: float = 1e-13,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 256,
 ) -> Float[Array, "d d"]:
     """∂z*/∂s by central finite differences: J[:, i] = (z*(s + h eᵢ) − z*(s − h eᵢ)) / 2h.
@@ -312,7 +322,8 @@ def finite_difference_jacobian_s(
         system: the (U, s, λ) system.
         h: the step, 0 < h < min(s).
         z0: initial guess for Newton (default zeros).
-        rtol, atol, max_steps: Newton's settings (tight by default: the differences divide by 2h).
+        rtol, atol, max_steps: Newton's settings (default: a tenth of :func:`fixed_point`'s, since the
+            differences divide the solver's error by 2h).
 
     Returns:
         (d, d) matrix J with J[j, i] ≈ ∂z_j*/∂s_i.
@@ -326,6 +337,8 @@ def finite_difference_jacobian_s(
     if not (np.isfinite(h) and 0 < h < float(jnp.min(s))):
         raise ValueError(f"h: must satisfy 0 < h < min(s) = {float(jnp.min(s))}, got {h}")
     eye = jnp.eye(s.shape[0], dtype=s.dtype)
+    # Tighter than the default: the differences divide the solver's error by 2h.
+    rtol, atol = _tolerances(rtol, atol, s.dtype, scale=0.1)
 
     def z_star(si):
         return fixed_point(field, system._replace(s=si), z0, rtol=rtol, atol=atol, max_steps=max_steps)

@@ -187,3 +187,12 @@ def test_fixed_points_batch_equals_loop_and_reuses_one_compilation():
         stack_systems([systems[0], random_system(jax.random.PRNGKey(0), 3, [1.0, 2.0], 0.1)])
     with pytest.raises(SolverError, match=r"systems \[0, 1, 2, 3, 4\]"):
         fixed_points_batch(ce_field, batch, max_steps=1)
+
+
+def test_float32_follows_input_dtype_with_its_own_tolerances():
+    sy64 = ref(6.0)
+    sy32 = jax.tree.map(lambda x: x.astype(jnp.float32), sy64)
+    z32 = fixed_point(ce_field, sy32)
+    assert z32.dtype == jnp.float32
+    np.testing.assert_allclose(z32, fixed_point(ce_field, sy64), rtol=1e-5)
+    np.testing.assert_allclose(starvation_matrix(ce_field, sy32), starvation_matrix(ce_field, sy64), rtol=1e-3, atol=1e-4)
