@@ -1,6 +1,6 @@
 """ODE grid: 10,000 two-feature CE systems to t = 100, jitted vmapped diffrax vs scipy's solve_ivp.
 
-The systems are the paper's two-feature system (Pezeshki et al. 2021, Sec. 3.2): U(δ = 0.5),
+The systems are the paper's two-feature system (Pezeshki et al. 2021, Sec. 3): U(δ = 0.5),
 s = (s₁, 2) with s₁ spread evenly over [2, 8], λ = 0.01, ż = S²Uᵀσ(−Uz) − λz from z = 0 to t = 100, both
 solvers adaptive 5th-order Runge–Kutta at rtol 1e-8, atol 1e-10 (ours: diffrax Tsit5 with a PID
 controller, all systems in one compiled ``vmap``; the peer: ``scipy.integrate.solve_ivp``, RK45, one

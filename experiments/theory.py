@@ -1,6 +1,6 @@
 """Theory of gradient starvation on the two-feature system: trajectories, fixed points, a verdict.
 
-Pezeshki et al. 2021, Sec. 3–4 and Fig. 6 (and the blog's slider figure). The system: n = d = 2,
+Pezeshki et al. 2021, Sec. 3–4 and its two-feature example figure (and the blog's slider figure). The system: n = d = 2,
 y = (1, 1), U(δ) = [[√(1−δ²), −δ], [δ, √(1−δ²)]] with δ = 0.5, s = (s₁, 2), s₁ ∈ [2, 8].
 CE with weight decay λ = 0.01, ż = η[S²Uᵀσ(−Uz) − λz]; SD with logit penalty λ = 0.002,
 ż = ηS²[Uᵀσ(−Uz) − λz]; the dual flow α̇ = log((1−α)/α) − λ⁻¹US²Uᵀα from α = 1e-8 (z ≈ 0).
@@ -283,7 +283,7 @@ def _summary(config: TheoryConfig, out: dict[str, Any], verdict: dict[str, Any])
         "# Gradient starvation: two-feature theory",
         "",
         f"U(δ = {config.delta:g}), s₂ = {config.s2:g}, CE λ = {config.lam_ce:g}, SD λ = {config.lam_sd:g}, "
-        f"GD η = {config.eta:g} (Pezeshki et al. 2021, Sec. 3–4, Fig. 6).",
+        f"GD η = {config.eta:g} (Pezeshki et al. 2021, Sec. 3–4).",
         "",
         "| s₁ | CE z₁* | CE z₂* | ∂z₂*/∂s₁ (implicit) | ∂z₂*/∂s₁ (FD) | SD z₁* | SD z₂* | SD ∂z₂*/∂s₁ |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -1,14 +1,14 @@
-"""Feature-response dynamics of a linearized classifier (Pezeshki et al. 2021, Sec. 3 and App. B).
+"""Feature-response dynamics of a linearized classifier (Pezeshki et al. 2021, Sec. 3–4 and appendix).
 
 A :class:`~ntkdyn.systems.FeatureSystem` (U, s, λ) fixes the dynamics of the feature responses
 z = S Vᵀθ. The loss is chosen by passing a *vector field* ``field(z, system) -> ż/η``:
 
-* :func:`ce_field` — cross-entropy with weight decay, ż = η[S²Uᵀσ(−Uz) − λz]  (paper Eq. 4);
-* :func:`sd_field` — Spectral Decoupling, ż = ηS²[Uᵀσ(−Uz) − λz]  (paper Sec. 4, Eq. 8);
+* :func:`ce_field` — cross-entropy with weight decay, ż = η[S²Uᵀσ(−Uz) − λz]  (paper Sec. 3);
+* :func:`sd_field` — Spectral Decoupling, ż = ηS²[Uᵀσ(−Uz) − λz]  (paper Sec. 4);
 * :func:`dual_field` — the dual (Legendre) flow on α ∈ (0, 1)ⁿ, mapped back by :func:`dual_to_z`
-  (paper Eq. 5 and Thm. 1);
+  (paper Sec. 3, dual formulation);
 * :func:`quadratic_ce_field` — CE with the binary entropy replaced by its quadratic expansion about α₀
-  (an *approximation*, decoupled fixed points; paper App. B).
+  (an *approximation*, decoupled fixed points; paper appendix).
 
 Two integrators take any field: :func:`gd` (discrete gradient descent, z_{k+1} = z_k + η·field(z_k),
 identical to gradient descent on θ) and :func:`integrate` (adaptive diffrax solver of ż = η·field(z)).
@@ -115,7 +115,7 @@ def ce_field(z: Float[Array, " d"], system: FeatureSystem) -> Float[Array, " d"]
     """Cross-entropy with weight decay: field(z) = S²Uᵀσ(−Uz) − λz.
 
     Gradient flow θ̇ = −η∇_θ[Σᵢ log(1 + e^{−mᵢ}) + (λ/2)‖θ‖²] with margins m = YΦθ = Uz gives exactly
-    ż = η·field(z) (paper Sec. 3, Eq. 4). Fixed points satisfy λz* = S²Uᵀσ(−Uz*); the features are
+    ż = η·field(z) (paper Sec. 3). Fixed points satisfy λz* = S²Uᵀσ(−Uz*); the features are
     coupled through U.
 
     Args:
@@ -132,7 +132,7 @@ def ce_field(z: Float[Array, " d"], system: FeatureSystem) -> Float[Array, " d"]
 def sd_field(z: Float[Array, " d"], system: FeatureSystem) -> Float[Array, " d"]:
     """Spectral Decoupling: field(z) = S²[Uᵀσ(−Uz) − λz].
 
-    Gradient flow on Σᵢ log(1 + e^{−mᵢ}) + (λ/2)‖ŷ‖², with ‖ŷ‖² = ‖Uz‖² = ‖z‖² (paper Sec. 4, Eq. 8).
+    Gradient flow on Σᵢ log(1 + e^{−mᵢ}) + (λ/2)‖ŷ‖², with ‖ŷ‖² = ‖Uz‖² = ‖z‖² (paper Sec. 4).
     The fixed point Uᵀσ(−Uz*) = λz* does not depend on s: the singular values only set each
     feature's speed.
 
@@ -150,7 +150,7 @@ def sd_field(z: Float[Array, " d"], system: FeatureSystem) -> Float[Array, " d"]
 def quadratic_ce_field(
     z: Float[Array, " d"], system: FeatureSystem, alpha0: float = 0.5
 ) -> Float[Array, " d"]:
-    """CE with the *quadratic approximation* of the binary entropy about α₀ (paper App. B).
+    """CE with the *quadratic approximation* of the binary entropy about α₀ (paper appendix).
 
     This is an approximation, not the CE dynamics. Expanding H(α) to second order about α₀ turns
     σ(−m) into the affine g(m) = (b − m)/a with a = 1/(α₀(1−α₀)) and b = log((1−α₀)/α₀) + 1/(1−α₀),
@@ -175,7 +175,7 @@ def quadratic_ce_field(
 def dual_field(alpha: Float[Array, " n"], system: FeatureSystem) -> Float[Array, " n"]:
     """The dual (Legendre) flow: field(α) = log((1 − α)/α) − λ⁻¹ U S² Uᵀ α.
 
-    From log(1 + e^{−m}) = max_{α∈[0,1]} [H(α) − αm] and θ = λ⁻¹(YΦ)ᵀα (paper Eq. 5, Thm. 1). The state
+    From log(1 + e^{−m}) = max_{α∈[0,1]} [H(α) − αm] and θ = λ⁻¹(YΦ)ᵀα (paper Sec. 3 and its appendix). The state
     is α ∈ (0, 1)ⁿ, one dual variable per example; z = :func:`dual_to_z` (α). Its fixed points are those
     of :func:`ce_field` (α* = σ(−Uz*)). Needs λ > 0.
 
@@ -191,7 +191,7 @@ def dual_field(alpha: Float[Array, " n"], system: FeatureSystem) -> Float[Array,
 
 
 def dual_to_z(alpha: Float[Array, "... n"], system: FeatureSystem) -> Float[Array, "... d"]:
-    """Feature responses of dual variables: z = λ⁻¹ S² Uᵀ α (paper Eq. 5).
+    """Feature responses of dual variables: z = λ⁻¹ S² Uᵀ α (paper Sec. 3).
 
     Args:
         alpha: (..., n) dual variables (a trajectory works: leading axes are kept).

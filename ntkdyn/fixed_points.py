@@ -5,7 +5,7 @@ singular values comes from the implicit function theorem, ∂z*/∂s = −(∂f/
 by differentiating *through* the root finder (optimistix's ``ImplicitAdjoint``): no unrolled Newton
 iterations are differentiated.
 
-Gradient starvation (Pezeshki et al. 2021, Sec. 3.2, Thm. 2): feature i *starves* feature j when
+Gradient starvation (Pezeshki et al. 2021, Sec. 3): feature i *starves* feature j when
 ∂z_j*/∂s_i < 0 — a stronger feature i lowers the response the network learns for feature j. The
 :func:`starvation_matrix` M[j, i] = ∂z_j*/∂s_i shows it for any d; :func:`finite_difference_jacobian_s`
 cross-checks it by central differences.
@@ -189,7 +189,7 @@ def fixed_point(
 ) -> Float[Array, " d"]:
     """The fixed point z* of a flow, field(z*, system) = 0, by Newton's method (optimistix).
 
-    For :func:`~ntkdyn.dynamics.ce_field` this is λz* = S²Uᵀσ(−Uz*) (paper Sec. 3.2); for
+    For :func:`~ntkdyn.dynamics.ce_field` this is λz* = S²Uᵀσ(−Uz*) (paper Sec. 3); for
     :func:`~ntkdyn.dynamics.sd_field`, Uᵀσ(−Uz*) = λz*. Differentiable with respect to ``system`` by
     implicit differentiation (see :func:`fixed_point_jacobian_s`). Jit-compiled, ``jax.vmap``-able.
 
@@ -241,7 +241,7 @@ def fixed_point_jacobian_s(
     """∂z*/∂s by implicit differentiation through the Newton solver: J[j, i] = ∂z_j*/∂s_i.
 
     Implicit function theorem on field(z*(s), s) = 0: ∂z*/∂s = −(∂field/∂z)⁻¹ ∂field/∂s at z*, computed by
-    ``jax.jacfwd`` through ``optimistix.root_find`` (``ImplicitAdjoint``). Paper Sec. 3.2, Thm. 2.
+    ``jax.jacfwd`` through ``optimistix.root_find`` (``ImplicitAdjoint``). Paper Sec. 3.
 
     Args:
         field: a vector field ``field(z, system)`` whose state is z ∈ ℝᵈ.
@@ -280,7 +280,7 @@ def starvation_matrix(
     atol: float | None = None,
     max_steps: int = 256,
 ) -> Float[Array, "d d"]:
-    """The starvation matrix M[j, i] = ∂z_j*/∂s_i of a d-feature system (paper Sec. 3.2, Thm. 2).
+    """The starvation matrix M[j, i] = ∂z_j*/∂s_i of a d-feature system (paper Sec. 3).
 
     An off-diagonal entry M[j, i] < 0 means feature i starves feature j: increasing the strength s_i
     of feature i decreases the response z_j* learned for feature j. Under CE with coupled U the
@@ -351,7 +351,7 @@ def lambert_w_fixed_point(s: Float[ArrayLike, " d"], lam: float) -> Float[Array,
     """Large-margin fixed point of CE with U = I: z_j* ≈ W(s_j²/λ) (W the Lambert W function).
 
     With U = I the fixed point solves λz_j = s_j²σ(−z_j) feature by feature; for large margins
-    σ(−z) ≈ e^{−z}, so z_j e^{z_j} = s_j²/λ (paper Sec. 3.2). The relative error is O(e^{−z*}).
+    σ(−z) ≈ e^{−z}, so z_j e^{z_j} = s_j²/λ (paper Sec. 3). The relative error is O(e^{−z*}).
 
     Args:
         s: (d,) singular values > 0.

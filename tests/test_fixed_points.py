@@ -1,4 +1,4 @@
-"""Tests of fixed points and starvation sensitivities: closed forms, implicit vs FD, SPEC §1.5 numbers."""
+"""Tests of fixed points and starvation sensitivities: closed forms, implicit vs FD, the paper's two-feature numbers."""
 
 import math
 

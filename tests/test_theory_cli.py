@@ -27,7 +27,7 @@ def test_starvation_json_is_one_object_with_the_published_shape(capsys):
     for key in ("z1", "z2", "dz2_ds1", "dz2_ds1_fd"):
         assert len(ce[key]) == 6
     assert data["starvation"] is True and data["sd_decoupled"] is True
-    # SPEC §1.5: z₂* ≈ 1.64 at s₁ = 2 falling to ≈ 0.9 at s₁ = 8; SD z* ≈ (6.37, 1.71) for every s₁.
+    # The two-feature example: z₂* ≈ 1.64 at s₁ = 2 falling to ≈ 0.9 at s₁ = 8; SD z* ≈ (6.37, 1.71) for every s₁.
     assert abs(ce["z2"][0] - 1.64) < 5e-3 and abs(ce["z2"][-1] - 0.9) < 0.05
     assert np.all(np.diff(ce["z2"]) < 0)
     np.testing.assert_allclose(ce["dz2_ds1"], ce["dz2_ds1_fd"], atol=1e-7)

@@ -1,6 +1,6 @@
 """Fixed points and ∂z₂*/∂s₁ of the paper's two-feature system, under CE and under SD.
 
-The system (Pezeshki et al. 2021, Sec. 3.2 and Fig. 6): n = d = 2, y = (1, 1),
+The system (Pezeshki et al. 2021, Sec. 3, two-feature example): n = d = 2, y = (1, 1),
 U(δ) = [[√(1−δ²), −δ], [δ, √(1−δ²)]], s = (s₁, s₂). For each s₁ it reports the CE fixed point
 (weight decay λ) with ∂z₂*/∂s₁ by implicit differentiation and by central differences, and the SD
 fixed point (logit penalty λ_SD) with its ∂z₂*/∂s₁. Gradient starvation: ∂z₂*/∂s₁ < 0 for s₁ > s₂.
@@ -60,7 +60,7 @@ def starvation_table(
 ) -> dict[str, Any]:
     """Fixed points and ∂z₂*/∂s₁ of the two-feature system for each s₁, under CE and SD.
 
-    CE: λz* = S²Uᵀσ(−Uz*); SD: Uᵀσ(−Uz*) = λ_SD z* (paper Sec. 3.2 and 4). Derivatives by implicit
+    CE: λz* = S²Uᵀσ(−Uz*); SD: Uᵀσ(−Uz*) = λ_SD z* (paper Sec. 3 and 4). Derivatives by implicit
     differentiation through the Newton solver (one batched solve); CE's also by central differences.
 
     Args:

@@ -1,4 +1,4 @@
-"""Theory figures (Pezeshki et al. 2021, Sec. 3 and Fig. 6): arrays in, a matplotlib figure out.
+"""Theory figures (Pezeshki et al. 2021, Sec. 3–4, two-feature example figure): arrays in, a matplotlib figure out.
 
 * :func:`z2_vs_z1_figure`: z₂ against z₁ for several s₁ — left CE (solid) vs the dual flow (dotted),
   right CE (solid) vs SD (dashed); colour by s₁, end points marked (the paper's theory figure).
