@@ -52,7 +52,14 @@ def train_rate(arch: str, width: int, size: int, batch: int, steps: int) -> tupl
     import optax
 
     from ntkdyn.models.resnet import RESNET_ARCHS, init_resnet
-    from ntkdyn.train.dataparallel import ERM, data_mesh, init_train_state, make_train_step, replicate, shard_batch
+    from ntkdyn.train.dataparallel import (
+        ERM,
+        data_mesh,
+        init_train_state,
+        make_train_step,
+        replicate,
+        shard_batch,
+    )
 
     model = RESNET_ARCHS[arch](width=width)
     opt = optax.adam(1e-5)

@@ -172,9 +172,9 @@ def initial_variables(cfg: Config, model, seed: int) -> dict[str, Any]:
     return jax.device_get(variables)
 
 
-def train_one(cfg: Config, data, method: str, seed: int, out: Path, mesh, resume: bool, *, model, variables,
+def train_one(cfg: Config, data, method: str, seed: int, out: Path, mesh, resume: bool, *, model, init,
               eval_fn) -> dict[str, Any]:
-    """Train one (method, seed) from ``variables``, evaluating val and test after every epoch; resumable.
+    """Train one (method, seed) from ``init()``'s variables, evaluating val and test after every epoch; resumable.
 
     Returns:
         ``{"epochs": [per-epoch {"val", "test"}], "records": [...], "selected": {rule: {...}}}``.
@@ -195,6 +195,7 @@ def train_one(cfg: Config, data, method: str, seed: int, out: Path, mesh, resume
 
     train = data.splits["train"]
     shard = (jax.process_index(), jax.process_count())
+    variables = init()
     optimizer = optax.adamw(cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay else optax.adam(cfg.lr)
     state = init_train_state(variables, optimizer)
     steps_per_epoch = len(train) // cfg.batch_size
@@ -451,10 +452,12 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
     for method in cfg.methods:
         runs[method] = []
         for k in range(cfg.seeds):
-            if k not in inits:
-                inits[k] = initial_variables(cfg, model, k)
-            runs[method].append(train_one(cfg, data, method, k, out, mesh, resume, model=model, variables=inits[k],
-                                          eval_fn=eval_fn))
+            def init(k=k):
+                if k not in inits:  # the same initial weights for every method of a seed
+                    inits[k] = initial_variables(cfg, model, k)
+                return inits[k]
+
+            runs[method].append(train_one(cfg, data, method, k, out, mesh, resume, model=model, init=init, eval_fn=eval_fn))
         if lead:
             rd.write_metrics([rec for m in runs.values() for r in m for rec in r["records"]])
     names = data.group_names

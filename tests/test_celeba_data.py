@@ -116,7 +116,7 @@ def test_pipeline_order_padding_and_sharding(fixture_dir):
     assert len(list(iterate_batches(split, order[:21], batch_size=16, image_size=24, drop_last=True))) == 1
     # two processes each take their contiguous half of every global batch
     halves = [list(iterate_batches(split, order, batch_size=16, image_size=24, shard=(p, 2))) for p in (0, 1)]
-    for full, h0, h1 in zip(batches, *halves):
+    for full, h0, h1 in zip(batches, *halves, strict=True):
         np.testing.assert_array_equal(np.concatenate([h0["index"], h1["index"]]), full["index"])
 
 

@@ -13,7 +13,12 @@ import optax
 import pytest
 
 from ntkdyn.losses import group_dro_init
-from ntkdyn.train.checkpoint import latest_checkpoint, list_checkpoints, restore_checkpoint, save_checkpoint
+from ntkdyn.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from ntkdyn.train.dataparallel import ERM, ClassConditionalSD, GroupDRO, make_train_step
 
 LOGITS = np.array([2.0, -1.0, 0.5, 3.0, -2.0, 0.1])
@@ -46,11 +51,11 @@ def test_group_dro_against_hand_computation():
     group_loss = np.array([per[G == g].mean() for g in range(4)])
     counts = np.array([100, 80, 30, 2])
     q = np.full(4, 0.25)
-    for step in range(3):  # three online updates with the generalisation adjustment C/√n_g
+    state = group_dro_init(4, jnp.float64)
+    for _ in range(3):  # three online updates with the generalisation adjustment C/√n_g
         q_new = q * np.exp(0.5 * (group_loss + 2.0 / np.sqrt(counts)))
         q_new /= q_new.sum()
         expected = np.sum(q_new * group_loss)
-        state = group_dro_init(4, jnp.float64) if step == 0 else state
         loss, state = GroupDRO(step_size=0.5, adjustment=2.0, group_counts=tuple(counts)).loss(
             jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), state)
         np.testing.assert_allclose(state.q, q_new, rtol=1e-6)
@@ -137,7 +142,7 @@ def test_four_devices_match_one_device():
 def test_checkpoint_roundtrip_pruning_and_mismatch(tmp_path):
     tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "opt": (np.int32(4), [np.ones(2, np.float64)])}
     for step in (5, 10, 15):
-        save_checkpoint(tmp_path, step, jax.tree.map(lambda x: x * step, tree), {"epoch": step // 5, "hist": [0.5, None]}, keep=2)
+        save_checkpoint(tmp_path, step, jax.tree.map(lambda x, k=step: x * k, tree), {"epoch": step // 5, "hist": [0.5, None]}, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_0000000010.npz", "ckpt_0000000015.npz"]
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
     restored, meta = restore_checkpoint(latest_checkpoint(tmp_path), tree)

@@ -151,14 +151,14 @@ def write_celeba_fixture(
         (img_dir / name).write_bytes(buf.getvalue())
     if csv:
         rows = ["image_id," + ",".join(CELEBA_ATTRIBUTES)]
-        rows += [name + "," + ",".join(str(v) for v in row) for name, row in zip(names, values)]
+        rows += [name + "," + ",".join(str(v) for v in row) for name, row in zip(names, values, strict=True)]
         (out / "list_attr_celeba.csv").write_text("\n".join(rows) + "\n")
-        parts = ["image_id,partition"] + [f"{name},{p}" for name, p in zip(names, partition)]
+        parts = ["image_id,partition"] + [f"{name},{p}" for name, p in zip(names, partition, strict=True)]
         (out / "list_eval_partition.csv").write_text("\n".join(parts) + "\n")
     else:
         # the official file: count, names (with a trailing space), then right-aligned values
         lines = [str(n), " ".join(CELEBA_ATTRIBUTES) + " "]
-        lines += [name + " " + " ".join(f"{v:>2}" for v in row) for name, row in zip(names, values)]
+        lines += [name + " " + " ".join(f"{v:>2}" for v in row) for name, row in zip(names, values, strict=True)]
         (out / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-        (out / "list_eval_partition.txt").write_text("".join(f"{name} {p}\n" for name, p in zip(names, partition)))
+        (out / "list_eval_partition.txt").write_text("".join(f"{name} {p}\n" for name, p in zip(names, partition, strict=True)))
     return out

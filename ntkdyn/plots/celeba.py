@@ -53,7 +53,7 @@ def plot_validation_curves(curves: Mapping[str, Mapping[str, Sequence[float]]]) 
     """
     fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharey=True)
     for m, c in curves.items():
-        for ax, key in zip(axes, ("avg", "worst")):
+        for ax, key in zip(axes, ("avg", "worst"), strict=True):
             ep = np.arange(1, len(c[key]) + 1)
             ax.plot(ep, 100 * np.asarray(c[key], float), marker="o", label=m)
     axes[0].set_title("validation average accuracy", fontsize=10)

@@ -124,7 +124,7 @@ def restore_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dic
     if paths != meta["paths"]:
         raise ValueError(f"checkpoint {path}: its structure differs from this run's (another model, method or optimiser?); "
                          "use a fresh --out or delete the checkpoints")
-    for p, (_, t), leaf in zip(paths, expected, leaves):
+    for p, (_, t), leaf in zip(paths, expected, leaves, strict=True):
         if tuple(np.shape(t)) != leaf.shape or np.dtype(getattr(t, "dtype", leaf.dtype)) != leaf.dtype:
             raise ValueError(f"checkpoint {path}: leaf {p} is {leaf.dtype}{list(leaf.shape)}, "
                              f"this run expects {np.dtype(t.dtype)}{list(np.shape(t))}")
