@@ -190,7 +190,7 @@ def _torch_resnet(arch, width=64, classes=1000):
     return torch, Net()
 
 
-@pytest.mark.parametrize("arch,factory,width,size", [("resnet18", resnet18, 16, 48), ("resnet50", resnet50, 4, 32)])
+@pytest.mark.parametrize("arch,factory,width,size", [("resnet18", resnet18, 16, 48), ("resnet50", resnet50, 8, 40)])
 def test_matches_pytorch_resnet_output(arch, factory, width, size, tmp_path):
     torch, net = _torch_resnet(arch, width=width, classes=10)
     sd = torchvision_state_dict(arch, np.random.default_rng(3), width=width, classes=10)
