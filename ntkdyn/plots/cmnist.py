@@ -89,7 +89,8 @@ def probe_figure(
             raise ValueError(f"probe[{name!r}]: missing inputs {missing}; expected {list(PROBE_INPUTS)}")
     methods = list(probe)
     ncols = len(methods) + (1 if examples is not None else 0)
-    fig, axes = plt.subplots(2, ncols, figsize=(2.6 * ncols + 1.2, 5.6), squeeze=False)
+    fig, axes = plt.subplots(2, ncols, figsize=(2.6 * ncols + 1.2, 5.6), squeeze=False,
+                             gridspec_kw={"wspace": 0.3})
     col0 = 0
     if examples is not None:
         ax = axes[0, 0]

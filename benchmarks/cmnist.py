@@ -1,0 +1,177 @@
+"""Colored MNIST full-batch training throughput: ours vs plain PyTorch, vs the sgemm peak, vmapped vs sequential.
+
+Three measurements in one run, on the Colored MNIST training set of the chosen MNIST data (the
+embedded 5,000-image subset by default: 4,166 training images, the ≈4k × 392 → 300 → 300 → 1 step
+of Pezeshki et al. 2021, Sec. 4):
+
+1. steps/s of one ERM restart (MLP 392 → 300 → 300 → 1, mean BCE, Adam, full batch) with
+   :func:`ntkdyn.train.fullbatch.train_fullbatch` versus a plain PyTorch loop of the same model,
+   loss and optimizer on the same data;
+2. the GFLOP/s this achieves (matrix-multiply FLOPs of the forward and backward pass) against the
+   machine's float32 matrix-multiply peak, measured with numpy in the same run;
+3. the throughput (restart-steps/s) of 10 restarts vmapped into each step versus the same 10
+   restarts trained one after the other (``SeedAxis.MAP``), both in one compiled call.
+
+Compilation is excluded (a warm-up call, then the best of two timed calls). Prints one JSON line per
+measurement.
+
+    python benchmarks/cmnist.py                  # defaults
+    python benchmarks/cmnist.py --steps 200 --restarts 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def sgemm_peak(size: int = 2048, repeats: int = 10) -> float:
+    """Best float32 GFLOP/s of numpy ``a @ b`` on size × size matrices."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def step_flops(n: int, d_in: int, h: int) -> float:
+    """Matrix-multiply FLOPs of one forward + backward pass of d_in → h → h → 1 on n examples.
+
+    Forward 2n(d_in·h + h·h + h); backward: weight gradients of all layers (the same again) and input
+    gradients of layers 2 and 3 (2n(h·h + h)); the first layer needs no input gradient.
+    """
+    fwd = 2 * n * (d_in * h + h * h + h)
+    return 2 * fwd + 2 * n * (h * h + h)
+
+
+def _data(source: str, max_images: int | None):
+    from ntkdyn.data.colored_mnist import colored_mnist
+    from ntkdyn.data.mnist import load_mnist
+
+    m = load_mnist(source=source)
+    images, labels = m.images[:max_images], m.labels[:max_images]
+    keys = jax.random.split(jax.random.PRNGKey(0), 1)
+    envs = jax.vmap(lambda k: colored_mnist(k, images, labels))(keys)
+    return envs, m
+
+
+def time_ours(cfg, batches, keys, steps: int, seed_axis=None, repeats: int = 2) -> float:
+    """Seconds per step of ``train_fullbatch`` (one compiled call of ``steps`` steps; compilation excluded).
+
+    The call is wrapped in an outer ``jax.jit`` so that repeated calls reuse the compiled program; the
+    best of ``repeats`` timed calls after a warm-up call is taken.
+    """
+    import optax
+
+    from experiments import colored_mnist as X
+    from ntkdyn.train.fullbatch import SeedAxis, train_fullbatch
+
+    seed_axis = SeedAxis.VMAP if seed_axis is None else seed_axis
+    apply_fn, params = X.init_params(cfg, keys)
+    hp = {"penalty": jnp.zeros(keys.shape[0]), "l2": jnp.zeros(keys.shape[0])}
+    objective = X.method_loss(cfg)
+
+    def loss_fn(p, hp, b, step, key):
+        logits = (apply_fn(p, b["x1"])[:, 0], apply_fn(p, b["x2"])[:, 0])
+        loss, _ = objective(logits, (b["y1"], b["y2"]), 0.0, hp, step)
+        return loss, (hp, {})
+
+    @jax.jit
+    def train(params, batches, keys, hp):
+        return train_fullbatch(loss_fn, optax.adam(cfg.lr), params, batches, keys=keys, num_steps=steps,
+                               model_state=hp, batch_axis=0, seed_axis=seed_axis).state.params
+
+    jax.block_until_ready(train(params, batches, keys, hp))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(train(params, batches, keys, hp))
+        best = min(best, time.perf_counter() - t)
+    return best / steps
+
+
+def time_torch(x: np.ndarray, y: np.ndarray, h: int, lr: float, steps: int) -> float:
+    """Seconds per step of a plain PyTorch full-batch loop (same MLP, BCE-with-logits, Adam)."""
+    import torch
+
+    torch.manual_seed(0)
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))[:, None]
+    lins = [torch.nn.Linear(x.shape[1], h), torch.nn.Linear(h, h), torch.nn.Linear(h, 1)]
+    for lin in lins:
+        torch.nn.init.xavier_uniform_(lin.weight)
+        torch.nn.init.zeros_(lin.bias)
+    model = torch.nn.Sequential(lins[0], torch.nn.ReLU(), lins[1], torch.nn.ReLU(), lins[2])
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    lossf = torch.nn.BCEWithLogitsLoss()
+
+    def step():
+        opt.zero_grad()
+        loss = lossf(model(xt), yt)
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t) / steps
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="timed steps (single restart)")
+    parser.add_argument("--restart-steps", type=int, default=30, help="timed steps of the 10-restart comparison")
+    parser.add_argument("--restarts", type=int, default=10)
+    parser.add_argument("--data-source", default="embedded", choices=["auto", "files", "download", "embedded"])
+    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--skip-torch", action="store_true")
+    args = parser.parse_args(argv)
+
+    from experiments import colored_mnist as X
+    from ntkdyn.train.fullbatch import SeedAxis
+
+    cfg = X.DEFAULTS["erm"]
+    envs, mnist = _data(args.data_source, args.max_images)
+    batches = X.prepare_batches(envs, grayscale=False)
+    keys = jax.random.split(jax.random.PRNGKey(1), 1)
+    n = batches["x1"].shape[1] + batches["x2"].shape[1]
+    device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {platform.machine()}"
+    data = f"{mnist.source}, {n} training images"
+
+    peak = sgemm_peak()
+    ours = time_ours(cfg, batches, keys, args.steps)
+    flops = step_flops(n, 392, cfg.hidden)
+    line = {"benchmark": "cmnist_fullbatch_step", "device": device, "data": data,
+            "ours_steps_per_s": 1 / ours, "gflop_per_step": flops / 1e9, "ours_gflops": flops / ours / 1e9,
+            "numpy_sgemm_peak_gflops": peak, "fraction_of_peak": flops / ours / 1e9 / peak}
+    if not args.skip_torch:
+        x = np.concatenate([np.asarray(batches["x1"][0]), np.asarray(batches["x2"][0])])
+        y = np.concatenate([np.asarray(batches["y1"][0]), np.asarray(batches["y2"][0])]).astype(np.float32)
+        torch_s = time_torch(x, y, cfg.hidden, cfg.lr, args.steps)
+        line.update({"torch_steps_per_s": 1 / torch_s, "ratio_ours_over_torch": torch_s / ours})
+    print(json.dumps(line), flush=True)
+
+    R = args.restarts
+    rkeys = jax.random.split(jax.random.PRNGKey(2), R)
+    rb = jax.tree_util.tree_map(lambda a: jnp.repeat(a, R, axis=0), batches)
+    vm = time_ours(cfg, rb, rkeys, args.restart_steps, SeedAxis.VMAP)
+    sq = time_ours(cfg, rb, rkeys, args.restart_steps, SeedAxis.MAP)
+    print(json.dumps({"benchmark": "cmnist_restarts_vmapped_vs_sequential", "device": device, "data": data,
+                      "restarts": R, "vmapped_restart_steps_per_s": R / vm, "sequential_restart_steps_per_s": R / sq,
+                      "ratio_vmapped_over_sequential": sq / vm}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
