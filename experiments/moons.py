@@ -33,6 +33,7 @@ Command::
 
     ntkdyn moons --out runs/moons            # the paper's protocol (all 11 configurations)
     ntkdyn moons --quick --out /tmp/moons    # 2 seeds, 200 epochs, width 64: a smoke test
+    ntkdyn moons --out runs/moons --replot   # redraw the figures from decision_functions.npz
 
 Expected (paper, Fig. 1–3): ERM at Δ = +0.1 draws a nearly straight boundary close to the data
 (small ``boundary_line_residual``, ``boundary_min_distance`` near the margin Δ); SD's boundary is
@@ -52,6 +53,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -430,6 +432,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/moons", help="output directory")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 2 seeds, 200 epochs, width 64 (under a minute)")
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw the figures of the run in --out from its decision_functions.npz (no training)")
     parser.add_argument("--config", action="append", metavar="NAME",
                         help=f"configuration(s) to run (repeatable; default all): {', '.join(SETTINGS)}")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (paper: 10)")
@@ -514,6 +518,42 @@ def _verdict(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _write_arrays(out, values, data, responses) -> None:
+    xs, ys, _ = grid(GRID_SIZE)
+    arrays = {"xs": xs, "ys": ys, "names": np.array(list(values)), "values": np.stack([values[c] for c in values])}
+    for c in values:
+        arrays[f"X_{c}"], arrays[f"y_{c}"] = data[c]
+    for c in responses:
+        arrays[f"epochs_{c}"], arrays[f"z_{c}"] = responses[c]
+    out.write_npz("decision_functions.npz", **arrays)
+
+
+def _read_arrays(out) -> tuple[dict, dict, dict]:
+    path = out.file("decision_functions.npz")
+    if not path.exists():
+        raise FileNotFoundError(f"--replot: {str(path)!r} not found; run the experiment with this --out first")
+    with np.load(path) as npz:
+        names = [str(c) for c in npz["names"]]
+        values = {c: npz["values"][i] for i, c in enumerate(names)}
+        data = {c: (npz[f"X_{c}"], npz[f"y_{c}"]) for c in names}
+        responses = {c: (npz[f"epochs_{c}"], npz[f"z_{c}"]) for c in names if f"z_{c}" in npz.files}
+    return values, data, responses
+
+
+def _draw(out, values, data, responses) -> None:
+    from ntkdyn.plots.moons import DecisionPanel, moons_main_figure, moons_regularizer_figure
+
+    xs, ys, _ = grid(GRID_SIZE)
+    if all(c in values for c in MAIN_FIGURE):
+        panels = [DecisionPanel(MAIN_TITLES[c], values[c], *data[c]) for c in MAIN_FIGURE]
+        resp = {("ERM" if c == "erm" else "SD"): responses[c] for c in ("erm", "sd") if c in responses}
+        out.save_figure(moons_main_figure(xs, ys, panels, resp), "moons_main")
+    regs = [c for c in REGULARIZERS if c in values]
+    if regs:
+        panels = [DecisionPanel(SETTINGS[c].title, values[c], *data[c]) for c in regs]
+        out.save_figure(moons_regularizer_figure(xs, ys, panels), "moons_regularizers")
+
+
 def _seed_axis(choice: str, setting: Setting) -> str:
     if choice != "auto":
         return choice
@@ -529,12 +569,16 @@ def run(args: argparse.Namespace) -> int:
         ValueError: naming the argument on bad input (unknown configuration, lr ≤ 0, epochs ≤ 0,
             n < 2, noise < 0, ...).
     """
-    config = _resolve(args)
-    import jax  # noqa: F401  (after validation: bad arguments fail fast)
-
-    from ntkdyn.plots.moons import DecisionPanel, moons_main_figure, moons_regularizer_figure
     from ntkdyn.runs import RunDir
 
+    if args.replot:
+        if not os.path.isdir(args.out):
+            raise FileNotFoundError(f"--replot: output directory {args.out!r} not found; pass the --out of a finished run")
+        out = RunDir(args.out)
+        _draw(out, *_read_arrays(out))
+        print(f"redrew the figures in {out.path}", file=sys.stderr)
+        return 0
+    config = _resolve(args)
     out = RunDir(args.out)
     out.write_config(config)
     results: dict[str, Any] = {"configs": {}}
@@ -565,22 +609,12 @@ def run(args: argparse.Namespace) -> int:
               f"min dist {metrics['boundary_min_distance']:.3f}, line residual {metrics['boundary_line_residual']:.3f}",
               file=sys.stderr, flush=True)
         results["verdict"] = _verdict(results)
+        _write_arrays(out, values, data, responses)  # after every configuration: --replot works on partial runs
         out.write_metrics(metrics_records)
         out.write_results(results)
         out.write_text("summary.md", _summary(config, results))
 
-    xs, ys, _ = grid(GRID_SIZE)
-    out.write_npz("decision_functions.npz", xs=xs, ys=ys, names=np.array(list(values)),
-                  values=np.stack([values[c] for c in values]),
-                  **{f"z_{c}": responses[c][1] for c in responses}, **{f"epochs_{c}": responses[c][0] for c in responses})
-    if all(c in values for c in MAIN_FIGURE):
-        panels = [DecisionPanel(MAIN_TITLES[c], values[c], *data[c]) for c in MAIN_FIGURE]
-        resp = {("ERM" if c == "erm" else "SD"): responses[c] for c in ("erm", "sd") if c in responses}
-        out.save_figure(moons_main_figure(xs, ys, panels, resp), "moons_main")
-    regs = [c for c in REGULARIZERS if c in values]
-    if regs:
-        panels = [DecisionPanel(SETTINGS[c].title, values[c], *data[c]) for c in regs]
-        out.save_figure(moons_regularizer_figure(xs, ys, panels), "moons_regularizers")
+    _draw(out, values, data, responses)
     print(f"wrote {out.path}", file=sys.stderr)
     return 0
 

@@ -107,6 +107,13 @@ def test_command_writes_a_complete_run(tmp_path, capsys):
     assert {r["config"] for r in records} == set(results["configs"])
     npz = np.load(out / "decision_functions.npz")
     assert npz["values"].shape == (4, 100, 100) and npz["z_sd"].shape[1] == moons.RESPONSE_DIRECTIONS
+    # The figures can be redrawn from the saved arrays, without training.
+    before = (out / "moons_main.png").read_bytes()
+    (out / "moons_main.png").unlink()
+    assert cli.main(["moons", "--out", str(out), "--replot"]) == 0
+    assert (out / "moons_main.png").read_bytes() == before
+    assert cli.main(["moons", "--out", str(tmp_path / "missing"), "--replot"]) == 2
+    assert "--replot" in capsys.readouterr().err
     # Same seed, same numbers.
     out2 = tmp_path / "run2"
     assert cli.main(["moons", "--out", str(out2), *ARGS, "--config", "dropout"]) == 0
