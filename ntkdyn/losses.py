@@ -39,7 +39,14 @@ def _check_pair(f: Array, y: Array, name_f: str = "logits", name_y: str = "y") -
 
 
 def to_signed(y01: ArrayLike) -> Array:
-    """Map {0, 1} labels to {−1, +1}: y± = 2y − 1."""
+    """Map {0, 1} labels to {−1, +1}: y± = 2y − 1.
+
+    Args:
+        y01: labels in {0, 1} (any shape).
+
+    Returns:
+        Float labels in {−1, +1}, same shape.
+    """
     y01 = jnp.asarray(y01)
     return 2.0 * y01.astype(jnp.result_type(float)) - 1.0
 
@@ -64,13 +71,32 @@ def logistic_loss(logits: Float[Array, " n"], y: Float[Array, " n"], *, reductio
 
 
 def binary_cross_entropy(logits: Float[Array, " n"], y01: Float[Array, " n"]) -> Array:
-    """Mean binary cross-entropy with logits on {0, 1} labels (equals :func:`logistic_loss` on 2y−1)."""
+    """Mean binary cross-entropy with logits on {0, 1} labels: mean(softplus(f) − y f).
+
+    Equals :func:`logistic_loss` on the signed labels 2y − 1.
+
+    Args:
+        logits: (n,) model outputs f.
+        y01: (n,) labels in {0, 1}.
+
+    Returns:
+        The scalar mean loss.
+    """
     _check_pair(logits, y01, name_y="y01")
     return jnp.mean(jax.nn.softplus(logits) - y01 * logits)
 
 
 def sd_penalty(logits: Float[Array, " n"]) -> Array:
-    """Spectral Decoupling penalty mean(ŷ²); multiply by λ/2 or by the paper's coefficient."""
+    """Spectral Decoupling penalty mean(ŷ²) (Pezeshki et al. 2021, Sec. 4).
+
+    The training loss is ℓ + c·mean(ŷ²); with the sum-form loss of the theory this is (λ/2)‖ŷ‖².
+
+    Args:
+        logits: (n,) model outputs ŷ.
+
+    Returns:
+        The scalar mean of ŷ².
+    """
     if logits.ndim != 1:
         raise ValueError(f"logits: expected shape (n,), got {logits.shape}")
     return jnp.mean(logits**2)
@@ -134,7 +160,15 @@ class GroupDROState(NamedTuple):
 
 
 def group_dro_init(num_groups: int, dtype=jnp.float32) -> GroupDROState:
-    """Uniform initial group weights."""
+    """Uniform initial Group DRO weights q_g = 1/g.
+
+    Args:
+        num_groups: number of groups g ≥ 1.
+        dtype: floating dtype of q.
+
+    Returns:
+        The initial :class:`GroupDROState`.
+    """
     if num_groups < 1:
         raise ValueError(f"num_groups: must be >= 1, got {num_groups}")
     return GroupDROState(jnp.full((num_groups,), 1.0 / num_groups, dtype))

@@ -66,7 +66,16 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same directory + rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file in the same directory + rename).
+
+    Args:
+        path: destination; parent directories are created.
+        data: the bytes.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`. On any failure the previous file (if any) is untouched
+        and no temporary file is left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -84,12 +93,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
+    """Write UTF-8 ``text`` to ``path`` atomically.
+
+    Args:
+        path: destination.
+        text: the text.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` (converted by :func:`to_jsonable`) as indented, key-sorted JSON, atomically."""
+    """Write ``obj`` (converted by :func:`to_jsonable`) as indented, key-sorted JSON, atomically.
+
+    Args:
+        path: destination.
+        obj: any value :func:`to_jsonable` accepts (arrays, dataclasses, mappings, scalars).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
     text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False)
     return atomic_write_text(path, text + "\n")
 

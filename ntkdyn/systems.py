@@ -152,7 +152,17 @@ def random_orthonormal(key: PRNGKeyArray, n: int, d: int, dtype=None) -> Float[A
 
 
 def random_system(key: PRNGKeyArray, n: int, s: ArrayLike, lam: ArrayLike) -> FeatureSystem:
-    """A system with Haar-random U (n × len(s)) and the given singular values."""
+    """A system with Haar-random U (n × len(s)) and the given singular values.
+
+    Args:
+        key: PRNG key for U.
+        n: number of examples (rows of U).
+        s: (d,) positive singular values.
+        lam: λ ≥ 0.
+
+    Returns:
+        The validated :class:`FeatureSystem`.
+    """
     s_arr = jnp.atleast_1d(jnp.asarray(s, dtype=jnp.result_type(float)))
     return feature_system(random_orthonormal(key, n, s_arr.shape[0], s_arr.dtype), s_arr, lam)
 
