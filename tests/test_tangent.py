@@ -106,7 +106,7 @@ def test_every_method_matches_jacobian_contraction(key, xs, model, method):
         theta = empirical_ntk(apply_fn, params, a, b, method=method)
         assert theta.shape == ref.shape
         np.testing.assert_allclose(theta, ref, **F64)
-        for bs in (2,):
+        for bs in (2,) if model != "cnn" else ():  # batching is model-independent code; spare CNN compiles
             np.testing.assert_allclose(empirical_ntk(apply_fn, params, a, b, method=method, batch_size=bs), theta,
                                        rtol=1e-12, atol=1e-12)
 
