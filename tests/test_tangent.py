@@ -223,3 +223,22 @@ def test_bad_input_names_argument(key, xs, call, match):
     apply_fn, params = _mlp(key)
     with pytest.raises(ValueError, match=match):
         call(apply_fn, params, xs[0])
+
+
+def test_linen_apply_is_accepted(key, xs):
+    """A Flax Linen ``apply`` over its variables dict is just another pure apply_fn."""
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(1)(nn.relu(nn.Dense(6)(x)))
+
+    x1, x2 = xs
+    variables = Net().init(key, x1)
+    apply_fn = Net().apply
+    phi1 = _reference_phi(apply_fn, variables, x1)
+    phi2 = _reference_phi(apply_fn, variables, x2)
+    np.testing.assert_allclose(empirical_ntk(apply_fn, variables, x1, x2), phi1 @ phi2.T, **F64)
+    np.testing.assert_allclose(empirical_ntk(apply_fn, variables, x1, x2, method=NTKMethod.NTK_VECTOR_PRODUCTS),
+                               phi1 @ phi2.T, **F64)
