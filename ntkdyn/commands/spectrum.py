@@ -19,7 +19,9 @@ spectrum.png/.pdf and summary.md. Measured on the moons (seed 0, float64 Gram): 
 directions above the n·ε cut-off, s₁ ≈ 160, s₂ ≈ 151, s₅ ≈ 36, s₁₀ ≈ 2.4 (a steep decay); the
 label-aligned directions are j = 2 and 3 (|u_jᵀ1| ≈ 14.8 and 6.2 of √300 ≈ 17.3); under CE
 (λ = 0.06) the top direction starves 128 of the other 275 (∂z_j*/∂s₁ < 0), under SD every
-∂z_j*/∂s₁ vanishes (|·| < 1e-16).
+∂z_j*/∂s₁ vanishes (|·| < 1e-16). On an MNIST sample (``--dataset mnist``: n = 300,
+784 → 300 → 300 → 1, seed 0): d = 300, s₁ ≈ 72 with s₁/s₂ ≈ 3.35, and under CE the top direction
+starves 155 of the other 299.
 """
 
 from __future__ import annotations
