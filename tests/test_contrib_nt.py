@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("neural_tangents") is None or importlib.util.find_spec("frozendict") is None,
     reason="neural-tangents not installed (pip install --no-deps neural-tangents==0.6.5 frozendict)",
-)
+)]
 
 
 def test_neural_tangents_analytic_ntk_matches_ours_and_wide_networks():
