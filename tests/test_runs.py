@@ -45,6 +45,13 @@ def test_rundir_writes_are_deterministic(tmp_path):
     assert len(a.file("metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    path = atomic_write_text(tmp_path / "r.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_rundir_rejects_a_file(tmp_path):
     f = tmp_path / "x"
     f.write_text("")
