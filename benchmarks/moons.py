@@ -70,8 +70,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10000)
     parser.add_argument("--peer-seeds", type=int, default=2)
     parser.add_argument("--peer-epochs", type=int, default=1000)
-    parser.add_argument("--seed-axis", choices=("map", "vmap"), default="map")
-    parser.add_argument("--unroll", type=int, default=8)
+    parser.add_argument("--seed-axis", choices=("map", "vmap"), default="vmap")
+    parser.add_argument("--unroll", type=int, default=4)
     parser.add_argument("--peer-threads", type=int, default=None,
                         help="torch.set_num_threads for the peer (default: PyTorch's own choice)")
     args = parser.parse_args()

@@ -28,10 +28,10 @@ metrics of the chunk's last step (computed on the parameters before that step's 
 ``eval_fn(params, model_state, batch)`` on the parameters after the chunk are recorded, as scan
 outputs (no host round trip). A remainder of ``num_steps % k`` steps runs after the last record.
 
-Seeds and devices: ``seed_axis=SeedAxis.VMAP`` batches all seeds into each step (best on a GPU and
-for matrix-multiply-bound steps); ``SeedAxis.MAP`` trains them one after the other inside the same
-compiled call (best on a CPU for small models whose working set fits in cache; the paper's
-two-moons net is such a case). With ``devices`` set (e.g. ``jax.local_devices()``) the seed axis is
+Seeds and devices: ``seed_axis=SeedAxis.VMAP`` batches all seeds into each step (one large step
+instead of S small ones: best on a GPU, and measured fastest on a 2-core CPU for the paper's
+two-moons nets too); ``SeedAxis.MAP`` trains them one after the other inside the same compiled call
+(each seed's working set stays in cache; worth measuring for small models on a CPU). With ``devices`` set (e.g. ``jax.local_devices()``) the seed axis is
 split over a 1-D ``jax.sharding.Mesh`` with ``jax.shard_map``; each device trains its seeds with the
 chosen ``seed_axis``. S need not be a multiple of the device count: the seed axis is padded by
 repeating the first seed, and the padding is removed from every output.
@@ -78,8 +78,8 @@ class SeedAxis(enum.Enum):
         VMAP: all seeds batched into every step (``jax.vmap``). One large step instead of S small
             ones: fastest on accelerators and when a step is matrix-multiply bound.
         MAP: seeds trained one after the other (``jax.lax.map``) in the same compiled call. Each
-            seed's working set stays in cache, which on a CPU beats batching for small models
-            (a 2 → 500 → 1 net on 300 points).
+            seed's working set stays in cache, which on some CPUs beats batching for small models;
+            measure (``benchmarks/moons.py --seed-axis``).
     """
 
     VMAP = "vmap"
