@@ -21,8 +21,15 @@ and the probe (Fig. 4; accuracy % on digit-gray / digit-colour / blank-gray / bl
 ERM 63.3 / 23.9 / 49.9 / 9.4, SD 68.3 / 67.2 / 50.0 / 9.4, IRM 66.9 / 66.6 / 49.7 / 49.6.
 
 On the embedded 5,000-image subset (4,166 training images) the published hyperparameters transfer
-only partly: ERM fits the colour and the small training set (test accuracy far below 50 %), SD stays
-tens of points above ERM, the oracle lands near 70 %.
+only partly: every method fits the small training set further than on full MNIST. Measured with
+``ntkdyn cmnist --data-source embedded`` (10 restarts, seed 0; train / test accuracy in %):
+
+    ERM     100.0 ± 0.0 / 24.2 ± 1.4       SD      74.2 ± 1.1 / 60.3 ± 1.8
+    IRM      92.9 ± 0.6 / 28.2 ± 2.9       V-REx   96.6 ± 0.4 / 27.0 ± 1.7
+    grayscale oracle 87.1 ± 0.8 / 65.2 ± 1.5
+
+(IRM's and V-REx's penalties, tuned for 50,000 training images, do not stop the colour here; SD keeps
+the digit: probe accuracy on coloured digits 60.3 % vs ERM's 24.2 %.)
 
 Model selection: every published hyperparameter on this task was tuned against the *test*
 environment (test-domain selection), which the reports say. ``--sweep`` offers the honest
