@@ -568,7 +568,7 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
         batches = prepare_batches(envs, grayscale=cfg.grayscale, val_frac=config.val_frac if config.sweep else 0.0, n_z=n_z)
         probe = probe_batches(envs, grayscale=cfg.grayscale)
         if G > 1:  # seed axis = grid value × restart
-            rep = lambda a: jnp.tile(a, (G,) + (1,) * (a.ndim - 1))  # noqa: E731
+            rep = lambda a, G=G: jnp.tile(a, (G,) + (1,) * (a.ndim - 1))  # noqa: E731
             batches = {k: rep(v) for k, v in batches.items()}
             probe = {k: rep(v) for k, v in probe.items()}
         keys = jnp.tile(init_keys, (G, 1))

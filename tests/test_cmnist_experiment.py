@@ -92,7 +92,7 @@ def test_vmapped_equals_sequential(small):
     batches = X.prepare_batches(envs, grayscale=False, n_z=10)
     together = X.train_method(cfg, batches, keys, log_every=4)
     for s in (0, 2):
-        alone = X.train_method(cfg, jax.tree_util.tree_map(lambda a: a[s : s + 1], batches), keys[s : s + 1], log_every=4)
+        alone = X.train_method(cfg, jax.tree_util.tree_map(lambda a, s=s: a[s : s + 1], batches), keys[s : s + 1], log_every=4)
         for a, b in zip(jax.tree_util.tree_leaves(together.params), jax.tree_util.tree_leaves(alone.params), strict=True):
             np.testing.assert_allclose(np.asarray(a[s]), np.asarray(b[0]), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(together.history["test_acc"][s], alone.history["test_acc"][0], atol=1e-6)
@@ -112,7 +112,7 @@ def test_training_matches_a_plain_loop(small):
     opt = optax.adam(cfg.lr)
     state = opt.init(params)
     for t in range(cfg.steps):
-        def loss(p):
+        def loss(p, t=t):
             f = apply_fn(p, jnp.concatenate([b["x1"], b["x2"]]))[:, 0]
             y = jnp.concatenate([b["y1"], b["y2"]])
             nll, sd = binary_cross_entropy(f, y), jnp.mean(f**2)

@@ -55,7 +55,7 @@ def test_measured_rates():
     d = jax.jit(C.colored_mnist)(jax.random.PRNGKey(3), images, digits)
     for env, e in ((d.train[0], 0.2), (d.train[1], 0.1), (d.test, 0.9)):
         m = env.labels.shape[0]
-        se = lambda p: 4 * np.sqrt(p * (1 - p) / m)  # noqa: E731
+        se = lambda p, m=m: 4 * np.sqrt(p * (1 - p) / m)  # noqa: E731
         clean = np.asarray(env.digits) < 5
         label_flip = np.mean(np.asarray(env.labels) != clean)
         color_flip = np.mean(np.asarray(env.colors) != np.asarray(env.labels))
