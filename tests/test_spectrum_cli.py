@@ -98,3 +98,17 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, match):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
+
+
+def test_spectrum_figure_marks_sqrt_n_not_sqrt_d():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ntkdyn.plots.spectrum import spectrum_figure
+
+    s = np.array([3.0, 2.0, 1.0])
+    fig = spectrum_figure(s, np.array([2.0, 1.0, 0.5]), n=16)
+    ys = [line.get_ydata()[0] for line in fig.axes[1].get_lines()]
+    assert ys == [4.0]
+    with pytest.raises(ValueError, match="n: the number of examples"):
+        spectrum_figure(s, np.ones(3), n=2)

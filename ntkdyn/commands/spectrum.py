@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     out.write_npz("spectrum.npz", **res)
     import matplotlib.pyplot as plt
 
-    fig = spectrum_figure(res["s"], res["alignment"], top=max(k, 1),
+    fig = spectrum_figure(res["s"], res["alignment"], top=max(k, 1), n=args.n,
                           title=f"{args.dataset}, {args.model}, n = {args.n}: spectrum of $Y\\Phi$ at init")
     out.save_figure(fig, "spectrum")
     plt.close(fig)

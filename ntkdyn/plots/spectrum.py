@@ -31,6 +31,7 @@ def spectrum_figure(
     *,
     title: str = "",
     top: int = 20,
+    n: int | None = None,
 ):
     """Singular values of YΦ (left, log scale) and the label alignment |u_jᵀ1| of the top directions (right).
 
@@ -39,6 +40,8 @@ def spectrum_figure(
         alignment: (d,) |u_jᵀ1| for each direction.
         title: figure title.
         top: how many leading directions the right panel shows.
+        n: number of examples; when given, the right panel marks √n = ‖1‖, the alignment of a
+            direction that carries every margin equally (an upper bound of |u_jᵀ1|).
 
     Returns:
         A matplotlib ``Figure``.
@@ -56,6 +59,8 @@ def spectrum_figure(
         raise ValueError(f"alignment: expected shape {s.shape} like s, got {alignment.shape}")
     if top < 1:
         raise ValueError(f"top: must be >= 1, got {top}")
+    if n is not None and n < s.size:
+        raise ValueError(f"n: the number of examples must be >= d = {s.size} directions, got {n}")
     k = min(top, s.size)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     idx = np.arange(1, s.size + 1)
@@ -64,10 +69,12 @@ def spectrum_figure(
     ax1.set_ylabel("singular value $s_j$ of $Y\\Phi$")
     _style(ax1)
     ax2.bar(np.arange(1, k + 1), alignment[:k], color=_COLORS[1])
-    ax2.axhline(np.sqrt(s.size), color="k", lw=0.8, ls=":", label="$\\sqrt{n}$ (all margins)")
+    if n is not None:
+        ax2.axhline(np.sqrt(n), color="k", lw=0.8, ls=":", label=f"$\\sqrt{{n}}$, n = {n}")
     ax2.set_xlabel("index j")
     ax2.set_ylabel("label alignment $|u_j^\\top 1|$")
-    ax2.legend(frameon=False, fontsize=8)
+    if n is not None:
+        ax2.legend(frameon=False, fontsize=8)
     _style(ax2)
     if title:
         fig.suptitle(title)
