@@ -535,6 +535,16 @@ def _check_U(U: ArrayLike, n: int) -> Array:
     return U
 
 
+def _response_fn(apply_fn: ApplyFn, params0: Any, x: ArrayLike, y: ArrayLike, U: ArrayLike) -> Callable[[Any], Array]:
+    """Validate the inputs once; return θ ↦ z = Uᵀ Y (f(X; θ) − f(X; θ₀))."""
+    x = _check_x(x, "x")
+    _out_shape(apply_fn, params0, x, None)
+    yv = jnp.asarray(signed_labels(y, x.shape[0]), jnp.result_type(float))
+    U = _check_U(U, x.shape[0])
+    f0 = _outputs(apply_fn, params0, x, None)
+    return lambda p: U.T @ (yv * (_outputs(apply_fn, p, x, None) - f0))
+
+
 def feature_responses(
     apply_fn: ApplyFn,
     params0: Any,
@@ -563,12 +573,7 @@ def feature_responses(
     Raises:
         ValueError: naming ``x``, ``y``, ``U`` or ``params`` on bad input.
     """
-    x = _check_x(x, "x")
-    _out_shape(apply_fn, params0, x, None)
-    yv = jnp.asarray(signed_labels(y, x.shape[0]), jnp.result_type(float))
-    U = _check_U(U, x.shape[0])
-    f0 = _outputs(apply_fn, params0, x, None)
-    return U.T @ (yv * (_outputs(apply_fn, params_t, x, None) - f0))
+    return _response_fn(apply_fn, params0, x, y, U)(params_t)
 
 
 def feature_response_trajectory(
@@ -592,17 +597,12 @@ def feature_response_trajectory(
     Raises:
         ValueError: as :func:`feature_responses`; naming ``checkpoints`` when empty.
     """
-    x = _check_x(x, "x")
-    _out_shape(apply_fn, params0, x, None)
-    yv = jnp.asarray(signed_labels(y, x.shape[0]), jnp.result_type(float))
-    U = _check_U(U, x.shape[0])
+    z = _response_fn(apply_fn, params0, x, y, U)
     if isinstance(checkpoints, (list, tuple)):
         if not checkpoints:
             raise ValueError("checkpoints: is empty; pass at least one params PyTree")
         checkpoints = jax.tree.map(lambda *leaves: jnp.stack(leaves), *checkpoints)
-    f0 = _outputs(apply_fn, params0, x, None)
-    z = jax.jit(jax.vmap(lambda p: U.T @ (yv * (_outputs(apply_fn, p, x, None) - f0))))
-    return z(checkpoints)
+    return jax.jit(jax.vmap(z))(checkpoints)
 
 
 class FeatureResponseTracker:
@@ -627,12 +627,7 @@ class FeatureResponseTracker:
     """
 
     def __init__(self, apply_fn: ApplyFn, params0: Any, x: ArrayLike, y: ArrayLike, U: ArrayLike):
-        x = _check_x(x, "x")
-        _out_shape(apply_fn, params0, x, None)
-        yv = jnp.asarray(signed_labels(y, x.shape[0]), jnp.result_type(float))
-        U = _check_U(U, x.shape[0])
-        f0 = _outputs(apply_fn, params0, x, None)
-        self._z = jax.jit(lambda p: U.T @ (yv * (_outputs(apply_fn, p, x, None) - f0)))
+        self._z = jax.jit(_response_fn(apply_fn, params0, x, y, U))
         self._steps: list[int] = []
         self._values: list[np.ndarray] = []
 
