@@ -59,9 +59,13 @@ def _fixed_point(field, system, z0, rtol, atol, max_steps):
     return z, result, residual
 
 
-def _converged(field, system, z, result, rtol, atol):
-    residual = jnp.max(jnp.abs(field(z, system)))
+def _accepted(z, result, residual, rtol, atol):
+    """Newton succeeded and left a residual ‖field(z*)‖_∞ within 1e3·(atol + rtol·‖z*‖_∞)."""
     return (result == optx.RESULTS.successful) & (residual <= 1e3 * atol + 1e3 * rtol * jnp.max(jnp.abs(z)))
+
+
+def _converged(field, system, z, result, rtol, atol):
+    return _accepted(z, result, jnp.max(jnp.abs(field(z, system))), rtol, atol)
 
 
 @functools.partial(jax.jit, static_argnames=("field", "rtol", "atol", "max_steps"))
@@ -84,7 +88,7 @@ def _validate_batch(systems: FeatureSystem) -> int:
     if U.ndim != 3 or s.ndim != 2 or lam.ndim != 1 or not (U.shape[0] == s.shape[0] == lam.shape[0]) or U.shape[2] != s.shape[1]:
         raise ValueError(
             f"systems: expected a batch U (B, n, d), s (B, d), lam (B,), got shapes {U.shape}, {s.shape}, {lam.shape}; "
-            "stack single systems with jax.tree.map(lambda *x: jnp.stack(x), *systems)"
+            "stack single systems with ntkdyn.stack_systems"
         )
     for name, arr in (("U", U), ("s", s), ("lam", lam)):
         if not np.all(np.isfinite(arr)):
@@ -218,7 +222,7 @@ def fixed_point(
     z0 = _default_z0(field, system, z0)
     rtol, atol = _tolerances(rtol, atol, z0.dtype)
     z, result, residual = _fixed_point(field, system, z0, float(rtol), float(atol), int(max_steps))
-    ok = (result == optx.RESULTS.successful) & (residual <= 1e3 * atol + 1e3 * rtol * jnp.max(jnp.abs(z)))
+    ok = _accepted(z, result, residual, rtol, atol)
     msg = f"Newton's method did not reach a fixed point of the field {_hint(rtol, atol, max_steps)}"
     if not throw:
         return jnp.where(ok, z, jnp.nan)
