@@ -246,6 +246,27 @@ def accuracy(logits, y01):
     return jnp.mean(((logits > 0).astype(y01.dtype) == y01).astype(jnp.float32))
 
 
+def fit_metrics(logits_of, batch) -> dict[str, Any]:
+    """Accuracy and mean binary cross-entropy on the pooled training environments and on the test environment.
+
+    Args:
+        logits_of: ``x -> (n,)`` logits of one model.
+        batch: one seed's ``x1``, ``y1``, ``x2``, ``y2``, ``xt``, ``yt`` (see :func:`prepare_batches`).
+
+    Returns:
+        ``{"train_acc", "train_nll", "test_acc", "test_nll"}`` scalars.
+    """
+    import jax.numpy as jnp
+
+    from ntkdyn.losses import binary_cross_entropy
+
+    f = jnp.concatenate([logits_of(batch["x1"]), logits_of(batch["x2"])])
+    y = jnp.concatenate([batch["y1"], batch["y2"]])
+    ft = logits_of(batch["xt"])
+    return {"train_acc": accuracy(f, y), "train_nll": binary_cross_entropy(f, y),
+            "test_acc": accuracy(ft, batch["yt"]), "test_nll": binary_cross_entropy(ft, batch["yt"])}
+
+
 @dataclasses.dataclass
 class MethodRun:
     """What :func:`train_method` returns (arrays with a leading seed axis S).
@@ -326,13 +347,7 @@ def train_method(
         return loss, (hp, metrics)
 
     def eval_fn(params, hp, batch):
-        f1, f2 = logits_of(params, batch["x1"]), logits_of(params, batch["x2"])
-        ft = logits_of(params, batch["xt"])
-        from ntkdyn.losses import binary_cross_entropy
-
-        f, y = jnp.concatenate([f1, f2]), jnp.concatenate([batch["y1"], batch["y2"]])
-        rec = {"train_acc": accuracy(f, y), "train_nll": binary_cross_entropy(f, y),
-               "test_acc": accuracy(ft, batch["yt"]), "test_nll": binary_cross_entropy(ft, batch["yt"])}
+        rec = fit_metrics(lambda x: logits_of(params, x), batch)
         if "xv" in batch:
             rec["val_acc"] = accuracy(logits_of(params, batch["xv"]), batch["yv"])
         if "xz" in batch:
@@ -405,7 +420,6 @@ def feature_response_curves(run: MethodRun, batches: dict[str, Any], *, seed: in
         accuracy curves (R + 1,), the first entry at step 0.
     """
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from ntkdyn.tangent import NTKMethod, feature_spectrum
@@ -419,17 +433,8 @@ def feature_response_curves(run: MethodRun, batches: dict[str, Any], *, seed: in
     ft = np.asarray(run.history["f_z"][seed], np.float64)  # (R, n_z)
     z = np.concatenate([np.zeros((1, U.shape[1])), (ysgn[None, :] * (ft - f0[None, :])) @ U], axis=0)
 
-    def at0(b):
-        from ntkdyn.losses import binary_cross_entropy
-
-        lg = lambda x: run.apply_fn(params0, x)[:, 0]  # noqa: E731
-        f = jnp.concatenate([lg(b["x1"]), lg(b["x2"])])
-        y = jnp.concatenate([b["y1"], b["y2"]])
-        ft = lg(b["xt"])
-        return {"train_acc": accuracy(f, y), "train_nll": binary_cross_entropy(f, y),
-                "test_acc": accuracy(ft, b["yt"]), "test_nll": binary_cross_entropy(ft, b["yt"])}
-
-    first = at0({k: batches[k][seed] for k in ("x1", "y1", "x2", "y2", "xt", "yt")})
+    first = fit_metrics(lambda x: run.apply_fn(params0, x)[:, 0],
+                        {k: batches[k][seed] for k in ("x1", "y1", "x2", "y2", "xt", "yt")})
     curve = lambda k: np.concatenate([[float(first[k])], np.asarray(run.history[k][seed], np.float64)])  # noqa: E731
     return {"steps": np.concatenate([[0], np.asarray(run.steps)]), "z": z, "s": np.asarray(spec.s)[:top],
             "train_loss": curve("train_nll"), "test_loss": curve("test_nll"),
@@ -507,13 +512,6 @@ def _sweep_grid(cfg: MethodConfig) -> list[dict[str, float]]:
     if cfg.name == "oracle":
         return [{"penalty": 0.0, "l2": cfg.l2 * f} for f in SWEEP_FACTORS]
     return [{"penalty": cfg.penalty * f, "l2": cfg.l2} for f in SWEEP_FACTORS]
-
-
-def _stats(values) -> dict[str, float]:
-    import numpy as np
-
-    v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std())}
 
 
 def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[str, Any]:
