@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ntkdyn.runs import atomic_write_bytes
+
 __all__ = [
     "read_safetensors",
     "write_safetensors",
@@ -98,7 +100,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> Path:
-    """Write numpy arrays as a ``.safetensors`` file (header padded to 8 bytes, as the reference writer).
+    """Write numpy arrays as a ``.safetensors`` file (header padded to 8 bytes, as the reference writer), atomically.
 
     Args:
         path: output file.
@@ -125,9 +127,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         offset += len(raw)
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    path = Path(path)
-    path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(chunks))
-    return path
+    return atomic_write_bytes(path, struct.pack("<Q", len(head)) + head + b"".join(chunks))
 
 
 # ---- torch .pth without torch ------------------------------------------------------------------
