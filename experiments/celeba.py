@@ -424,7 +424,7 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
     from ntkdyn.data.celeba import load_celeba
     from ntkdyn.models.resnet import RESNET_ARCHS
     from ntkdyn.plots.celeba import plot_group_accuracy, plot_validation_curves
-    from ntkdyn.runs import RunDir
+    from ntkdyn.runs import RunDir, to_jsonable
     from ntkdyn.train.dataparallel import data_mesh, initialize_multihost, make_eval_step
 
     initialize_multihost()
@@ -437,7 +437,7 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
     config = dataclasses.asdict(cfg) | {"devices": len(mesh.devices.flat), "processes": jax.process_count()}
     if resume and rd.file("config.json").is_file():
         old = json.loads(rd.file("config.json").read_text())
-        keep = {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("devices", "processes", "workers", "prefetch")}
+        keep = {k: v for k, v in to_jsonable(config).items() if k not in ("devices", "processes", "workers", "prefetch")}
         diff = [k for k, v in keep.items() if old.get(k) != v]
         if diff:
             raise ValueError(f"--resume: settings differ from the run in {out} ({', '.join(diff)}); use the same arguments")

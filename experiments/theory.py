@@ -259,7 +259,7 @@ def run_theory(config: TheoryConfig) -> dict[str, Any]:
     )
 
 
-def _verdict(out: dict[str, Any], config: TheoryConfig) -> dict[str, Any]:
+def _verdict(out: dict[str, Any]) -> dict[str, Any]:
     table, checks = out["table"], out["checks"]
     z2 = table["ce"]["z2"]
     starving = table["starvation"]
@@ -340,7 +340,7 @@ def write_outputs(config: TheoryConfig, out: dict[str, Any], path) -> dict[str, 
 
     rd = RunDir(path)
     rd.write_config(dataclasses.asdict(config))
-    verdict = _verdict(out, config)
+    verdict = _verdict(out)
     s1 = list(out["traj_s1"])
     fig_idx = [s1.index(v) for v in config.figure_s1]
     sl_idx = [s1.index(v) for v in config.slider_s1]

@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         z_star, M = None, None
 
     rd = RunDir(args.out)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}  # write_config turns paths into strings
     config.update(mode=mode, steps=steps if mode == "gd" else None)
     rd.write_config(config)
     record = {"t": np.asarray(traj.t), "z": z, "loss": args.loss, "mode": mode,

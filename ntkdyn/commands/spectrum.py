@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     d, k = res["s"].shape[0], min(args.top, res["s"].shape[0])
     starved = [j for j in range(1, d) if res["dz_ds1_ce"][j] < 0]
     out = RunDir(args.out)
-    config = {k_: (str(v) if isinstance(v, Path) else v) for k_, v in vars(args).items() if not k_.startswith("_")}
+    config = {k_: v for k_, v in vars(args).items() if not k_.startswith("_")}  # write_config turns paths into strings
     config.update(lam_ce=lam_ce, lam_sd=lam_sd)
     out.write_config(config)
     out.write_metrics(
@@ -232,12 +232,9 @@ def run(args: argparse.Namespace) -> int:
     }
     out.write_results(results)
     out.write_npz("spectrum.npz", **res)
-    import matplotlib.pyplot as plt
-
     fig = spectrum_figure(res["s"], res["alignment"], top=max(k, 1), n=args.n,
                           title=f"{args.dataset}, {args.model}, n = {args.n}: spectrum of $Y\\Phi$ at init")
-    out.save_figure(fig, "spectrum")
-    plt.close(fig)
+    out.save_figure(fig, "spectrum")  # closes the figure
     rows = ["| j | s_j | abs(u_j^T 1) | z*_CE | z*_SD | dz_j*/ds_1 (CE) | dz_j*/ds_1 (SD) |",
             "|---|---|---|---|---|---|---|"]
     rows += [f"| {j + 1} | {res['s'][j]:.4g} | {res['alignment'][j]:.3f} | {res['z_ce'][j]:.4g} | "
@@ -249,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         f"(dz_j*/ds_1 < 0); under SD max |dz*/ds_1| = {results['max_abs_dz_ds1_sd']:.1e}.\n\n" + "\n".join(rows) + "\n"
     )
     if args.train_steps:
-        summary += _track(args, out, apply_fn, params, x, y, spec, lam_ce if args.loss == "ce" else lam_sd, res)
+        summary += _track(args, out, apply_fn, params, x, y, spec, lam_ce if args.loss == "ce" else lam_sd)
     out.write_text("summary.md", summary)
     print(summary)
     return 0
@@ -290,8 +287,7 @@ def track_responses(apply_fn, params, x, y, spec, *, loss: str, lam: float, eta:
             "z_linearized": np.asarray(lin.responses(y, spec.U)), "z_theory": np.asarray(theory.z)}
 
 
-def _track(args, out, apply_fn, params, x, y, spec, lam, res) -> str:
-    import matplotlib.pyplot as plt
+def _track(args, out, apply_fn, params, x, y, spec, lam) -> str:
     import numpy as np
 
     from ntkdyn.plots.spectrum import responses_figure
@@ -307,8 +303,7 @@ def _track(args, out, apply_fn, params, x, y, spec, lam, res) -> str:
         features=[int(j) for j in sorted(order)],
         title=f"{args.dataset}, {args.model}, {args.loss.upper()} (lambda = {lam:.3g}, eta = {args.eta:g})",
     )
-    out.save_figure(fig, "responses")
-    plt.close(fig)
+    out.save_figure(fig, "responses")  # closes the figure
     final = {k: tr[k][-1] for k in ("z_network", "z_linearized", "z_theory")}
     err_lin = float(np.linalg.norm(final["z_linearized"] - final["z_theory"]) / np.linalg.norm(final["z_theory"]))
     err_net = float(np.linalg.norm(final["z_network"] - final["z_theory"]) / np.linalg.norm(final["z_theory"]))
