@@ -14,15 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from jaxtyping import Float
 
+from ntkdyn.plots.theory import S1_COLORS as _COLORS
+from ntkdyn.plots.theory import _style
+
 __all__ = ["spectrum_figure", "responses_figure"]
-
-_FACE = "#F9F9F9"
-_COLORS = ("#3B75AF", "#EF8636", "#529D3E", "#C53932", "#85584E", "#8D69B8", "#D57DBF", "#7F7F7F")
-
-
-def _style(ax) -> None:
-    ax.set_facecolor(_FACE)
-    ax.grid(True, which="major", linestyle="--", lw=0.7, color="k", alpha=0.3)
 
 
 def spectrum_figure(
