@@ -375,14 +375,12 @@ def evaluate(run: MethodRun, batches: dict[str, Any], probe: dict[str, Any]) -> 
         ``probe`` → name → {"acc", "entropy"} (S,) arrays.
     """
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     def per_seed(params, b, pr):
         lg = lambda x: run.apply_fn(params, x)[:, 0]  # noqa: E731
-        f = jnp.concatenate([lg(b["x1"]), lg(b["x2"])])
-        out = {"train_acc": accuracy(f, jnp.concatenate([b["y1"], b["y2"]])),
-               "test_acc": accuracy(lg(b["xt"]), b["yt"])}
+        fit = fit_metrics(lg, b)
+        out = {"train_acc": fit["train_acc"], "test_acc": fit["test_acc"]}
         if "xv" in b:
             out["val_acc"] = accuracy(lg(b["xv"]), b["yv"])
         out["probe"] = {k: {"acc": accuracy(lg(x), b["yt"]), "entropy": binary_entropy_from_logits(lg(x))}
