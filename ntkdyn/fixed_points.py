@@ -223,14 +223,19 @@ def fixed_point(
     rtol, atol = _tolerances(rtol, atol, z0.dtype)
     z, result, residual = _fixed_point(field, system, z0, float(rtol), float(atol), int(max_steps))
     ok = _accepted(z, result, residual, rtol, atol)
-    msg = f"Newton's method did not reach a fixed point of the field {_hint(rtol, atol, max_steps)}"
     if not throw:
         return jnp.where(ok, z, jnp.nan)
+    return _surface(z, ok, result, residual, rtol, atol, max_steps)
+
+
+def _surface(out, ok, result, residual, rtol, atol, max_steps):
+    """``out`` if Newton converged; else a :class:`SolverError` (concrete) or an Equinox runtime error (traced)."""
+    msg = f"Newton's method did not reach a fixed point of the field {_hint(rtol, atol, max_steps)}"
     if _is_concrete(ok):
         if not bool(jnp.all(ok)):
             raise SolverError(f"{msg} Solver status: {optx.RESULTS[result] or 'converged'}; residual {float(jnp.max(residual)):.2e}.")
-        return z
-    return eqx.error_if(z, ~ok, msg)
+        return out
+    return eqx.error_if(out, ~ok, msg)
 
 
 def fixed_point_jacobian_s(
@@ -263,16 +268,19 @@ def fixed_point_jacobian_s(
     _validate_system(system)
     z0 = _default_z0(field, system, z0)
     rtol, atol = _tolerances(rtol, atol, z0.dtype)
-    fixed_point(field, system, z0, rtol=rtol, atol=atol, max_steps=max_steps)  # surfaces failures
-    return _jacobian_s(field, system, z0, float(rtol), float(atol), int(max_steps))
+    J, z, result, residual = _jacobian_s(field, system, z0, float(rtol), float(atol), int(max_steps))
+    return _surface(J, _accepted(z, result, residual, rtol, atol), result, residual, rtol, atol, max_steps)
 
 
 @functools.partial(jax.jit, static_argnames=("field", "rtol", "atol", "max_steps"))
 def _jacobian_s(field, system, z0, rtol, atol, max_steps):
+    """∂z*/∂s and, from the same Newton solve, z*, its result code and residual."""
     def z_star(s):
-        return _root(field, system._replace(s=s), z0, rtol, atol, max_steps)[0]
+        z, result = _root(field, system._replace(s=s), z0, rtol, atol, max_steps)
+        return z, (z, result)
 
-    return jax.jacfwd(z_star)(system.s)
+    J, (z, result) = jax.jacfwd(z_star, has_aux=True)(system.s)
+    return J, z, result, jnp.max(jnp.abs(field(z, system)))
 
 
 def starvation_matrix(
