@@ -52,7 +52,7 @@ def _peer(seeds: int, epochs: int) -> float:
         net = torch.nn.Sequential(torch.nn.Linear(2, 500), torch.nn.ReLU(), torch.nn.Linear(500, 1))
         opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9, weight_decay=2e-4)
 
-        def epoch():
+        def epoch(net=net, opt=opt, X=X, y=y):
             loss = F.softplus(-net(X)[:, 0] * y).mean()
             opt.zero_grad()
             loss.backward()

@@ -413,7 +413,7 @@ def feature_responses_over_training(trained: Trained, k: int = RESPONSE_DIRECTIO
     S = trained.X.shape[0]
     zs = []
     for s in range(S):
-        p0 = jax.tree_util.tree_map(lambda a: a[s], trained.params0)
+        p0 = jax.tree_util.tree_map(lambda a, s=s: a[s], trained.params0)
         spec = feature_spectrum(DenseApply(), p0, jnp.asarray(trained.X[s]), jnp.asarray(trained.y[s]))
         U = np.asarray(spec.U, np.float64)[:, :k]
         f0 = np.asarray(forward(p0, None, jnp.asarray(trained.X[s]), train=False)[0], np.float64)

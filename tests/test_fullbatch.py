@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import tol
 
 from ntkdyn.train.fullbatch import SeedAxis, train_fullbatch
@@ -76,8 +75,8 @@ def _reference(problem):
     opt = _opt()
     finals, losses = [], []
     for s in range(S):
-        p = jax.tree_util.tree_map(lambda a: a[s], params)
-        m = jax.tree_util.tree_map(lambda a: a[s], mstate)
+        p = jax.tree_util.tree_map(lambda a, s=s: a[s], params)
+        m = jax.tree_util.tree_map(lambda a, s=s: a[s], mstate)
         o = opt.init(p)
         rec = []
         for t in range(23):
@@ -96,7 +95,7 @@ def test_vmapped_equals_one_seed_at_a_time(problem):
     res = _run(problem, seed_axis=SeedAxis.VMAP, unroll=3)
     ref_params, ref_loss = _reference(problem)
     t = tol(res.state.params["w1"].dtype)
-    for a, b in zip(jax.tree_util.tree_leaves(res.state.params), jax.tree_util.tree_leaves(ref_params)):
+    for a, b in zip(jax.tree_util.tree_leaves(res.state.params), jax.tree_util.tree_leaves(ref_params), strict=True):
         np.testing.assert_allclose(a, b, **t)
     np.testing.assert_allclose(res.history["loss"], ref_loss, **t)
     np.testing.assert_array_equal(res.steps, [5, 10, 15, 20])
@@ -108,7 +107,7 @@ def test_vmapped_equals_one_seed_at_a_time(problem):
 def test_map_layout_equals_vmap(problem):
     a = _run(problem, seed_axis=SeedAxis.VMAP)
     b = _run(problem, seed_axis=SeedAxis.MAP, unroll=4)
-    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_allclose(u, v, **tol(np.float64))
 
 

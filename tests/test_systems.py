@@ -3,7 +3,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntkdyn import feature_system, random_system, rotation_matrix, rotation_system, system_from_matrix
+from ntkdyn import (
+    feature_system,
+    random_system,
+    rotation_matrix,
+    rotation_system,
+    system_from_matrix,
+)
 
 
 def test_rotation_matrix_is_orthogonal_and_identity_at_zero():

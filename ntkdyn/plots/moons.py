@@ -106,7 +106,7 @@ def moons_main_figure(
         raise ValueError("panels: expected at least one DecisionPanel")
     ncols = len(panels) + (1 if responses else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(2.9 * ncols, 3.1), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes[0], panels, strict=False):  # axes may hold an extra responses panel
         decision_panel(ax, xs, ys, panel)
     if responses:
         ax = axes[0, -1]
@@ -156,7 +156,7 @@ def moons_regularizer_figure(
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.7 * ncols, 3.0 * nrows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_axis_off()
-    for ax, panel in zip(axes.flat, panels):
+    for ax, panel in zip(axes.flat, panels, strict=False):  # spare axes are switched off above
         decision_panel(ax, xs, ys, panel)
     fig.tight_layout()
     return fig
