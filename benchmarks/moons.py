@@ -4,7 +4,10 @@ Workload (Pezeshki et al. 2021, §3): 2 → 500 → 1 ReLU, 300 points, full-bat
 momentum 0.9, weight decay 2e-4), mean softplus(−yŷ), 10 seeds × 10,000 epochs.
 
 * ours: :func:`experiments.moons.train_setting` — the whole run (10 seeds × 10,000 epochs) timed
-  end to end, compilation included (after one untimed warm-up call that initialises JAX). The steady-state training
+  end to end, initialisation and compilation included (after one untimed warm-up call of a
+  different size that starts JAX). The CPU's cores are exposed as JAX devices
+  (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``--host-devices``, default all cores)
+  and the seeds are split over them, each device training its share vmapped. The steady-state training
   time is t(2E) − t(E): the same program with twice the epochs, whose compilation, data and
   initialisation cost the same.
 * peer: the plain PyTorch loop of the authors' code (``nn.Linear`` layers, ``optim.SGD`` with
@@ -16,6 +19,7 @@ Prints one JSON line: seconds for both, the extrapolation, and the speed-up rati
 compilation included, and peer / ours steady state).
 
     python benchmarks/moons.py [--epochs 10000] [--seeds 10] [--peer-epochs 1000] [--peer-seeds 2]
+                               [--host-devices N]
 """
 
 from __future__ import annotations
@@ -24,15 +28,19 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 
 def _ours(seeds: int, epochs: int, seed_axis: str, unroll: int) -> float:
+    import jax
+
     from experiments.moons import SETTINGS, train_setting
 
+    devices = jax.local_devices() if jax.local_device_count() > 1 else None
     start = time.perf_counter()
     trained = train_setting(SETTINGS["erm"], seeds=seeds, epochs=epochs, lr=1e-2, n=300, noise=0.1, hidden=500,
-                            seed=0, records=10, unroll=unroll, seed_axis=seed_axis)
+                            seed=0, records=10, unroll=unroll, seed_axis=seed_axis, devices=devices)
     seconds = time.perf_counter() - start
     assert trained.history["loss"].shape[0] == seeds
     return seconds
@@ -74,10 +82,15 @@ def main() -> None:
     parser.add_argument("--peer-seeds", type=int, default=2)
     parser.add_argument("--peer-epochs", type=int, default=1000)
     parser.add_argument("--seed-axis", choices=("map", "vmap"), default="vmap")
-    parser.add_argument("--unroll", type=int, default=4)
+    parser.add_argument("--unroll", type=int, default=1)
+    parser.add_argument("--host-devices", type=int, default=os.cpu_count(),
+                        help="CPU cores exposed as JAX devices, the seeds split over them (1: one device)")
     parser.add_argument("--peer-threads", type=int, default=None,
                         help="torch.set_num_threads for the peer (default: PyTorch's own choice)")
     args = parser.parse_args()
+    if args.host_devices > 1 and "jax" not in sys.modules:  # must precede JAX's start
+        flag = f"--xla_force_host_platform_device_count={args.host_devices}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
     if args.peer_threads is not None:
         import torch
 
@@ -90,12 +103,14 @@ def main() -> None:
     peer_timed = _peer(args.peer_seeds, args.peer_epochs)
     scale = (args.seeds * args.epochs) / (args.peer_seeds * args.peer_epochs)
     peer = peer_timed * scale
+    import jax
     import torch
 
     print(json.dumps({
         "benchmark": "moons_training",
         "workload": f"{args.seeds} seeds x {args.epochs} epochs, 2-500-1 ReLU, 300 points, SGD momentum",
-        "ours": f"ntkdyn train_fullbatch (seed_axis={args.seed_axis}, unroll={args.unroll}), compile included",
+        "ours": f"ntkdyn train_fullbatch (seed_axis={args.seed_axis}, unroll={args.unroll}, "
+                f"{jax.local_device_count()} devices), init and compile included",
         "ours_seconds": round(ours, 3),
         "ours_seed_epochs_per_s": round(args.seeds * args.epochs / ours, 1),
         "ours_double_epochs_seconds": round(ours_double, 3),

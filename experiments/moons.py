@@ -128,15 +128,11 @@ REGULARIZERS = ("erm", "weight_decay", "train_longer", "adam_small_lr", "adam_la
 # Model: the MLP's parameter PyTree trained as a pure function
 
 
-def _torch_uniform(key, shape, dtype):
-    import jax
-
-    bound = 1.0 / math.sqrt(shape[0])
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
 def init_params(key, *, hidden: int, hidden_layers: int, batch_norm: bool) -> tuple[Any, Any]:
     """Initial (params, batch-norm state) of 2 → hidden^hidden_layers → 1, PyTorch's default init.
+
+    Every weight and bias of layer l is U(±1/√fan_inₗ), as ``torch.nn.Linear``. All of them come
+    from one uniform draw, sliced per layer (one random-bits kernel to compile, not one per array).
 
     Args:
         key: PRNG key.
@@ -145,24 +141,26 @@ def init_params(key, *, hidden: int, hidden_layers: int, batch_norm: bool) -> tu
         batch_norm: include batch-norm scale/shift params and running statistics.
 
     Returns:
-        ``(params, stats)``: ``params`` the pure-dict :class:`ntkdyn.models.MLP` Param state with
-        W, b ~ U(±1/√fan_in); ``stats`` ``{"mean": {i: 0}, "var": {i: 1}}`` or ``None``.
+        ``(params, stats)``: ``params`` in the layout of the :class:`ntkdyn.models.MLP` Param state
+        (``{"linears": {l: {"kernel", "bias"}}, "norms": {l: {"scale", "bias"}}}``, kernels
+        (fan_in, fan_out)); ``stats`` ``{"mean": {l: 0}, "var": {l: 1}}`` or ``None``.
     """
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
-    from ntkdyn.models.mlp import init_mlp
-
-    k_w, k_b = jax.random.split(key)
-    _, state = init_mlp(k_w, 2, [hidden] * hidden_layers, kernel_init=_torch_uniform, batch_norm=batch_norm)
-    params = nnx.to_pure_dict(state)
-    for i, layer in params["linears"].items():
-        fan_in, fan_out = layer["kernel"].shape
-        bound = 1.0 / math.sqrt(fan_in)
-        layer["bias"] = jax.random.uniform(jax.random.fold_in(k_b, i), (fan_out,), jnp.float32, -bound, bound)
+    widths = [2] + [hidden] * hidden_layers + [1]
+    sizes = [(fan_in, fan_out) for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True)]
+    u = jax.random.uniform(key, (sum((a + 1) * b for a, b in sizes),), jnp.float32, -1.0, 1.0)
+    linears, offset = {}, 0
+    for i, (fan_in, fan_out) in enumerate(sizes):
+        block = u[offset : offset + (fan_in + 1) * fan_out].reshape(fan_in + 1, fan_out) / math.sqrt(fan_in)
+        linears[i] = {"kernel": block[:fan_in], "bias": block[fan_in]}
+        offset += (fan_in + 1) * fan_out
+    params: dict[str, Any] = {"linears": linears}
     stats = None
     if batch_norm:
+        params["norms"] = {i: {"scale": jnp.ones((hidden,), jnp.float32), "bias": jnp.zeros((hidden,), jnp.float32)}
+                           for i in range(hidden_layers)}
         stats = {
             "mean": {i: jnp.zeros((hidden,), jnp.float32) for i in range(hidden_layers)},
             "var": {i: jnp.ones((hidden,), jnp.float32) for i in range(hidden_layers)},
@@ -247,10 +245,17 @@ def make_loss(setting: Setting):
     import jax.numpy as jnp
 
     from ntkdyn.losses import logistic_loss, sd_penalty
+    from ntkdyn.models.mlp import shallow_relu
+
+    shallow = setting.hidden_layers == 1 and not setting.batch_norm and not setting.dropout
 
     def loss_fn(params, stats, batch, step, key):
         x, y = batch
-        f, new_stats = forward(params, stats, x, train=True, key=key, dropout=setting.dropout)
+        if shallow:  # the same function, with the activation-pattern gradient of shallow_relu
+            hidden, out = params["linears"][0], params["linears"][1]
+            f, new_stats = shallow_relu(hidden["kernel"], hidden["bias"], out["kernel"], out["bias"], x), stats
+        else:
+            f, new_stats = forward(params, stats, x, train=True, key=key, dropout=setting.dropout)
         nll = logistic_loss(f, y)
         loss = nll + setting.sd_coef * sd_penalty(f) if setting.sd_coef else nll
         return loss, (new_stats, {"nll": nll, "acc": jnp.mean((f * y) > 0)})
@@ -288,8 +293,9 @@ def train_setting(
     seed: int,
     records: int = 200,
     record_outputs: bool = False,
-    unroll: int = 4,
+    unroll: int = 1,
     seed_axis: str = "vmap",
+    devices: Sequence[Any] | None = None,
 ) -> Trained:
     """Train one configuration on ``seeds`` seeds at once (one compiled call).
 
@@ -302,6 +308,9 @@ def train_setting(
         record_outputs: also record f(X; θ_t) on the training set (for feature responses).
         unroll: steps per scan iteration.
         seed_axis: ``"vmap"`` (all seeds in every step) or ``"map"`` (seeds one after another).
+        devices: devices to split the seeds over (``None``: the default device). On a CPU, expose
+            the cores as devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set
+            before JAX starts.
 
     Returns:
         :class:`Trained`.
@@ -317,13 +326,18 @@ def train_setting(
             for s in range(seeds)]
     X = np.stack([d[0] for d in data])
     y = np.stack([d[1] for d in data])
-    base = jax.random.key(seed)
-    seed_keys = jnp.stack([jax.random.fold_in(base, s) for s in range(seeds)])
-    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
-    train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
-    params0, stats0 = jax.vmap(
-        lambda k: init_params(k, hidden=hidden, hidden_layers=setting.hidden_layers, batch_norm=setting.batch_norm)
-    )(init_keys)
+
+    @jax.jit
+    def initial(base):  # one compiled call rather than many small vmapped ops
+        seed_keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.arange(seeds))
+        init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
+        train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
+        params0, stats0 = jax.vmap(
+            lambda k: init_params(k, hidden=hidden, hidden_layers=setting.hidden_layers, batch_norm=setting.batch_norm)
+        )(init_keys)
+        return train_keys, params0, stats0
+
+    train_keys, params0, stats0 = initial(jax.random.key(seed))
 
     eval_fn = None
     if record_outputs:
@@ -335,7 +349,7 @@ def train_setting(
     result = train_fullbatch(
         make_loss(setting), make_optimizer(setting, lr), params0, (jnp.asarray(X), jnp.asarray(y)),
         keys=train_keys, num_steps=num_steps, model_state=stats0, log_every=log_every, eval_fn=eval_fn,
-        batch_axis=0, seed_axis=SeedAxis(seed_axis), unroll=min(unroll, log_every),
+        batch_axis=0, seed_axis=SeedAxis(seed_axis), unroll=min(unroll, log_every), devices=devices,
     )
     jax.block_until_ready(result.state.params)
     seconds = time.perf_counter() - start
@@ -443,7 +457,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", type=float, default=0.1, help="make_moons noise")
     parser.add_argument("--hidden", type=int, default=None, help="hidden width (paper: 500)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (seed s uses seed + s)")
-    parser.add_argument("--unroll", type=int, default=4, help="training steps per scan iteration")
+    parser.add_argument("--unroll", type=int, default=1, help="training steps per scan iteration")
+    parser.add_argument("--no-shard", action="store_true",
+                        help="do not split the seeds over the local devices (on a CPU there is one device unless "
+                             "XLA_FLAGS=--xla_force_host_platform_device_count=N is set before the command)")
     parser.add_argument("--seed-axis", choices=("map", "vmap"), default="vmap",
                         help="seeds batched into every step (vmap; measured fastest on a 2-core CPU for every "
                              "configuration here) or one after another in the same compiled call (map)")
@@ -469,7 +486,8 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         if not ok:
             raise ValueError(f"{name}: expected {what}, got {value!r}")
     return dict(configs=names, seeds=seeds, epochs=epochs, lr=args.lr, n=args.n, noise=args.noise, hidden=hidden,
-                seed=args.seed, unroll=args.unroll, seed_axis=args.seed_axis, quick=bool(args.quick),
+                seed=args.seed, unroll=args.unroll, seed_axis=args.seed_axis, shard=not args.no_shard,
+                quick=bool(args.quick),
                 grid=dict(size=GRID_SIZE, lim=GRID_LIM), metric_grid_size=METRIC_GRID_SIZE,
                 settings={c: dataclasses.asdict(SETTINGS[c]) for c in names})
 
@@ -570,7 +588,11 @@ def run(args: argparse.Namespace) -> int:
         _draw(out, *_read_arrays(out))
         print(f"redrew the figures in {out.path}", file=sys.stderr)
         return 0
+    import jax
+
     config = _resolve(args)
+    devices = jax.local_devices() if (config["shard"] and jax.local_device_count() > 1) else None
+    config["devices"] = len(devices) if devices else 1
     out = RunDir(args.out)
     out.write_config(config)
     results: dict[str, Any] = {"configs": {}}
@@ -583,7 +605,7 @@ def run(args: argparse.Namespace) -> int:
         trained = train_setting(setting, seeds=config["seeds"], epochs=config["epochs"], lr=config["lr"],
                                 n=config["n"], noise=config["noise"], hidden=config["hidden"], seed=config["seed"],
                                 record_outputs=name in MAIN_FIGURE, records=500 if name in MAIN_FIGURE else 200,
-                                unroll=config["unroll"], seed_axis=config["seed_axis"])
+                                unroll=config["unroll"], seed_axis=config["seed_axis"], devices=devices)
         metrics, values[name] = evaluate(trained)
         data[name] = (trained.X[0], trained.y[0])
         if name in MAIN_FIGURE and setting.hidden_layers == 1 and not setting.batch_norm:

@@ -76,7 +76,7 @@ from ntkdyn.analytic import init_ntk_mlp, relu_ntk
 # Models
 # (models/)
 from ntkdyn.models.cnn import CNN, init_cnn
-from ntkdyn.models.mlp import MLP, DenseApply, ModuleApply, he_normal, init_mlp, pure, xavier_uniform
+from ntkdyn.models.mlp import MLP, DenseApply, ModuleApply, he_normal, init_mlp, pure, shallow_relu, xavier_uniform
 
 # Data: MNIST and Colored MNIST
 from ntkdyn.data.mnist import MNIST, download_mnist, load_mnist

@@ -147,3 +147,23 @@ def test_quick_mode_runs_all_configurations(tmp_path):
     assert cli.main(["moons", "--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["configs"]) == set(moons.SETTINGS)
+
+
+@pytest.mark.parametrize("name", ["erm", "sd"])
+def test_training_loss_gradient_equals_the_generic_forward(name):
+    """One hidden layer without dropout/batch norm trains through shallow_relu: same loss and gradient."""
+    setting = moons.SETTINGS[name]
+    params, stats = moons.init_params(jax.random.key(0), hidden=64, hidden_layers=1, batch_norm=False)
+    x = jax.random.normal(jax.random.key(1), (40, 2))
+    y = jnp.sign(x[:, 1] + 0.2)
+
+    def generic(params):
+        f, _ = moons.forward(params, stats, x, train=True)
+        return jnp.mean(jax.nn.softplus(-y * f)) + setting.sd_coef * jnp.mean(f**2)
+
+    loss_fn = moons.make_loss(setting)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, (x, y), jnp.int32(0), jax.random.key(2))
+    ref_loss, ref_grads = jax.value_and_grad(generic)(params)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)

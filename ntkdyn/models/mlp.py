@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["MLP", "DenseApply", "ModuleApply", "pure", "init_mlp", "he_normal", "xavier_uniform"]
+__all__ = ["MLP", "DenseApply", "ModuleApply", "pure", "init_mlp", "shallow_relu", "he_normal", "xavier_uniform"]
 
 Initializer = Callable[..., Array]
 
@@ -304,3 +304,97 @@ def init_mlp(
         ``(apply_fn, params)`` as from :func:`pure`.
     """
     return pure(MLP(in_features, hidden, out_features, rngs=nnx.Rngs(key), **kwargs))
+
+
+# --------------------------------------------------------------------------------------------------
+# One hidden ReLU layer, scalar output: a gradient that needs only the activation pattern
+
+_FEW_INPUTS = 4  # up to this many input features, x W + b is cheaper as broadcast multiply-adds
+
+
+def _pattern(W1: Array, b1: Array, x: Array) -> Array:
+    """The activation pattern M = 1[x W₁ + b₁ > 0], (n, H), in x's dtype."""
+    if x.shape[1] <= _FEW_INPUTS:  # a contraction over 1–4 inputs fuses with the comparison
+        pre = b1
+        for k in range(x.shape[1]):
+            pre = pre + x[:, k : k + 1] * W1[k]
+    else:
+        pre = x @ W1 + b1
+    return (pre > 0).astype(x.dtype)
+
+
+def _shallow_forward(W1, b1, w2, b2, x):
+    m = _pattern(W1, b1, x)
+    xe = jnp.concatenate([x, jnp.ones_like(x[:, :1])], axis=1)  # (n, d + 1)
+    B = jnp.concatenate([W1, b1[None]], axis=0) * w2[:, 0]  # (d + 1, H): rows (W₁)ₖ ∘ w₂ and b₁ ∘ w₂
+    P = m @ B.T  # (n, d + 1); P[:, :d] = ∂f/∂x
+    return jnp.sum(P * xe, axis=1) + b2[0], (W1, b1, w2, xe, m, P)
+
+
+@jax.custom_vjp
+def _shallow(W1, b1, w2, b2, x):
+    return _shallow_forward(W1, b1, w2, b2, x)[0]
+
+
+def _shallow_bwd(res, g):
+    W1, b1, w2, xe, m, P = res
+    A = (g[:, None] * xe).T @ m  # (d + 1, H): Σᵢ gᵢ xᵢₖ Mᵢⱼ and, last row, Σᵢ gᵢ Mᵢⱼ
+    a = w2[:, 0]
+    dW1, db1 = A[:-1] * a, A[-1] * a
+    dw2 = jnp.sum(jnp.concatenate([W1, b1[None]], axis=0) * A, axis=0)[:, None]  # Σᵢ gᵢ relu(preᵢⱼ)
+    dx = g[:, None] * P[:, :-1]
+    return dW1, db1, dw2, jnp.sum(g, keepdims=True), dx
+
+
+_shallow.defvjp(_shallow_forward, _shallow_bwd)
+
+
+def shallow_relu(
+    kernel1: Float[Array, "d H"],
+    bias1: Float[Array, " H"],
+    kernel2: Float[Array, "H 1"],
+    bias2: Float[Array, " 1"],
+    x: Float[Array, "n d"],
+) -> Float[Array, " n"]:
+    """Logits f(x) = relu(x W₁ + b₁) w₂ + b₂ of a one-hidden-layer ReLU network, scalar output.
+
+    The same function as ``DenseApply()([(W₁, b₁), (w₂, b₂)], x)[:, 0]``, with a reverse-mode
+    derivative written for full-batch training (the two-moons net of Pezeshki et al. 2021, §3).
+    With M = 1[x W₁ + b₁ > 0] the activation pattern and a = w₂, everything is a product with M:
+
+    * forward: f = Σₖ x̃ₖ ∘ (M Bᵀ)ₖ + b₂ with x̃ = [x, 1] and B = [W₁; b₁] ∘ a;
+    * backward, for an output cotangent g: A = (g ∘ x̃)ᵀ M gives ∂/∂W₁ = A[:d] ∘ a,
+      ∂/∂b₁ = A[d] ∘ a, ∂/∂w₂ = Σₖ [W₁; b₁]ₖ ∘ Aₖ and ∂/∂b₂ = Σᵢ gᵢ; ∂/∂x = g ∘ (M Bᵀ)[:, :d].
+
+    So a training step reads one (n, H) array twice instead of materialising pre-activations,
+    activations and the backpropagated (n, H) gradient, and with few input features (d ≤ 4) the
+    pattern is computed by broadcast multiply-adds rather than a matrix multiply. Only reverse mode
+    is defined (``jax.grad``, ``jax.vjp``); for forward mode (``jax.jvp``, the NTK) use
+    :class:`DenseApply`. ReLU′(0) is taken as 0, as in ``jax.nn.relu``.
+
+    Args:
+        kernel1: (d, H) first-layer kernel W₁.
+        bias1: (H,) first-layer bias b₁.
+        kernel2: (H, 1) output kernel w₂.
+        bias2: (1,) output bias b₂.
+        x: (n, d) inputs.
+
+    Returns:
+        (n,) logits.
+
+    Raises:
+        ValueError: naming the argument whose shape does not fit.
+    """
+    arrays = {"kernel1": kernel1, "bias1": bias1, "kernel2": kernel2, "bias2": bias2, "x": x}
+    shapes = {k: jnp.shape(v) for k, v in arrays.items()}
+    if len(shapes["x"]) != 2:
+        raise ValueError(f"x: expected (n, d) inputs, got shape {shapes['x']}; flatten or batch with jax.vmap")
+    d = shapes["x"][1]
+    if len(shapes["kernel1"]) != 2 or shapes["kernel1"][0] != d:
+        raise ValueError(f"kernel1: expected shape (d, H) with d = {d} (x's features), got {shapes['kernel1']}")
+    H = shapes["kernel1"][1]
+    expected = {"bias1": (H,), "kernel2": (H, 1), "bias2": (1,)}
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise ValueError(f"{name}: expected shape {shape} for a hidden width of {H}, got {shapes[name]}")
+    return _shallow(kernel1, bias1, kernel2, bias2, x)

@@ -121,10 +121,14 @@ def _leading(tree: PyTree) -> set[int]:
     return {np.shape(leaf)[0] if np.ndim(leaf) else -1 for leaf in jax.tree_util.tree_leaves(tree)}
 
 
-def _pad(tree: PyTree, pad: int) -> PyTree:
-    if pad == 0:
-        return tree
-    return jax.tree_util.tree_map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0), tree)
+def _pad_on_host(tree: PyTree, pad: int) -> PyTree:
+    """Leaves as numpy arrays, the leading axis padded by repeating entry 0 ``pad`` times."""
+
+    def one(a):
+        a = np.asarray(a)
+        return np.concatenate([a, np.repeat(a[:1], pad, axis=0)], axis=0) if pad else a
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def _unpad(tree: PyTree, num: int) -> PyTree:
@@ -206,11 +210,12 @@ def train_fullbatch(
     if not jax.tree_util.tree_leaves(params):
         raise ValueError("params: got an empty PyTree; pass the stacked model parameters")
 
-    opt_state = jax.vmap(optimizer.init)(params)
     n_records = 0 if log_every is None else num_steps // log_every
     tail = num_steps if log_every is None else num_steps - n_records * log_every
 
-    def one_seed(params, model_state, opt_state, key, batch):
+    def one_seed(params, model_state, key, batch):
+        opt_state = optimizer.init(params)
+
         def step_fn(carry, _):
             params, model_state, opt_state, step, _last = carry
             step_key = jax.random.fold_in(key, step)
@@ -250,14 +255,14 @@ def train_fullbatch(
 
     batch_in = 0 if batch_axis == 0 else None
 
-    def all_seeds(params, model_state, opt_state, keys, batch):
+    def all_seeds(params, model_state, keys, batch):
         if seed_axis is SeedAxis.VMAP:
-            return jax.vmap(one_seed, in_axes=(0, 0, 0, 0, batch_in))(params, model_state, opt_state, keys, batch)
+            return jax.vmap(one_seed, in_axes=(0, 0, 0, batch_in))(params, model_state, keys, batch)
         if batch_in is None:
-            return jax.lax.map(lambda a: one_seed(*a, batch), (params, model_state, opt_state, keys))
-        return jax.lax.map(lambda a: one_seed(*a), (params, model_state, opt_state, keys, batch))
+            return jax.lax.map(lambda a: one_seed(*a, batch), (params, model_state, keys))
+        return jax.lax.map(lambda a: one_seed(*a), (params, model_state, keys, batch))
 
-    args = [params, model_state, opt_state, keys, batch]
+    args = [params, model_state, keys, batch]
     pad = 0
     fn = all_seeds
     if devices is not None:
@@ -265,17 +270,25 @@ def train_fullbatch(
         if not devices:
             raise ValueError("devices: got an empty sequence; pass e.g. jax.local_devices() or None")
         pad = (-num_seeds) % len(devices)
-        args = [_pad(a, pad) for a in args[:4]] + [_pad(batch, pad) if batch_axis == 0 else batch]
         mesh = Mesh(np.asarray(devices), ("seeds",))
         seed_spec = PartitionSpec("seeds")
         batch_spec = seed_spec if batch_axis == 0 else PartitionSpec()
-        fn = jax.shard_map(
-            all_seeds,
-            mesh=mesh,
-            in_specs=(seed_spec, seed_spec, seed_spec, seed_spec, batch_spec),
-            out_specs=seed_spec,
-            check_vma=False,
-        )
+        specs = (seed_spec, seed_spec, seed_spec, batch_spec)
+        # Typed keys travel as their raw bits; every input goes from the host straight into its
+        # shards (slicing device arrays into shards would compile one program per input shape).
+        key_impl = jax.random.key_impl(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else None
+        raw = [params, model_state, jax.random.key_data(keys) if key_impl is not None else keys, batch]
+        raw = [_pad_on_host(a, pad) if spec == seed_spec else a for a, spec in zip(raw, specs, strict=True)]
+        args = [
+            jax.device_put(a, jax.sharding.NamedSharding(mesh, spec)) for a, spec in zip(raw, specs, strict=True)
+        ]
+
+        def sharded_seeds(params, model_state, keys, batch):
+            if key_impl is not None:
+                keys = jax.random.wrap_key_data(keys, impl=key_impl)
+            return all_seeds(params, model_state, keys, batch)
+
+        fn = jax.shard_map(sharded_seeds, mesh=mesh, in_specs=specs, out_specs=seed_spec, check_vma=False)
     state, history = jax.jit(fn)(*args)
     if pad:
         state, history = _unpad(state, num_seeds), _unpad(history, num_seeds)
