@@ -7,7 +7,15 @@ import pytest
 from flax import nnx
 
 from ntkdyn.models.cnn import CNN, init_cnn
-from ntkdyn.models.mlp import MLP, DenseApply, ModuleApply, init_mlp, pure, shallow_relu, xavier_uniform
+from ntkdyn.models.mlp import (
+    MLP,
+    DenseApply,
+    ModuleApply,
+    init_mlp,
+    pure,
+    shallow_relu,
+    xavier_uniform,
+)
 
 
 def _manual_mlp(params, x, act=jax.nn.relu):
