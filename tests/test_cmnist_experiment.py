@@ -96,6 +96,9 @@ def test_vmapped_equals_sequential(small):
         for a, b in zip(jax.tree_util.tree_leaves(together.params), jax.tree_util.tree_leaves(alone.params), strict=True):
             np.testing.assert_allclose(np.asarray(a[s]), np.asarray(b[0]), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(together.history["test_acc"][s], alone.history["test_acc"][0], atol=1e-6)
+    chunked = X.train_method(cfg, batches, keys, log_every=4, seed_chunk=2)  # chunks of 2 and 1
+    for a, b in zip(jax.tree_util.tree_leaves(together.params), jax.tree_util.tree_leaves(chunked.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 def test_training_matches_a_plain_loop(small):
@@ -218,6 +221,8 @@ def test_cli_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "missing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert main(["cmnist", "--method", "dro"]) == 2
+    assert main(["cmnist", "--seed-chunk", "0", "--data-source", "embedded", "--out", str(tmp_path)]) == 2
+    assert "seed_chunk" in capsys.readouterr().err
 
 
 def test_cli_help(capsys):

@@ -111,6 +111,14 @@ def test_map_layout_equals_vmap(problem):
         np.testing.assert_allclose(u, v, **tol(np.float64))
 
 
+@pytest.mark.parametrize("chunk", [1, 2])  # S = 3: chunks of one, and of two with a remainder of one
+def test_chunked_vmap_equals_vmap(problem, chunk):
+    a = _run(problem, seed_axis=SeedAxis.VMAP)
+    b = _run(problem, seed_axis=SeedAxis.VMAP, seed_chunk=chunk)
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(u, v, **tol(np.float64))
+
+
 def test_per_seed_batch(problem):
     x, y, keys, params, mstate = problem
     xs = jnp.stack([x * (1 + 0.1 * s) for s in range(S)])
@@ -155,6 +163,18 @@ SHARD_SCRIPT = textwrap.dedent(
             err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(*leaves))
             shapes = [np.shape(a) == np.shape(b) for a, b in zip(*leaves)]
             out[f"{{seeds}}-{{layout.value}}"] = [err, all(shapes), int(runs[1].state.params["w1"].shape[0])]
+        # Typed keys, and the call traced inside an outer jit, on 4 devices against 1.
+        def train(params, keys, devices):
+            return train_fullbatch(T._loss_fn, T._opt(), params, (x, y), keys=keys, model_state=ms,
+                                   num_steps=12, devices=devices).state.params
+        tkeys = jax.random.split(jax.random.key(5), seeds)
+        for name, fn, k in (("typed", train, tkeys),
+                            ("jitted", jax.jit(train, static_argnums=2), keys)):
+            one, four = fn(params, k, None), fn(params, k, tuple(jax.local_devices()))
+            pairs = list(zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four)))
+            err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs)
+            out[f"{{seeds}}-{{name}}"] = [err, all(np.shape(a) == np.shape(b) for a, b in pairs),
+                                          int(four["w1"].shape[0])]
     print(json.dumps(out))
     """
 )
@@ -181,6 +201,7 @@ def test_sharded_on_four_devices_equals_one_device():
         (dict(num_steps=5, batch_axis=1), "batch_axis"),
         (dict(num_steps=5, seed_axis="vmap"), "seed_axis"),
         (dict(num_steps=5, devices=[]), "devices"),
+        (dict(num_steps=5, seed_chunk=0), "seed_chunk"),
     ],
 )
 def test_bad_input(problem, kw, match):

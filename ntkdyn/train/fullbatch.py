@@ -121,12 +121,17 @@ def _leading(tree: PyTree) -> set[int]:
     return {np.shape(leaf)[0] if np.ndim(leaf) else -1 for leaf in jax.tree_util.tree_leaves(tree)}
 
 
-def _pad_on_host(tree: PyTree, pad: int) -> PyTree:
-    """Leaves as numpy arrays, the leading axis padded by repeating entry 0 ``pad`` times."""
+def _pad(tree: PyTree, pad: int) -> PyTree:
+    """The leading axis padded by repeating entry 0 ``pad`` times.
+
+    Concrete leaves become numpy arrays, so that they go from the host straight into their shards;
+    traced leaves (inside an outer ``jax.jit``) are padded with ``jax.numpy``.
+    """
 
     def one(a):
-        a = np.asarray(a)
-        return np.concatenate([a, np.repeat(a[:1], pad, axis=0)], axis=0) if pad else a
+        xp = jnp if isinstance(a, jax.core.Tracer) else np
+        a = a if xp is jnp else np.asarray(a)
+        return xp.concatenate([a, xp.repeat(a[:1], pad, axis=0)], axis=0) if pad else a
 
     return jax.tree_util.tree_map(one, tree)
 
@@ -150,6 +155,7 @@ def train_fullbatch(
     seed_axis: SeedAxis = SeedAxis.VMAP,
     unroll: int = 1,
     devices: Sequence[Any] | None = None,
+    seed_chunk: int | None = None,
 ) -> TrainResult:
     """Train S seeds for ``num_steps`` full-batch steps: θ_{t+1} = θ_t + optimizer(∇_θ L(θ_t; t)).
 
@@ -175,6 +181,11 @@ def train_fullbatch(
         unroll: ``unroll`` of the step scan (≥ 1); a few steps per loop iteration cut loop overhead.
         devices: devices to split the seed axis over (e.g. ``jax.local_devices()``); ``None`` runs on
             the default device. S is padded to a multiple of ``len(devices)`` by repeating seed 0.
+        seed_chunk: with ``SeedAxis.VMAP``, batch this many seeds into each step and train the
+            chunks one after another (``jax.lax.map(..., batch_size=seed_chunk)``); ``None`` batches
+            all seeds (of each device). A chunk bounds the working set of a step: on a CPU, where
+            ten restarts of a large full-batch step no longer fit in cache, it keeps the batched
+            step as fast per seed as a single one. Ignored with ``SeedAxis.MAP``.
 
     Returns:
         :class:`TrainResult` with the final stacked state, the history and the record steps.
@@ -191,6 +202,8 @@ def train_fullbatch(
         raise ValueError(f"unroll: expected an integer >= 1, got {unroll!r}")
     if batch_axis not in (None, 0):
         raise ValueError(f"batch_axis: expected None (shared batch) or 0 (per-seed batch), got {batch_axis!r}")
+    if seed_chunk is not None and (not isinstance(seed_chunk, (int, np.integer)) or seed_chunk < 1):
+        raise ValueError(f"seed_chunk: expected an integer >= 1 or None (all seeds at once), got {seed_chunk!r}")
     if not isinstance(seed_axis, SeedAxis):
         raise ValueError(f"seed_axis: expected a SeedAxis member (SeedAxis.VMAP or SeedAxis.MAP), got {seed_axis!r}")
     if not isinstance(keys, jax.Array):
@@ -256,11 +269,13 @@ def train_fullbatch(
     batch_in = 0 if batch_axis == 0 else None
 
     def all_seeds(params, model_state, keys, batch):
-        if seed_axis is SeedAxis.VMAP:
+        local_seeds = keys.shape[0]
+        if seed_axis is SeedAxis.VMAP and (seed_chunk is None or seed_chunk >= local_seeds):
             return jax.vmap(one_seed, in_axes=(0, 0, 0, batch_in))(params, model_state, keys, batch)
+        chunk = seed_chunk if seed_axis is SeedAxis.VMAP else None
         if batch_in is None:
-            return jax.lax.map(lambda a: one_seed(*a, batch), (params, model_state, keys))
-        return jax.lax.map(lambda a: one_seed(*a), (params, model_state, keys, batch))
+            return jax.lax.map(lambda a: one_seed(*a, batch), (params, model_state, keys), batch_size=chunk)
+        return jax.lax.map(lambda a: one_seed(*a), (params, model_state, keys, batch), batch_size=chunk)
 
     args = [params, model_state, keys, batch]
     pad = 0
@@ -278,8 +293,9 @@ def train_fullbatch(
         # shards (slicing device arrays into shards would compile one program per input shape).
         key_impl = jax.random.key_impl(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else None
         raw = [params, model_state, jax.random.key_data(keys) if key_impl is not None else keys, batch]
-        raw = [_pad_on_host(a, pad) if spec == seed_spec else a for a, spec in zip(raw, specs, strict=True)]
-        args = [
+        raw = [_pad(a, pad) if spec == seed_spec else a for a, spec in zip(raw, specs, strict=True)]
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(raw))
+        args = raw if traced else [
             jax.device_put(a, jax.sharding.NamedSharding(mesh, spec)) for a, spec in zip(raw, specs, strict=True)
         ]
 
