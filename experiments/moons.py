@@ -45,7 +45,11 @@ overlap forces it). Outputs: ``config.json``, ``metrics.jsonl``, ``results.json`
 The network is trained as a pure function of the :class:`ntkdyn.models.MLP` parameter PyTree (the
 same layout, ``{"linears": {i: {"kernel", "bias"}}, "norms": …}``), not through the stateful
 module: dropout masks come from ``fold_in(key, step)`` and batch-norm statistics are carried as
-explicit state by the trainer (:func:`ntkdyn.train.fullbatch.train_fullbatch`).
+explicit state by the trainer (:func:`ntkdyn.train.fullbatch.train_fullbatch`). A single hidden
+layer without dropout or batch norm trains through :func:`ntkdyn.models.mlp.shallow_relu` (the same
+function, with a gradient that needs only the activation pattern). The seeds are split over all
+local devices (``--no-shard`` keeps one); on a CPU, expose the cores as devices with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
 """
 
 from __future__ import annotations
