@@ -50,6 +50,7 @@ from ntkdyn.dynamics import (
 from ntkdyn.fixed_points import (
     finite_difference_jacobian_s,
     fixed_point,
+    fixed_point_and_jacobian_s,
     fixed_point_jacobian_s,
     fixed_points_batch,
     lambert_w_fixed_point,

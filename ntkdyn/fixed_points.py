@@ -34,6 +34,7 @@ from ntkdyn.systems import FeatureSystem
 __all__ = [
     "fixed_point",
     "fixed_point_jacobian_s",
+    "fixed_point_and_jacobian_s",
     "fixed_points_batch",
     "starvation_matrix",
     "finite_difference_jacobian_s",
@@ -281,6 +282,39 @@ def _jacobian_s(field, system, z0, rtol, atol, max_steps):
 
     J, (z, result) = jax.jacfwd(z_star, has_aux=True)(system.s)
     return J, z, result, jnp.max(jnp.abs(field(z, system)))
+
+
+def fixed_point_and_jacobian_s(
+    field: Field,
+    system: FeatureSystem,
+    z0: Float[ArrayLike, " d"] | None = None,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int = 256,
+) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+    """z* and ∂z*/∂s from one Newton solve: what :func:`fixed_point` and :func:`starvation_matrix`
+    return, for the price of the second alone.
+
+    Args:
+        field: a vector field ``field(z, system)`` whose state is z ∈ ℝᵈ.
+        system: the (U, s, λ) system.
+        z0: initial guess for the solver (default zeros).
+        rtol, atol, max_steps: Newton's settings (see :func:`fixed_point`).
+
+    Returns:
+        ``(z_star, J)``: the (d,) fixed point and the (d, d) matrix J[j, i] = ∂z_j*/∂s_i.
+
+    Raises:
+        ValueError: for a bad ``system`` or ``z0``.
+        SolverError: Newton did not converge.
+    """
+    _validate_system(system)
+    z0 = _default_z0(field, system, z0)
+    rtol, atol = _tolerances(rtol, atol, z0.dtype)
+    J, z, result, residual = _jacobian_s(field, system, z0, float(rtol), float(atol), int(max_steps))
+    ok = _accepted(z, result, residual, rtol, atol)
+    return _surface((z, J), ok, result, residual, rtol, atol, max_steps)
 
 
 def starvation_matrix(

@@ -21,6 +21,7 @@ from ntkdyn.dynamics import (
 from ntkdyn.fixed_points import (
     finite_difference_jacobian_s,
     fixed_point,
+    fixed_point_and_jacobian_s,
     fixed_point_jacobian_s,
     fixed_points_batch,
     lambert_w_fixed_point,
@@ -148,6 +149,16 @@ def test_vmapped_fixed_points_equal_loop():
     for i, sy in enumerate(systems):
         np.testing.assert_allclose(zv[i], fixed_point(ce_field, sy), rtol=1e-13)
         np.testing.assert_allclose(Mv[i], starvation_matrix(ce_field, sy), rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("field", [ce_field, sd_field])
+def test_fixed_point_and_jacobian_from_one_solve_equal_the_separate_calls(field, key):
+    system = random_system(key, 6, [4.0, 2.5, 1.0], lam=LAM_CE)
+    z, J = fixed_point_and_jacobian_s(field, system)
+    np.testing.assert_allclose(z, fixed_point(field, system), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(J, starvation_matrix(field, system), rtol=1e-12, atol=1e-14)
+    with pytest.raises(SolverError, match="max_steps=1"):
+        fixed_point_and_jacobian_s(field, ref(8.0), max_steps=1)
 
 
 def test_failure_is_reported():

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         quadratic_ce_field,
         sd_field,
     )
-    from ntkdyn.fixed_points import fixed_point, starvation_matrix
+    from ntkdyn.fixed_points import fixed_point_and_jacobian_s
     from ntkdyn.plots.theory import trajectory_figure
     from ntkdyn.runs import RunDir
 
@@ -182,8 +182,7 @@ def run(args: argparse.Namespace) -> int:
     z = np.asarray(dual_to_z(traj.z, system)) if args.loss == "dual" else state
     primal = ce_field if args.loss == "dual" else field
     try:
-        z_star = np.asarray(fixed_point(primal, system))
-        M = np.asarray(starvation_matrix(primal, system))
+        z_star, M = (np.asarray(a) for a in fixed_point_and_jacobian_s(primal, system))
     except SolverError:  # e.g. lambda = 0: the margins grow forever, there is no finite fixed point
         z_star, M = None, None
 

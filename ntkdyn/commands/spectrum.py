@@ -167,7 +167,7 @@ def analyse(apply_fn, params, x, y, *, lam_ce: float, lam_sd: float, top: int, m
     import numpy as np
 
     from ntkdyn.dynamics import ce_field, sd_field
-    from ntkdyn.fixed_points import fixed_point, starvation_matrix
+    from ntkdyn.fixed_points import fixed_point_and_jacobian_s
     from ntkdyn.models.mlp import DenseApply
     from ntkdyn.tangent import NTKMethod, feature_spectrum
 
@@ -175,15 +175,15 @@ def analyse(apply_fn, params, x, y, *, lam_ce: float, lam_sd: float, top: int, m
         method = NTKMethod.JACOBIAN_CONTRACTION
     spec = feature_spectrum(apply_fn, params, x, y, method=method, batch_size=batch_size)
     ce, sd = spec.to_system(lam_ce), spec.to_system(lam_sd)
-    M_ce = np.asarray(starvation_matrix(ce_field, ce))
-    M_sd = np.asarray(starvation_matrix(sd_field, sd))
+    z_ce, M_ce = (np.asarray(a) for a in fixed_point_and_jacobian_s(ce_field, ce))
+    z_sd, M_sd = (np.asarray(a) for a in fixed_point_and_jacobian_s(sd_field, sd))
     k = min(top, spec.s.shape[0])
     return {
         "s": np.asarray(spec.s),
         "alignment": np.asarray(spec.label_alignment()),
         "U_top": np.asarray(spec.U[:, :k]),
-        "z_ce": np.asarray(fixed_point(ce_field, ce)),
-        "z_sd": np.asarray(fixed_point(sd_field, sd)),
+        "z_ce": z_ce,
+        "z_sd": z_sd,
         "dz_ds1_ce": M_ce[:, 0],
         "dz_ds1_sd": M_sd[:, 0],
         "starvation_top_ce": M_ce[:k, :k],
