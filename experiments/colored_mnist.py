@@ -424,16 +424,14 @@ def feature_response_curves(run: MethodRun, batches: dict[str, Any], *, seed: in
     import jax
     import numpy as np
 
-    from ntkdyn.tangent import NTKMethod, feature_spectrum
+    from ntkdyn.tangent import NTKMethod, feature_spectrum, responses_from_outputs
 
     params0 = jax.tree_util.tree_map(lambda a: a[seed], run.params0)
     xz, yz = batches["xz"][seed], batches["yz"][seed]
     spec = feature_spectrum(run.apply_fn, params0, xz, yz, method=NTKMethod.STRUCTURED)
-    U = np.asarray(spec.U)[:, :top]
-    ysgn = 2.0 * np.asarray(yz, np.float64) - 1.0
-    f0 = np.asarray(run.apply_fn(params0, xz)[:, 0], np.float64)
-    ft = np.asarray(run.history["f_z"][seed], np.float64)  # (R, n_z)
-    z = np.concatenate([np.zeros((1, U.shape[1])), (ysgn[None, :] * (ft - f0[None, :])) @ U], axis=0)
+    U = spec.U[:, :top]
+    z = np.asarray(responses_from_outputs(run.history["f_z"][seed], run.apply_fn(params0, xz)[:, 0], yz, U), np.float64)
+    z = np.concatenate([np.zeros((1, U.shape[1])), z], axis=0)  # (R + 1, k), z = 0 at step 0
 
     first = fit_metrics(lambda x: run.apply_fn(params0, x)[:, 0],
                         {k: batches[k][seed] for k in ("x1", "y1", "x2", "y2", "xt", "yt")})

@@ -426,17 +426,16 @@ def feature_responses_over_training(trained: Trained, k: int = RESPONSE_DIRECTIO
     import jax.numpy as jnp
 
     from ntkdyn.models.mlp import DenseApply
-    from ntkdyn.tangent import feature_spectrum
+    from ntkdyn.tangent import feature_spectrum, responses_from_outputs
 
     S = trained.X.shape[0]
     zs = []
     for s in range(S):
         p0 = jax.tree_util.tree_map(lambda a, s=s: a[s], trained.params0)
         spec = feature_spectrum(DenseApply(), p0, jnp.asarray(trained.X[s]), jnp.asarray(trained.y[s]))
-        U = np.asarray(spec.U, np.float64)[:, :k]
-        f0 = np.asarray(forward(p0, None, jnp.asarray(trained.X[s]), train=False)[0], np.float64)
-        ft = np.asarray(trained.history["outputs"][s], np.float64)  # (R, n)
-        zs.append(((ft - f0) * trained.y[s]) @ U)
+        f0 = forward(p0, None, jnp.asarray(trained.X[s]), train=False)[0]
+        z = responses_from_outputs(trained.history["outputs"][s], f0, trained.y[s], spec.U[:, :k])  # (R, k)
+        zs.append(np.asarray(z, np.float64))
     z = np.mean(zs, axis=0)
     return np.concatenate([[0], trained.epochs]), np.concatenate([np.zeros((1, z.shape[1])), z])
 

@@ -68,6 +68,7 @@ from ntkdyn.tangent import (
     feature_response_trajectory,
     feature_responses,
     feature_spectrum,
+    responses_from_outputs,
     signed_labels,
     tangent_features,
 )

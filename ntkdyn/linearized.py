@@ -28,7 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ntkdyn.tangent import _check_U, _check_x, _out_shape, _outputs, signed_labels
+from ntkdyn.tangent import (
+    _check_x,
+    _out_shape,
+    _outputs,
+    responses_from_outputs,
+    signed_labels,
+)
 
 __all__ = ["linearize", "GDTrace", "train_gd"]
 
@@ -91,10 +97,7 @@ class GDTrace(NamedTuple):
         Raises:
             ValueError: naming ``y`` or ``U`` on a shape or label mismatch.
         """
-        n = self.f0.shape[0]
-        yv = jnp.asarray(signed_labels(y, n), self.outputs.dtype)
-        U = _check_U(U, n)
-        return ((self.outputs - self.f0) * yv) @ U
+        return responses_from_outputs(self.outputs, self.f0, y, U)
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "linearized", "center", "num_blocks", "save_every"))

@@ -36,6 +36,7 @@ __all__ = [
     "FeatureSpectrum",
     "feature_spectrum",
     "feature_responses",
+    "responses_from_outputs",
     "feature_response_trajectory",
     "FeatureResponseTracker",
     "signed_labels",
@@ -543,6 +544,43 @@ def _response_fn(apply_fn: ApplyFn, params0: Any, x: ArrayLike, y: ArrayLike, U:
     U = _check_U(U, x.shape[0])
     f0 = _outputs(apply_fn, params0, x, None)
     return lambda p: U.T @ (yv * (_outputs(apply_fn, p, x, None) - f0))
+
+
+def responses_from_outputs(
+    outputs: ArrayLike,
+    f0: ArrayLike,
+    y: ArrayLike,
+    U: ArrayLike,
+) -> Float[Array, "... d"]:
+    """Feature responses z = Uᵀ Y (f − f₀) of outputs recorded during training (Sec. 4, Fig. 5).
+
+    :func:`feature_responses` without the forward pass: for outputs already recorded along a run,
+    e.g. by the ``eval_fn`` of :func:`ntkdyn.train_fullbatch` or in :class:`ntkdyn.GDTrace`.
+
+    Args:
+        outputs: (..., n) outputs f(X; θ_t) on the n examples U was computed on; leading axes
+            (time, seeds) are kept.
+        f0: (n,) outputs f(X; θ₀).
+        y: (n,) labels in {−1, +1} or {0, 1}.
+        U: (n, d) left singular vectors at θ₀ (:func:`feature_spectrum`).
+
+    Returns:
+        (..., d) responses, in the floating dtype of ``outputs`` and ``f0``.
+
+    Raises:
+        ValueError: naming ``outputs``, ``f0``, ``y`` or ``U`` on a shape or label mismatch.
+    """
+    f0 = jnp.asarray(f0)
+    if f0.ndim != 1:
+        raise ValueError(f"f0: expected (n,) outputs at initialisation, got shape {f0.shape}")
+    n = f0.shape[0]
+    outputs = jnp.asarray(outputs)
+    if outputs.ndim < 1 or outputs.shape[-1] != n:
+        raise ValueError(f"outputs: expected (..., {n}) outputs on the {n} examples of f0, got shape {outputs.shape}")
+    dtype = jnp.result_type(outputs, f0, float)
+    yv = jnp.asarray(signed_labels(y, n), dtype)
+    U = _check_U(U, n).astype(dtype)
+    return ((outputs - f0) * yv) @ U
 
 
 def feature_responses(

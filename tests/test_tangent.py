@@ -18,6 +18,7 @@ from ntkdyn.tangent import (
     feature_response_trajectory,
     feature_responses,
     feature_spectrum,
+    responses_from_outputs,
     tangent_features,
 )
 
@@ -194,6 +195,15 @@ def test_feature_responses_of_linear_model_equal_S_Vt_dtheta(key):
     np.testing.assert_array_equal(tracker.steps, [0, 10, 20, 30])
     np.testing.assert_allclose(tracker.z, traj, **F64)
     np.testing.assert_allclose(feature_responses(f, p0, p0, x, y, spec.U), 0.0, atol=0)
+    # Recorded outputs give the same responses, with any leading axes and {0, 1} labels.
+    outs = jnp.stack([f(c, x) for c in ckpts])
+    np.testing.assert_allclose(responses_from_outputs(outs, f(p0, x), y, spec.U), traj, **F64)
+    np.testing.assert_allclose(responses_from_outputs(outs[None], f(p0, x), (y + 1) // 2, spec.U)[0], traj, **F64)
+    for kw, name in ((dict(outputs=outs[:, :5]), "outputs"), (dict(f0=outs), "f0"), (dict(y=y[:5]), "y"),
+                     (dict(U=spec.U[:5]), "U")):
+        args = dict(outputs=outs, f0=f(p0, x), y=y, U=spec.U) | kw
+        with pytest.raises(ValueError, match=name):
+            responses_from_outputs(**args)
 
 
 def test_tolerances_by_dtype_used(xs):
