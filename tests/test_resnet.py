@@ -67,6 +67,31 @@ def test_logit_view_and_bf16(tiny):
         model.apply(variables, jnp.zeros((2, 3, 16, 16)))
 
 
+def test_bf16_training_keeps_float32_params_and_tracks_float32(tiny):
+    """Mixed precision: bfloat16 compute, float32 parameters and optimizer state, the same descent."""
+    import optax
+
+    from ntkdyn.train.dataparallel import ERM, init_train_state, make_train_step
+
+    model, variables = tiny
+    batch = {"image": jax.random.normal(jax.random.PRNGKey(4), (8, 16, 16, 3), jnp.float32),
+             "y": jnp.array([0, 1] * 4), "group": jnp.array([0, 1, 2, 3] * 2)}
+    runs = {}
+    for name, dtype in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
+        m = ResNet((1, 1), width=4, dtype=dtype)
+        step = make_train_step(m.apply, optax.adam(1e-2), ERM(), donate=False)
+        state, losses = init_train_state(variables, optax.adam(1e-2)), []
+        for _ in range(6):
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["loss"]))
+        runs[name] = (state, np.asarray(losses))
+    state, losses = runs["bf16"]
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype(jnp.float32)}
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.opt_state) if jnp.ndim(leaf)} == {jnp.dtype(jnp.float32)}
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    np.testing.assert_allclose(losses, runs["f32"][1], rtol=0.05, atol=0.02)
+
+
 def test_resnet10_is_basic_one_block_per_stage():
     shapes = jax.eval_shape(lambda: init_resnet(resnet10(width=8), jax.random.PRNGKey(0), 32))
     assert sorted(k for k in shapes["params"] if k.startswith("layer")) == ["layer1_0", "layer2_0", "layer3_0", "layer4_0"]
