@@ -559,7 +559,7 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
     log(f"cmnist: {data_info['description']}")
     # Restarts per training step: all at once on an accelerator; on a CPU two at a time keep a
-    # step's working set in cache (benchmarks/cmnist.py: all ten at once run ≈ 11 % slower).
+    # step's working set in cache (benchmarks/cmnist.py: all ten at once run 10–20 % slower).
     seed_chunk = config.seed_chunk if config.seed_chunk is not None else (2 if jax.default_backend() == "cpu" else None)
     run_dir.write_config({**dataclasses.asdict(config), "seed_chunk": seed_chunk, "data": data_info, "out": str(out)})
 

@@ -34,7 +34,7 @@ two-moons nets too); ``SeedAxis.MAP`` trains them one after the other inside the
 (each seed's working set stays in cache; worth measuring for small models on a CPU);
 ``seed_chunk=k`` with ``SeedAxis.VMAP`` batches k seeds per step and runs the chunks one after
 another, which on a CPU keeps a large full-batch step's working set in cache (Colored MNIST: ten
-restarts in one step run ≈ 11 % slower per restart than two). With ``devices`` set (e.g.
+restarts in one step run 10–20 % slower per restart than two at a time). With ``devices`` set (e.g.
 ``jax.local_devices()``) the seed axis is split over a 1-D ``jax.sharding.Mesh`` with
 ``jax.shard_map``; each device trains its seeds with the chosen ``seed_axis``. S need not be a
 multiple of the device count: the seed axis is padded by repeating the first seed, and the padding
@@ -188,8 +188,8 @@ def train_fullbatch(
         seed_chunk: with ``SeedAxis.VMAP``, batch this many seeds into each step and train the
             chunks one after another (``jax.lax.map(..., batch_size=seed_chunk)``); ``None`` batches
             all seeds (of each device). A chunk bounds the working set of a step: on a CPU, where
-            ten restarts of a large full-batch step no longer fit in cache, it keeps the batched
-            step as fast per seed as a single one. Ignored with ``SeedAxis.MAP``.
+            ten restarts of a large full-batch step no longer fit in cache, a few per step run
+            faster per seed than all of them. Ignored with ``SeedAxis.MAP``.
 
     Returns:
         :class:`TrainResult` with the final stacked state, the history and the record steps.
