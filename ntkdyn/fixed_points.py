@@ -266,11 +266,7 @@ def fixed_point_jacobian_s(
         ValueError: for a bad ``system`` or ``z0``.
         SolverError: Newton did not converge.
     """
-    _validate_system(system)
-    z0 = _default_z0(field, system, z0)
-    rtol, atol = _tolerances(rtol, atol, z0.dtype)
-    J, z, result, residual = _jacobian_s(field, system, z0, float(rtol), float(atol), int(max_steps))
-    return _surface(J, _accepted(z, result, residual, rtol, atol), result, residual, rtol, atol, max_steps)
+    return fixed_point_and_jacobian_s(field, system, z0, rtol=rtol, atol=atol, max_steps=max_steps)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("field", "rtol", "atol", "max_steps"))
