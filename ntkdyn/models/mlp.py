@@ -326,9 +326,9 @@ def _pattern(W1: Array, b1: Array, x: Array) -> Array:
 def _shallow_forward(W1, b1, w2, b2, x):
     m = _pattern(W1, b1, x)
     xe = jnp.concatenate([x, jnp.ones_like(x[:, :1])], axis=1)  # (n, d + 1)
-    B = jnp.concatenate([W1, b1[None]], axis=0) * w2[:, 0]  # (d + 1, H): rows (W₁)ₖ ∘ w₂ and b₁ ∘ w₂
-    P = m @ B.T  # (n, d + 1); P[:, :d] = ∂f/∂x
-    return jnp.sum(P * xe, axis=1) + b2[0], (W1, b1, w2, xe, m, P)
+    Wb = jnp.concatenate([W1, b1[None]], axis=0)  # (d + 1, H): [W₁; b₁]
+    P = m @ (Wb * w2[:, 0]).T  # (n, d + 1), M Bᵀ with B = [W₁; b₁] ∘ w₂; P[:, :d] = ∂f/∂x
+    return jnp.sum(P * xe, axis=1) + b2[0], (Wb, w2, xe, m, P)
 
 
 @jax.custom_vjp
@@ -337,11 +337,11 @@ def _shallow(W1, b1, w2, b2, x):
 
 
 def _shallow_bwd(res, g):
-    W1, b1, w2, xe, m, P = res
+    Wb, w2, xe, m, P = res
     A = (g[:, None] * xe).T @ m  # (d + 1, H): Σᵢ gᵢ xᵢₖ Mᵢⱼ and, last row, Σᵢ gᵢ Mᵢⱼ
     a = w2[:, 0]
     dW1, db1 = A[:-1] * a, A[-1] * a
-    dw2 = jnp.sum(jnp.concatenate([W1, b1[None]], axis=0) * A, axis=0)[:, None]  # Σᵢ gᵢ relu(preᵢⱼ)
+    dw2 = jnp.sum(Wb * A, axis=0)[:, None]  # Σᵢ gᵢ relu(preᵢⱼ)
     dx = g[:, None] * P[:, :-1]
     return dW1, db1, dw2, jnp.sum(g, keepdims=True), dx
 
