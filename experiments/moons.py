@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -271,6 +272,30 @@ def make_loss(setting: Setting):
 # Training and evaluation of one setting
 
 
+@functools.cache
+def _initial_state(seeds: int, hidden: int, hidden_layers: int, batch_norm: bool):
+    """Compiled ``key -> (train keys, params0, stats0)`` of ``seeds`` seeds, one per architecture.
+
+    Seed s initialises from ``fold_in(fold_in(key, s), 0)`` and trains with ``fold_in(fold_in(key, s), 1)``.
+    One compiled call rather than many small vmapped ops, shared by every configuration of the same
+    shape.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def initial(base):
+        seed_keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.arange(seeds))
+        init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
+        train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
+        params0, stats0 = jax.vmap(
+            lambda k: init_params(k, hidden=hidden, hidden_layers=hidden_layers, batch_norm=batch_norm)
+        )(init_keys)
+        return train_keys, params0, stats0
+
+    return initial
+
+
 class Trained(NamedTuple):
     """A trained setting: stacked over seeds (leading axis S)."""
 
@@ -331,16 +356,7 @@ def train_setting(
     X = np.stack([d[0] for d in data])
     y = np.stack([d[1] for d in data])
 
-    @jax.jit
-    def initial(base):  # one compiled call rather than many small vmapped ops
-        seed_keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.arange(seeds))
-        init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
-        train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
-        params0, stats0 = jax.vmap(
-            lambda k: init_params(k, hidden=hidden, hidden_layers=setting.hidden_layers, batch_norm=setting.batch_norm)
-        )(init_keys)
-        return train_keys, params0, stats0
-
+    initial = _initial_state(seeds, hidden, setting.hidden_layers, setting.batch_norm)
     train_keys, params0, stats0 = initial(jax.random.key(seed))
 
     eval_fn = None
