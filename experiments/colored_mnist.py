@@ -318,6 +318,7 @@ def train_method(
     log_every: int | None = 10,
     devices: Sequence[Any] | None = None,
     seed_chunk: int | None = None,
+    compiler_options: dict[str, Any] | None = None,
 ) -> MethodRun:
     """Train one method on S seeds at once (vmap over seeds, ``lax.scan`` over full-batch steps).
 
@@ -330,6 +331,8 @@ def train_method(
         devices: devices to shard the seed axis over (``None``: the default device).
         seed_chunk: seeds batched into each step, the chunks one after another (``None``: all;
             see :func:`ntkdyn.train.fullbatch.train_fullbatch`).
+        compiler_options: XLA compiler options of the training call (e.g.
+            :func:`ntkdyn.train.fullbatch.eigen_matmul_options`); ``None``: the defaults.
 
     Returns:
         :class:`MethodRun`.
@@ -367,7 +370,7 @@ def train_method(
     start = time.perf_counter()
     result = train_fullbatch(loss_fn, optax.adam(cfg.lr), params0, batches, keys=keys, num_steps=cfg.steps,
                              model_state=hp, log_every=log_every, eval_fn=eval_fn, batch_axis=0, devices=devices,
-                             seed_chunk=seed_chunk)
+                             seed_chunk=seed_chunk, compiler_options=compiler_options)
     jax.block_until_ready(result.state.params)
     seconds = time.perf_counter() - start
     return MethodRun(cfg, apply_fn, params0, result.state.params, result.history, result.steps, seconds)
@@ -471,6 +474,9 @@ class Config:
         shard: split the seed axis over all local devices.
         seed_chunk: restarts batched into each training step, the chunks one after another
             (``None``: 2 on a CPU, all of them on an accelerator).
+        cpu_matmul: ``"eigen"`` computes the matrix products with Eigen on a CPU (measured faster
+            for these steps, see :func:`ntkdyn.train.fullbatch.eigen_matmul_options`);
+            ``"default"`` keeps XLA's choice. No effect on accelerators.
         methods_config: each method's :class:`MethodConfig`.
     """
 
@@ -488,14 +494,20 @@ class Config:
     log_every: int = 10
     shard: bool = True
     seed_chunk: int | None = None
+    cpu_matmul: str = "eigen"
     methods_config: dict[str, MethodConfig] = dataclasses.field(default_factory=dict)
+
+
+#: Choices of :attr:`Config.cpu_matmul`.
+CPU_MATMUL = ("eigen", "default")
 
 
 def resolve_config(**kwargs) -> Config:
     """A :class:`Config` with defaults filled in and validated (``--quick`` applied).
 
     Raises:
-        ValueError: on an unknown method, restarts < 1, bad ``val_frac``/``n_z``/``log_every``/``max_images``/``seed_chunk``.
+        ValueError: on an unknown method, restarts < 1, bad ``val_frac``/``n_z``/``log_every``/``max_images``/
+            ``seed_chunk``/``cpu_matmul``.
     """
     cfg = Config(**kwargs)
     bad = [m for m in cfg.methods if m not in METHODS]
@@ -507,6 +519,8 @@ def resolve_config(**kwargs) -> Config:
         raise ValueError(f"log_every: must be >= 1, got {cfg.log_every}")
     if cfg.seed_chunk is not None and cfg.seed_chunk < 1:
         raise ValueError(f"seed_chunk: must be >= 1 or None (all restarts at once), got {cfg.seed_chunk}")
+    if cfg.cpu_matmul not in CPU_MATMUL:
+        raise ValueError(f"cpu_matmul: expected one of {CPU_MATMUL}, got {cfg.cpu_matmul!r}")
     if cfg.n_z < 0:
         raise ValueError(f"n_z: must be >= 0, got {cfg.n_z}")
     if cfg.max_images is not None and cfg.max_images < 12:
@@ -544,6 +558,7 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     from ntkdyn.data.colored_mnist import colored_mnist, split_sizes
     from ntkdyn.data.mnist import load_mnist
     from ntkdyn.runs import RunDir, progress
+    from ntkdyn.train.fullbatch import eigen_matmul_options
 
     run_dir = RunDir(out)
     mnist = load_mnist(config.data_dir, source=config.data_source)
@@ -559,9 +574,13 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
     log(f"cmnist: {data_info['description']}")
     # Restarts per training step: all at once on an accelerator; on a CPU two at a time keep a
-    # step's working set in cache (benchmarks/cmnist.py: all ten at once run 10–20 % slower).
+    # step's working set in cache, and Eigen's matrix products beat XLA's default library
+    # (benchmarks/cmnist.py: two per step with Eigen match sequential restarts; all ten at once
+    # run 6–7 % slower, and 13–17 % slower with the default library).
     seed_chunk = config.seed_chunk if config.seed_chunk is not None else (2 if jax.default_backend() == "cpu" else None)
-    run_dir.write_config({**dataclasses.asdict(config), "seed_chunk": seed_chunk, "data": data_info, "out": str(out)})
+    compiler_options = eigen_matmul_options() if config.cpu_matmul == "eigen" else {}
+    run_dir.write_config({**dataclasses.asdict(config), "seed_chunk": seed_chunk, "compiler_options": compiler_options,
+                          "data": data_info, "out": str(out)})
 
     root = jax.random.PRNGKey(config.seed)
     data_keys = jax.random.split(jax.random.fold_in(root, 0), config.restarts)
@@ -587,7 +606,7 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
         keys = jnp.tile(init_keys, (G, 1))
         hp = {k: jnp.repeat(jnp.asarray([g[k] for g in grid], batches["x1"].dtype), R) for k in ("penalty", "l2")}
         run = train_method(cfg, batches, keys, hp=hp, log_every=config.log_every, devices=devices,
-                           seed_chunk=seed_chunk)
+                           seed_chunk=seed_chunk, compiler_options=compiler_options)
         log(f"cmnist: {name}: {G * R} runs x {cfg.steps} steps in {run.seconds:.1f} s")
         ev = evaluate(run, batches, probe)
         hist = {k: np.asarray(v, np.float64) for k, v in run.history.items() if k != "f_z"}
@@ -746,6 +765,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-chunk", type=int, default=None,
                         help="restarts batched into each training step, the chunks one after another "
                              "(default: 2 on a CPU, where they keep a step's working set in cache; all on a GPU)")
+    parser.add_argument("--cpu-matmul", default="eigen", choices=CPU_MATMUL,
+                        help="library for matrix products on a CPU: eigen (measured faster here) or XLA's default")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -766,6 +787,7 @@ def run(args: argparse.Namespace) -> int:
         log_every=min(args.log_every, 5) if quick else args.log_every,
         shard=not args.no_shard,
         seed_chunk=args.seed_chunk,
+        cpu_matmul=args.cpu_matmul,
     )
     results = run_experiment(config, args.out)
     for m, r in results["methods"].items():

@@ -20,6 +20,7 @@ from ntkdyn.cli import main
 from ntkdyn.data.colored_mnist import colored_mnist
 from ntkdyn.data.mnist import load_mnist
 from ntkdyn.losses import binary_cross_entropy, irm_penalty, sd_penalty, vrex_penalty
+from ntkdyn.train.fullbatch import eigen_matmul_options
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,10 @@ def test_vmapped_equals_sequential(small):
         np.testing.assert_allclose(together.history["test_acc"][s], alone.history["test_acc"][0], atol=1e-6)
     chunked = X.train_method(cfg, batches, keys, log_every=4, seed_chunk=2)  # chunks of 2 and 1
     for a, b in zip(jax.tree_util.tree_leaves(together.params), jax.tree_util.tree_leaves(chunked.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # Eigen's products (the CPU default of `ntkdyn cmnist`) change nothing beyond float rounding
+    eigen = X.train_method(cfg, batches, keys, log_every=4, seed_chunk=2, compiler_options=eigen_matmul_options())
+    for a, b in zip(jax.tree_util.tree_leaves(together.params), jax.tree_util.tree_leaves(eigen.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
@@ -192,6 +197,7 @@ def test_experiment_contract_and_determinism(tmp_path):
     for f in ("config.json", "metrics.jsonl", "results.json", "summary.md", "cmnist_probe.png", "cmnist_probe.pdf",
               "cmnist_feature_responses_over_training.png", "feature_responses.npz"):
         assert (a / f).is_file(), f
+    assert json.loads((a / "config.json").read_text())["compiler_options"] == eigen_matmul_options()
     summary = (a / "summary.md").read_text()
     assert "embedded" in summary and "240 images" in summary and "test environment" in summary and "91.1" in summary
     lines = (a / "metrics.jsonl").read_text().splitlines()
@@ -223,6 +229,8 @@ def test_cli_bad_input(tmp_path, capsys):
     assert main(["cmnist", "--method", "dro"]) == 2
     assert main(["cmnist", "--seed-chunk", "0", "--data-source", "embedded", "--out", str(tmp_path)]) == 2
     assert "seed_chunk" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cpu_matmul"):
+        X.resolve_config(cpu_matmul="mkl")
 
 
 def test_cli_help(capsys):

@@ -13,7 +13,7 @@ import optax
 import pytest
 from conftest import tol
 
-from ntkdyn.train.fullbatch import SeedAxis, train_fullbatch
+from ntkdyn.train.fullbatch import SeedAxis, eigen_matmul_options, train_fullbatch
 
 N, D, H, S = 24, 3, 16, 3
 
@@ -146,7 +146,7 @@ SHARD_SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, {tests!r})
     import test_fullbatch as T
-    from ntkdyn.train.fullbatch import SeedAxis, train_fullbatch
+    from ntkdyn.train.fullbatch import SeedAxis, eigen_matmul_options, train_fullbatch
     assert jax.local_device_count() == 4, jax.local_devices()
     out = {{}}
     for seeds in (6,):  # 6 seeds on 4 devices: padded to 8, two seeds per device
@@ -202,6 +202,8 @@ def test_sharded_on_four_devices_equals_one_device():
         (dict(num_steps=5, seed_axis="vmap"), "seed_axis"),
         (dict(num_steps=5, devices=[]), "devices"),
         (dict(num_steps=5, seed_chunk=0), "seed_chunk"),
+        (dict(num_steps=5, compiler_options="eigen"), "compiler_options"),
+        (dict(num_steps=5, compiler_options={1: ""}), "compiler_options"),
     ],
 )
 def test_bad_input(problem, kw, match):
@@ -217,3 +219,18 @@ def test_seed_axis_mismatch(problem):
     with pytest.raises(ValueError, match="batch"):
         train_fullbatch(_loss_fn, _opt(), params, (x, y), keys=keys, model_state=mstate, num_steps=2,
                         batch_axis=0)
+
+
+def test_eigen_matmul_options(problem):
+    """The options take the products out of YNNPACK and change no result beyond float rounding."""
+    assert eigen_matmul_options("gpu") == {} and eigen_matmul_options("tpu") == {}
+    options = eigen_matmul_options()
+    assert options in ({}, {"xla_cpu_experimental_ynn_fusion_type": ""})
+    if options:  # this jaxlib knows the option: no product of the compiled program goes to YNNPACK
+        x = jnp.ones((2, 64, 32))
+        hlo = jax.jit(lambda x: jnp.einsum("bni,bnj->bij", x, x), compiler_options=options).lower(x).compile().as_text()
+        assert "dot(" in hlo and "ynn" not in hlo.lower()
+    a, b = _run(problem), _run(problem, compiler_options=options)
+    for u, v in zip(jax.tree_util.tree_leaves(a.state), jax.tree_util.tree_leaves(b.state), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.history["out"], b.history["out"], rtol=1e-5, atol=1e-6)

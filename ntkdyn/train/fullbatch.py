@@ -59,7 +59,8 @@ Example:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -69,7 +70,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Int, PyTree
 
-__all__ = ["SeedAxis", "TrainState", "TrainResult", "train_fullbatch"]
+__all__ = ["SeedAxis", "TrainState", "TrainResult", "eigen_matmul_options", "train_fullbatch"]
 
 LossFn = Callable[[PyTree, PyTree, PyTree, Array, Array], tuple[Array, tuple[PyTree, dict[str, Array]]]]
 EvalFn = Callable[[PyTree, PyTree, PyTree], dict[str, Array]]
@@ -121,6 +122,43 @@ class TrainResult(NamedTuple):
     steps: np.ndarray
 
 
+#: The XLA option that selects which CPU operations go to the YNNPACK library; empty: none of them.
+_YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+
+
+@functools.cache
+def _cpu_option_accepted(name: str, value: str) -> bool:
+    """Whether this jaxlib's CPU compiler accepts the option (compiles a 2 × 2 product with it)."""
+    try:
+        a = np.ones((2, 2), np.float32)
+        jax.jit(lambda a: a @ a, compiler_options={name: value}).lower(a).compile()
+    except Exception:  # noqa: BLE001 - an unknown or malformed option: the compiler's exception type varies
+        return False
+    return True
+
+
+def eigen_matmul_options(backend: str | None = None) -> dict[str, str]:
+    """XLA compiler options that compute matrix products with Eigen on a CPU; ``{}`` elsewhere.
+
+    Recent XLA CPU backends hand matrix products (and fused elementwise work) to the YNNPACK
+    library. For the large full-batch steps of Colored MNIST on a CPU, Eigen's products are faster,
+    one restart at a time and more so with several restarts batched into each step, whose working
+    set no longer fits in cache (``benchmarks/cmnist.py`` measures both). Pass the result as
+    ``compiler_options`` to :func:`train_fullbatch` or ``jax.jit``.
+
+    Args:
+        backend: the backend the computation runs on (default: ``jax.default_backend()``).
+
+    Returns:
+        ``{"xla_cpu_experimental_ynn_fusion_type": ""}`` on a CPU whose compiler accepts it,
+        otherwise ``{}`` (GPUs and TPUs, or a jaxlib without the option: its default products).
+    """
+    backend = jax.default_backend() if backend is None else backend
+    if backend != "cpu" or not _cpu_option_accepted(_YNN_FUSION_OPTION, ""):
+        return {}
+    return {_YNN_FUSION_OPTION: ""}
+
+
 def _leading(tree: PyTree) -> set[int]:
     return {np.shape(leaf)[0] if np.ndim(leaf) else -1 for leaf in jax.tree_util.tree_leaves(tree)}
 
@@ -160,6 +198,7 @@ def train_fullbatch(
     unroll: int = 1,
     devices: Sequence[Any] | None = None,
     seed_chunk: int | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train S seeds for ``num_steps`` full-batch steps: θ_{t+1} = θ_t + optimizer(∇_θ L(θ_t; t)).
 
@@ -190,13 +229,17 @@ def train_fullbatch(
             all seeds (of each device). A chunk bounds the working set of a step: on a CPU, where
             ten restarts of a large full-batch step no longer fit in cache, a few per step run
             faster per seed than all of them. Ignored with ``SeedAxis.MAP``.
+        compiler_options: XLA compiler options for the compiled call (e.g.
+            :func:`eigen_matmul_options`); ``None``: the defaults. Inside an outer ``jax.jit`` the
+            outer call's options apply instead.
 
     Returns:
         :class:`TrainResult` with the final stacked state, the history and the record steps.
 
     Raises:
         ValueError: on a non-positive ``num_steps``/``log_every``/``unroll``, on leading axes that
-            disagree with the number of keys, or on an unknown ``batch_axis``/``seed_axis``.
+            disagree with the number of keys, on an unknown ``batch_axis``/``seed_axis``, or on
+            ``compiler_options`` that are not a mapping of option names.
     """
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps: expected an integer >= 1, got {num_steps!r}")
@@ -210,6 +253,13 @@ def train_fullbatch(
         raise ValueError(f"seed_chunk: expected an integer >= 1 or None (all seeds at once), got {seed_chunk!r}")
     if not isinstance(seed_axis, SeedAxis):
         raise ValueError(f"seed_axis: expected a SeedAxis member (SeedAxis.VMAP or SeedAxis.MAP), got {seed_axis!r}")
+    if compiler_options is not None and (
+        not isinstance(compiler_options, Mapping) or not all(isinstance(k, str) for k in compiler_options)
+    ):
+        raise ValueError(
+            "compiler_options: expected a mapping from XLA option names to values (e.g. "
+            f"eigen_matmul_options()) or None, got {compiler_options!r}"
+        )
     if not isinstance(keys, jax.Array):
         keys = jnp.asarray(keys)
     if keys.ndim < 1:
@@ -309,7 +359,8 @@ def train_fullbatch(
             return all_seeds(params, model_state, keys, batch)
 
         fn = jax.shard_map(sharded_seeds, mesh=mesh, in_specs=specs, out_specs=seed_spec, check_vma=False)
-    state, history = jax.jit(fn)(*args)
+    options = dict(compiler_options) if compiler_options else None
+    state, history = jax.jit(fn, compiler_options=options)(*args)
     if pad:
         state, history = _unpad(state, num_seeds), _unpad(history, num_seeds)
     steps = np.arange(1, n_records + 1, dtype=np.int64) * (log_every or 0)
