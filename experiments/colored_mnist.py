@@ -246,13 +246,6 @@ def binary_entropy_from_logits(logits):
     return jnp.mean(p * jax.nn.softplus(-logits) + (1.0 - p) * jax.nn.softplus(logits))
 
 
-def accuracy(logits, y01):
-    """Fraction of examples with (logit > 0) == label."""
-    import jax.numpy as jnp
-
-    return jnp.mean(((logits > 0).astype(y01.dtype) == y01).astype(jnp.float32))
-
-
 def fit_metrics(logits_of, batch) -> dict[str, Any]:
     """Accuracy and mean binary cross-entropy on the pooled training environments and on the test environment.
 
@@ -265,13 +258,13 @@ def fit_metrics(logits_of, batch) -> dict[str, Any]:
     """
     import jax.numpy as jnp
 
-    from ntkdyn.losses import binary_cross_entropy
+    from ntkdyn.losses import binary_accuracy, binary_cross_entropy
 
     f = jnp.concatenate([logits_of(batch["x1"]), logits_of(batch["x2"])])
     y = jnp.concatenate([batch["y1"], batch["y2"]])
     ft = logits_of(batch["xt"])
-    return {"train_acc": accuracy(f, y), "train_nll": binary_cross_entropy(f, y),
-            "test_acc": accuracy(ft, batch["yt"]), "test_nll": binary_cross_entropy(ft, batch["yt"])}
+    return {"train_acc": binary_accuracy(f, y), "train_nll": binary_cross_entropy(f, y),
+            "test_acc": binary_accuracy(ft, batch["yt"]), "test_nll": binary_cross_entropy(ft, batch["yt"])}
 
 
 @dataclasses.dataclass
@@ -341,6 +334,7 @@ def train_method(
     import jax.numpy as jnp
     import optax
 
+    from ntkdyn.losses import binary_accuracy
     from ntkdyn.train.fullbatch import train_fullbatch
 
     apply_fn, params0 = init_params(cfg, keys)
@@ -362,7 +356,7 @@ def train_method(
     def eval_fn(params, hp, batch):
         rec = fit_metrics(lambda x: logits_of(params, x), batch)
         if "xv" in batch:
-            rec["val_acc"] = accuracy(logits_of(params, batch["xv"]), batch["yv"])
+            rec["val_acc"] = binary_accuracy(logits_of(params, batch["xv"]), batch["yv"])
         if "xz" in batch:
             rec["f_z"] = logits_of(params, batch["xz"])
         return rec
@@ -391,13 +385,15 @@ def evaluate(run: MethodRun, batches: dict[str, Any], probe: dict[str, Any]) -> 
     import jax
     import numpy as np
 
+    from ntkdyn.losses import binary_accuracy
+
     def per_seed(params, b, pr):
         lg = lambda x: run.apply_fn(params, x)[:, 0]  # noqa: E731
         fit = fit_metrics(lg, b)
         out = {"train_acc": fit["train_acc"], "test_acc": fit["test_acc"]}
         if "xv" in b:
-            out["val_acc"] = accuracy(lg(b["xv"]), b["yv"])
-        out["probe"] = {k: {"acc": accuracy(lg(x), b["yt"]), "entropy": binary_entropy_from_logits(lg(x))}
+            out["val_acc"] = binary_accuracy(lg(b["xv"]), b["yv"])
+        out["probe"] = {k: {"acc": binary_accuracy(lg(x), b["yt"]), "entropy": binary_entropy_from_logits(lg(x))}
                         for k, x in pr.items()}
         return out
 
@@ -461,6 +457,10 @@ class Config:
     Attributes:
         methods: methods to run, in order.
         restarts: number of restarts (independent environments + initialisations).
+        first_restart: index of the first restart: the run trains restarts ``first_restart`` …
+            ``first_restart + restarts − 1`` of the protocol, with the environments and
+            initialisations those restarts get in a single longer run, so that a protocol can be
+            split over jobs and joined with :func:`merge_runs`.
         seed: the root PRNG seed.
         data_source: ``auto``, ``files``, ``download`` or ``embedded``.
         data_dir: a directory with MNIST files, or ``None``.
@@ -482,6 +482,7 @@ class Config:
 
     methods: tuple[str, ...] = METHODS
     restarts: int = 10
+    first_restart: int = 0
     seed: int = 0
     data_source: str = "auto"
     data_dir: str | None = None
@@ -515,6 +516,8 @@ def resolve_config(**kwargs) -> Config:
         raise ValueError(f"method: expected some of {METHODS} (or 'all'), got {list(cfg.methods)}")
     if cfg.restarts < 1:
         raise ValueError(f"restarts: must be >= 1, got {cfg.restarts}")
+    if cfg.first_restart < 0:
+        raise ValueError(f"first_restart: must be >= 0, got {cfg.first_restart}")
     if cfg.log_every < 1:
         raise ValueError(f"log_every: must be >= 1, got {cfg.log_every}")
     if cfg.seed_chunk is not None and cfg.seed_chunk < 1:
@@ -583,8 +586,11 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
                           "data": data_info, "out": str(out)})
 
     root = jax.random.PRNGKey(config.seed)
-    data_keys = jax.random.split(jax.random.fold_in(root, 0), config.restarts)
-    init_keys = jax.random.split(jax.random.fold_in(root, 1), config.restarts)
+    # Restart r's keys are entry r of one split over all restarts so far, so restarts first … last
+    # of a split protocol are those of one run of all of them.
+    last = config.first_restart + config.restarts
+    data_keys = jax.random.split(jax.random.fold_in(root, 0), last)[config.first_restart:]
+    init_keys = jax.random.split(jax.random.fold_in(root, 1), last)[config.first_restart:]
     envs = jax.jit(jax.vmap(lambda k: colored_mnist(k, images, digits)))(data_keys)
     devices = jax.local_devices() if (config.shard and jax.local_device_count() > 1) else None
 
@@ -668,32 +674,175 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     return results
 
 
-def _figures(run_dir, envs, probe_means, curves) -> None:
+def _probe_examples(envs):
+    """Two test images of each colour, as the four probe inputs (for the probe figure), or ``None``."""
     import jax
     import numpy as np
 
     from ntkdyn.data.colored_mnist import probe_inputs
-    from ntkdyn.plots.cmnist import feature_response_figure, probe_figure
 
     test0 = jax.tree_util.tree_map(lambda a: a[0], envs.test)
     raw = probe_inputs(test0)
-    # two examples of each colour for the mosaic
     colors = np.asarray(test0.colors)
     idx = list(np.flatnonzero(colors == 1)[:2]) + list(np.flatnonzero(colors == 0)[:2])
-    if len(idx) == 4:
-        examples = {k: np.asarray(v)[idx] for k, v in raw.items()}
-    else:
-        examples = None
+    return {k: np.asarray(v)[idx] for k, v in raw.items()} if len(idx) == 4 else None
+
+
+def _figures(run_dir, envs, probe_means, curves) -> None:
+    from ntkdyn.plots.cmnist import feature_response_figure, probe_figure
+
+    examples = _probe_examples(envs)
     if probe_means:
         run_dir.save_figure(probe_figure(probe_means, examples), "cmnist_probe")
     if curves:
         run_dir.save_figure(feature_response_figure(curves), "cmnist_feature_responses_over_training")
 
 
+# ------------------------------------------------------------------------------------------- merging
+
+#: Settings that runs must share to be parts of one protocol.
+_MERGE_KEYS = ("seed", "methods", "methods_config", "quick", "sweep", "max_images", "n_z", "log_every")
+
+
+def _pool(parts: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """Mean and (population) std of the union of groups given as (count, mean, std)."""
+    total = sum(n for n, _, _ in parts)
+    mean = sum(n * m for n, m, _ in parts) / total
+    second = sum(n * (sd**2 + m**2) for n, m, sd in parts) / total
+    return mean, math.sqrt(max(second - mean**2, 0.0))
+
+
+def merge_runs(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
+    """Join runs of one Colored MNIST protocol over disjoint restarts (``--first-restart``) into one run.
+
+    The runs must share data, seed, methods and their settings, and together cover a contiguous
+    range of restarts (e.g. ``--restarts 5`` and ``--restarts 5 --first-restart 5`` give restarts
+    0–9, the same restarts as one ``--restarts 10`` run). Per-restart accuracies are concatenated
+    and their mean and std recomputed; the probe's means and stds are pooled exactly from each
+    run's mean, std and restart count; the recorded curves (metrics.jsonl) are averaged weighted by
+    restart count. The feature responses (one restart) are copied from the run whose restarts come
+    first. Writes config.json, metrics.jsonl, results.json, summary.md and the figures to ``out``.
+
+    Args:
+        run_dirs: two or more ``ntkdyn cmnist`` run directories.
+        out: the merged run directory (not one of ``run_dirs``).
+
+    Returns:
+        The merged results dictionary (as written to results.json).
+
+    Raises:
+        ValueError: naming ``merge`` when fewer than two runs are given, a run lacks its
+            config.json or results.json, the runs differ in data or settings, used ``--sweep``,
+            overlap or leave a gap in their restarts, or ``out`` is one of them.
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+
+    from ntkdyn.plots.cmnist import probe_figure
+    from ntkdyn.runs import RunDir
+
+    dirs = [Path(d) for d in run_dirs]
+    if len(dirs) < 2:
+        raise ValueError(f"merge: expected two or more run directories, got {len(dirs)}")
+    if any(Path(out).resolve() == d.resolve() for d in dirs):
+        raise ValueError(f"merge: --out {out} is one of the runs being merged; choose a new directory")
+    runs = []
+    for d in dirs:
+        try:
+            cfg = json.loads((d / "config.json").read_text())
+            res = json.loads((d / "results.json").read_text())
+        except FileNotFoundError as exc:
+            raise ValueError(f"merge: {d} is not a finished `ntkdyn cmnist` run (missing {Path(exc.filename).name})") from exc
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"merge: {d}: unreadable run file ({exc})") from exc
+        if cfg.get("sweep"):
+            raise ValueError(f"merge: {d} is a --sweep run; only runs of the published hyperparameters can be merged")
+        runs.append((d, cfg, res))
+    runs.sort(key=lambda r: r[1].get("first_restart", 0))
+    d0, cfg0, res0 = runs[0]
+    for d, cfg, res in runs[1:]:
+        for key in _MERGE_KEYS:
+            if cfg.get(key) != cfg0.get(key):
+                raise ValueError(f"merge: {d} and {d0} differ in {key} ({cfg.get(key)!r} vs {cfg0.get(key)!r}); "
+                                 "merge only runs of one protocol")
+        for key in ("source", "n_images", "n_train", "n_test"):
+            if res["data"].get(key) != res0["data"].get(key):
+                raise ValueError(f"merge: {d} and {d0} ran on different data ({key}: {res['data'].get(key)!r} vs "
+                                 f"{res0['data'].get(key)!r})")
+    ranges = [(c.get("first_restart", 0), c.get("first_restart", 0) + c["restarts"]) for _, c, _ in runs]
+    for (d_a, _, _), (d_b, _, _), (a0, a1), (b0, b1) in zip(runs, runs[1:], ranges, ranges[1:], strict=False):
+        if b0 != a1:
+            what = "overlap" if b0 < a1 else f"leave restarts {a1}–{b0 - 1} out"
+            raise ValueError(f"merge: {d_a} (restarts {a0}–{a1 - 1}) and {d_b} (restarts {b0}–{b1 - 1}) {what}; "
+                             "merge runs whose --first-restart ranges follow each other")
+    counts = [c["restarts"] for _, c, _ in runs]
+    total = sum(counts)
+
+    methods_out: dict[str, Any] = {}
+    for name in res0["methods"]:
+        entries = [r["methods"][name] for _, _, r in runs]
+        train = [float(a) for e in entries for a in e["train_acc"]]
+        test = [float(a) for e in entries for a in e["test_acc"]]
+        probe = {}
+        for k in entries[0]["probe"]:
+            cell = {}
+            for stat in ("acc", "entropy"):
+                cell[stat], cell[f"{stat}_std"] = _pool([(n, e["probe"][k][stat], e["probe"][k][f"{stat}_std"])
+                                                        for n, e in zip(counts, entries, strict=True)])
+            probe[k] = cell
+        methods_out[name] = {**entries[0], "train_acc": train, "test_acc": test,
+                             "train_acc_mean": float(np.mean(train)), "train_acc_std": float(np.std(train)),
+                             "test_acc_mean": float(np.mean(test)), "test_acc_std": float(np.std(test)), "probe": probe}
+    results = {**res0, "methods": methods_out}
+
+    curves: dict[tuple[str, int], dict[str, float]] = {}
+    weights: dict[tuple[str, int], int] = {}
+    for (d, _, _), n in zip(runs, counts, strict=True):
+        path = d / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            rec = json.loads(line)
+            key = (rec["method"], rec["step"])
+            acc = curves.setdefault(key, {})
+            for k, v in rec.items():
+                if k not in ("method", "step"):
+                    acc[k] = acc.get(k, 0.0) + n * v
+            weights[key] = weights.get(key, 0) + n
+    records = [{"method": m, "step": step, **{k: v / weights[(m, step)] for k, v in acc.items()}}
+               for (m, step), acc in curves.items()]
+
+    recorded = {k: v for k, v in cfg0.items() if k in {f.name for f in dataclasses.fields(Config)}
+                and k not in ("methods_config", "methods", "z_methods", "restarts", "first_restart")}
+    config = resolve_config(**recorded, methods=tuple(cfg0["methods"]), restarts=total, first_restart=ranges[0][0])
+    run_dir = RunDir(out)
+    run_dir.write_config({**cfg0, "restarts": total, "first_restart": ranges[0][0], "out": str(out),
+                          "merged_from": [{"dir": str(d), "first_restart": a, "restarts": b - a,
+                                           "compiler_options": c.get("compiler_options")}
+                                          for (d, c, _), (a, b) in zip(runs, ranges, strict=True)]})
+    run_dir.write_metrics(records)
+    run_dir.write_results(results)
+    for f in ("feature_responses.npz", "cmnist_feature_responses_over_training.png",
+              "cmnist_feature_responses_over_training.pdf"):
+        if (d0 / f).is_file():
+            shutil.copyfile(d0 / f, Path(out) / f)
+    run_dir.save_figure(probe_figure({LABELS[m]: r["probe"] for m, r in methods_out.items()}), "cmnist_probe")
+    parts = ", ".join(f"`{d}` (restarts {a}–{b - 1})" for (d, _, _), (a, b) in zip(runs, ranges, strict=True))
+    run_dir.write_text("summary.md", summary_markdown(results, config) + f"\nMerged from {parts}.\n")
+    return results
+
+
 def _pct(mean, std=None) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "—"
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def _restart_range(config: Config) -> str:
+    if config.first_restart == 0:
+        return str(config.restarts)
+    return f"{config.restarts} (restarts {config.first_restart}–{config.first_restart + config.restarts - 1})"
 
 
 def summary_markdown(results: dict[str, Any], config: Config) -> str:
@@ -704,7 +853,7 @@ def summary_markdown(results: dict[str, Any], config: Config) -> str:
         "",
         f"Data: {d['description']} — {d['n_images']} images ({d['n_train']} training, {d['n_test']} test); "
         f"source `{d['source']}`.",
-        f"Restarts: {config.restarts}; seed {config.seed}{'; quick mode (1/20 of the steps)' if config.quick else ''}.",
+        f"Restarts: {_restart_range(config)}; seed {config.seed}{'; quick mode (1/20 of the steps)' if config.quick else ''}.",
         f"Model selection: {results['selection']}.",
         "",
         "| method | train acc (ours) | test acc (ours) | train acc (published) | test acc (published) |",
@@ -749,6 +898,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"],
                         help="methods to run")
     parser.add_argument("--restarts", type=int, default=10, help="independent restarts (environments and initialisations)")
+    parser.add_argument("--first-restart", type=int, default=0,
+                        help="index of the first restart, to split a protocol over jobs (join them with --merge)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="RUN_DIR",
+                        help="join the results of runs of the same protocol over disjoint restarts into --out "
+                             "(no training)")
     parser.add_argument("--seed", type=int, default=0, help="root PRNG seed")
     parser.add_argument("--data-dir", default=None, help="directory with MNIST IDX files (optionally .gz) or mnist.npz")
     parser.add_argument("--data-source", default="auto", choices=["auto", "files", "download", "embedded"],
@@ -771,11 +925,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ntkdyn cmnist``; returns the exit status."""
+    if args.merge:
+        results = merge_runs(args.merge, args.out)
+        for m, r in results["methods"].items():
+            print(f"{LABELS[m]:>16}: train {_pct(r['train_acc_mean'], r['train_acc_std'])}  "
+                  f"test {_pct(r['test_acc_mean'], r['test_acc_std'])}  ({len(r['train_acc'])} restarts)")
+        print(f"merged results in {args.out}")
+        return 0
     methods = METHODS if "all" in args.method else tuple(args.method)
     quick = bool(args.quick)
     config = resolve_config(
         methods=methods,
         restarts=2 if quick and args.restarts == 10 else args.restarts,
+        first_restart=args.first_restart,
         seed=args.seed,
         data_source=args.data_source,
         data_dir=args.data_dir,

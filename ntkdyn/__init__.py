@@ -20,6 +20,7 @@ from ntkdyn.systems import (
 )
 from ntkdyn.losses import (
     GroupDROState,
+    binary_accuracy,
     binary_cross_entropy,
     class_conditional_sd_penalty,
     group_dro_init,

@@ -19,6 +19,7 @@ from jaxtyping import Array, ArrayLike, Float
 __all__ = [
     "logistic_loss",
     "binary_cross_entropy",
+    "binary_accuracy",
     "sd_penalty",
     "class_conditional_sd_penalty",
     "irm_penalty",
@@ -84,6 +85,20 @@ def binary_cross_entropy(logits: Float[Array, " n"], y01: Float[Array, " n"]) ->
     """
     _check_pair(logits, y01, name_y="y01")
     return jnp.mean(jax.nn.softplus(logits) - y01 * logits)
+
+
+def binary_accuracy(logits: Float[Array, " n"], y01: Float[Array, " n"]) -> Array:
+    """Fraction of examples whose prediction 1[f > 0] equals the {0, 1} label (a float32 scalar).
+
+    Args:
+        logits: (n,) model outputs f.
+        y01: (n,) labels in {0, 1}.
+
+    Returns:
+        The scalar accuracy in [0, 1].
+    """
+    _check_pair(logits, y01, name_y="y01")
+    return jnp.mean(((logits > 0).astype(jnp.float32) == jnp.asarray(y01, jnp.float32)).astype(jnp.float32))
 
 
 def sd_penalty(logits: Float[Array, " n"]) -> Array:

@@ -208,6 +208,59 @@ def test_experiment_contract_and_determinism(tmp_path):
     assert json.loads((tmp_path / "b" / "results.json").read_text())["methods"]["oracle"] == first
 
 
+def test_split_restarts_merge_into_one_run(tmp_path, capsys):
+    """Restarts 0–1 and 2 of a protocol, merged, give the numbers of one run of restarts 0–2."""
+    kw = dict(methods=("sd", "oracle"), data_source="embedded", max_images=240, quick=True, n_z=16, log_every=5)
+    whole = X.run_experiment(X.resolve_config(restarts=3, **kw), tmp_path / "whole", verbose=False)
+    X.run_experiment(X.resolve_config(restarts=2, **kw), tmp_path / "a", verbose=False)
+    X.run_experiment(X.resolve_config(restarts=1, first_restart=2, **kw), tmp_path / "b", verbose=False)
+    assert "Restarts: 1 (restarts 2–2)" in (tmp_path / "b" / "summary.md").read_text()
+    dirs = [str(tmp_path / "b"), str(tmp_path / "a")]  # any order
+    assert main(["cmnist", "--merge", *dirs, "--out", str(tmp_path / "m")]) == 0
+    assert "3 restarts" in capsys.readouterr().out
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert merged["data"] == whole["data"]
+    for m, w in whole["methods"].items():
+        r = merged["methods"][m]
+        np.testing.assert_allclose(r["train_acc"], w["train_acc"], atol=1e-6)
+        np.testing.assert_allclose(r["test_acc"], w["test_acc"], atol=1e-6)
+        for k in ("train_acc_mean", "train_acc_std", "test_acc_mean", "test_acc_std"):
+            assert r[k] == pytest.approx(w[k], abs=1e-6), (m, k)
+        for inp, cell in w["probe"].items():
+            for k, v in cell.items():  # means and stds pooled from the two runs' summaries
+                assert r["probe"][inp][k] == pytest.approx(v, abs=1e-5), (m, inp, k)
+    curves_whole = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    curves_merged = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert [(c["method"], c["step"]) for c in curves_merged] == [(c["method"], c["step"]) for c in curves_whole]
+    for a, b in zip(curves_merged, curves_whole, strict=True):
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-5) and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["restarts"] == 3 and [p["first_restart"] for p in config["merged_from"]] == [0, 2]
+    for f in ("summary.md", "cmnist_probe.png", "feature_responses.npz", "cmnist_feature_responses_over_training.png"):
+        assert (tmp_path / "m" / f).is_file(), f
+    assert "Restarts: 3; seed 0" in (tmp_path / "m" / "summary.md").read_text()
+
+
+def test_merge_bad_input(tmp_path, capsys):
+    kw = dict(methods=("oracle",), data_source="embedded", max_images=240, quick=True, n_z=0, log_every=5)
+    X.run_experiment(X.resolve_config(restarts=2, **kw), tmp_path / "a", verbose=False)
+    X.run_experiment(X.resolve_config(restarts=2, first_restart=1, **kw), tmp_path / "overlap", verbose=False)
+    X.run_experiment(X.resolve_config(restarts=1, first_restart=3, **kw), tmp_path / "gap", verbose=False)
+    X.run_experiment(X.resolve_config(restarts=1, first_restart=2, seed=1, **kw), tmp_path / "seed1", verbose=False)
+    (tmp_path / "empty").mkdir()
+    cases = [(["a"], "two or more"), (["a", "overlap"], "overlap"), (["a", "gap"], "leave restarts 2–2 out"),
+             (["a", "seed1"], "differ in seed"), (["a", "empty"], "missing config.json"), (["a", "gap"], "--out")]
+    for i, (names, match) in enumerate(cases):
+        out = tmp_path / ("a" if match == "--out" else f"out{i}")
+        assert main(["cmnist", "--merge", *[str(tmp_path / n) for n in names], "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "merge" in err and match in err and len(err.strip().splitlines()) == 1, err
+        if match != "--out":
+            assert not out.exists()  # nothing written
+    with pytest.raises(ValueError, match="first_restart"):
+        X.resolve_config(first_restart=-1)
+
+
 def test_sweep_selects_by_validation(tmp_path):
     cfg = X.resolve_config(methods=("oracle",), restarts=2, data_source="embedded", max_images=240, quick=True,
                            sweep=True, n_z=0)

@@ -22,6 +22,15 @@ def test_bce_on_01_labels_equals_logistic_on_signed_labels():
     )
 
 
+def test_binary_accuracy_hand_computation():
+    f = jnp.array([-2.0, -0.5, 0.0, 0.5, 3.0])  # predictions 0, 0, 0 (f = 0 is class 0), 1, 1
+    y01 = jnp.array([0, 1, 0, 1, 0.0])  # right, wrong, right, right, wrong
+    assert float(losses.binary_accuracy(f, y01)) == pytest.approx(3 / 5)
+    assert losses.binary_accuracy(f, y01.astype(jnp.int32)).dtype == jnp.float32
+    with pytest.raises(ValueError, match="logits, y01"):
+        losses.binary_accuracy(f[:, None], y01)
+
+
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="logits, y"):
         losses.logistic_loss(jnp.zeros((4, 1)), jnp.zeros(4))

@@ -28,6 +28,7 @@ from jaxtyping import Array, Float
 
 from ntkdyn.losses import (
     GroupDROState,
+    binary_accuracy,
     class_conditional_sd_penalty,
     group_dro_init,
     group_dro_update,
@@ -263,7 +264,7 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
         metrics = {
             "loss": loss,
             "nll": logistic_loss(logits, 2.0 * y - 1.0),
-            "acc": jnp.mean(((logits > 0).astype(jnp.float32) == y).astype(jnp.float32)),
+            "acc": binary_accuracy(logits, y),
             "q": dro.q,
         }
         return MinibatchState(state.step + 1, params, batch_stats, opt_state, dro), metrics
