@@ -10,6 +10,9 @@ Commands::
     ntkdyn cmnist --method sd irm --data-dir ~/data/mnist  # chosen methods, MNIST from files
     ntkdyn cmnist --sweep --method sd --out runs/cmnist_sd # coefficient sweep, both selection rules
     ntkdyn cmnist --quick --out /tmp/cmnist                # smoke test (< 2 min on 2 CPU cores)
+    ntkdyn cmnist --data-dir MNIST --restarts 5 --out runs/a                  # restarts 0-4 ...
+    ntkdyn cmnist --data-dir MNIST --restarts 5 --first-restart 5 --out runs/b  # ... and 5-9 elsewhere
+    ntkdyn cmnist --merge runs/a runs/b --out runs/cmnist_10                  # = one run of restarts 0-9
 
 Expected on full MNIST (published, 10 restarts; train / test accuracy in %):
 
@@ -535,6 +538,23 @@ def resolve_config(**kwargs) -> Config:
     return dataclasses.replace(cfg, methods=tuple(dict.fromkeys(cfg.methods)), methods_config=mc)
 
 
+def restart_keys(seed: int, stream: str, first: int, count: int):
+    """PRNG keys of restarts ``first`` … ``first + count − 1``: their environments or initialisations.
+
+    Restart r's key is entry r of one split over restarts 0 … r, the same in every run that trains
+    it, so restarts trained in separate runs (``first_restart``) are those of one longer run.
+
+    Args:
+        seed: the root seed of the run.
+        stream: ``"data"`` (the environments: shuffle, label noise, colours) or ``"init"``.
+        first, count: the restarts.
+    """
+    import jax
+
+    root = jax.random.fold_in(jax.random.PRNGKey(seed), {"data": 0, "init": 1}[stream])
+    return jax.random.split(root, first + count)[first:]
+
+
 def _sweep_grid(cfg: MethodConfig) -> list[dict[str, float]]:
     if cfg.name == "erm":
         return [{"penalty": 0.0, "l2": v} for v in SWEEP_ERM_L2]
@@ -585,12 +605,8 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     run_dir.write_config({**dataclasses.asdict(config), "seed_chunk": seed_chunk, "compiler_options": compiler_options,
                           "data": data_info, "out": str(out)})
 
-    root = jax.random.PRNGKey(config.seed)
-    # Restart r's keys are entry r of one split over all restarts so far, so restarts first … last
-    # of a split protocol are those of one run of all of them.
-    last = config.first_restart + config.restarts
-    data_keys = jax.random.split(jax.random.fold_in(root, 0), last)[config.first_restart:]
-    init_keys = jax.random.split(jax.random.fold_in(root, 1), last)[config.first_restart:]
+    data_keys = restart_keys(config.seed, "data", config.first_restart, config.restarts)
+    init_keys = restart_keys(config.seed, "init", config.first_restart, config.restarts)
     envs = jax.jit(jax.vmap(lambda k: colored_mnist(k, images, digits)))(data_keys)
     devices = jax.local_devices() if (config.shard and jax.local_device_count() > 1) else None
 
@@ -712,6 +728,31 @@ def _pool(parts: list[tuple[int, float, float]]) -> tuple[float, float]:
     return mean, math.sqrt(max(second - mean**2, 0.0))
 
 
+def _recorded_probe_examples(cfg: dict[str, Any], restart: int):
+    """The probe figure's example inputs of ``restart``, rebuilt from the run's recorded data, or ``None``.
+
+    Only local data is read (the embedded subset, or the files the run read or downloaded); when
+    they are gone the figure is drawn without examples.
+    """
+    import jax
+
+    from ntkdyn.data.colored_mnist import colored_mnist
+    from ntkdyn.data.mnist import load_mnist
+
+    data = cfg.get("data", {})
+    try:
+        if data.get("source") == "embedded":
+            mnist = load_mnist(source="embedded")
+        else:
+            mnist = load_mnist(data.get("origin"), source="files")
+    except (OSError, ValueError, TypeError):
+        return None
+    n = data.get("n_images", mnist.n_images)
+    key = restart_keys(cfg["seed"], "data", restart, 1)
+    envs = jax.vmap(lambda k: colored_mnist(k, mnist.images[:n], mnist.labels[:n]))(key)
+    return _probe_examples(envs)
+
+
 def merge_runs(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
     """Join runs of one Colored MNIST protocol over disjoint restarts (``--first-restart``) into one run.
 
@@ -782,7 +823,7 @@ def merge_runs(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
     total = sum(counts)
 
     methods_out: dict[str, Any] = {}
-    for name in res0["methods"]:
+    for name in cfg0["methods"]:  # the order the run trained them (results.json sorts its keys)
         entries = [r["methods"][name] for _, _, r in runs]
         train = [float(a) for e in entries for a in e["train_acc"]]
         test = [float(a) for e in entries for a in e["test_acc"]]
@@ -827,7 +868,9 @@ def merge_runs(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
               "cmnist_feature_responses_over_training.pdf"):
         if (d0 / f).is_file():
             shutil.copyfile(d0 / f, Path(out) / f)
-    run_dir.save_figure(probe_figure({LABELS[m]: r["probe"] for m, r in methods_out.items()}), "cmnist_probe")
+    examples = _recorded_probe_examples(cfg0, ranges[0][0])
+    run_dir.save_figure(probe_figure({LABELS[m]: r["probe"] for m, r in methods_out.items()}, examples),
+                        "cmnist_probe")
     parts = ", ".join(f"`{d}` (restarts {a}–{b - 1})" for (d, _, _), (a, b) in zip(runs, ranges, strict=True))
     run_dir.write_text("summary.md", summary_markdown(results, config) + f"\nMerged from {parts}.\n")
     return results

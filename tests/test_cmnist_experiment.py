@@ -211,6 +211,8 @@ def test_experiment_contract_and_determinism(tmp_path):
 def test_split_restarts_merge_into_one_run(tmp_path, capsys):
     """Restarts 0–1 and 2 of a protocol, merged, give the numbers of one run of restarts 0–2."""
     kw = dict(methods=("sd", "oracle"), data_source="embedded", max_images=240, quick=True, n_z=16, log_every=5)
+    for stream in ("data", "init"):  # restart r keeps its keys whichever run trains it
+        np.testing.assert_array_equal(X.restart_keys(0, stream, 2, 1), X.restart_keys(0, stream, 0, 3)[2:])
     whole = X.run_experiment(X.resolve_config(restarts=3, **kw), tmp_path / "whole", verbose=False)
     X.run_experiment(X.resolve_config(restarts=2, **kw), tmp_path / "a", verbose=False)
     X.run_experiment(X.resolve_config(restarts=1, first_restart=2, **kw), tmp_path / "b", verbose=False)

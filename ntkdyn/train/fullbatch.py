@@ -34,7 +34,7 @@ two-moons nets too); ``SeedAxis.MAP`` trains them one after the other inside the
 (each seed's working set stays in cache; worth measuring for small models on a CPU);
 ``seed_chunk=k`` with ``SeedAxis.VMAP`` batches k seeds per step and runs the chunks one after
 another, which on a CPU keeps a large full-batch step's working set in cache (Colored MNIST: ten
-restarts in one step run 10–20 % slower per restart than two at a time). With ``devices`` set (e.g.
+restarts in one step run up to 10 % slower per restart than two at a time). With ``devices`` set (e.g.
 ``jax.local_devices()``) the seed axis is split over a 1-D ``jax.sharding.Mesh`` with
 ``jax.shard_map``; each device trains its seeds with the chosen ``seed_axis``. S need not be a
 multiple of the device count: the seed axis is padded by repeating the first seed, and the padding
