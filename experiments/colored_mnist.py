@@ -581,7 +581,7 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     from ntkdyn.data.colored_mnist import colored_mnist, split_sizes
     from ntkdyn.data.mnist import load_mnist
     from ntkdyn.runs import RunDir, progress
-    from ntkdyn.train.fullbatch import eigen_matmul_options
+    from ntkdyn.train.fullbatch import eigen_matmul_options, seed_devices
 
     run_dir = RunDir(out)
     mnist = load_mnist(config.data_dir, source=config.data_source)
@@ -608,7 +608,7 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     data_keys = restart_keys(config.seed, "data", config.first_restart, config.restarts)
     init_keys = restart_keys(config.seed, "init", config.first_restart, config.restarts)
     envs = jax.jit(jax.vmap(lambda k: colored_mnist(k, images, digits)))(data_keys)
-    devices = jax.local_devices() if (config.shard and jax.local_device_count() > 1) else None
+    devices = seed_devices(config.shard)
 
     metrics_records: list[dict[str, Any]] = []
     methods_out: dict[str, Any] = {}

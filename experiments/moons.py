@@ -607,10 +607,10 @@ def run(args: argparse.Namespace) -> int:
         _draw(out, *_read_arrays(out))
         print(f"redrew the figures in {out.path}", file=sys.stderr)
         return 0
-    import jax
+    from ntkdyn.train.fullbatch import seed_devices
 
     config = _resolve(args)
-    devices = jax.local_devices() if (config["shard"] and jax.local_device_count() > 1) else None
+    devices = seed_devices(config["shard"])
     config["devices"] = len(devices) if devices else 1
     out = RunDir(args.out)
     out.write_config(config)

@@ -13,7 +13,7 @@ import optax
 import pytest
 from conftest import tol
 
-from ntkdyn.train.fullbatch import SeedAxis, eigen_matmul_options, train_fullbatch
+from ntkdyn.train.fullbatch import SeedAxis, eigen_matmul_options, seed_devices, train_fullbatch
 
 N, D, H, S = 24, 3, 16, 3
 
@@ -146,8 +146,9 @@ SHARD_SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, {tests!r})
     import test_fullbatch as T
-    from ntkdyn.train.fullbatch import SeedAxis, eigen_matmul_options, train_fullbatch
+    from ntkdyn.train.fullbatch import SeedAxis, seed_devices, train_fullbatch
     assert jax.local_device_count() == 4, jax.local_devices()
+    assert seed_devices() == jax.local_devices() and seed_devices(shard=False) is None
     out = {{}}
     for seeds in (6,):  # 6 seeds on 4 devices: padded to 8, two seeds per device
         kx, ky, kp, kk = jax.random.split(jax.random.PRNGKey(3), 4)
@@ -219,6 +220,11 @@ def test_seed_axis_mismatch(problem):
     with pytest.raises(ValueError, match="batch"):
         train_fullbatch(_loss_fn, _opt(), params, (x, y), keys=keys, model_state=mstate, num_steps=2,
                         batch_axis=0)
+
+
+def test_seed_devices_on_one_device():
+    assert jax.local_device_count() > 1 or seed_devices() is None
+    assert seed_devices(shard=False) is None
 
 
 def test_eigen_matmul_options(problem):

@@ -70,7 +70,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Int, PyTree
 
-__all__ = ["SeedAxis", "TrainState", "TrainResult", "eigen_matmul_options", "train_fullbatch"]
+__all__ = ["SeedAxis", "TrainState", "TrainResult", "eigen_matmul_options", "seed_devices", "train_fullbatch"]
 
 LossFn = Callable[[PyTree, PyTree, PyTree, Array, Array], tuple[Array, tuple[PyTree, dict[str, Array]]]]
 EvalFn = Callable[[PyTree, PyTree, PyTree], dict[str, Array]]
@@ -157,6 +157,18 @@ def eigen_matmul_options(backend: str | None = None) -> dict[str, str]:
     if backend != "cpu" or not _cpu_option_accepted(_YNN_FUSION_OPTION, ""):
         return {}
     return {_YNN_FUSION_OPTION: ""}
+
+
+def seed_devices(shard: bool = True) -> list[Any] | None:
+    """The ``devices`` argument of :func:`train_fullbatch`: all local devices if there are several.
+
+    Args:
+        shard: ``False`` keeps everything on the default device.
+
+    Returns:
+        ``jax.local_devices()`` when ``shard`` and more than one is present, else ``None``.
+    """
+    return jax.local_devices() if shard and jax.local_device_count() > 1 else None
 
 
 def _leading(tree: PyTree) -> set[int]:
