@@ -963,7 +963,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="restarts batched into each training step, the chunks one after another "
                              "(default: 2 on a CPU, where they keep a step's working set in cache; all on a GPU)")
     parser.add_argument("--cpu-matmul", default="eigen", choices=CPU_MATMUL,
-                        help="library for matrix products on a CPU: eigen (measured faster here) or XLA's default")
+                        help="library for matrix products on a CPU: eigen (measured faster for these steps) or XLA's default")
 
 
 def run(args: argparse.Namespace) -> int:
