@@ -601,8 +601,8 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     log(f"cmnist: {data_info['description']}")
     # Restarts per training step: all at once on an accelerator; on a CPU two at a time keep a
     # step's working set in cache, and Eigen's matrix products beat XLA's default library
-    # (benchmarks/cmnist.py: two per step with Eigen match sequential restarts; all ten at once
-    # run 6–7 % slower, and 13–17 % slower with the default library).
+    # (benchmarks/cmnist.py: two per step with Eigen match sequential restarts, 0.96–1.02×; all
+    # ten at once run 1–11 % slower, and two per step with the default library 3–9 % slower).
     seed_chunk = config.seed_chunk if config.seed_chunk is not None else (2 if jax.default_backend() == "cpu" else None)
     compiler_options = eigen_matmul_options() if config.cpu_matmul == "eigen" else {}
     run_dir.write_config({**dataclasses.asdict(config), "seed_chunk": seed_chunk, "compiler_options": compiler_options,
