@@ -87,6 +87,11 @@ def small():
     return envs, jax.random.split(jax.random.PRNGKey(1), 3)
 
 
+def _assert_params_close(a, b):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+
+
 def test_vmapped_equals_sequential(small):
     envs, keys = small
     cfg = dataclasses.replace(X.DEFAULTS["irm"], hidden=16, steps=12, anneal_steps=6, lr=1e-2)
@@ -94,16 +99,14 @@ def test_vmapped_equals_sequential(small):
     together = X.train_method(cfg, batches, keys, log_every=4)
     for s in (0, 2):
         alone = X.train_method(cfg, jax.tree_util.tree_map(lambda a, s=s: a[s : s + 1], batches), keys[s : s + 1], log_every=4)
-        for a, b in zip(jax.tree_util.tree_leaves(together.params), jax.tree_util.tree_leaves(alone.params), strict=True):
-            np.testing.assert_allclose(np.asarray(a[s]), np.asarray(b[0]), rtol=1e-5, atol=1e-6)
+        _assert_params_close(jax.tree_util.tree_map(lambda a, s=s: a[s], together.params),
+                             jax.tree_util.tree_map(lambda b: b[0], alone.params))
         np.testing.assert_allclose(together.history["test_acc"][s], alone.history["test_acc"][0], atol=1e-6)
     chunked = X.train_method(cfg, batches, keys, log_every=4, seed_chunk=2)  # chunks of 2 and 1
-    for a, b in zip(jax.tree_util.tree_leaves(together.params), jax.tree_util.tree_leaves(chunked.params), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    _assert_params_close(together.params, chunked.params)
     # Eigen's products (the CPU default of `ntkdyn cmnist`) change nothing beyond float rounding
     eigen = X.train_method(cfg, batches, keys, log_every=4, seed_chunk=2, compiler_options=eigen_matmul_options())
-    for a, b in zip(jax.tree_util.tree_leaves(together.params), jax.tree_util.tree_leaves(eigen.params), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    _assert_params_close(together.params, eigen.params)
 
 
 def test_training_matches_a_plain_loop(small):
