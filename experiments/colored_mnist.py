@@ -857,8 +857,9 @@ def merge_runs(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
     records = [{"method": m, "step": step, **{k: v / weights[(m, step)] for k, v in acc.items()}}
                for (m, step), acc in curves.items()]
 
-    recorded = {k: v for k, v in cfg0.items() if k in {f.name for f in dataclasses.fields(Config)}
-                and k not in ("methods_config", "methods", "z_methods", "restarts", "first_restart")}
+    settable = {f.name for f in dataclasses.fields(Config)} - {"methods_config", "methods", "z_methods", "restarts",
+                                                               "first_restart"}
+    recorded = {k: v for k, v in cfg0.items() if k in settable}
     config = resolve_config(**recorded, methods=tuple(cfg0["methods"]), restarts=total, first_restart=ranges[0][0])
     run_dir = RunDir(out)
     run_dir.write_config({**cfg0, "restarts": total, "first_restart": ranges[0][0], "out": str(out),
