@@ -33,8 +33,17 @@ def pipeline_rate(split, size: int, workers: int, batch: int) -> float:
     from ntkdyn.data.celeba import iterate_batches
 
     t = time.perf_counter()
-    n = sum(len(b["index"]) for b in iterate_batches(split, np.arange(len(split)), batch_size=batch, image_size=size,
-                                                      workers=workers, prefetch=2))
+    n = sum(
+        len(b["index"])
+        for b in iterate_batches(
+            split,
+            np.arange(len(split)),
+            batch_size=batch,
+            image_size=size,
+            workers=workers,
+            prefetch=2,
+        )
+    )
     return n / (time.perf_counter() - t)
 
 
@@ -67,9 +76,14 @@ def train_rate(arch: str, width: int, size: int, batch: int, steps: int) -> tupl
     state = replicate(init_train_state(init_resnet(model, jax.random.PRNGKey(0), size), opt), mesh)
     step = make_train_step(model.apply, opt, ERM())
     rng = np.random.default_rng(0)
-    batch_arrays = shard_batch({"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-                                "y": rng.integers(0, 2, batch).astype(np.int32),
-                                "group": rng.integers(0, 4, batch).astype(np.int32)}, mesh)
+    batch_arrays = shard_batch(
+        {
+            "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+            "y": rng.integers(0, 2, batch).astype(np.int32),
+            "group": rng.integers(0, 4, batch).astype(np.int32),
+        },
+        mesh,
+    )
     t = time.perf_counter()
     state, m = step(state, batch_arrays)
     jax.block_until_ready(m)
@@ -86,7 +100,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512, help="fixture images timed")
     parser.add_argument("--workers", type=int, default=8, help="decoding threads")
     parser.add_argument("--batch", type=int, default=128, help="pipeline batch size")
-    parser.add_argument("--train-batch", type=int, default=16, help="ResNet-50 training batch on this CPU")
+    parser.add_argument(
+        "--train-batch", type=int, default=16, help="ResNet-50 training batch on this CPU"
+    )
     parser.add_argument("--train-steps", type=int, default=3, help="timed ResNet-50 steps")
     args = parser.parse_args()
 
@@ -103,19 +119,29 @@ def main() -> None:
         ours32 = pipeline_rate(split, 32, args.workers, args.batch)
     r50, r50_compile = train_rate("resnet50", 64, 224, args.train_batch, args.train_steps)
     r18, r18_compile = train_rate("resnet18", 8, 32, 32, 20)
-    print(json.dumps({
-        "benchmark": "celeba_pipeline",
-        "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
-        "images": args.images, "workers": args.workers,
-        "pipeline_224_img_s": round(ours224, 1), "sequential_224_img_s": round(seq224, 1),
-        "pipeline_vs_sequential_224": round(ours224 / seq224, 2),
-        "pipeline_32_img_s": round(ours32, 1), "sequential_32_img_s": round(seq32, 1),
-        "pipeline_vs_sequential_32": round(ours32 / seq32, 2),
-        "train_resnet50_224_img_s": round(r50, 2), "train_resnet50_batch": args.train_batch,
-        "train_resnet50_compile_s": round(r50_compile, 1),
-        "train_resnet18w8_32_img_s": round(r18, 1), "train_resnet18w8_compile_s": round(r18_compile, 1),
-        "pipeline_over_train_224": round(ours224 / r50, 1), "pipeline_over_train_32": round(ours32 / r18, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "celeba_pipeline",
+                "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+                "images": args.images,
+                "workers": args.workers,
+                "pipeline_224_img_s": round(ours224, 1),
+                "sequential_224_img_s": round(seq224, 1),
+                "pipeline_vs_sequential_224": round(ours224 / seq224, 2),
+                "pipeline_32_img_s": round(ours32, 1),
+                "sequential_32_img_s": round(seq32, 1),
+                "pipeline_vs_sequential_32": round(ours32 / seq32, 2),
+                "train_resnet50_224_img_s": round(r50, 2),
+                "train_resnet50_batch": args.train_batch,
+                "train_resnet50_compile_s": round(r50_compile, 1),
+                "train_resnet18w8_32_img_s": round(r18, 1),
+                "train_resnet18w8_compile_s": round(r18_compile, 1),
+                "pipeline_over_train_224": round(ours224 / r50, 1),
+                "pipeline_over_train_32": round(ours32 / r18, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

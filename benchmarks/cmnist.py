@@ -64,8 +64,14 @@ def step_flops(n: int, d_in: int, h: int) -> float:
     return 2 * fwd + 2 * n * (h * h + h)
 
 
-def batched_vs_plain_matmul(batch: int = 2, n: int = 2083, d_in: int = 392, h: int = 300, repeats: int = 50,
-                            compiler_options: dict | None = None) -> dict:
+def batched_vs_plain_matmul(
+    batch: int = 2,
+    n: int = 2083,
+    d_in: int = 392,
+    h: int = 300,
+    repeats: int = 50,
+    compiler_options: dict | None = None,
+) -> dict:
     """Seconds of the first-layer weight gradient xᵀg for ``batch`` restarts: one batched matmul
     (what ``vmap`` makes of it) against ``batch`` plain ones in the same compiled call.
 
@@ -74,14 +80,19 @@ def batched_vs_plain_matmul(batch: int = 2, n: int = 2083, d_in: int = 392, h: i
     k1, k2 = jax.random.split(jax.random.PRNGKey(3))
     x = jax.random.normal(k1, (batch, n, d_in))
     g = jax.random.normal(k2, (batch, n, h))
-    fns = {"batched": lambda x, g: jnp.einsum("bni,bnh->bih", x, g),
-           "plain": lambda x, g: jnp.stack([x[b].T @ g[b] for b in range(batch)])}
+    fns = {
+        "batched": lambda x, g: jnp.einsum("bni,bnh->bih", x, g),
+        "plain": lambda x, g: jnp.stack([x[b].T @ g[b] for b in range(batch)]),
+    }
     out = {}
     for name, fn in fns.items():
+
         def loop(x, g, fn=fn):
             def body(i, acc):
                 return acc + jnp.sum(fn(x, g + acc * 1e-30)) * 0
+
             return jax.lax.fori_loop(0, repeats, body, jnp.float32(0))
+
         run = jax.jit(loop, compiler_options=compiler_options or None)
         run(x, g).block_until_ready()
         best = float("inf")
@@ -104,15 +115,17 @@ def _data(source: str, max_images: int | None):
     return envs, m
 
 
-def compile_ours(cfg, batches, keys, steps: int, seed_axis=None, seed_chunk=None, compiler_options=None):
+def compile_ours(
+    cfg, batches, keys, steps: int, seed_axis=None, seed_chunk=None, compiler_options=None
+):
     """A zero-argument callable that runs ``steps`` steps of ``train_fullbatch`` (compiled and warmed up).
 
     The call is wrapped in an outer ``jax.jit`` (with ``compiler_options``) so that repeated calls
     reuse the compiled program.
     """
     import optax
+    from ntkdyn.experiments import colored_mnist as X
 
-    from experiments import colored_mnist as X
     from ntkdyn.train.fullbatch import SeedAxis, train_fullbatch
 
     seed_axis = SeedAxis.VMAP if seed_axis is None else seed_axis
@@ -126,9 +139,18 @@ def compile_ours(cfg, batches, keys, steps: int, seed_axis=None, seed_chunk=None
         return loss, (hp, {})
 
     def train(params, batches, keys, hp):
-        return train_fullbatch(loss_fn, optax.adam(cfg.lr), params, batches, keys=keys, num_steps=steps,
-                               model_state=hp, batch_axis=0, seed_axis=seed_axis,
-                               seed_chunk=seed_chunk).state.params
+        return train_fullbatch(
+            loss_fn,
+            optax.adam(cfg.lr),
+            params,
+            batches,
+            keys=keys,
+            num_steps=steps,
+            model_state=hp,
+            batch_axis=0,
+            seed_axis=seed_axis,
+            seed_chunk=seed_chunk,
+        ).state.params
 
     train = jax.jit(train, compiler_options=compiler_options or None)
     jax.block_until_ready(train(params, batches, keys, hp))
@@ -154,7 +176,10 @@ def time_torch(x: np.ndarray, y: np.ndarray, h: int, lr: float, steps: int) -> f
     import torch
 
     torch.manual_seed(0)
-    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))[:, None]
+    xt, yt = (
+        torch.from_numpy(np.ascontiguousarray(x)),
+        torch.from_numpy(np.ascontiguousarray(y))[:, None],
+    )
     lins = [torch.nn.Linear(x.shape[1], h), torch.nn.Linear(h, h), torch.nn.Linear(h, 1)]
     for lin in lins:
         torch.nn.init.xavier_uniform_(lin.weight)
@@ -180,17 +205,29 @@ def time_torch(x: np.ndarray, y: np.ndarray, h: int, lr: float, steps: int) -> f
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="timed steps (single restart)")
-    parser.add_argument("--restart-steps", type=int, default=30, help="timed steps of the 10-restart comparison")
+    parser.add_argument(
+        "--restart-steps", type=int, default=30, help="timed steps of the 10-restart comparison"
+    )
     parser.add_argument("--restarts", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians are reported)")
-    parser.add_argument("--data-source", default="embedded", choices=["auto", "files", "download", "embedded"])
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timing rounds (medians are reported)"
+    )
+    parser.add_argument(
+        "--data-source", default="embedded", choices=["auto", "files", "download", "embedded"]
+    )
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--skip-torch", action="store_true")
-    parser.add_argument("--seed-chunk", type=int, nargs="*", default=[2, 5],
-                        help="also time the vmapped restarts in chunks of these sizes (seed_chunk)")
+    parser.add_argument(
+        "--seed-chunk",
+        type=int,
+        nargs="*",
+        default=[2, 5],
+        help="also time the vmapped restarts in chunks of these sizes (seed_chunk)",
+    )
     args = parser.parse_args(argv)
 
-    from experiments import colored_mnist as X
+    from ntkdyn.experiments import colored_mnist as X
+
     from ntkdyn.train.fullbatch import SeedAxis, eigen_matmul_options
 
     cfg = X.DEFAULTS["erm"]
@@ -208,27 +245,53 @@ def main(argv=None) -> None:
 
     peak = sgemm_peak()
     flops = step_flops(n, 392, cfg.hidden)
-    single = interleaved({lib: compile_ours(cfg, batches, keys, args.steps, compiler_options=o)
-                          for lib, o in libs.items()}, args.rounds)
+    single = interleaved(
+        {
+            lib: compile_ours(cfg, batches, keys, args.steps, compiler_options=o)
+            for lib, o in libs.items()
+        },
+        args.rounds,
+    )
     single = {lib: seconds / args.steps for lib, seconds in single.items()}
     torch_s = None
     if not args.skip_torch:
         x = np.concatenate([np.asarray(batches["x1"][0]), np.asarray(batches["x2"][0])])
-        y = np.concatenate([np.asarray(batches["y1"][0]), np.asarray(batches["y2"][0])]).astype(np.float32)
+        y = np.concatenate([np.asarray(batches["y1"][0]), np.asarray(batches["y2"][0])]).astype(
+            np.float32
+        )
         torch_s = time_torch(x, y, cfg.hidden, cfg.lr, args.steps)
     for lib, ours in single.items():
-        line = {"benchmark": "cmnist_fullbatch_step", "device": device, "data": data, "matmul": lib,
-                "ours_steps_per_s": 1 / ours, "gflop_per_step": flops / 1e9, "ours_gflops": flops / ours / 1e9,
-                "numpy_sgemm_peak_gflops": peak, "fraction_of_peak": flops / ours / 1e9 / peak}
+        line = {
+            "benchmark": "cmnist_fullbatch_step",
+            "device": device,
+            "data": data,
+            "matmul": lib,
+            "ours_steps_per_s": 1 / ours,
+            "gflop_per_step": flops / 1e9,
+            "ours_gflops": flops / ours / 1e9,
+            "numpy_sgemm_peak_gflops": peak,
+            "fraction_of_peak": flops / ours / 1e9 / peak,
+        }
         if torch_s is not None:
             line.update({"torch_steps_per_s": 1 / torch_s, "ratio_ours_over_torch": torch_s / ours})
         print(json.dumps(line), flush=True)
 
     for lib, o in libs.items():
         mm = batched_vs_plain_matmul(compiler_options=o)
-        print(json.dumps({"benchmark": "cmnist_batched_vs_plain_matmul", "device": device, "matmul": lib,
-                          "shape": "2 x (2083x392)^T (2083x300)", "batched_s": mm["batched"], "plain_s": mm["plain"],
-                          "ratio_batched_over_plain_time": mm["batched"] / mm["plain"]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "benchmark": "cmnist_batched_vs_plain_matmul",
+                    "device": device,
+                    "matmul": lib,
+                    "shape": "2 x (2083x392)^T (2083x300)",
+                    "batched_s": mm["batched"],
+                    "plain_s": mm["plain"],
+                    "ratio_batched_over_plain_time": mm["batched"] / mm["plain"],
+                }
+            ),
+            flush=True,
+        )
 
     R = args.restarts
     rkeys = jax.random.split(jax.random.PRNGKey(2), R)
@@ -236,21 +299,38 @@ def main(argv=None) -> None:
     chunks = [None, *[c for c in args.seed_chunk if c < R]]
     runs = {}
     for lib, o in libs.items():
-        runs[(lib, "sequential")] = compile_ours(cfg, rb, rkeys, args.restart_steps, SeedAxis.MAP, compiler_options=o)
+        runs[(lib, "sequential")] = compile_ours(
+            cfg, rb, rkeys, args.restart_steps, SeedAxis.MAP, compiler_options=o
+        )
         for chunk in chunks:
-            runs[(lib, chunk or R)] = compile_ours(cfg, rb, rkeys, args.restart_steps, SeedAxis.VMAP, chunk, o)
+            runs[(lib, chunk or R)] = compile_ours(
+                cfg, rb, rkeys, args.restart_steps, SeedAxis.VMAP, chunk, o
+            )
     med = interleaved(runs, args.rounds)
     rate = {k: R * args.restart_steps / v for k, v in med.items()}
     best_seq = max(rate[(lib, "sequential")] for lib in libs)
     for lib in libs:
         for chunk in chunks:
             vm, sq = rate[(lib, chunk or R)], rate[(lib, "sequential")]
-            print(json.dumps({"benchmark": "cmnist_restarts_vmapped_vs_sequential", "device": device, "data": data,
-                              "matmul": lib, "restarts": R, "seed_chunk": chunk or R, "rounds": args.rounds,
-                              "vmapped_restart_steps_per_s": vm, "sequential_restart_steps_per_s": sq,
-                              "ratio_vmapped_over_sequential": vm / sq,
-                              "best_sequential_restart_steps_per_s": best_seq,
-                              "ratio_vmapped_over_best_sequential": vm / best_seq}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "benchmark": "cmnist_restarts_vmapped_vs_sequential",
+                        "device": device,
+                        "data": data,
+                        "matmul": lib,
+                        "restarts": R,
+                        "seed_chunk": chunk or R,
+                        "rounds": args.rounds,
+                        "vmapped_restart_steps_per_s": vm,
+                        "sequential_restart_steps_per_s": sq,
+                        "ratio_vmapped_over_sequential": vm / sq,
+                        "best_sequential_restart_steps_per_s": best_seq,
+                        "ratio_vmapped_over_best_sequential": vm / best_seq,
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Workload (Pezeshki et al. 2021, §3): 2 → 500 → 1 ReLU, 300 points, full-batch SGD (lr 1e-2,
 momentum 0.9, weight decay 2e-4), mean softplus(−yŷ), 10 seeds × 10,000 epochs.
 
-* ours: :func:`experiments.moons.train_setting` — the whole run (10 seeds × 10,000 epochs) timed
+* ours: :func:`ntkdyn.experiments.moons.train_setting` — the whole run (10 seeds × 10,000 epochs) timed
   end to end, initialisation and compilation included (after one untimed warm-up call of a
   different size that starts JAX). The CPU's cores are exposed as JAX devices
   (``XLA_FLAGS=--xla_force_host_platform_device_count``, ``--host-devices``, default all cores)
@@ -34,14 +34,25 @@ import time
 
 def _ours(seeds: int, epochs: int, seed_axis: str, unroll: int) -> float:
     import jax
-
-    from experiments.moons import SETTINGS, _initial_state, train_setting
+    from ntkdyn.experiments.moons import SETTINGS, _initial_state, train_setting
 
     _initial_state.cache_clear()  # every timed call compiles its initialisation too
     devices = jax.local_devices() if jax.local_device_count() > 1 else None
     start = time.perf_counter()
-    trained = train_setting(SETTINGS["erm"], seeds=seeds, epochs=epochs, lr=1e-2, n=300, noise=0.1, hidden=500,
-                            seed=0, records=10, unroll=unroll, seed_axis=seed_axis, devices=devices)
+    trained = train_setting(
+        SETTINGS["erm"],
+        seeds=seeds,
+        epochs=epochs,
+        lr=1e-2,
+        n=300,
+        noise=0.1,
+        hidden=500,
+        seed=0,
+        records=10,
+        unroll=unroll,
+        seed_axis=seed_axis,
+        devices=devices,
+    )
     seconds = time.perf_counter() - start
     assert trained.history["loss"].shape[0] == seeds
     return seconds
@@ -84,10 +95,18 @@ def main() -> None:
     parser.add_argument("--peer-epochs", type=int, default=1000)
     parser.add_argument("--seed-axis", choices=("map", "vmap"), default="vmap")
     parser.add_argument("--unroll", type=int, default=1)
-    parser.add_argument("--host-devices", type=int, default=os.cpu_count(),
-                        help="CPU cores exposed as JAX devices, the seeds split over them (1: one device)")
-    parser.add_argument("--peer-threads", type=int, default=None,
-                        help="torch.set_num_threads for the peer (default: PyTorch's own choice)")
+    parser.add_argument(
+        "--host-devices",
+        type=int,
+        default=os.cpu_count(),
+        help="CPU cores exposed as JAX devices, the seeds split over them (1: one device)",
+    )
+    parser.add_argument(
+        "--peer-threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for the peer (default: PyTorch's own choice)",
+    )
     args = parser.parse_args()
     if args.host_devices > 1 and "jax" not in sys.modules:  # must precede JAX's start
         flag = f"--xla_force_host_platform_device_count={args.host_devices}"
@@ -107,25 +126,29 @@ def main() -> None:
     import jax
     import torch
 
-    print(json.dumps({
-        "benchmark": "moons_training",
-        "workload": f"{args.seeds} seeds x {args.epochs} epochs, 2-500-1 ReLU, 300 points, SGD momentum",
-        "ours": f"ntkdyn train_fullbatch (seed_axis={args.seed_axis}, unroll={args.unroll}, "
+    print(
+        json.dumps(
+            {
+                "benchmark": "moons_training",
+                "workload": f"{args.seeds} seeds x {args.epochs} epochs, 2-500-1 ReLU, 300 points, SGD momentum",
+                "ours": f"ntkdyn train_fullbatch (seed_axis={args.seed_axis}, unroll={args.unroll}, "
                 f"{jax.local_device_count()} devices), init and compile included",
-        "ours_seconds": round(ours, 3),
-        "ours_seed_epochs_per_s": round(args.seeds * args.epochs / ours, 1),
-        "ours_double_epochs_seconds": round(ours_double, 3),
-        "ours_steady_seconds": round(steady, 3),
-        "ours_steady_seed_epochs_per_s": round(args.seeds * args.epochs / steady, 1),
-        "peer": f"PyTorch {torch.__version__} per-seed eager loop ({torch.get_num_threads()} threads)",
-        "peer_timed": f"{args.peer_seeds} seeds x {args.peer_epochs} epochs, extrapolated x{scale:g}",
-        "peer_seconds_timed": round(peer_timed, 3),
-        "peer_seconds": round(peer, 3),
-        "peer_epochs_per_s": round(args.peer_seeds * args.peer_epochs / peer_timed, 1),
-        "ratio": round(peer / ours, 2),
-        "ratio_steady": round(peer / steady, 2),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-    }))
+                "ours_seconds": round(ours, 3),
+                "ours_seed_epochs_per_s": round(args.seeds * args.epochs / ours, 1),
+                "ours_double_epochs_seconds": round(ours_double, 3),
+                "ours_steady_seconds": round(steady, 3),
+                "ours_steady_seed_epochs_per_s": round(args.seeds * args.epochs / steady, 1),
+                "peer": f"PyTorch {torch.__version__} per-seed eager loop ({torch.get_num_threads()} threads)",
+                "peer_timed": f"{args.peer_seeds} seeds x {args.peer_epochs} epochs, extrapolated x{scale:g}",
+                "peer_seconds_timed": round(peer_timed, 3),
+                "peer_seconds": round(peer, 3),
+                "peer_epochs_per_s": round(args.peer_seeds * args.peer_epochs / peer_timed, 1),
+                "ratio": round(peer / ours, 2),
+                "ratio_steady": round(peer / steady, 2),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,12 @@ def _weights(seed: int):
     layers = []
     for a, b in zip(DIMS[:-1], DIMS[1:], strict=True):
         bound = np.sqrt(6 / (a + b))
-        layers.append((rng.uniform(-bound, bound, (a, b)).astype(np.float32), 0.01 * rng.standard_normal(b).astype(np.float32)))
+        layers.append(
+            (
+                rng.uniform(-bound, bound, (a, b)).astype(np.float32),
+                0.01 * rng.standard_normal(b).astype(np.float32),
+            )
+        )
     return layers
 
 
@@ -58,7 +63,10 @@ def _torch_ntk(layers, x):
     from torch.func import functional_call, jacrev, vmap
 
     net = torch.nn.Sequential(
-        torch.nn.Linear(DIMS[0], DIMS[1]), torch.nn.ReLU(), torch.nn.Linear(DIMS[1], DIMS[2]), torch.nn.ReLU(),
+        torch.nn.Linear(DIMS[0], DIMS[1]),
+        torch.nn.ReLU(),
+        torch.nn.Linear(DIMS[1], DIMS[2]),
+        torch.nn.ReLU(),
         torch.nn.Linear(DIMS[2], DIMS[3]),
     )
     with torch.no_grad():
@@ -75,7 +83,9 @@ def _torch_ntk(layers, x):
         with torch.no_grad():
             jac = vmap(jacrev(fnet_single), (None, 0))(params, xt)
             jac = [j.flatten(2) for j in jac.values()]
-            return torch.stack([torch.einsum("Naf,Mbf->NMab", j1, j2) for j1, j2 in zip(jac, jac, strict=True)]).sum(0)
+            return torch.stack(
+                [torch.einsum("Naf,Mbf->NMab", j1, j2) for j1, j2 in zip(jac, jac, strict=True)]
+            ).sum(0)
 
     return ntk
 
@@ -89,7 +99,9 @@ def _ours(layers, x, method):
     params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in layers]
     xj = jnp.asarray(x)
     m = NTKMethod[method]
-    return lambda: jax.block_until_ready(empirical_ntk(DenseApply(jax.nn.relu), params, xj, method=m))
+    return lambda: jax.block_until_ready(
+        empirical_ntk(DenseApply(jax.nn.relu), params, xj, method=m)
+    )
 
 
 def compare(n: int, repeats: int, seed: int) -> dict:
@@ -106,13 +118,20 @@ def compare(n: int, repeats: int, seed: int) -> dict:
     t_struct = _best(structured, repeats)
     t_gen = _best(generic, repeats)
     return {
-        "benchmark": "empirical_ntk", "n": n, "dims": list(DIMS), "p": int(sum(W.size + b.size for W, b in layers)),
-        "torch_func_s": round(t_torch, 4), "ntkdyn_structured_s": round(t_struct, 5), "ntkdyn_generic_s": round(t_gen, 4),
+        "benchmark": "empirical_ntk",
+        "n": n,
+        "dims": list(DIMS),
+        "p": int(sum(W.size + b.size for W, b in layers)),
+        "torch_func_s": round(t_torch, 4),
+        "ntkdyn_structured_s": round(t_struct, 5),
+        "ntkdyn_generic_s": round(t_gen, 4),
         "speedup_structured_vs_torch": round(t_torch / t_struct, 1),
         "ratio_generic_over_torch": round(t_gen / t_torch, 3),
         "max_rel_diff_structured": float(np.abs(k_struct - k_torch).max() / scale),
         "max_rel_diff_generic": float(np.abs(k_gen - k_torch).max() / scale),
-        "agree": bool(max(np.abs(k_struct - k_torch).max(), np.abs(k_gen - k_torch).max()) / scale < 1e-4),
+        "agree": bool(
+            max(np.abs(k_struct - k_torch).max(), np.abs(k_gen - k_torch).max()) / scale < 1e-4
+        ),
     }
 
 
@@ -125,9 +144,20 @@ def memory_child(n: int, seed: int) -> None:
     k = fn()
     elapsed = time.perf_counter() - t
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    print(json.dumps({"benchmark": "empirical_ntk_memory", "n": n, "method": "structured", "p": int(sum(W.size + b.size for W, b in layers)),
-                      "seconds_incl_compile": round(elapsed, 3), "peak_rss_gb": round(peak_gb, 3),
-                      "under_4gb": peak_gb < 4.0, "finite": bool(np.isfinite(np.asarray(k)).all())}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "empirical_ntk_memory",
+                "n": n,
+                "method": "structured",
+                "p": int(sum(W.size + b.size for W, b in layers)),
+                "seconds_incl_compile": round(elapsed, 3),
+                "peak_rss_gb": round(peak_gb, 3),
+                "under_4gb": peak_gb < 4.0,
+                "finite": bool(np.isfinite(np.asarray(k)).all()),
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -135,7 +165,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[500, 1000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory-n", type=int, default=5000, help="size of the memory check (0 skips it)")
+    parser.add_argument(
+        "--memory-n", type=int, default=5000, help="size of the memory check (0 skips it)"
+    )
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child is not None:
@@ -145,8 +177,18 @@ def main() -> int:
         print(json.dumps(compare(n, args.repeats, args.seed)), flush=True)
     if args.memory_n:
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-        subprocess.run([sys.executable, __file__, "--memory-child", str(args.memory_n), "--seed", str(args.seed)],
-                       check=True, env=env)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                str(args.memory_n),
+                "--seed",
+                str(args.seed),
+            ],
+            check=True,
+            env=env,
+        )
     return 0
 
 

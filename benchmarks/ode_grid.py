@@ -37,11 +37,15 @@ from ntkdyn.systems import FeatureSystem, rotation_matrix  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="number of systems")
-    parser.add_argument("--n-scipy", type=int, default=300, help="systems timed with scipy (then extrapolated)")
+    parser.add_argument(
+        "--n-scipy", type=int, default=300, help="systems timed with scipy (then extrapolated)"
+    )
     parser.add_argument("--t1", type=float, default=100.0)
     parser.add_argument("--rtol", type=float, default=1e-8)
     parser.add_argument("--atol", type=float, default=1e-10)
-    parser.add_argument("--repeats", type=int, default=10, help="timed repeats of our solver (best is reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed repeats of our solver (best is reported)"
+    )
     args = parser.parse_args()
     if args.n < 1 or not 1 <= args.n_scipy <= args.n:
         parser.error(f"need n >= 1 and 1 <= n-scipy <= n, got n={args.n}, n-scipy={args.n_scipy}")
@@ -59,7 +63,16 @@ def main() -> None:
     @jax.jit
     def solve_all(batch):
         traj = jax.vmap(
-            lambda sy: integrate(ce_field, sy, z0, t1=args.t1, num_points=2, rtol=args.rtol, atol=args.atol, throw=False)
+            lambda sy: integrate(
+                ce_field,
+                sy,
+                z0,
+                t1=args.t1,
+                num_points=2,
+                rtol=args.rtol,
+                atol=args.atol,
+                throw=False,
+            )
         )(batch)
         return traj.final, traj.success, traj.num_steps
 
@@ -74,7 +87,9 @@ def main() -> None:
     ours = min(times)
     compile_s = max(first - ours, 0.0)
     if not bool(jnp.all(success)):
-        raise SystemExit(f"ode_grid: {int(np.sum(~np.asarray(success)))} systems failed to integrate")
+        raise SystemExit(
+            f"ode_grid: {int(np.sum(~np.asarray(success)))} systems failed to integrate"
+        )
 
     idx = np.unique(np.linspace(0, args.n - 1, args.n_scipy).round().astype(int))
 
@@ -89,8 +104,15 @@ def main() -> None:
     start = time.perf_counter()
     scipy_final = []
     for i in idx:
-        sol = solve_ivp(make_rhs(np.array([s1[i], s2])), (0.0, args.t1), np.zeros(2), method="RK45",
-                        rtol=args.rtol, atol=args.atol, t_eval=[args.t1])
+        sol = solve_ivp(
+            make_rhs(np.array([s1[i], s2])),
+            (0.0, args.t1),
+            np.zeros(2),
+            method="RK45",
+            rtol=args.rtol,
+            atol=args.atol,
+            t_eval=[args.t1],
+        )
         if sol.status != 0:
             raise SystemExit(f"ode_grid: scipy failed on system {i}: {sol.message}")
         scipy_final.append(sol.y[:, -1])
@@ -98,26 +120,30 @@ def main() -> None:
     scipy_total = scipy_measured * args.n / len(idx)
     diff = float(np.max(np.abs(np.asarray(final)[idx] - np.array(scipy_final))))
 
-    print(json.dumps({
-        "benchmark": "ode_grid",
-        "systems": args.n,
-        "t1": args.t1,
-        "rtol": args.rtol,
-        "atol": args.atol,
-        "ours": "ntkdyn.integrate (diffrax Tsit5, PID), jit(vmap) over all systems",
-        "peer": f"scipy {scipy.__version__} solve_ivp RK45, one system at a time",
-        "ours_s": round(ours, 4),
-        "ours_compile_s": round(compile_s, 3),
-        "ours_mean_accepted_steps": float(np.mean(np.asarray(steps))),
-        "scipy_s": round(scipy_total, 3),
-        "scipy_extrapolated_from": int(len(idx)),
-        "scipy_measured_s": round(scipy_measured, 3),
-        "ratio": round(scipy_total / ours, 1),
-        "ratio_including_compile": round(scipy_total / (ours + compile_s), 1),
-        "max_abs_endpoint_diff": diff,
-        "jax_backend": jax.default_backend(),
-        "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}",
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "ode_grid",
+                "systems": args.n,
+                "t1": args.t1,
+                "rtol": args.rtol,
+                "atol": args.atol,
+                "ours": "ntkdyn.integrate (diffrax Tsit5, PID), jit(vmap) over all systems",
+                "peer": f"scipy {scipy.__version__} solve_ivp RK45, one system at a time",
+                "ours_s": round(ours, 4),
+                "ours_compile_s": round(compile_s, 3),
+                "ours_mean_accepted_steps": float(np.mean(np.asarray(steps))),
+                "scipy_s": round(scipy_total, 3),
+                "scipy_extrapolated_from": int(len(idx)),
+                "scipy_measured_s": round(scipy_measured, 3),
+                "ratio": round(scipy_total / ours, 1),
+                "ratio_including_compile": round(scipy_total / (ours + compile_s), 1),
+                "max_abs_endpoint_diff": diff,
+                "jax_backend": jax.default_backend(),
+                "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -97,22 +97,40 @@ class MethodConfig:
 #: Published settings (Pezeshki et al. 2021, App.; IRM and V-REx from their authors' released code).
 DEFAULTS: dict[str, MethodConfig] = {
     "erm": MethodConfig("erm", hidden=300, lr=1e-4, steps=1001),
-    "irm": MethodConfig("irm", hidden=390, lr=0.0004898536566546834, steps=501, l2=0.00110794568,
-                        penalty=91257.18613115903, anneal_steps=190),
-    "vrex": MethodConfig("vrex", hidden=256, lr=1e-3, steps=501, l2=1e-3, penalty=1e4, anneal_steps=100),
+    "irm": MethodConfig(
+        "irm",
+        hidden=390,
+        lr=0.0004898536566546834,
+        steps=501,
+        l2=0.00110794568,
+        penalty=91257.18613115903,
+        anneal_steps=190,
+    ),
+    "vrex": MethodConfig(
+        "vrex", hidden=256, lr=1e-3, steps=501, l2=1e-3, penalty=1e4, anneal_steps=100
+    ),
     "sd": MethodConfig("sd", hidden=300, lr=1e-4, steps=2001, penalty=2e-5, anneal_steps=450),
     "oracle": MethodConfig("oracle", hidden=83, lr=2.817e-3, steps=101, l2=8.6e-4, grayscale=True),
 }
 
 #: Published train / test accuracy (fractions; mean, std over 10 restarts) and probe results.
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "erm": {"train": (0.911, 0.004), "test": (0.237, 0.008),
-            "probe": {"acc": (0.633, 0.239, 0.499, 0.094), "entropy": (0.54, 0.44, 0.63, 0.00)}},
-    "irm": {"train": (0.705, 0.006), "test": (0.671, 0.014),
-            "probe": {"acc": (0.669, 0.666, 0.497, 0.496), "entropy": (0.60, 0.59, 0.65, 0.64)}},
+    "erm": {
+        "train": (0.911, 0.004),
+        "test": (0.237, 0.008),
+        "probe": {"acc": (0.633, 0.239, 0.499, 0.094), "entropy": (0.54, 0.44, 0.63, 0.00)},
+    },
+    "irm": {
+        "train": (0.705, 0.006),
+        "test": (0.671, 0.014),
+        "probe": {"acc": (0.669, 0.666, 0.497, 0.496), "entropy": (0.60, 0.59, 0.65, 0.64)},
+    },
     "vrex": {"train": (0.715, 0.010), "test": (0.687, 0.009)},
-    "sd": {"train": (0.700, 0.009), "test": (0.684, 0.012),
-           "probe": {"acc": (0.683, 0.672, 0.500, 0.094), "entropy": (0.66, 0.63, 0.66, 0.41)}},
+    "sd": {
+        "train": (0.700, 0.009),
+        "test": (0.684, 0.012),
+        "probe": {"acc": (0.683, 0.672, 0.500, 0.094), "entropy": (0.66, 0.63, 0.66, 0.41)},
+    },
     "oracle": {"train": (0.735, 0.002), "test": (0.730, 0.004)},
 }
 
@@ -125,7 +143,9 @@ LABELS = {"erm": "ERM", "irm": "IRMv1", "vrex": "V-REx", "sd": "SD", "oracle": "
 
 def quick_config(cfg: MethodConfig) -> MethodConfig:
     """The ``--quick`` version: 1/20 of the steps (annealing scaled alike), same hyperparameters."""
-    return dataclasses.replace(cfg, steps=max(cfg.steps // 20, 5), anneal_steps=cfg.anneal_steps // 20)
+    return dataclasses.replace(
+        cfg, steps=max(cfg.steps // 20, 5), anneal_steps=cfg.anneal_steps // 20
+    )
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -172,7 +192,9 @@ def method_loss(cfg: MethodConfig) -> Callable:
         weight = jnp.where(step >= anneal, hp["penalty"], 1.0)
         scale = jnp.where(weight > 1.0, weight, 1.0)
         if name == "irm":
-            pen = jnp.mean(jnp.stack([irm_penalty(f, t) for f, t in zip(logits, labels, strict=True)]))
+            pen = jnp.mean(
+                jnp.stack([irm_penalty(f, t) for f, t in zip(logits, labels, strict=True)])
+            )
             metrics["penalty"] = pen
             return (jnp.mean(risks) + hp["l2"] * sqnorm + weight * pen) / scale, metrics
         pen = 4.0 * vrex_penalty(risks)  # (R₁ − R₂)²
@@ -185,7 +207,9 @@ def method_loss(cfg: MethodConfig) -> Callable:
 # -------------------------------------------------------------------------------------------- data
 
 
-def prepare_batches(envs, *, grayscale: bool, val_frac: float = 0.0, n_z: int = 0, dtype=None) -> dict[str, Any]:
+def prepare_batches(
+    envs, *, grayscale: bool, val_frac: float = 0.0, n_z: int = 0, dtype=None
+) -> dict[str, Any]:
     """Stacked per-restart batches from stacked :class:`~ntkdyn.data.colored_mnist.ColoredMNIST` environments.
 
     Args:
@@ -223,8 +247,8 @@ def prepare_batches(envs, *, grayscale: bool, val_frac: float = 0.0, n_z: int = 
         n = x.shape[1]
         n_val = int(round(val_frac * n))
         if n_val:
-            xs_v.append(x[:, n - n_val:])
-            ys_v.append(y[:, n - n_val:])
+            xs_v.append(x[:, n - n_val :])
+            ys_v.append(y[:, n - n_val :])
             x, y = x[:, : n - n_val], y[:, : n - n_val]
         out[f"x{i}"], out[f"y{i}"] = x, y
     out["xt"], out["yt"] = inputs(envs.test), envs.test.labels.astype(dtype)
@@ -233,9 +257,15 @@ def prepare_batches(envs, *, grayscale: bool, val_frac: float = 0.0, n_z: int = 
     if n_z:
         half = (n_z + 1) // 2
         if half > min(out["x1"].shape[1], out["x2"].shape[1]):
-            raise ValueError(f"n_z: {n_z} feature-response examples exceed the training data ({out['x1'].shape[1]} per environment)")
-        xz = jnp.stack([out["x1"][:, :half], out["x2"][:, :half]], axis=2).reshape(out["x1"].shape[0], 2 * half, -1)
-        yz = jnp.stack([out["y1"][:, :half], out["y2"][:, :half]], axis=2).reshape(out["x1"].shape[0], 2 * half)
+            raise ValueError(
+                f"n_z: {n_z} feature-response examples exceed the training data ({out['x1'].shape[1]} per environment)"
+            )
+        xz = jnp.stack([out["x1"][:, :half], out["x2"][:, :half]], axis=2).reshape(
+            out["x1"].shape[0], 2 * half, -1
+        )
+        yz = jnp.stack([out["y1"][:, :half], out["y2"][:, :half]], axis=2).reshape(
+            out["x1"].shape[0], 2 * half
+        )
         out["xz"], out["yz"] = xz[:, :n_z], yz[:, :n_z]
     return out
 
@@ -269,8 +299,12 @@ def fit_metrics(logits_of, batch) -> dict[str, Any]:
     f = jnp.concatenate([logits_of(batch["x1"]), logits_of(batch["x2"])])
     y = jnp.concatenate([batch["y1"], batch["y2"]])
     ft = logits_of(batch["xt"])
-    return {"train_acc": binary_accuracy(f, y), "train_nll": binary_cross_entropy(f, y),
-            "test_acc": binary_accuracy(ft, batch["yt"]), "test_nll": binary_cross_entropy(ft, batch["yt"])}
+    return {
+        "train_acc": binary_accuracy(f, y),
+        "train_nll": binary_cross_entropy(f, y),
+        "test_acc": binary_accuracy(ft, batch["yt"]),
+        "test_nll": binary_cross_entropy(ft, batch["yt"]),
+    }
 
 
 @dataclasses.dataclass
@@ -304,7 +338,9 @@ def init_params(cfg: MethodConfig, keys):
 
     d_in = 196 if cfg.grayscale else 392
     apply_fn, _ = init_mlp(keys[0], d_in, [cfg.hidden, cfg.hidden], 1, kernel_init=xavier_uniform)
-    params = jax.vmap(lambda k: init_mlp(k, d_in, [cfg.hidden, cfg.hidden], 1, kernel_init=xavier_uniform)[1])(keys)
+    params = jax.vmap(
+        lambda k: init_mlp(k, d_in, [cfg.hidden, cfg.hidden], 1, kernel_init=xavier_uniform)[1]
+    )(keys)
     return apply_fn, params
 
 
@@ -368,12 +404,26 @@ def train_method(
         return rec
 
     start = time.perf_counter()
-    result = train_fullbatch(loss_fn, optax.adam(cfg.lr), params0, batches, keys=keys, num_steps=cfg.steps,
-                             model_state=hp, log_every=log_every, eval_fn=eval_fn, batch_axis=0, devices=devices,
-                             seed_chunk=seed_chunk, compiler_options=compiler_options)
+    result = train_fullbatch(
+        loss_fn,
+        optax.adam(cfg.lr),
+        params0,
+        batches,
+        keys=keys,
+        num_steps=cfg.steps,
+        model_state=hp,
+        log_every=log_every,
+        eval_fn=eval_fn,
+        batch_axis=0,
+        devices=devices,
+        seed_chunk=seed_chunk,
+        compiler_options=compiler_options,
+    )
     jax.block_until_ready(result.state.params)
     seconds = time.perf_counter() - start
-    return MethodRun(cfg, apply_fn, params0, result.state.params, result.history, result.steps, seconds)
+    return MethodRun(
+        cfg, apply_fn, params0, result.state.params, result.history, result.steps, seconds
+    )
 
 
 def evaluate(run: MethodRun, batches: dict[str, Any], probe: dict[str, Any]) -> dict[str, Any]:
@@ -394,13 +444,20 @@ def evaluate(run: MethodRun, batches: dict[str, Any], probe: dict[str, Any]) -> 
     from ntkdyn.losses import binary_accuracy
 
     def per_seed(params, b, pr):
-        lg = lambda x: run.apply_fn(params, x)[:, 0]  # noqa: E731
+        def lg(x):
+            return run.apply_fn(params, x)[:, 0]
+
         fit = fit_metrics(lg, b)
         out = {"train_acc": fit["train_acc"], "test_acc": fit["test_acc"]}
         if "xv" in b:
             out["val_acc"] = binary_accuracy(lg(b["xv"]), b["yv"])
-        out["probe"] = {k: {"acc": binary_accuracy(lg(x), b["yt"]), "entropy": binary_entropy_from_logits(lg(x))}
-                        for k, x in pr.items()}
+        out["probe"] = {
+            k: {
+                "acc": binary_accuracy(lg(x), b["yt"]),
+                "entropy": binary_entropy_from_logits(lg(x)),
+            }
+            for k, x in pr.items()
+        }
         return out
 
     data = {k: v for k, v in batches.items() if k not in ("xz", "yz")}
@@ -423,7 +480,9 @@ def probe_batches(envs, *, grayscale: bool, dtype=None) -> dict[str, Any]:
     return {k: v.reshape(*v.shape[:-3], 392).astype(dtype) for k, v in raw.items()}
 
 
-def feature_response_curves(run: MethodRun, batches: dict[str, Any], *, seed: int = 0, top: int = 100) -> dict[str, Any]:
+def feature_response_curves(
+    run: MethodRun, batches: dict[str, Any], *, seed: int = 0, top: int = 100
+) -> dict[str, Any]:
     """z(t) = Uᵀ Y (f(X; θ_t) − f(X; θ₀)) of the top NTK directions over training, for one seed.
 
     U comes from the spectrum of YΦ at θ₀ on the ``xz`` examples (:func:`ntkdyn.tangent.feature_spectrum`,
@@ -442,15 +501,29 @@ def feature_response_curves(run: MethodRun, batches: dict[str, Any], *, seed: in
     xz, yz = batches["xz"][seed], batches["yz"][seed]
     spec = feature_spectrum(run.apply_fn, params0, xz, yz, method=NTKMethod.STRUCTURED)
     U = spec.U[:, :top]
-    z = np.asarray(responses_from_outputs(run.history["f_z"][seed], run.apply_fn(params0, xz)[:, 0], yz, U), np.float64)
+    z = np.asarray(
+        responses_from_outputs(run.history["f_z"][seed], run.apply_fn(params0, xz)[:, 0], yz, U),
+        np.float64,
+    )
     z = np.concatenate([np.zeros((1, U.shape[1])), z], axis=0)  # (R + 1, k), z = 0 at step 0
 
-    first = fit_metrics(lambda x: run.apply_fn(params0, x)[:, 0],
-                        {k: batches[k][seed] for k in ("x1", "y1", "x2", "y2", "xt", "yt")})
-    curve = lambda k: np.concatenate([[float(first[k])], np.asarray(run.history[k][seed], np.float64)])  # noqa: E731
-    return {"steps": np.concatenate([[0], np.asarray(run.steps)]), "z": z, "s": np.asarray(spec.s)[:top],
-            "train_loss": curve("train_nll"), "test_loss": curve("test_nll"),
-            "train_acc": curve("train_acc"), "test_acc": curve("test_acc")}
+    first = fit_metrics(
+        lambda x: run.apply_fn(params0, x)[:, 0],
+        {k: batches[k][seed] for k in ("x1", "y1", "x2", "y2", "xt", "yt")},
+    )
+
+    def curve(k):
+        return np.concatenate([[float(first[k])], np.asarray(run.history[k][seed], np.float64)])
+
+    return {
+        "steps": np.concatenate([[0], np.asarray(run.steps)]),
+        "z": z,
+        "s": np.asarray(spec.s)[:top],
+        "train_loss": curve("train_nll"),
+        "test_loss": curve("test_nll"),
+        "train_acc": curve("train_acc"),
+        "test_acc": curve("test_acc"),
+    }
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -527,7 +600,9 @@ def resolve_config(**kwargs) -> Config:
     if cfg.log_every < 1:
         raise ValueError(f"log_every: must be >= 1, got {cfg.log_every}")
     if cfg.seed_chunk is not None and cfg.seed_chunk < 1:
-        raise ValueError(f"seed_chunk: must be >= 1 or None (all restarts at once), got {cfg.seed_chunk}")
+        raise ValueError(
+            f"seed_chunk: must be >= 1 or None (all restarts at once), got {cfg.seed_chunk}"
+        )
     if cfg.cpu_matmul not in CPU_MATMUL:
         raise ValueError(f"cpu_matmul: expected one of {CPU_MATMUL}, got {cfg.cpu_matmul!r}")
     if cfg.n_z < 0:
@@ -593,20 +668,37 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
         images, digits = images[: config.max_images], digits[: config.max_images]
     n_images = int(images.shape[0])
     n_train, n_test = split_sizes(n_images)
-    data_info = {"source": mnist.source, "n_images": n_images, "origin": mnist.origin,
-                 "description": mnist.describe() if n_images == mnist.n_images else
-                 f"{mnist.describe()}; first {n_images} used",
-                 "n_train": n_train, "n_test": n_test}
+    data_info = {
+        "source": mnist.source,
+        "n_images": n_images,
+        "origin": mnist.origin,
+        "description": mnist.describe()
+        if n_images == mnist.n_images
+        else f"{mnist.describe()}; first {n_images} used",
+        "n_train": n_train,
+        "n_test": n_test,
+    }
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
     log(f"cmnist: {data_info['description']}")
     # Restarts per training step: all at once on an accelerator; on a CPU two at a time keep a
     # step's working set in cache, and Eigen's matrix products beat XLA's default library
     # (benchmarks/cmnist.py: two per step with Eigen match sequential restarts, 0.96–1.02×; all
     # ten at once run 1–11 % slower, and two per step with the default library 3–9 % slower).
-    seed_chunk = config.seed_chunk if config.seed_chunk is not None else (2 if jax.default_backend() == "cpu" else None)
+    seed_chunk = (
+        config.seed_chunk
+        if config.seed_chunk is not None
+        else (2 if jax.default_backend() == "cpu" else None)
+    )
     compiler_options = eigen_matmul_options() if config.cpu_matmul == "eigen" else {}
-    run_dir.write_config({**dataclasses.asdict(config), "seed_chunk": seed_chunk, "compiler_options": compiler_options,
-                          "data": data_info, "out": str(out)})
+    run_dir.write_config(
+        {
+            **dataclasses.asdict(config),
+            "seed_chunk": seed_chunk,
+            "compiler_options": compiler_options,
+            "data": data_info,
+            "out": str(out),
+        }
+    )
 
     data_keys = restart_keys(config.seed, "data", config.first_restart, config.restarts)
     init_keys = restart_keys(config.seed, "init", config.first_restart, config.restarts)
@@ -617,21 +709,42 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     methods_out: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     probe_means: dict[str, Any] = {}
-    for name in progress(config.methods, desc="cmnist methods", unit="method", enabled=None if verbose else False):
+    for name in progress(
+        config.methods, desc="cmnist methods", unit="method", enabled=None if verbose else False
+    ):
         cfg = config.methods_config[name]
         grid = _sweep_grid(cfg) if config.sweep else [{"penalty": cfg.penalty, "l2": cfg.l2}]
         G, R = len(grid), config.restarts
         n_z = config.n_z if (name in config.z_methods and not config.sweep) else 0
-        batches = prepare_batches(envs, grayscale=cfg.grayscale, val_frac=config.val_frac if config.sweep else 0.0, n_z=n_z)
+        batches = prepare_batches(
+            envs,
+            grayscale=cfg.grayscale,
+            val_frac=config.val_frac if config.sweep else 0.0,
+            n_z=n_z,
+        )
         probe = probe_batches(envs, grayscale=cfg.grayscale)
         if G > 1:  # seed axis = grid value × restart
-            rep = lambda a, G=G: jnp.tile(a, (G,) + (1,) * (a.ndim - 1))  # noqa: E731
+
+            def rep(a, G=G):
+                return jnp.tile(a, (G,) + (1,) * (a.ndim - 1))
+
             batches = {k: rep(v) for k, v in batches.items()}
             probe = {k: rep(v) for k, v in probe.items()}
         keys = jnp.tile(init_keys, (G, 1))
-        hp = {k: jnp.repeat(jnp.asarray([g[k] for g in grid], batches["x1"].dtype), R) for k in ("penalty", "l2")}
-        run = train_method(cfg, batches, keys, hp=hp, log_every=config.log_every, devices=devices,
-                           seed_chunk=seed_chunk, compiler_options=compiler_options)
+        hp = {
+            k: jnp.repeat(jnp.asarray([g[k] for g in grid], batches["x1"].dtype), R)
+            for k in ("penalty", "l2")
+        }
+        run = train_method(
+            cfg,
+            batches,
+            keys,
+            hp=hp,
+            log_every=config.log_every,
+            devices=devices,
+            seed_chunk=seed_chunk,
+            compiler_options=compiler_options,
+        )
         log(f"cmnist: {name}: {G * R} runs x {cfg.steps} steps in {run.seconds:.1f} s")
         ev = evaluate(run, batches, probe)
         hist = {k: np.asarray(v, np.float64) for k, v in run.history.items() if k != "f_z"}
@@ -645,12 +758,23 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
                 metrics_records.append(rec)
 
         def summarize(sl, ev=ev):
-            out = {"train_acc_mean": float(ev["train_acc"][sl].mean()), "train_acc_std": float(ev["train_acc"][sl].std()),
-                   "test_acc_mean": float(ev["test_acc"][sl].mean()), "test_acc_std": float(ev["test_acc"][sl].std()),
-                   "train_acc": ev["train_acc"][sl], "test_acc": ev["test_acc"][sl],
-                   "probe": {k: {"acc": float(v["acc"][sl].mean()), "entropy": float(v["entropy"][sl].mean()),
-                                 "acc_std": float(v["acc"][sl].std()), "entropy_std": float(v["entropy"][sl].std())}
-                             for k, v in ev["probe"].items()}}
+            out = {
+                "train_acc_mean": float(ev["train_acc"][sl].mean()),
+                "train_acc_std": float(ev["train_acc"][sl].std()),
+                "test_acc_mean": float(ev["test_acc"][sl].mean()),
+                "test_acc_std": float(ev["test_acc"][sl].std()),
+                "train_acc": ev["train_acc"][sl],
+                "test_acc": ev["test_acc"][sl],
+                "probe": {
+                    k: {
+                        "acc": float(v["acc"][sl].mean()),
+                        "entropy": float(v["entropy"][sl].mean()),
+                        "acc_std": float(v["acc"][sl].std()),
+                        "entropy_std": float(v["entropy"][sl].std()),
+                    }
+                    for k, v in ev["probe"].items()
+                },
+            }
             if "val_acc" in ev:
                 out["val_acc_mean"] = float(ev["val_acc"][sl].mean())
                 out["val_acc_std"] = float(ev["val_acc"][sl].std())
@@ -658,18 +782,25 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
 
         if G == 1:
             entry = summarize(slice(0, R))
-            entry["selection"] = "published hyperparameters (tuned on the test environment by their authors)"
+            entry["selection"] = (
+                "published hyperparameters (tuned on the test environment by their authors)"
+            )
         else:
             points = [{**grid[g], **summarize(slice(g * R, (g + 1) * R))} for g in range(G)]
             by_val = max(range(G), key=lambda g: (points[g]["val_acc_mean"], -g))
             by_test = max(range(G), key=lambda g: (points[g]["test_acc_mean"], -g))
-            entry = {**{k: v for k, v in points[by_val].items() if k not in ("penalty", "l2")},
-                     "selection": "training-domain validation (held-out part of the training environments)",
-                     "selected": {"penalty": grid[by_val]["penalty"], "l2": grid[by_val]["l2"]},
-                     "test_domain_choice": {"penalty": grid[by_test]["penalty"], "l2": grid[by_test]["l2"],
-                                            "train_acc_mean": points[by_test]["train_acc_mean"],
-                                            "test_acc_mean": points[by_test]["test_acc_mean"]},
-                     "sweep": points}
+            entry = {
+                **{k: v for k, v in points[by_val].items() if k not in ("penalty", "l2")},
+                "selection": "training-domain validation (held-out part of the training environments)",
+                "selected": {"penalty": grid[by_val]["penalty"], "l2": grid[by_val]["l2"]},
+                "test_domain_choice": {
+                    "penalty": grid[by_test]["penalty"],
+                    "l2": grid[by_test]["l2"],
+                    "train_acc_mean": points[by_test]["train_acc_mean"],
+                    "test_acc_mean": points[by_test]["test_acc_mean"],
+                },
+                "sweep": points,
+            }
         entry["config"] = dataclasses.asdict(cfg)
         methods_out[name] = entry
         probe_means[LABELS[name]] = entry["probe"]
@@ -677,17 +808,28 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
             curves[LABELS[name]] = feature_response_curves(run, batches, seed=0)
 
     results = {
-        "data": {"source": data_info["source"], "n_images": n_images, "description": data_info["description"],
-                 "n_train": n_train, "n_test": n_test},
-        "selection": ("test-domain: published hyperparameters, tuned on the test environment by their authors"
-                      if not config.sweep else "training-domain validation over a grid; the test-domain choice is reported beside it"),
+        "data": {
+            "source": data_info["source"],
+            "n_images": n_images,
+            "description": data_info["description"],
+            "n_train": n_train,
+            "n_test": n_test,
+        },
+        "selection": (
+            "test-domain: published hyperparameters, tuned on the test environment by their authors"
+            if not config.sweep
+            else "training-domain validation over a grid; the test-domain choice is reported beside it"
+        ),
         "methods": methods_out,
         "published": {m: PUBLISHED[m] for m in config.methods},
     }
     run_dir.write_metrics(metrics_records)
     run_dir.write_results(results)
     if curves:
-        run_dir.write_npz("feature_responses.npz", **{f"{m}_{k}": v for m, c in curves.items() for k, v in c.items()})
+        run_dir.write_npz(
+            "feature_responses.npz",
+            **{f"{m}_{k}": v for m, c in curves.items() for k, v in c.items()},
+        )
     _figures(run_dir, envs, probe_means, curves)
     run_dir.write_text("summary.md", summary_markdown(results, config))
     return results
@@ -714,13 +856,24 @@ def _figures(run_dir, envs, probe_means, curves) -> None:
     if probe_means:
         run_dir.save_figure(probe_figure(probe_means, examples), "cmnist_probe")
     if curves:
-        run_dir.save_figure(feature_response_figure(curves), "cmnist_feature_responses_over_training")
+        run_dir.save_figure(
+            feature_response_figure(curves), "cmnist_feature_responses_over_training"
+        )
 
 
 # ------------------------------------------------------------------------------------------- merging
 
 #: Settings that runs must share to be parts of one protocol.
-_MERGE_KEYS = ("seed", "methods", "methods_config", "quick", "sweep", "max_images", "n_z", "log_every")
+_MERGE_KEYS = (
+    "seed",
+    "methods",
+    "methods_config",
+    "quick",
+    "sweep",
+    "max_images",
+    "n_z",
+    "log_every",
+)
 
 
 def _pool(parts: list[tuple[int, float, float]]) -> tuple[float, float]:
@@ -792,36 +945,52 @@ def merge_runs(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
     if len(dirs) < 2:
         raise ValueError(f"merge: expected two or more run directories, got {len(dirs)}")
     if any(Path(out).resolve() == d.resolve() for d in dirs):
-        raise ValueError(f"merge: --out {out} is one of the runs being merged; choose a new directory")
+        raise ValueError(
+            f"merge: --out {out} is one of the runs being merged; choose a new directory"
+        )
     runs = []
     for d in dirs:
         try:
             cfg = json.loads((d / "config.json").read_text())
             res = json.loads((d / "results.json").read_text())
         except FileNotFoundError as exc:
-            raise ValueError(f"merge: {d} is not a finished `ntkdyn cmnist` run (missing {Path(exc.filename).name})") from exc
+            raise ValueError(
+                f"merge: {d} is not a finished `ntkdyn cmnist` run (missing {Path(exc.filename).name})"
+            ) from exc
         except json.JSONDecodeError as exc:
             raise ValueError(f"merge: {d}: unreadable run file ({exc})") from exc
         if cfg.get("sweep"):
-            raise ValueError(f"merge: {d} is a --sweep run; only runs of the published hyperparameters can be merged")
+            raise ValueError(
+                f"merge: {d} is a --sweep run; only runs of the published hyperparameters can be merged"
+            )
         runs.append((d, cfg, res))
     runs.sort(key=lambda r: r[1].get("first_restart", 0))
     d0, cfg0, res0 = runs[0]
     for d, cfg, res in runs[1:]:
         for key in _MERGE_KEYS:
             if cfg.get(key) != cfg0.get(key):
-                raise ValueError(f"merge: {d} and {d0} differ in {key} ({cfg.get(key)!r} vs {cfg0.get(key)!r}); "
-                                 "merge only runs of one protocol")
+                raise ValueError(
+                    f"merge: {d} and {d0} differ in {key} ({cfg.get(key)!r} vs {cfg0.get(key)!r}); "
+                    "merge only runs of one protocol"
+                )
         for key in ("source", "n_images", "n_train", "n_test"):
             if res["data"].get(key) != res0["data"].get(key):
-                raise ValueError(f"merge: {d} and {d0} ran on different data ({key}: {res['data'].get(key)!r} vs "
-                                 f"{res0['data'].get(key)!r})")
-    ranges = [(c.get("first_restart", 0), c.get("first_restart", 0) + c["restarts"]) for _, c, _ in runs]
-    for (d_a, _, _), (d_b, _, _), (a0, a1), (b0, b1) in zip(runs, runs[1:], ranges, ranges[1:], strict=False):
+                raise ValueError(
+                    f"merge: {d} and {d0} ran on different data ({key}: {res['data'].get(key)!r} vs "
+                    f"{res0['data'].get(key)!r})"
+                )
+    ranges = [
+        (c.get("first_restart", 0), c.get("first_restart", 0) + c["restarts"]) for _, c, _ in runs
+    ]
+    for (d_a, _, _), (d_b, _, _), (a0, a1), (b0, b1) in zip(
+        runs, runs[1:], ranges, ranges[1:], strict=False
+    ):
         if b0 != a1:
             what = "overlap" if b0 < a1 else f"leave restarts {a1}–{b0 - 1} out"
-            raise ValueError(f"merge: {d_a} (restarts {a0}–{a1 - 1}) and {d_b} (restarts {b0}–{b1 - 1}) {what}; "
-                             "merge runs whose --first-restart ranges follow each other")
+            raise ValueError(
+                f"merge: {d_a} (restarts {a0}–{a1 - 1}) and {d_b} (restarts {b0}–{b1 - 1}) {what}; "
+                "merge runs whose --first-restart ranges follow each other"
+            )
     counts = [c["restarts"] for _, c, _ in runs]
     total = sum(counts)
 
@@ -834,12 +1003,23 @@ def merge_runs(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
         for k in entries[0]["probe"]:
             cell = {}
             for stat in ("acc", "entropy"):
-                cell[stat], cell[f"{stat}_std"] = _pool([(n, e["probe"][k][stat], e["probe"][k][f"{stat}_std"])
-                                                        for n, e in zip(counts, entries, strict=True)])
+                cell[stat], cell[f"{stat}_std"] = _pool(
+                    [
+                        (n, e["probe"][k][stat], e["probe"][k][f"{stat}_std"])
+                        for n, e in zip(counts, entries, strict=True)
+                    ]
+                )
             probe[k] = cell
-        methods_out[name] = {**entries[0], "train_acc": train, "test_acc": test,
-                             "train_acc_mean": float(np.mean(train)), "train_acc_std": float(np.std(train)),
-                             "test_acc_mean": float(np.mean(test)), "test_acc_std": float(np.std(test)), "probe": probe}
+        methods_out[name] = {
+            **entries[0],
+            "train_acc": train,
+            "test_acc": test,
+            "train_acc_mean": float(np.mean(train)),
+            "train_acc_std": float(np.std(train)),
+            "test_acc_mean": float(np.mean(test)),
+            "test_acc_std": float(np.std(test)),
+            "probe": probe,
+        }
     results = {**res0, "methods": methods_out}
 
     curves: dict[tuple[str, int], dict[str, float]] = {}
@@ -854,29 +1034,60 @@ def merge_runs(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
                 if k not in ("method", "step"):
                     acc[k] = acc.get(k, 0.0) + n * v
             weights[key] = weights.get(key, 0) + n
-    records = [{"method": m, "step": step, **{k: v / weights[(m, step)] for k, v in acc.items()}}
-               for (m, step), acc in curves.items()]
+    records = [
+        {"method": m, "step": step, **{k: v / weights[(m, step)] for k, v in acc.items()}}
+        for (m, step), acc in curves.items()
+    ]
 
-    settable = {f.name for f in dataclasses.fields(Config)} - {"methods_config", "methods", "z_methods", "restarts",
-                                                               "first_restart"}
+    settable = {f.name for f in dataclasses.fields(Config)} - {
+        "methods_config",
+        "methods",
+        "z_methods",
+        "restarts",
+        "first_restart",
+    }
     recorded = {k: v for k, v in cfg0.items() if k in settable}
-    config = resolve_config(**recorded, methods=tuple(cfg0["methods"]), restarts=total, first_restart=ranges[0][0])
+    config = resolve_config(
+        **recorded, methods=tuple(cfg0["methods"]), restarts=total, first_restart=ranges[0][0]
+    )
     run_dir = RunDir(out)
-    run_dir.write_config({**cfg0, "restarts": total, "first_restart": ranges[0][0], "out": str(out),
-                          "merged_from": [{"dir": str(d), "first_restart": a, "restarts": b - a,
-                                           "compiler_options": c.get("compiler_options")}
-                                          for (d, c, _), (a, b) in zip(runs, ranges, strict=True)]})
+    run_dir.write_config(
+        {
+            **cfg0,
+            "restarts": total,
+            "first_restart": ranges[0][0],
+            "out": str(out),
+            "merged_from": [
+                {
+                    "dir": str(d),
+                    "first_restart": a,
+                    "restarts": b - a,
+                    "compiler_options": c.get("compiler_options"),
+                }
+                for (d, c, _), (a, b) in zip(runs, ranges, strict=True)
+            ],
+        }
+    )
     run_dir.write_metrics(records)
     run_dir.write_results(results)
-    for f in ("feature_responses.npz", "cmnist_feature_responses_over_training.png",
-              "cmnist_feature_responses_over_training.pdf"):
+    for f in (
+        "feature_responses.npz",
+        "cmnist_feature_responses_over_training.png",
+        "cmnist_feature_responses_over_training.pdf",
+    ):
         if (d0 / f).is_file():
             shutil.copyfile(d0 / f, Path(out) / f)
     examples = _recorded_probe_examples(cfg0, ranges[0][0])
-    run_dir.save_figure(probe_figure({LABELS[m]: r["probe"] for m, r in methods_out.items()}, examples),
-                        "cmnist_probe")
-    parts = ", ".join(f"`{d}` (restarts {a}–{b - 1})" for (d, _, _), (a, b) in zip(runs, ranges, strict=True))
-    run_dir.write_text("summary.md", summary_markdown(results, config) + f"\nMerged from {parts}.\n")
+    run_dir.save_figure(
+        probe_figure({LABELS[m]: r["probe"] for m, r in methods_out.items()}, examples),
+        "cmnist_probe",
+    )
+    parts = ", ".join(
+        f"`{d}` (restarts {a}–{b - 1})" for (d, _, _), (a, b) in zip(runs, ranges, strict=True)
+    )
+    run_dir.write_text(
+        "summary.md", summary_markdown(results, config) + f"\nMerged from {parts}.\n"
+    )
     return results
 
 
@@ -908,12 +1119,21 @@ def summary_markdown(results: dict[str, Any], config: Config) -> str:
     ]
     for m, r in results["methods"].items():
         pub = PUBLISHED[m]
-        lines.append(f"| {LABELS[m]} | {_pct(r['train_acc_mean'], r['train_acc_std'])} | "
-                     f"{_pct(r['test_acc_mean'], r['test_acc_std'])} | {_pct(*pub['train'])} | {_pct(*pub['test'])} |")
-    lines += ["", "Published figures are on full MNIST (60,000 images); accuracies in %, mean ± std over restarts.",
-              "", "## Probe (Fig. 4): accuracy % / mean binary entropy (nats), ours (published)", "",
-              "Ours: mean over restarts on the test environment; published: one restart.", "",
-              "| method | digit, gray | digit, colour | blank, gray | blank, colour |", "| --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {LABELS[m]} | {_pct(r['train_acc_mean'], r['train_acc_std'])} | "
+            f"{_pct(r['test_acc_mean'], r['test_acc_std'])} | {_pct(*pub['train'])} | {_pct(*pub['test'])} |"
+        )
+    lines += [
+        "",
+        "Published figures are on full MNIST (60,000 images); accuracies in %, mean ± std over restarts.",
+        "",
+        "## Probe (Fig. 4): accuracy % / mean binary entropy (nats), ours (published)",
+        "",
+        "Ours: mean over restarts on the test environment; published: one restart.",
+        "",
+        "| method | digit, gray | digit, colour | blank, gray | blank, colour |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for m, r in results["methods"].items():
         pub = PUBLISHED[m].get("probe")
         cells = []
@@ -926,14 +1146,29 @@ def summary_markdown(results: dict[str, Any], config: Config) -> str:
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     sweeps = {m: r for m, r in results["methods"].items() if "sweep" in r}
     if sweeps:
-        lines += ["", "## Sweeps", "",
-                  "| method | penalty | l2 | train acc | validation acc | test acc |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## Sweeps",
+            "",
+            "| method | penalty | l2 | train acc | validation acc | test acc |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for m, r in sweeps.items():
             for p in r["sweep"]:
-                mark = " (selected)" if (p["penalty"], p["l2"]) == (r["selected"]["penalty"], r["selected"]["l2"]) else ""
-                lines.append(f"| {LABELS[m]}{mark} | {p['penalty']:.4g} | {p['l2']:.4g} | {_pct(p['train_acc_mean'], p['train_acc_std'])} | "
-                             f"{_pct(p['val_acc_mean'], p['val_acc_std'])} | {_pct(p['test_acc_mean'], p['test_acc_std'])} |")
-    lines += ["", "Figures: `cmnist_probe.png`, `cmnist_feature_responses_over_training.png` (when ERM or SD ran).", ""]
+                mark = (
+                    " (selected)"
+                    if (p["penalty"], p["l2"]) == (r["selected"]["penalty"], r["selected"]["l2"])
+                    else ""
+                )
+                lines.append(
+                    f"| {LABELS[m]}{mark} | {p['penalty']:.4g} | {p['l2']:.4g} | {_pct(p['train_acc_mean'], p['train_acc_std'])} | "
+                    f"{_pct(p['val_acc_mean'], p['val_acc_std'])} | {_pct(p['test_acc_mean'], p['test_acc_std'])} |"
+                )
+    lines += [
+        "",
+        "Figures: `cmnist_probe.png`, `cmnist_feature_responses_over_training.png` (when ERM or SD ran).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -942,32 +1177,81 @@ def summary_markdown(results: dict[str, Any], config: Config) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``ntkdyn cmnist`` arguments."""
-    parser.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"],
-                        help="methods to run")
-    parser.add_argument("--restarts", type=int, default=10, help="independent restarts (environments and initialisations)")
-    parser.add_argument("--first-restart", type=int, default=0,
-                        help="index of the first restart, to split a protocol over jobs (join them with --merge)")
-    parser.add_argument("--merge", nargs="+", default=None, metavar="RUN_DIR",
-                        help="join the results of runs of the same protocol over disjoint restarts into --out "
-                             "(no training)")
+    parser.add_argument(
+        "--method", nargs="+", default=["all"], choices=[*METHODS, "all"], help="methods to run"
+    )
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=10,
+        help="independent restarts (environments and initialisations)",
+    )
+    parser.add_argument(
+        "--first-restart",
+        type=int,
+        default=0,
+        help="index of the first restart, to split a protocol over jobs (join them with --merge)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="RUN_DIR",
+        help="join the results of runs of the same protocol over disjoint restarts into --out "
+        "(no training)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="root PRNG seed")
-    parser.add_argument("--data-dir", default=None, help="directory with MNIST IDX files (optionally .gz) or mnist.npz")
-    parser.add_argument("--data-source", default="auto", choices=["auto", "files", "download", "embedded"],
-                        help="where MNIST comes from (auto: files, else download, else the embedded 5k subset)")
-    parser.add_argument("--max-images", type=int, default=None, help="use only the first N MNIST training images")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory with MNIST IDX files (optionally .gz) or mnist.npz",
+    )
+    parser.add_argument(
+        "--data-source",
+        default="auto",
+        choices=["auto", "files", "download", "embedded"],
+        help="where MNIST comes from (auto: files, else download, else the embedded 5k subset)",
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=None, help="use only the first N MNIST training images"
+    )
     parser.add_argument("--out", default="runs/cmnist", help="output directory")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 2 restarts, 1/20 of the steps, 1,200 images")
-    parser.add_argument("--sweep", action="store_true",
-                        help="sweep each method's coefficient and select by training-domain validation")
-    parser.add_argument("--val-frac", type=float, default=0.1, help="held-out fraction of each training environment (--sweep)")
-    parser.add_argument("--n-z", type=int, default=500, help="training examples for the feature responses (0: off)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 2 restarts, 1/20 of the steps, 1,200 images",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="sweep each method's coefficient and select by training-domain validation",
+    )
+    parser.add_argument(
+        "--val-frac",
+        type=float,
+        default=0.1,
+        help="held-out fraction of each training environment (--sweep)",
+    )
+    parser.add_argument(
+        "--n-z", type=int, default=500, help="training examples for the feature responses (0: off)"
+    )
     parser.add_argument("--log-every", type=int, default=10, help="steps between recorded metrics")
-    parser.add_argument("--no-shard", action="store_true", help="do not split restarts over local devices")
-    parser.add_argument("--seed-chunk", type=int, default=None,
-                        help="restarts batched into each training step, the chunks one after another "
-                             "(default: 2 on a CPU, where they keep a step's working set in cache; all on a GPU)")
-    parser.add_argument("--cpu-matmul", default="eigen", choices=CPU_MATMUL,
-                        help="library for matrix products on a CPU: eigen (measured faster for these steps) or XLA's default")
+    parser.add_argument(
+        "--no-shard", action="store_true", help="do not split restarts over local devices"
+    )
+    parser.add_argument(
+        "--seed-chunk",
+        type=int,
+        default=None,
+        help="restarts batched into each training step, the chunks one after another "
+        "(default: 2 on a CPU, where they keep a step's working set in cache; all on a GPU)",
+    )
+    parser.add_argument(
+        "--cpu-matmul",
+        default="eigen",
+        choices=CPU_MATMUL,
+        help="library for matrix products on a CPU: eigen (measured faster for these steps) or XLA's default",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -975,8 +1259,10 @@ def run(args: argparse.Namespace) -> int:
     if args.merge:
         results = merge_runs(args.merge, args.out)
         for m, r in results["methods"].items():
-            print(f"{LABELS[m]:>16}: train {_pct(r['train_acc_mean'], r['train_acc_std'])}  "
-                  f"test {_pct(r['test_acc_mean'], r['test_acc_std'])}  ({len(r['train_acc'])} restarts)")
+            print(
+                f"{LABELS[m]:>16}: train {_pct(r['train_acc_mean'], r['train_acc_std'])}  "
+                f"test {_pct(r['test_acc_mean'], r['test_acc_std'])}  ({len(r['train_acc'])} restarts)"
+            )
         print(f"merged results in {args.out}")
         return 0
     methods = METHODS if "all" in args.method else tuple(args.method)
@@ -1000,7 +1286,9 @@ def run(args: argparse.Namespace) -> int:
     )
     results = run_experiment(config, args.out)
     for m, r in results["methods"].items():
-        print(f"{LABELS[m]:>16}: train {_pct(r['train_acc_mean'], r['train_acc_std'])}  "
-              f"test {_pct(r['test_acc_mean'], r['test_acc_std'])}")
+        print(
+            f"{LABELS[m]:>16}: train {_pct(r['train_acc_mean'], r['train_acc_std'])}  "
+            f"test {_pct(r['test_acc_mean'], r['test_acc_std'])}"
+        )
     print(f"results in {args.out} ({results['data']['description']})")
     return 0

@@ -66,7 +66,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-HELP = __doc__.split("\n\n")[0] + "\n\nPaper protocol by default; --quick for a smoke test. See the module docstring."
+HELP = (
+    __doc__.split("\n\n")[0]
+    + "\n\nPaper protocol by default; --quick for a smoke test. See the module docstring."
+)
 
 GRID_SIZE = 100  # the figures' grid: 100 × 100 over [−2, 2]²
 METRIC_GRID_SIZE = 201  # a finer grid for the boundary metrics (spacing 0.02)
@@ -125,8 +128,18 @@ SETTINGS: dict[str, Setting] = {
 }
 MAIN_FIGURE = ("erm_delta_minus", "erm", "sd")
 MAIN_TITLES = {"erm_delta_minus": "Δ = −0.1, ERM", "erm": "Δ = +0.1, ERM", "sd": "Δ = +0.1, SD"}
-REGULARIZERS = ("erm", "weight_decay", "train_longer", "adam_small_lr", "adam_large_lr", "rotation_45",
-                "dropout", "batch_norm", "five_layers", "sd")
+REGULARIZERS = (
+    "erm",
+    "weight_decay",
+    "train_longer",
+    "adam_small_lr",
+    "adam_large_lr",
+    "rotation_45",
+    "dropout",
+    "batch_norm",
+    "five_layers",
+    "sd",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,14 +171,21 @@ def init_params(key, *, hidden: int, hidden_layers: int, batch_norm: bool) -> tu
     u = jax.random.uniform(key, (sum((a + 1) * b for a, b in sizes),), jnp.float32, -1.0, 1.0)
     linears, offset = {}, 0
     for i, (fan_in, fan_out) in enumerate(sizes):
-        block = u[offset : offset + (fan_in + 1) * fan_out].reshape(fan_in + 1, fan_out) / math.sqrt(fan_in)
+        block = u[offset : offset + (fan_in + 1) * fan_out].reshape(
+            fan_in + 1, fan_out
+        ) / math.sqrt(fan_in)
         linears[i] = {"kernel": block[:fan_in], "bias": block[fan_in]}
         offset += (fan_in + 1) * fan_out
     params: dict[str, Any] = {"linears": linears}
     stats = None
     if batch_norm:
-        params["norms"] = {i: {"scale": jnp.ones((hidden,), jnp.float32), "bias": jnp.zeros((hidden,), jnp.float32)}
-                           for i in range(hidden_layers)}
+        params["norms"] = {
+            i: {
+                "scale": jnp.ones((hidden,), jnp.float32),
+                "bias": jnp.zeros((hidden,), jnp.float32),
+            }
+            for i in range(hidden_layers)
+        }
         stats = {
             "mean": {i: jnp.zeros((hidden,), jnp.float32) for i in range(hidden_layers)},
             "var": {i: jnp.ones((hidden,), jnp.float32) for i in range(hidden_layers)},
@@ -173,8 +193,17 @@ def init_params(key, *, hidden: int, hidden_layers: int, batch_norm: bool) -> tu
     return params, stats
 
 
-def forward(params, stats, x, *, train: bool, key=None, dropout: float = 0.0, bn_momentum: float = 0.1,
-            bn_eps: float = 1e-5):
+def forward(
+    params,
+    stats,
+    x,
+    *,
+    train: bool,
+    key=None,
+    dropout: float = 0.0,
+    bn_momentum: float = 0.1,
+    bn_eps: float = 1e-5,
+):
     """Logits (n,) of the MLP and the updated batch-norm statistics.
 
     Hidden layer: h ← relu(BN(W h + b)), then dropout (train mode only; inverted scaling 1/(1 − p)).
@@ -207,7 +236,9 @@ def forward(params, stats, x, *, train: bool, key=None, dropout: float = 0.0, bn
                 var = jnp.var(h, axis=0)
                 n = h.shape[0]
                 new_stats["mean"][i] = (1 - bn_momentum) * stats["mean"][i] + bn_momentum * mean
-                new_stats["var"][i] = (1 - bn_momentum) * stats["var"][i] + bn_momentum * var * n / (n - 1)
+                new_stats["var"][i] = (1 - bn_momentum) * stats["var"][
+                    i
+                ] + bn_momentum * var * n / (n - 1)
             else:
                 mean, var = stats["mean"][i], stats["var"][i]
                 new_stats["mean"][i], new_stats["var"][i] = mean, var
@@ -258,7 +289,10 @@ def make_loss(setting: Setting):
         x, y = batch
         if shallow:  # the same function, with the activation-pattern gradient of shallow_relu
             hidden, out = params["linears"][0], params["linears"][1]
-            f, new_stats = shallow_relu(hidden["kernel"], hidden["bias"], out["kernel"], out["bias"], x), stats
+            f, new_stats = (
+                shallow_relu(hidden["kernel"], hidden["bias"], out["kernel"], out["bias"], x),
+                stats,
+            )
         else:
             f, new_stats = forward(params, stats, x, train=True, key=key, dropout=setting.dropout)
         nll = logistic_loss(f, y)
@@ -289,7 +323,9 @@ def _initial_state(seeds: int, hidden: int, hidden_layers: int, batch_norm: bool
         init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
         train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
         params0, stats0 = jax.vmap(
-            lambda k: init_params(k, hidden=hidden, hidden_layers=hidden_layers, batch_norm=batch_norm)
+            lambda k: init_params(
+                k, hidden=hidden, hidden_layers=hidden_layers, batch_norm=batch_norm
+            )
         )(init_keys)
         return train_keys, params0, stats0
 
@@ -351,8 +387,12 @@ def train_setting(
     from ntkdyn.train.fullbatch import SeedAxis, train_fullbatch
 
     num_steps = epochs * setting.epoch_factor
-    data = [two_moons(n=n, noise=noise, delta=setting.delta, rotation_deg=setting.rotation_deg, seed=seed + s)
-            for s in range(seeds)]
+    data = [
+        two_moons(
+            n=n, noise=noise, delta=setting.delta, rotation_deg=setting.rotation_deg, seed=seed + s
+        )
+        for s in range(seeds)
+    ]
     X = np.stack([d[0] for d in data])
     y = np.stack([d[1] for d in data])
 
@@ -361,21 +401,41 @@ def train_setting(
 
     eval_fn = None
     if record_outputs:
+
         def eval_fn(params, stats, batch):
             return {"outputs": forward(params, stats, batch[0], train=False)[0]}
 
     log_every = max(1, num_steps // records)
     start = time.perf_counter()
     result = train_fullbatch(
-        make_loss(setting), make_optimizer(setting, lr), params0, (jnp.asarray(X), jnp.asarray(y)),
-        keys=train_keys, num_steps=num_steps, model_state=stats0, log_every=log_every, eval_fn=eval_fn,
-        batch_axis=0, seed_axis=SeedAxis(seed_axis), unroll=min(unroll, log_every), devices=devices,
+        make_loss(setting),
+        make_optimizer(setting, lr),
+        params0,
+        (jnp.asarray(X), jnp.asarray(y)),
+        keys=train_keys,
+        num_steps=num_steps,
+        model_state=stats0,
+        log_every=log_every,
+        eval_fn=eval_fn,
+        batch_axis=0,
+        seed_axis=SeedAxis(seed_axis),
+        unroll=min(unroll, log_every),
+        devices=devices,
     )
     jax.block_until_ready(result.state.params)
     seconds = time.perf_counter() - start
     history = {k: np.asarray(v) for k, v in result.history.items()}
-    return Trained(setting, X, y, params0, result.state.params, result.state.model_state, history,
-                   result.steps, seconds)
+    return Trained(
+        setting,
+        X,
+        y,
+        params0,
+        result.state.params,
+        result.state.model_state,
+        history,
+        result.steps,
+        seconds,
+    )
 
 
 def grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -407,7 +467,9 @@ def evaluate(trained: Trained) -> tuple[dict[str, Any], np.ndarray]:
 
     S = trained.X.shape[0]
     train_logits = np.asarray(
-        jax.vmap(lambda p, s, x: forward(p, s, x, train=False)[0])(trained.params, trained.stats, jnp.asarray(trained.X))
+        jax.vmap(lambda p, s, x: forward(p, s, x, train=False)[0])(
+            trained.params, trained.stats, jnp.asarray(trained.X)
+        )
     )
     acc = np.mean(train_logits * trained.y > 0, axis=1)
     mxs, mys, mpts = grid(METRIC_GRID_SIZE)
@@ -422,14 +484,18 @@ def evaluate(trained: Trained) -> tuple[dict[str, Any], np.ndarray]:
         metrics[key] = float(np.mean(vals))
         metrics[f"{key}_std"] = float(np.std(vals))
     metrics["averaged"] = boundary_metrics(mxs, mys, fine.mean(0), trained.X[0])
-    metrics["final_loss"] = float(trained.history["loss"][:, -1].mean()) if trained.history else None
+    metrics["final_loss"] = (
+        float(trained.history["loss"][:, -1].mean()) if trained.history else None
+    )
     metrics["epochs"] = int(trained.epochs[-1]) if len(trained.epochs) else None
     xs, ys, pts = grid(GRID_SIZE)
     values = decision_functions(trained, pts).reshape(S, GRID_SIZE, GRID_SIZE).mean(0)
     return metrics, values
 
 
-def feature_responses_over_training(trained: Trained, k: int = RESPONSE_DIRECTIONS) -> tuple[np.ndarray, np.ndarray]:
+def feature_responses_over_training(
+    trained: Trained, k: int = RESPONSE_DIRECTIONS
+) -> tuple[np.ndarray, np.ndarray]:
     """Seed-mean z_j(t) = u_jᵀ Y (f(X; θ_t) − f(X; θ₀)) of the top-k NTK directions at θ₀.
 
     U is each seed's own (:func:`ntkdyn.tangent.feature_spectrum` of the initial network on its
@@ -448,9 +514,13 @@ def feature_responses_over_training(trained: Trained, k: int = RESPONSE_DIRECTIO
     zs = []
     for s in range(S):
         p0 = jax.tree_util.tree_map(lambda a, s=s: a[s], trained.params0)
-        spec = feature_spectrum(DenseApply(), p0, jnp.asarray(trained.X[s]), jnp.asarray(trained.y[s]))
+        spec = feature_spectrum(
+            DenseApply(), p0, jnp.asarray(trained.X[s]), jnp.asarray(trained.y[s])
+        )
         f0 = forward(p0, None, jnp.asarray(trained.X[s]), train=False)[0]
-        z = responses_from_outputs(trained.history["outputs"][s], f0, trained.y[s], spec.U[:, :k])  # (R, k)
+        z = responses_from_outputs(
+            trained.history["outputs"][s], f0, trained.y[s], spec.U[:, :k]
+        )  # (R, k)
         zs.append(np.asarray(z, np.float64))
     z = np.mean(zs, axis=0)
     return np.concatenate([[0], trained.epochs]), np.concatenate([np.zeros((1, z.shape[1])), z])
@@ -463,26 +533,45 @@ def feature_responses_over_training(trained: Trained, k: int = RESPONSE_DIRECTIO
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ntkdyn moons`` (the paper's protocol by default)."""
     parser.add_argument("--out", default="runs/moons", help="output directory")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 2 seeds, 200 epochs, width 64 (under a minute)")
-    parser.add_argument("--replot", action="store_true",
-                        help="redraw the figures of the run in --out from its decision_functions.npz (no training)")
-    parser.add_argument("--config", action="append", metavar="NAME",
-                        help=f"configuration(s) to run (repeatable; default all): {', '.join(SETTINGS)}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 2 seeds, 200 epochs, width 64 (under a minute)",
+    )
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="redraw the figures of the run in --out from its decision_functions.npz (no training)",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        metavar="NAME",
+        help=f"configuration(s) to run (repeatable; default all): {', '.join(SETTINGS)}",
+    )
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (paper: 10)")
     parser.add_argument("--epochs", type=int, default=None, help="full-batch epochs (paper: 10000)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="SGD learning rate (Adam settings keep their own)")
+    parser.add_argument(
+        "--lr", type=float, default=1e-2, help="SGD learning rate (Adam settings keep their own)"
+    )
     parser.add_argument("--n", type=int, default=300, help="number of training points")
     parser.add_argument("--noise", type=float, default=0.1, help="make_moons noise")
     parser.add_argument("--hidden", type=int, default=None, help="hidden width (paper: 500)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (seed s uses seed + s)")
     parser.add_argument("--unroll", type=int, default=1, help="training steps per scan iteration")
-    parser.add_argument("--no-shard", action="store_true",
-                        help="do not split the seeds over the local devices (on a CPU there is one device unless "
-                             "XLA_FLAGS=--xla_force_host_platform_device_count=N is set before the command)")
-    parser.add_argument("--seed-axis", choices=("map", "vmap"), default="vmap",
-                        help="seeds batched into every step (vmap; measured fastest on a 2-core CPU for every "
-                             "configuration here) or one after another in the same compiled call (map)")
+    parser.add_argument(
+        "--no-shard",
+        action="store_true",
+        help="do not split the seeds over the local devices (on a CPU there is one device unless "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N is set before the command)",
+    )
+    parser.add_argument(
+        "--seed-axis",
+        choices=("map", "vmap"),
+        default="vmap",
+        help="seeds batched into every step (vmap; measured fastest on a 2-core CPU for every "
+        "configuration here) or one after another in the same compiled call (map)",
+    )
 
 
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
@@ -491,24 +580,47 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         names.extend(part for part in item.split(",") if part)
     unknown = [c for c in names if c not in SETTINGS]
     if unknown:
-        raise ValueError(f"--config: unknown configuration {unknown[0]!r}; choose from {', '.join(SETTINGS)}")
+        raise ValueError(
+            f"--config: unknown configuration {unknown[0]!r}; choose from {', '.join(SETTINGS)}"
+        )
     names = [c for c in SETTINGS if c in names]  # canonical order, no duplicates
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 10)
     epochs = args.epochs if args.epochs is not None else (200 if args.quick else 10000)
     hidden = args.hidden if args.hidden is not None else (64 if args.quick else 500)
-    checks = [("--seeds", seeds, seeds >= 1, "an integer >= 1"), ("--epochs", epochs, epochs >= 1, "an integer >= 1"),
-              ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a finite number > 0"),
-              ("--n", args.n, args.n >= 2, "an integer >= 2"),
-              ("--noise", args.noise, math.isfinite(args.noise) and args.noise >= 0, "a finite number >= 0"),
-              ("--hidden", hidden, hidden >= 1, "an integer >= 1"), ("--unroll", args.unroll, args.unroll >= 1, "an integer >= 1")]
+    checks = [
+        ("--seeds", seeds, seeds >= 1, "an integer >= 1"),
+        ("--epochs", epochs, epochs >= 1, "an integer >= 1"),
+        ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a finite number > 0"),
+        ("--n", args.n, args.n >= 2, "an integer >= 2"),
+        (
+            "--noise",
+            args.noise,
+            math.isfinite(args.noise) and args.noise >= 0,
+            "a finite number >= 0",
+        ),
+        ("--hidden", hidden, hidden >= 1, "an integer >= 1"),
+        ("--unroll", args.unroll, args.unroll >= 1, "an integer >= 1"),
+    ]
     for name, value, ok, what in checks:
         if not ok:
             raise ValueError(f"{name}: expected {what}, got {value!r}")
-    return dict(configs=names, seeds=seeds, epochs=epochs, lr=args.lr, n=args.n, noise=args.noise, hidden=hidden,
-                seed=args.seed, unroll=args.unroll, seed_axis=args.seed_axis, shard=not args.no_shard,
-                quick=bool(args.quick),
-                grid=dict(size=GRID_SIZE, lim=GRID_LIM), metric_grid_size=METRIC_GRID_SIZE,
-                settings={c: dataclasses.asdict(SETTINGS[c]) for c in names})
+    return dict(
+        configs=names,
+        seeds=seeds,
+        epochs=epochs,
+        lr=args.lr,
+        n=args.n,
+        noise=args.noise,
+        hidden=hidden,
+        seed=args.seed,
+        unroll=args.unroll,
+        seed_axis=args.seed_axis,
+        shard=not args.no_shard,
+        quick=bool(args.quick),
+        grid=dict(size=GRID_SIZE, lim=GRID_LIM),
+        metric_grid_size=METRIC_GRID_SIZE,
+        settings={c: dataclasses.asdict(SETTINGS[c]) for c in names},
+    )
 
 
 def _summary(config: dict[str, Any], results: dict[str, Any]) -> str:
@@ -531,8 +643,10 @@ def _summary(config: dict[str, Any], results: dict[str, Any]) -> str:
     for name in config["configs"]:
         r = results["configs"].get(name)
         if r is not None:
-            lines.append(f"| {name} | {fmt(r, 'train_accuracy')} | {fmt(r, 'boundary_min_distance')} | "
-                         f"{fmt(r, 'boundary_mean10_distance')} | {fmt(r, 'boundary_line_residual')} |")
+            lines.append(
+                f"| {name} | {fmt(r, 'train_accuracy')} | {fmt(r, 'boundary_min_distance')} | "
+                f"{fmt(r, 'boundary_mean10_distance')} | {fmt(r, 'boundary_line_residual')} |"
+            )
     verdict = results.get("verdict")
     if verdict:
         lines += ["", "SD against ERM and the other regularizers (Δ = +0.1):", ""]
@@ -551,13 +665,20 @@ def _verdict(results: dict[str, Any]) -> dict[str, Any]:
     out = {"compared_with": others}
     for key in ("boundary_min_distance", "boundary_line_residual"):
         sd = configs["sd"][key]
-        out[f"sd_largest_{key.removeprefix('boundary_')}"] = bool(all(sd > configs[c][key] for c in others))
+        out[f"sd_largest_{key.removeprefix('boundary_')}"] = bool(
+            all(sd > configs[c][key] for c in others)
+        )
     return out
 
 
 def _write_arrays(out, values, data, responses) -> None:
     xs, ys, _ = grid(GRID_SIZE)
-    arrays = {"xs": xs, "ys": ys, "names": np.array(list(values)), "values": np.stack([values[c] for c in values])}
+    arrays = {
+        "xs": xs,
+        "ys": ys,
+        "names": np.array(list(values)),
+        "values": np.stack([values[c] for c in values]),
+    }
     for c in values:
         arrays[f"X_{c}"], arrays[f"y_{c}"] = data[c]
     for c in responses:
@@ -568,7 +689,9 @@ def _write_arrays(out, values, data, responses) -> None:
 def _read_arrays(out) -> tuple[dict, dict, dict]:
     path = out.file("decision_functions.npz")
     if not path.exists():
-        raise FileNotFoundError(f"--replot: {str(path)!r} not found; run the experiment with this --out first")
+        raise FileNotFoundError(
+            f"--replot: {str(path)!r} not found; run the experiment with this --out first"
+        )
     with np.load(path) as npz:
         names = [str(c) for c in npz["names"]]
         values = {c: npz["values"][i] for i, c in enumerate(names)}
@@ -583,7 +706,9 @@ def _draw(out, values, data, responses) -> None:
     xs, ys, _ = grid(GRID_SIZE)
     if all(c in values for c in MAIN_FIGURE):
         panels = [DecisionPanel(MAIN_TITLES[c], values[c], *data[c]) for c in MAIN_FIGURE]
-        resp = {("ERM" if c == "erm" else "SD"): responses[c] for c in ("erm", "sd") if c in responses}
+        resp = {
+            ("ERM" if c == "erm" else "SD"): responses[c] for c in ("erm", "sd") if c in responses
+        }
         out.save_figure(moons_main_figure(xs, ys, panels, resp), "moons_main")
     regs = [c for c in REGULARIZERS if c in values]
     if regs:
@@ -602,7 +727,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.replot:
         if not os.path.isdir(args.out):
-            raise FileNotFoundError(f"--replot: output directory {args.out!r} not found; pass the --out of a finished run")
+            raise FileNotFoundError(
+                f"--replot: output directory {args.out!r} not found; pass the --out of a finished run"
+            )
         out = RunDir(args.out)
         _draw(out, *_read_arrays(out))
         print(f"redrew the figures in {out.path}", file=sys.stderr)
@@ -621,10 +748,21 @@ def run(args: argparse.Namespace) -> int:
     responses: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in config["configs"]:
         setting = SETTINGS[name]
-        trained = train_setting(setting, seeds=config["seeds"], epochs=config["epochs"], lr=config["lr"],
-                                n=config["n"], noise=config["noise"], hidden=config["hidden"], seed=config["seed"],
-                                record_outputs=name in MAIN_FIGURE, records=500 if name in MAIN_FIGURE else 200,
-                                unroll=config["unroll"], seed_axis=config["seed_axis"], devices=devices)
+        trained = train_setting(
+            setting,
+            seeds=config["seeds"],
+            epochs=config["epochs"],
+            lr=config["lr"],
+            n=config["n"],
+            noise=config["noise"],
+            hidden=config["hidden"],
+            seed=config["seed"],
+            record_outputs=name in MAIN_FIGURE,
+            records=500 if name in MAIN_FIGURE else 200,
+            unroll=config["unroll"],
+            seed_axis=config["seed_axis"],
+            devices=devices,
+        )
         metrics, values[name] = evaluate(trained)
         data[name] = (trained.X[0], trained.y[0])
         if name in MAIN_FIGURE and setting.hidden_layers == 1 and not setting.batch_norm:
@@ -637,12 +775,17 @@ def run(args: argparse.Namespace) -> int:
                     rec[key] = float(hist[:, r].mean())
                     rec[f"{key}_std"] = float(hist[:, r].std())
             metrics_records.append(rec)
-        print(f"{name}: {trained.epochs[-1] if len(trained.epochs) else 0} epochs x {config['seeds']} seeds in "
-              f"{trained.seconds:.1f} s; train acc {metrics['train_accuracy']:.3f}, "
-              f"min dist {metrics['boundary_min_distance']:.3f}, line residual {metrics['boundary_line_residual']:.3f}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{name}: {trained.epochs[-1] if len(trained.epochs) else 0} epochs x {config['seeds']} seeds in "
+            f"{trained.seconds:.1f} s; train acc {metrics['train_accuracy']:.3f}, "
+            f"min dist {metrics['boundary_min_distance']:.3f}, line residual {metrics['boundary_line_residual']:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
         results["verdict"] = _verdict(results)
-        _write_arrays(out, values, data, responses)  # after every configuration: --replot works on partial runs
+        _write_arrays(
+            out, values, data, responses
+        )  # after every configuration: --replot works on partial runs
         out.write_metrics(metrics_records)
         out.write_results(results)
         out.write_text("summary.md", _summary(config, results))
@@ -653,9 +796,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run as ``python -m experiments.moons`` (same arguments as ``ntkdyn moons``)."""
-    parser = argparse.ArgumentParser(prog="moons", description=HELP,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Run as ``python -m ntkdyn.experiments.moons`` (same arguments as ``ntkdyn moons``)."""
+    parser = argparse.ArgumentParser(
+        prog="moons", description=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     configure(parser)
     return run(parser.parse_args(argv))
 

@@ -36,7 +36,10 @@ import sys
 import time
 from typing import Any
 
-HELP = __doc__.split("\n\n")[0] + "\n\nPaper settings by default (see the module docstring); --quick for a smoke test."
+HELP = (
+    __doc__.split("\n\n")[0]
+    + "\n\nPaper settings by default (see the module docstring); --quick for a smoke test."
+)
 X64 = True
 
 
@@ -104,11 +107,17 @@ class TheoryConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.steps % self.save_every or self.figure_steps % self.save_every:
-            raise ValueError(f"save_every: must divide steps={self.steps} and figure_steps={self.figure_steps}, got {self.save_every}")
+            raise ValueError(
+                f"save_every: must divide steps={self.steps} and figure_steps={self.figure_steps}, got {self.save_every}"
+            )
         if self.figure_save_every < 1 or self.save_every % self.figure_save_every:
-            raise ValueError(f"figure_save_every: must divide save_every={self.save_every}, got {self.figure_save_every}")
+            raise ValueError(
+                f"figure_save_every: must divide save_every={self.save_every}, got {self.figure_save_every}"
+            )
         if self.figure_steps < self.steps:
-            raise ValueError(f"figure_steps: must be >= steps={self.steps}, got {self.figure_steps}")
+            raise ValueError(
+                f"figure_steps: must be >= steps={self.steps}, got {self.figure_steps}"
+            )
         for name in ("figure_s1", "slider_s1", "table_s1"):
             vals = getattr(self, name)
             if not vals or any(not math.isfinite(v) or v <= 0 for v in vals):
@@ -116,12 +125,19 @@ class TheoryConfig:
         for name in ("sweep", "map_s1", "map_s2"):
             lo, hi, num = getattr(self, name)
             if not (0 < lo < hi) or num < 2:
-                raise ValueError(f"{name}: needs 0 < start < stop and num >= 2, got {(lo, hi, num)}")
+                raise ValueError(
+                    f"{name}: needs 0 < start < stop and num >= 2, got {(lo, hi, num)}"
+                )
 
 
 QUICK = dict(
-    steps=400, figure_steps=600, save_every=20, sweep=(1.0, 8.0, 8), map_s1=(1.0, 8.0, 5),
-    map_s2=(1.0, 8.0, 4), dual_points=60,
+    steps=400,
+    figure_steps=600,
+    save_every=20,
+    sweep=(1.0, 8.0, 8),
+    map_s1=(1.0, 8.0, 5),
+    map_s2=(1.0, 8.0, 4),
+    dual_points=60,
 )
 
 
@@ -129,10 +145,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the command's arguments to ``parser``."""
     parser.add_argument("--out", default="runs/theory", help="output directory")
     parser.add_argument("--quick", action="store_true", help="short runs and small grids (tests)")
-    parser.add_argument("--s2", type=float, default=TheoryConfig.s2, help="weak feature's singular value")
-    parser.add_argument("--delta", type=float, default=TheoryConfig.delta, help="coupling delta, |delta| < 1")
+    parser.add_argument(
+        "--s2", type=float, default=TheoryConfig.s2, help="weak feature's singular value"
+    )
+    parser.add_argument(
+        "--delta", type=float, default=TheoryConfig.delta, help="coupling delta, |delta| < 1"
+    )
     parser.add_argument("--lam", type=float, default=TheoryConfig.lam_ce, help="CE weight decay")
-    parser.add_argument("--sd-lam", type=float, default=TheoryConfig.lam_sd, help="SD logit penalty")
+    parser.add_argument(
+        "--sd-lam", type=float, default=TheoryConfig.lam_sd, help="SD logit penalty"
+    )
     parser.add_argument("--eta", type=float, default=TheoryConfig.eta, help="GD step")
 
 
@@ -160,7 +182,9 @@ def rotation_grid(pairs, delta: float, lam: float):
         raise ValueError(f"pairs: singular values must be finite and > 0, got min {s.min()}")
     base = rotation_system([1.0, 1.0], delta, lam)  # validates delta and lam
     B = s.shape[0]
-    return FeatureSystem(jnp.broadcast_to(base.U, (B, 2, 2)), jnp.asarray(s, base.s.dtype), jnp.full((B,), base.lam))
+    return FeatureSystem(
+        jnp.broadcast_to(base.U, (B, 2, 2)), jnp.asarray(s, base.s.dtype), jnp.full((B,), base.lam)
+    )
 
 
 def run_theory(config: TheoryConfig) -> dict[str, Any]:
@@ -197,14 +221,21 @@ def run_theory(config: TheoryConfig) -> dict[str, Any]:
     sd_batch = rotation_grid([(v, c.s2) for v in traj_s1], c.delta, c.lam_sd)
     z0 = jnp.zeros(2)
     run_gd = lambda field: jax.vmap(  # noqa: E731
-        lambda sy: gd(field, sy, z0, eta=c.eta, num_steps=c.figure_steps, save_every=c.figure_save_every)
+        lambda sy: gd(
+            field, sy, z0, eta=c.eta, num_steps=c.figure_steps, save_every=c.figure_save_every
+        )
     )
     ce = run_gd(ce_field)(ce_batch)
     sd = run_gd(sd_field)(sd_batch)
     r = c.save_every // c.figure_save_every
     t_dense, ce_dense, sd_dense = np.asarray(ce.t[0]), np.asarray(ce.z), np.asarray(sd.z)
     # The dual flow: an adaptive solve, log-spaced samples (it moves fast at first).
-    dual_ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(math.log10(c.dual_t1) - 7, math.log10(c.dual_t1), c.dual_points)])
+    dual_ts = jnp.concatenate(
+        [
+            jnp.zeros(1),
+            jnp.logspace(math.log10(c.dual_t1) - 7, math.log10(c.dual_t1), c.dual_points),
+        ]
+    )
     dual = jax.vmap(
         lambda sy: integrate(dual_field, sy, jnp.full(2, c.dual_alpha0), t1=c.dual_t1, ts=dual_ts)
     )(ce_batch)
@@ -220,7 +251,9 @@ def run_theory(config: TheoryConfig) -> dict[str, Any]:
     sweep = np.linspace(*c.sweep[:2], int(c.sweep[2]))
     m1 = np.linspace(*c.map_s1[:2], int(c.map_s1[2]))
     m2 = np.linspace(*c.map_s2[:2], int(c.map_s2[2]))
-    pairs = [(v, c.s2) for v in sweep] + [(a, b) for b in m2 for a in m1] + [(v, c.s2) for v in traj_s1]
+    pairs = (
+        [(v, c.s2) for v in sweep] + [(a, b) for b in m2 for a in m1] + [(v, c.s2) for v in traj_s1]
+    )
     z_ce_all, J_ce_all = fixed_points_batch(ce_field, rotation_grid(pairs, c.delta, c.lam_ce))
     z_sd_all, J_sd_all = fixed_points_batch(sd_field, rotation_grid(pairs, c.delta, c.lam_sd))
     ns, nm = len(sweep), len(m1) * len(m2)
@@ -243,18 +276,39 @@ def run_theory(config: TheoryConfig) -> dict[str, Any]:
         "sd_max_abs_dz_ds1": float(np.max(np.abs(np.asarray(J_sd[:, :, 0])))),
         "dual_vs_primal_max_abs": float(np.max(np.abs(np.asarray(dual_z[:, -1]) - z_ce_traj))),
         "fd_max_abs_error": table["fd_max_abs_error"],
-        "gd_vs_ode_max_abs_at_slider_end": float(np.max(np.abs(ce_dense[:, k_slider] - np.asarray(ode.final)))),
-        "gd_slider_end_vs_fixed_point_max_abs": float(np.max(np.abs(ce_dense[:, k_slider] - z_ce_traj))),
+        "gd_vs_ode_max_abs_at_slider_end": float(
+            np.max(np.abs(ce_dense[:, k_slider] - np.asarray(ode.final)))
+        ),
+        "gd_slider_end_vs_fixed_point_max_abs": float(
+            np.max(np.abs(ce_dense[:, k_slider] - z_ce_traj))
+        ),
         "gd_figure_end_vs_fixed_point_max_abs": float(np.max(np.abs(ce_dense[:, -1] - z_ce_traj))),
-        "dz2_ds1_at_s1_eq_s2": float(np.interp(c.s2, sweep, np.asarray(J_ce[:, 1, 0]))) if sweep[0] <= c.s2 <= sweep[-1] else None,
+        "dz2_ds1_at_s1_eq_s2": float(np.interp(c.s2, sweep, np.asarray(J_ce[:, 1, 0])))
+        if sweep[0] <= c.s2 <= sweep[-1]
+        else None,
     }
     return dict(
-        t=t_dense[::r], traj_s1=np.array(traj_s1), ce=ce_dense[:, ::r], sd=sd_dense[:, ::r],
-        t_dense=t_dense, ce_dense=ce_dense, sd_dense=sd_dense,
-        dual_t=np.asarray(dual_ts), dual=np.asarray(dual_z), dual_alpha=np.asarray(dual.z),
-        sweep_s1=sweep, sweep_ce_z=np.asarray(z_ce), sweep_ce_dz2=np.asarray(J_ce[:, 1, 0]),
-        sweep_sd_z=np.asarray(z_sd), sweep_sd_dz2=np.asarray(J_sd[:, 1, 0]),
-        map_s1=m1, map_s2=m2, map_ce=map_ce, map_sd=map_sd, table=table, checks=checks,
+        t=t_dense[::r],
+        traj_s1=np.array(traj_s1),
+        ce=ce_dense[:, ::r],
+        sd=sd_dense[:, ::r],
+        t_dense=t_dense,
+        ce_dense=ce_dense,
+        sd_dense=sd_dense,
+        dual_t=np.asarray(dual_ts),
+        dual=np.asarray(dual_z),
+        dual_alpha=np.asarray(dual.z),
+        sweep_s1=sweep,
+        sweep_ce_z=np.asarray(z_ce),
+        sweep_ce_dz2=np.asarray(J_ce[:, 1, 0]),
+        sweep_sd_z=np.asarray(z_sd),
+        sweep_sd_dz2=np.asarray(J_sd[:, 1, 0]),
+        map_s1=m1,
+        map_s2=m2,
+        map_ce=map_ce,
+        map_sd=map_sd,
+        table=table,
+        checks=checks,
         timings=timings,
     )
 
@@ -312,8 +366,16 @@ def _metrics(config: TheoryConfig, out: dict[str, Any]):
         for i, s1 in enumerate(out["traj_s1"]):
             for k, t in enumerate(out["t"]):
                 z = out[loss][i, k]
-                records.append({"loss": loss, "s1": float(s1), "step": k * config.save_every, "t": float(t),
-                                "z1": float(z[0]), "z2": float(z[1])})
+                records.append(
+                    {
+                        "loss": loss,
+                        "s1": float(s1),
+                        "step": k * config.save_every,
+                        "t": float(t),
+                        "z1": float(z[0]),
+                        "z2": float(z[1]),
+                    }
+                )
     return records
 
 
@@ -345,31 +407,76 @@ def write_outputs(config: TheoryConfig, out: dict[str, Any], path) -> dict[str, 
     fig_idx = [s1.index(v) for v in config.figure_s1]
     sl_idx = [s1.index(v) for v in config.slider_s1]
     k_slider = config.steps // config.save_every + 1
-    rd.save_figure(z2_vs_z1_figure(config.figure_s1, out["ce_dense"][fig_idx], out["dual"][fig_idx],
-                                   out["sd_dense"][fig_idx]),
-                   "theory_z2_vs_z1")
-    rd.save_figure(slider_figure(out["t"][:k_slider], config.slider_s1, out["ce"][sl_idx, :k_slider],
-                                 out["sd"][sl_idx, :k_slider]), "theory_slider")
+    rd.save_figure(
+        z2_vs_z1_figure(
+            config.figure_s1,
+            out["ce_dense"][fig_idx],
+            out["dual"][fig_idx],
+            out["sd_dense"][fig_idx],
+        ),
+        "theory_z2_vs_z1",
+    )
+    rd.save_figure(
+        slider_figure(
+            out["t"][:k_slider],
+            config.slider_s1,
+            out["ce"][sl_idx, :k_slider],
+            out["sd"][sl_idx, :k_slider],
+        ),
+        "theory_slider",
+    )
     table = out["table"]
-    rd.save_figure(sensitivity_figure(out["sweep_s1"], out["sweep_ce_z"][:, 1], out["sweep_ce_dz2"],
-                                      out["sweep_sd_z"][:, 1], out["sweep_sd_dz2"], s2=config.s2,
-                                      fd_s1=np.array(table["s1"]), fd_dz2=np.array(table["ce"]["dz2_ds1_fd"])),
-                   "theory_sensitivity")
-    rd.save_figure(starvation_map_figure(out["map_s1"], out["map_s2"], out["map_ce"], out["map_sd"]),
-                   "theory_starvation_map")
-    rd.write_npz("trajectories.npz", t=out["t"], s1=out["traj_s1"], ce=out["ce"], sd=out["sd"],
-                 dual_t=out["dual_t"], dual_z=out["dual"], dual_alpha=out["dual_alpha"])
+    rd.save_figure(
+        sensitivity_figure(
+            out["sweep_s1"],
+            out["sweep_ce_z"][:, 1],
+            out["sweep_ce_dz2"],
+            out["sweep_sd_z"][:, 1],
+            out["sweep_sd_dz2"],
+            s2=config.s2,
+            fd_s1=np.array(table["s1"]),
+            fd_dz2=np.array(table["ce"]["dz2_ds1_fd"]),
+        ),
+        "theory_sensitivity",
+    )
+    rd.save_figure(
+        starvation_map_figure(out["map_s1"], out["map_s2"], out["map_ce"], out["map_sd"]),
+        "theory_starvation_map",
+    )
+    rd.write_npz(
+        "trajectories.npz",
+        t=out["t"],
+        s1=out["traj_s1"],
+        ce=out["ce"],
+        sd=out["sd"],
+        dual_t=out["dual_t"],
+        dual_z=out["dual"],
+        dual_alpha=out["dual_alpha"],
+    )
     rd.write_metrics(_metrics(config, out))
     results = {
         "fixed_points": table,
-        "sweep": {"s1": out["sweep_s1"], "ce_z2": out["sweep_ce_z"][:, 1], "ce_dz2_ds1": out["sweep_ce_dz2"],
-                  "sd_z2": out["sweep_sd_z"][:, 1], "sd_dz2_ds1": out["sweep_sd_dz2"]},
-        "starvation_map": {"s1": out["map_s1"], "s2": out["map_s2"], "ce_dz2_ds1": out["map_ce"],
-                           "sd_dz2_ds1": out["map_sd"],
-                           "ce_fraction_negative_above_diagonal": _frac_negative(out)},
+        "sweep": {
+            "s1": out["sweep_s1"],
+            "ce_z2": out["sweep_ce_z"][:, 1],
+            "ce_dz2_ds1": out["sweep_ce_dz2"],
+            "sd_z2": out["sweep_sd_z"][:, 1],
+            "sd_dz2_ds1": out["sweep_sd_dz2"],
+        },
+        "starvation_map": {
+            "s1": out["map_s1"],
+            "s2": out["map_s2"],
+            "ce_dz2_ds1": out["map_ce"],
+            "sd_dz2_ds1": out["map_sd"],
+            "ce_fraction_negative_above_diagonal": _frac_negative(out),
+        },
         "checks": out["checks"],
-        "final_gd": {"s1": out["traj_s1"], "ce": out["ce"][:, -1], "sd": out["sd"][:, -1],
-                     "dual": out["dual"][:, -1]},
+        "final_gd": {
+            "s1": out["traj_s1"],
+            "ce": out["ce"][:, -1],
+            "sd": out["sd"][:, -1],
+            "dual": out["dual"][:, -1],
+        },
         "verdict": verdict,
     }
     rd.write_results(results)
@@ -397,8 +504,9 @@ def run(args: argparse.Namespace) -> int:
         0.
     """
     overrides = dict(QUICK) if args.quick else {}
-    config = TheoryConfig(s2=args.s2, delta=args.delta, lam_ce=args.lam, lam_sd=args.sd_lam, eta=args.eta,
-                          **overrides)
+    config = TheoryConfig(
+        s2=args.s2, delta=args.delta, lam_ce=args.lam, lam_sd=args.sd_lam, eta=args.eta, **overrides
+    )
     if config.s2 not in config.table_s1:
         config = dataclasses.replace(config, table_s1=tuple(sorted({config.s2, *config.table_s1})))
     out = run_theory(config)

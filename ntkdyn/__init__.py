@@ -79,11 +79,26 @@ from ntkdyn.analytic import init_ntk_mlp, relu_ntk
 # Models
 # (models/)
 from ntkdyn.models.cnn import CNN, init_cnn
-from ntkdyn.models.mlp import MLP, DenseApply, ModuleApply, he_normal, init_mlp, pure, shallow_relu, xavier_uniform
+from ntkdyn.models.mlp import (
+    MLP,
+    DenseApply,
+    ModuleApply,
+    he_normal,
+    init_mlp,
+    pure,
+    shallow_relu,
+    xavier_uniform,
+)
 
 # Data: MNIST and Colored MNIST
 from ntkdyn.data.mnist import MNIST, download_mnist, load_mnist
-from ntkdyn.data.colored_mnist import ColoredMNIST, Environment, colored_mnist, grayscale, probe_inputs
+from ntkdyn.data.colored_mnist import (
+    ColoredMNIST,
+    Environment,
+    colored_mnist,
+    grayscale,
+    probe_inputs,
+)
 
 # Two moons, full-batch multi-seed training, decision-boundary metrics
 from ntkdyn.data.moons import make_moons, two_moons
@@ -91,7 +106,14 @@ from ntkdyn.train.fullbatch import SeedAxis, TrainResult, TrainState, train_full
 from ntkdyn.boundary import boundary_distances, boundary_metrics, line_residual, zero_level_set
 
 # CelebA: data, ResNets, pretrained-weight import, data-parallel training, checkpoints
-from ntkdyn.data.celeba import CelebA, CelebASplit, epoch_order, iterate_batches, load_celeba, load_image
+from ntkdyn.data.celeba import (
+    CelebA,
+    CelebASplit,
+    epoch_order,
+    iterate_batches,
+    load_celeba,
+    load_image,
+)
 from ntkdyn.data.celeba_fixture import write_celeba_fixture
 from ntkdyn.models.resnet import ResNet, init_resnet, resnet10, resnet18, resnet50, resnet_logit_fn
 from ntkdyn.models.pretrained import (
@@ -119,5 +141,7 @@ from ntkdyn.train.checkpoint import latest_checkpoint, restore_checkpoint, save_
 __all__ = sorted(
     name
     for name, obj in dict(globals()).items()
-    if not name.startswith("_") and not getattr(obj, "__file__", None) and name not in {"annotations"}
+    if not name.startswith("_")
+    and not getattr(obj, "__file__", None)
+    and name not in {"annotations"}
 )

@@ -36,7 +36,9 @@ __all__ = ["relu_ntk", "init_ntk_mlp"]
 def _check_inputs(x: ArrayLike, name: str) -> Array:
     x = jnp.asarray(x)
     if x.ndim < 2 or x.shape[0] < 1:
-        raise ValueError(f"{name}: expected inputs shaped (n, ...) with n >= 1, got shape {x.shape}")
+        raise ValueError(
+            f"{name}: expected inputs shaped (n, ...) with n >= 1, got shape {x.shape}"
+        )
     x = x.reshape(x.shape[0], -1)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
@@ -138,14 +140,25 @@ def init_ntk_mlp(
     """
     dims = [int(in_features), *[int(h) for h in hidden], 1]
     if dims[0] < 1 or any(h < 1 for h in dims[1:-1]):
-        raise ValueError(f"in_features, hidden: all widths must be >= 1, got in_features={in_features}, hidden={list(hidden)}")
+        raise ValueError(
+            f"in_features, hidden: all widths must be >= 1, got in_features={in_features}, hidden={list(hidden)}"
+        )
     if not sigma_w > 0 or not sigma_b >= 0:
-        raise ValueError(f"sigma_w, sigma_b: need sigma_w > 0 and sigma_b >= 0, got {sigma_w}, {sigma_b}")
+        raise ValueError(
+            f"sigma_w, sigma_b: need sigma_w > 0 and sigma_b >= 0, got {sigma_w}, {sigma_b}"
+        )
     dtype = jnp.result_type(float) if dtype is None else dtype
     keys = jax.random.split(key, 2 * (len(dims) - 1))
-    params = {"W": [jax.random.normal(keys[2 * i], (a, b), dtype) for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True))]}
+    params = {
+        "W": [
+            jax.random.normal(keys[2 * i], (a, b), dtype)
+            for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True))
+        ]
+    }
     if sigma_b > 0:
-        params["b"] = [jax.random.normal(keys[2 * i + 1], (b,), dtype) for i, b in enumerate(dims[1:])]
+        params["b"] = [
+            jax.random.normal(keys[2 * i + 1], (b,), dtype) for i, b in enumerate(dims[1:])
+        ]
 
     def apply_fn(p, x):
         h = jnp.asarray(x).reshape(x.shape[0], -1)

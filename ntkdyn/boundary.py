@@ -43,7 +43,9 @@ def _check_grid(xs, ys, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ys = np.asarray(ys, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
     if xs.ndim != 1 or ys.ndim != 1 or xs.size < 2 or ys.size < 2:
-        raise ValueError(f"xs, ys: expected two 1-D grids of >= 2 coordinates, got shapes {xs.shape} and {ys.shape}")
+        raise ValueError(
+            f"xs, ys: expected two 1-D grids of >= 2 coordinates, got shapes {xs.shape} and {ys.shape}"
+        )
     if np.any(np.diff(xs) <= 0) or np.any(np.diff(ys) <= 0):
         raise ValueError("xs, ys: grid coordinates must be strictly increasing")
     if values.shape != (ys.size, xs.size):
@@ -52,7 +54,9 @@ def _check_grid(xs, ys, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             f"got {values.shape}; transpose an 'ij'-indexed grid"
         )
     if not np.all(np.isfinite(values)):
-        raise ValueError("values: the decision function has non-finite entries (NaN/inf); check the model output")
+        raise ValueError(
+            "values: the decision function has non-finite entries (NaN/inf); check the model output"
+        )
     return xs, ys, values
 
 

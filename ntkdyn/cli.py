@@ -21,13 +21,19 @@ from collections.abc import Sequence
 # name -> (module implementing it, one-line summary); modules are imported lazily, only the one
 # that runs, so ``ntkdyn --help`` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "theory": ("experiments.theory", "Paper's theory figures and the starvation verdict."),
+    "theory": ("ntkdyn.experiments.theory", "Paper's theory figures and the starvation verdict."),
     "simulate": ("ntkdyn.commands.simulate", "Integrate one feature system of your choice."),
-    "starvation": ("ntkdyn.commands.starvation", "Fixed points and dz2*/ds1 of the two-feature system."),
-    "spectrum": ("ntkdyn.commands.spectrum", "NTK spectrum of a model on a dataset, with predicted starvation."),
-    "moons": ("experiments.moons", "Two-moons toy: ERM vs SD boundaries and regularizers."),
-    "cmnist": ("experiments.colored_mnist", "Colored MNIST: ERM, IRM, V-REx, SD, oracle."),
-    "celeba": ("experiments.celeba", "CelebA blond hair vs gender: ERM, SD, Group DRO."),
+    "starvation": (
+        "ntkdyn.commands.starvation",
+        "Fixed points and dz2*/ds1 of the two-feature system.",
+    ),
+    "spectrum": (
+        "ntkdyn.commands.spectrum",
+        "NTK spectrum of a model on a dataset, with predicted starvation.",
+    ),
+    "moons": ("ntkdyn.experiments.moons", "Two-moons toy: ERM vs SD boundaries and regularizers."),
+    "cmnist": ("ntkdyn.experiments.colored_mnist", "Colored MNIST: ERM, IRM, V-REx, SD, oracle."),
+    "celeba": ("ntkdyn.experiments.celeba", "CelebA blond hair vs gender: ERM, SD, Group DRO."),
 }
 
 
@@ -56,8 +62,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=summary)
             continue
         module = _load(name)
-        p = sub.add_parser(name, help=summary, description=module.HELP,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=module.HELP,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         module.configure(p)
         p.set_defaults(_module=module)
     return parser

@@ -253,7 +253,9 @@ def _validate_state(field: Field, system: FeatureSystem, z0) -> Array:
             f"z0: the field does not map a state of shape {z0.shape} to the same shape (got {out_shape}); pass z0 of shape "
             f"(d,) = ({system.d},) for primal fields or (n,) = ({system.n},) for dual_field"
         )
-    if _is_concrete(z0) and not np.all(np.isfinite(np.asarray(z0))):  # numpy: stays concrete under jit
+    if _is_concrete(z0) and not np.all(
+        np.isfinite(np.asarray(z0))
+    ):  # numpy: stays concrete under jit
         raise ValueError("z0: contains non-finite values (NaN or inf); pass a finite initial state")
     return z0
 
@@ -326,7 +328,9 @@ def _gd(field, system, z0, eta, num_steps, save_every, unroll):
     rho = _spectral_radius(jax.jacfwd(field)(z_last, system))
     unstable = eta * rho >= 2.0
     result = RESULTS.where(
-        ~finite, RESULTS.gd_diverged, RESULTS.where(unstable, RESULTS.gd_unstable, RESULTS.successful)
+        ~finite,
+        RESULTS.gd_diverged,
+        RESULTS.where(unstable, RESULTS.gd_unstable, RESULTS.successful),
     )
     return Trajectory(t, zs, result, jnp.asarray(num_steps))
 
@@ -388,9 +392,7 @@ def gd(
 # Continuous time
 
 
-@functools.partial(
-    jax.jit, static_argnames=("field", "solver", "max_steps", "rtol", "atol")
-)
+@functools.partial(jax.jit, static_argnames=("field", "solver", "max_steps", "rtol", "atol"))
 def _integrate(field, system, z0, eta, t1, ts, solver, rtol, atol, max_steps):
     term = diffrax.ODETerm(lambda t, z, args: eta * field(z, system))
     sol = diffrax.diffeqsolve(
@@ -472,12 +474,27 @@ def integrate(
             raise ValueError(f"ts: expected a non-empty 1-D array of times, got shape {ts.shape}")
         if _is_concrete(ts, t1):
             ts_np = np.asarray(ts)
-            if not np.all(np.isfinite(ts_np)) or np.any(np.diff(ts_np) < 0) or ts_np[0] < 0 or ts_np[-1] > float(t1):
-                raise ValueError(f"ts: must be finite, non-decreasing and inside [0, t1={t1}], got {ts_np.tolist()[:6]}...")
+            if (
+                not np.all(np.isfinite(ts_np))
+                or np.any(np.diff(ts_np) < 0)
+                or ts_np[0] < 0
+                or ts_np[-1] > float(t1)
+            ):
+                raise ValueError(
+                    f"ts: must be finite, non-decreasing and inside [0, t1={t1}], got {ts_np.tolist()[:6]}..."
+                )
     solver = diffrax.Tsit5() if solver is None else solver
     traj = _integrate(
-        field, system, z0, jnp.asarray(eta, dtype), jnp.asarray(t1, dtype), ts, solver,
-        float(rtol), float(atol), int(max_steps),
+        field,
+        system,
+        z0,
+        jnp.asarray(eta, dtype),
+        jnp.asarray(t1, dtype),
+        ts,
+        solver,
+        float(rtol),
+        float(atol),
+        int(max_steps),
     )
     hint = (
         f"(max_steps={max_steps}, rtol={rtol}, atol={atol}, t1={t1}). Increase `max_steps`, loosen "

@@ -62,7 +62,9 @@ def _fixed_point(field, system, z0, rtol, atol, max_steps):
 
 def _accepted(z, result, residual, rtol, atol):
     """Newton succeeded and left a residual ‖field(z*)‖_∞ within 1e3·(atol + rtol·‖z*‖_∞)."""
-    return (result == optx.RESULTS.successful) & (residual <= 1e3 * atol + 1e3 * rtol * jnp.max(jnp.abs(z)))
+    return (result == optx.RESULTS.successful) & (
+        residual <= 1e3 * atol + 1e3 * rtol * jnp.max(jnp.abs(z))
+    )
 
 
 def _converged(field, system, z, result, rtol, atol):
@@ -86,7 +88,13 @@ def _validate_batch(systems: FeatureSystem) -> int:
     if not isinstance(systems, FeatureSystem):
         raise ValueError(f"systems: expected a batched FeatureSystem, got {type(systems).__name__}")
     U, s, lam = (np.asarray(x, dtype=float) for x in systems)
-    if U.ndim != 3 or s.ndim != 2 or lam.ndim != 1 or not (U.shape[0] == s.shape[0] == lam.shape[0]) or U.shape[2] != s.shape[1]:
+    if (
+        U.ndim != 3
+        or s.ndim != 2
+        or lam.ndim != 1
+        or not (U.shape[0] == s.shape[0] == lam.shape[0])
+        or U.shape[2] != s.shape[1]
+    ):
         raise ValueError(
             f"systems: expected a batch U (B, n, d), s (B, d), lam (B,), got shapes {U.shape}, {s.shape}, {lam.shape}; "
             "stack single systems with ntkdyn.stack_systems"
@@ -101,7 +109,9 @@ def _validate_batch(systems: FeatureSystem) -> int:
     err = np.max(np.abs(np.einsum("bni,bnj->bij", U, U) - np.eye(U.shape[2])))
     tol = 1e-10 if np.asarray(systems.U).dtype == np.float64 else 1e-4
     if err > tol:
-        raise ValueError(f"systems.U: columns are not orthonormal (max |UᵀU - I| = {err:.2e} > {tol:.0e})")
+        raise ValueError(
+            f"systems.U: columns are not orthonormal (max |UᵀU - I| = {err:.2e} > {tol:.0e})"
+        )
     return U.shape[0]
 
 
@@ -234,7 +244,9 @@ def _surface(out, ok, result, residual, rtol, atol, max_steps):
     msg = f"Newton's method did not reach a fixed point of the field {_hint(rtol, atol, max_steps)}"
     if _is_concrete(ok):
         if not bool(jnp.all(ok)):
-            raise SolverError(f"{msg} Solver status: {optx.RESULTS[result] or 'converged'}; residual {float(jnp.max(residual)):.2e}.")
+            raise SolverError(
+                f"{msg} Solver status: {optx.RESULTS[result] or 'converged'}; residual {float(jnp.max(residual)):.2e}."
+            )
         return out
     return eqx.error_if(out, ~ok, msg)
 
@@ -266,12 +278,15 @@ def fixed_point_jacobian_s(
         ValueError: for a bad ``system`` or ``z0``.
         SolverError: Newton did not converge.
     """
-    return fixed_point_and_jacobian_s(field, system, z0, rtol=rtol, atol=atol, max_steps=max_steps)[1]
+    return fixed_point_and_jacobian_s(field, system, z0, rtol=rtol, atol=atol, max_steps=max_steps)[
+        1
+    ]
 
 
 @functools.partial(jax.jit, static_argnames=("field", "rtol", "atol", "max_steps"))
 def _jacobian_s(field, system, z0, rtol, atol, max_steps):
     """∂z*/∂s and, from the same Newton solve, z*, its result code and residual."""
+
     def z_star(s):
         z, result = _root(field, system._replace(s=s), z0, rtol, atol, max_steps)
         return z, (z, result)
@@ -308,7 +323,9 @@ def fixed_point_and_jacobian_s(
     _validate_system(system)
     z0 = _default_z0(field, system, z0)
     rtol, atol = _tolerances(rtol, atol, z0.dtype)
-    J, z, result, residual = _jacobian_s(field, system, z0, float(rtol), float(atol), int(max_steps))
+    J, z, result, residual = _jacobian_s(
+        field, system, z0, float(rtol), float(atol), int(max_steps)
+    )
     ok = _accepted(z, result, residual, rtol, atol)
     return _surface((z, J), ok, result, residual, rtol, atol, max_steps)
 
@@ -383,7 +400,9 @@ def finite_difference_jacobian_s(
     rtol, atol = _tolerances(rtol, atol, s.dtype, scale=0.1)
 
     def z_star(si):
-        return fixed_point(field, system._replace(s=si), z0, rtol=rtol, atol=atol, max_steps=max_steps)
+        return fixed_point(
+            field, system._replace(s=si), z0, rtol=rtol, atol=atol, max_steps=max_steps
+        )
 
     cols = [(z_star(s + h * eye[i]) - z_star(s - h * eye[i])) / (2 * h) for i in range(s.shape[0])]
     return jnp.stack(cols, axis=1)
@@ -430,4 +449,8 @@ def sd_square_margin(lam: float) -> float:
     """
     if not np.isfinite(lam) or lam <= 0:
         raise ValueError(f"lam: must be a finite number > 0, got {lam}")
-    return float(scipy.optimize.brentq(lambda a: scipy.special.expit(-a) - lam * a, 0.0, 1.0 / lam, xtol=1e-15, rtol=1e-15))
+    return float(
+        scipy.optimize.brentq(
+            lambda a: scipy.special.expit(-a) - lam * a, 0.0, 1.0 / lam, xtol=1e-15, rtol=1e-15
+        )
+    )

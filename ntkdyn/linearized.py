@@ -100,7 +100,9 @@ class GDTrace(NamedTuple):
         return responses_from_outputs(self.outputs, self.f0, y, U)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "linearized", "center", "num_blocks", "save_every"))
+@functools.partial(
+    jax.jit, static_argnames=("apply_fn", "linearized", "center", "num_blocks", "save_every")
+)
 def _run(apply_fn, params0, x, y, eta, wd, sd, *, linearized, center, num_blocks, save_every):
     n = x.shape[0]
     if linearized:
@@ -186,12 +188,22 @@ def train_gd(
     if int(num_steps) != num_steps or num_steps < 1:
         raise ValueError(f"num_steps: must be a positive integer, got {num_steps}")
     if int(save_every) != save_every or save_every < 1 or num_steps % save_every:
-        raise ValueError(f"save_every: must be a positive divisor of num_steps={num_steps}, got {save_every}")
+        raise ValueError(
+            f"save_every: must be a positive divisor of num_steps={num_steps}, got {save_every}"
+        )
     dtype = jax.eval_shape(apply_fn, params0, x).dtype
     yv = jnp.asarray(signed_labels(y, x.shape[0]), dtype)
     outs, f0, params = _run(
-        apply_fn, params0, x, yv, jnp.asarray(eta, dtype), jnp.asarray(weight_decay, dtype), jnp.asarray(sd, dtype),
-        linearized=bool(linearized), center=bool(center), num_blocks=int(num_steps) // int(save_every),
+        apply_fn,
+        params0,
+        x,
+        yv,
+        jnp.asarray(eta, dtype),
+        jnp.asarray(weight_decay, dtype),
+        jnp.asarray(sd, dtype),
+        linearized=bool(linearized),
+        center=bool(center),
+        num_blocks=int(num_steps) // int(save_every),
         save_every=int(save_every),
     )
     steps = jnp.arange(outs.shape[0]) * int(save_every)

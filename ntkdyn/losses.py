@@ -52,7 +52,9 @@ def to_signed(y01: ArrayLike) -> Array:
     return 2.0 * y01.astype(jnp.result_type(float)) - 1.0
 
 
-def logistic_loss(logits: Float[Array, " n"], y: Float[Array, " n"], *, reduction: str = "mean") -> Array:
+def logistic_loss(
+    logits: Float[Array, " n"], y: Float[Array, " n"], *, reduction: str = "mean"
+) -> Array:
     """Logistic loss on signed labels: ℓ = log(1 + exp(−y f)) = softplus(−y f).
 
     Args:
@@ -98,7 +100,9 @@ def binary_accuracy(logits: Float[Array, " n"], y01: Float[Array, " n"]) -> Arra
         The scalar accuracy in [0, 1].
     """
     _check_pair(logits, y01, name_y="y01")
-    return jnp.mean(((logits > 0).astype(jnp.float32) == jnp.asarray(y01, jnp.float32)).astype(jnp.float32))
+    return jnp.mean(
+        ((logits > 0).astype(jnp.float32) == jnp.asarray(y01, jnp.float32)).astype(jnp.float32)
+    )
 
 
 def sd_penalty(logits: Float[Array, " n"]) -> Array:
@@ -164,7 +168,9 @@ def vrex_penalty(risks: Float[Array, " e"]) -> Array:
     """
     risks = jnp.asarray(risks)
     if risks.ndim != 1 or risks.shape[0] < 2:
-        raise ValueError(f"risks: expected a 1-D array of >= 2 environment risks, got shape {risks.shape}")
+        raise ValueError(
+            f"risks: expected a 1-D array of >= 2 environment risks, got shape {risks.shape}"
+        )
     return jnp.var(risks)
 
 
@@ -222,8 +228,12 @@ def group_dro_update(
     adjusted = group_loss
     if adjustment is not None:
         if group_counts is None:
-            raise ValueError("group_counts: required when adjustment is given (the C/sqrt(n_g) term)")
-        adjusted = group_loss + jnp.asarray(adjustment) / jnp.sqrt(jnp.asarray(group_counts, group_loss.dtype))
+            raise ValueError(
+                "group_counts: required when adjustment is given (the C/sqrt(n_g) term)"
+            )
+        adjusted = group_loss + jnp.asarray(adjustment) / jnp.sqrt(
+            jnp.asarray(group_counts, group_loss.dtype)
+        )
     present = counts > 0
     q = state.q * jnp.where(present, jnp.exp(step_size * jax.lax.stop_gradient(adjusted)), 1.0)
     q = q / q.sum()

@@ -139,7 +139,9 @@ class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"out: {str(self.path)!r} exists and is not a directory; pass a directory path")
+            raise ValueError(
+                f"out: {str(self.path)!r} exists and is not a directory; pass a directory path"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
 
     def file(self, name: str) -> Path:
@@ -162,7 +164,9 @@ class RunDir:
         """Write a text file (e.g. ``summary.md``) in the run directory."""
         return atomic_write_text(self.file(name), text)
 
-    def write_metrics(self, records: Iterable[Mapping[str, Any]], name: str = "metrics.jsonl") -> Path:
+    def write_metrics(
+        self, records: Iterable[Mapping[str, Any]], name: str = "metrics.jsonl"
+    ) -> Path:
         """Write metrics over time as JSON lines (one record per line), atomically."""
         lines = [json.dumps(to_jsonable(r), sort_keys=True, allow_nan=False) for r in records]
         return atomic_write_text(self.file(name), "".join(line + "\n" for line in lines))
@@ -175,7 +179,9 @@ class RunDir:
         np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
         return atomic_write_bytes(self.file(name), buf.getvalue())
 
-    def save_figure(self, fig: Any, stem: str, *, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
+    def save_figure(
+        self, fig: Any, stem: str, *, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150
+    ) -> list[Path]:
         """Save a matplotlib figure as ``stem.png`` and ``stem.pdf`` (atomically) and close it.
 
         PDF metadata carries no creation date, so the same figure gives the same bytes.
@@ -187,7 +193,11 @@ class RunDir:
         paths = []
         for fmt in formats:
             buf = io.BytesIO()
-            metadata = {"CreationDate": None} if fmt == "pdf" else ({"Software": None} if fmt == "png" else None)
+            metadata = (
+                {"CreationDate": None}
+                if fmt == "pdf"
+                else ({"Software": None} if fmt == "png" else None)
+            )
             fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
             paths.append(atomic_write_bytes(self.file(f"{stem}.{fmt}"), buf.getvalue()))
         plt.close(fig)

@@ -61,7 +61,9 @@ def _orthonormality_tol(dtype) -> float:
     return 1e-10 if jnp.dtype(dtype) == jnp.float64 else 1e-4
 
 
-def feature_system(U: ArrayLike, s: ArrayLike, lam: ArrayLike, *, atol: float | None = None) -> FeatureSystem:
+def feature_system(
+    U: ArrayLike, s: ArrayLike, lam: ArrayLike, *, atol: float | None = None
+) -> FeatureSystem:
     """Validate (U, s, λ) and return a :class:`FeatureSystem`.
 
     Args:
@@ -86,19 +88,29 @@ def feature_system(U: ArrayLike, s: ArrayLike, lam: ArrayLike, *, atol: float | 
         raise ValueError(f"s: expected a 1-D vector of singular values, got shape {s_np.shape}")
     n, d = U_np.shape
     if s_np.shape[0] != d:
-        raise ValueError(f"s: has {s_np.shape[0]} singular values but U has d={d} columns; pass one value per column of U")
+        raise ValueError(
+            f"s: has {s_np.shape[0]} singular values but U has d={d} columns; pass one value per column of U"
+        )
     if n < d:
         raise ValueError(f"U: has n={n} rows < d={d} columns, so its columns cannot be orthonormal")
     if lam_np.ndim != 0:
         raise ValueError(f"lam: expected a scalar, got shape {lam_np.shape}")
     for name, arr in (("U", U_np), ("s", s_np), ("lam", lam_np)):
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name}: contains non-finite values (NaN or inf); pass finite numbers")
+            raise ValueError(
+                f"{name}: contains non-finite values (NaN or inf); pass finite numbers"
+            )
     if np.any(s_np <= 0):
-        raise ValueError(f"s: singular values must be > 0, got {s_np.tolist()}; drop zero directions or use system_from_matrix")
+        raise ValueError(
+            f"s: singular values must be > 0, got {s_np.tolist()}; drop zero directions or use system_from_matrix"
+        )
     if lam_np < 0:
         raise ValueError(f"lam: must be >= 0, got {float(lam_np)}")
-    dtype = jnp.asarray(U).dtype if jnp.issubdtype(jnp.asarray(U).dtype, jnp.floating) else jnp.result_type(float)
+    dtype = (
+        jnp.asarray(U).dtype
+        if jnp.issubdtype(jnp.asarray(U).dtype, jnp.floating)
+        else jnp.result_type(float)
+    )
     tol = _orthonormality_tol(dtype) if atol is None else atol
     err = np.max(np.abs(U_np.T @ U_np - np.eye(d)))
     if err > tol:
@@ -106,7 +118,9 @@ def feature_system(U: ArrayLike, s: ArrayLike, lam: ArrayLike, *, atol: float | 
             f"U: columns are not orthonormal (max |UᵀU - I| = {err:.2e} > {tol:.0e}); "
             "orthonormalise it (e.g. with a QR decomposition) or build the system with system_from_matrix"
         )
-    return FeatureSystem(jnp.asarray(U_np, dtype), jnp.asarray(s_np, dtype), jnp.asarray(lam_np, dtype))
+    return FeatureSystem(
+        jnp.asarray(U_np, dtype), jnp.asarray(s_np, dtype), jnp.asarray(lam_np, dtype)
+    )
 
 
 def rotation_matrix(delta: ArrayLike) -> Float[Array, "2 2"]:
@@ -227,4 +241,6 @@ def stack_systems(systems) -> FeatureSystem:
     if len(shapes) != 1:
         raise ValueError(f"systems: all systems must have the same shapes, got {sorted(shapes)}")
     dtype = jnp.asarray(systems[0].s).dtype
-    return FeatureSystem(*(jnp.asarray(np.stack([np.asarray(sy[i]) for sy in systems]), dtype) for i in range(3)))
+    return FeatureSystem(
+        *(jnp.asarray(np.stack([np.asarray(sy[i]) for sy in systems]), dtype) for i in range(3))
+    )

@@ -82,7 +82,9 @@ class NTKMethod(enum.Enum):
 def _check_x(x: ArrayLike, name: str) -> Array:
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError(f"{name}: expected a batch of inputs shaped (n, ...) with n >= 1, got shape {x.shape}")
+        raise ValueError(
+            f"{name}: expected a batch of inputs shaped (n, ...) with n >= 1, got shape {x.shape}"
+        )
     if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"{name}: contains non-finite values (NaN or inf); clean the inputs first")
     return x
@@ -196,7 +198,9 @@ def tangent_features(
     x = _check_x(x, "x")
     output_axis = _check_output_axis(output_axis)
     K = _out_shape(apply_fn, params, x, output_axis)
-    blocks = [_jacobian_flat(apply_fn, params, x[a:b], K=K) for a, b in _batches(x.shape[0], batch_size)]
+    blocks = [
+        _jacobian_flat(apply_fn, params, x[a:b], K=K) for a, b in _batches(x.shape[0], batch_size)
+    ]
     return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=0)
 
 
@@ -323,7 +327,9 @@ def _ntk_structured(apply_fn, params, x1, x2, K, batch_size, same):
     rows = _batches(x1.shape[0], batch_size)
     if len(rows) == 1:
         return _structured_jit(apply_fn, params, x1, x2, K=K, same=same)
-    return jnp.concatenate([_structured_jit(apply_fn, params, x1[a:b], x2, K=K, same=False) for a, b in rows], axis=0)
+    return jnp.concatenate(
+        [_structured_jit(apply_fn, params, x1[a:b], x2, K=K, same=False) for a, b in rows], axis=0
+    )
 
 
 def empirical_ntk(
@@ -367,7 +373,9 @@ def empirical_ntk(
     same = x2 is None
     x2 = x1 if same else _check_x(x2, "x2")
     if x1.shape[1:] != x2.shape[1:]:
-        raise ValueError(f"x2: examples have shape {x2.shape[1:]} but x1's have {x1.shape[1:]}; they must match")
+        raise ValueError(
+            f"x2: examples have shape {x2.shape[1:]} but x1's have {x1.shape[1:]}; they must match"
+        )
     output_axis = _check_output_axis(output_axis)
     K = _out_shape(apply_fn, params, x1, output_axis, "x1")
     _batches(x1.shape[0], batch_size)
@@ -407,7 +415,9 @@ def signed_labels(y: ArrayLike, n: int, name: str = "y") -> np.ndarray:
         return y
     if values <= {0.0, 1.0}:
         return 2.0 * y - 1.0
-    raise ValueError(f"{name}: labels must lie in {{-1, +1}} or {{0, 1}}, got values {sorted(values)[:6]}")
+    raise ValueError(
+        f"{name}: labels must lie in {{-1, +1}} or {{0, 1}}, got values {sorted(values)[:6]}"
+    )
 
 
 class FeatureSpectrum(NamedTuple):
@@ -499,14 +509,18 @@ def feature_spectrum(
     theta = empirical_ntk(apply_fn, params, x, method=method, batch_size=batch_size)
     G = np.asarray(theta, dtype=np.float64)
     if not np.all(np.isfinite(G)):
-        raise ValueError("x: the empirical NTK has non-finite entries; check the inputs and params for overflow")
+        raise ValueError(
+            "x: the empirical NTK has non-finite entries; check the inputs and params for overflow"
+        )
     G = 0.5 * (G + G.T)
     G = yv[:, None] * G * yv[None, :]
     evals, evecs = np.linalg.eigh(G)
     order = np.argsort(evals)[::-1]
     evals, evecs = evals[order], evecs[:, order]
     if evals[0] <= 0:
-        raise ValueError("x: the tangent features are zero on these inputs (the NTK is zero); nothing to decompose")
+        raise ValueError(
+            "x: the tangent features are zero on these inputs (the NTK is zero); nothing to decompose"
+        )
     if tol is None:
         tol = x.shape[0] * float(jnp.finfo(theta.dtype).eps)
     keep = evals > tol * evals[0]
@@ -532,11 +546,15 @@ def feature_spectrum(
 def _check_U(U: ArrayLike, n: int) -> Array:
     U = jnp.asarray(U)
     if U.ndim != 2 or U.shape[0] != n:
-        raise ValueError(f"U: expected an ({n}, d) matrix of left singular vectors, got shape {U.shape}")
+        raise ValueError(
+            f"U: expected an ({n}, d) matrix of left singular vectors, got shape {U.shape}"
+        )
     return U
 
 
-def _response_fn(apply_fn: ApplyFn, params0: Any, x: ArrayLike, y: ArrayLike, U: ArrayLike) -> Callable[[Any], Array]:
+def _response_fn(
+    apply_fn: ApplyFn, params0: Any, x: ArrayLike, y: ArrayLike, U: ArrayLike
+) -> Callable[[Any], Array]:
     """Validate the inputs once; return θ ↦ z = Uᵀ Y (f(X; θ) − f(X; θ₀))."""
     x = _check_x(x, "x")
     _out_shape(apply_fn, params0, x, None)
@@ -576,7 +594,9 @@ def responses_from_outputs(
     n = f0.shape[0]
     outputs = jnp.asarray(outputs)
     if outputs.ndim < 1 or outputs.shape[-1] != n:
-        raise ValueError(f"outputs: expected (..., {n}) outputs on the {n} examples of f0, got shape {outputs.shape}")
+        raise ValueError(
+            f"outputs: expected (..., {n}) outputs on the {n} examples of f0, got shape {outputs.shape}"
+        )
     dtype = jnp.result_type(outputs, f0, float)
     yv = jnp.asarray(signed_labels(y, n), dtype)
     U = _check_U(U, n).astype(dtype)

@@ -25,7 +25,9 @@ def test_diagonal_closed_form(x, depth):
     sw = 1.3
     theta, nngp = relu_ntk(x, depth=depth, sigma_w=sw, return_nngp=True)
     base = sw**2 * jnp.sum(x * x, axis=1) / 4
-    np.testing.assert_allclose(jnp.diag(theta), (depth + 1) * (sw**2 / 2) ** depth * base, rtol=1e-12)
+    np.testing.assert_allclose(
+        jnp.diag(theta), (depth + 1) * (sw**2 / 2) ** depth * base, rtol=1e-12
+    )
     np.testing.assert_allclose(jnp.diag(nngp), (sw**2 / 2) ** depth * base, rtol=1e-12)
 
 
@@ -53,7 +55,9 @@ def _relative_errors(x, widths, seeds, sigma_b):
     for w in widths:
         e = []
         for s in range(seeds):
-            apply_fn, params = init_ntk_mlp(jax.random.PRNGKey(100 + s), 4, [w, w], sigma_w=1.4, sigma_b=sigma_b)
+            apply_fn, params = init_ntk_mlp(
+                jax.random.PRNGKey(100 + s), 4, [w, w], sigma_w=1.4, sigma_b=sigma_b
+            )
             emp = empirical_ntk(apply_fn, params, x, method=NTKMethod.NTK_VECTOR_PRODUCTS)
             e.append(float(jnp.linalg.norm(emp - exact) / jnp.linalg.norm(exact)))
         errs.append(np.mean(e))
@@ -77,7 +81,11 @@ def test_convergence_rate_is_inverse_sqrt_width(x):
 
 @pytest.mark.parametrize(
     "kw, match",
-    [(dict(depth=-1), "depth"), (dict(depth=1, sigma_w=0.0), "sigma_w"), (dict(depth=1, sigma_b=-1.0), "sigma_b")],
+    [
+        (dict(depth=-1), "depth"),
+        (dict(depth=1, sigma_w=0.0), "sigma_w"),
+        (dict(depth=1, sigma_b=-1.0), "sigma_b"),
+    ],
 )
 def test_bad_input_names_argument(x, kw, match):
     with pytest.raises(ValueError, match=match):

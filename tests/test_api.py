@@ -37,7 +37,9 @@ def test_help_for_every_subcommand(command, capsys):
 
 
 def test_unknown_command_is_one_line_error():
-    proc = subprocess.run([sys.executable, "-m", "ntkdyn.cli", "bogus"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ntkdyn.cli", "bogus"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

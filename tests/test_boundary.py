@@ -31,7 +31,9 @@ def test_full_circle():
     values = R - np.hypot(X1 - centre[0], X2 - centre[1])
     pts = _points(1)
     segs = zero_level_set(G, G, values)
-    np.testing.assert_allclose(boundary_distances(segs, pts), np.abs(np.linalg.norm(pts - centre, axis=1) - R), atol=2e-4)
+    np.testing.assert_allclose(
+        boundary_distances(segs, pts), np.abs(np.linalg.norm(pts - centre, axis=1) - R), atol=2e-4
+    )
     # Band covering the whole circle: every line through the centre fits equally badly, r = R/√2.
     assert line_residual(segs, (-2.0, 2.0)) == pytest.approx(R / np.sqrt(2), rel=1e-4)
 

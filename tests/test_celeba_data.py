@@ -22,7 +22,9 @@ from ntkdyn.data.celeba_fixture import write_celeba_fixture
 
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory):
-    return write_celeba_fixture(tmp_path_factory.mktemp("celeba"), seed=3, n_train=200, n_val=40, n_test=40)
+    return write_celeba_fixture(
+        tmp_path_factory.mktemp("celeba"), seed=3, n_train=200, n_val=40, n_test=40
+    )
 
 
 def _copy(src, dst):
@@ -54,14 +56,23 @@ def test_groups_and_counts(fixture_dir):
     # labels agree with the attribute file
     files, names, values = read_attributes(fixture_dir / "list_attr_celeba.txt")
     i = files.index("000005.jpg")
-    assert train.y[4] == (values[i, names.index("Blond_Hair")] == 1) and train.a[4] == (values[i, names.index("Male")] == 1)
+    assert train.y[4] == (values[i, names.index("Blond_Hair")] == 1) and train.a[4] == (
+        values[i, names.index("Male")] == 1
+    )
     text = data.describe()
     assert "Blond_Hair=1,Male=1" in text and f"{counts[3]:>8}" in text
-    assert data.group_names == ["Blond_Hair=0,Male=0", "Blond_Hair=0,Male=1", "Blond_Hair=1,Male=0", "Blond_Hair=1,Male=1"]
+    assert data.group_names == [
+        "Blond_Hair=0,Male=0",
+        "Blond_Hair=0,Male=1",
+        "Blond_Hair=1,Male=0",
+        "Blond_Hair=1,Male=1",
+    ]
 
 
 def test_other_attributes_and_csv_export(fixture_dir, tmp_path):
-    csv_dir = write_celeba_fixture(tmp_path / "csv", seed=3, n_train=200, n_val=40, n_test=40, csv=True)
+    csv_dir = write_celeba_fixture(
+        tmp_path / "csv", seed=3, n_train=200, n_val=40, n_test=40, csv=True
+    )
     assert not (csv_dir / "list_attr_celeba.txt").exists()
     a, b = load_celeba(fixture_dir), load_celeba(csv_dir)
     for s in ("train", "val", "test"):
@@ -84,15 +95,22 @@ def test_fixture_is_deterministic(tmp_path):
 
 def test_load_image_matches_reference_transform(fixture_dir):
     path = fixture_dir / "img_align_celeba" / "000002.jpg"
-    with Image.open(path) as img:  # torchvision: CenterCrop(178) then Resize(224), ToTensor, Normalize
-        ref = np.asarray(img.convert("RGB").crop((0, 20, 178, 198)).resize((224, 224), Image.BILINEAR), np.float32)
+    with Image.open(
+        path
+    ) as img:  # torchvision: CenterCrop(178) then Resize(224), ToTensor, Normalize
+        ref = np.asarray(
+            img.convert("RGB").crop((0, 20, 178, 198)).resize((224, 224), Image.BILINEAR),
+            np.float32,
+        )
     ref = (ref / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     out = load_image(path, 224)
     assert out.shape == (224, 224, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out, ref, atol=1e-5)
     small = load_image(path, 32)  # reduced-scale decode: close to the full-resolution path
     with Image.open(path) as img:
-        full = np.asarray(img.convert("RGB").crop((0, 20, 178, 198)).resize((32, 32), Image.BILINEAR), np.float32)
+        full = np.asarray(
+            img.convert("RGB").crop((0, 20, 178, 198)).resize((32, 32), Image.BILINEAR), np.float32
+        )
     full = (full / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     assert small.shape == (32, 32, 3) and np.mean(np.abs(small - full)) < 0.1
 
@@ -103,7 +121,11 @@ def test_pipeline_order_padding_and_sharding(fixture_dir):
     np.testing.assert_array_equal(order, epoch_order(len(split), seed=1, epoch=0))
     assert not np.array_equal(order, epoch_order(len(split), seed=1, epoch=1))
     assert sorted(order) == list(range(len(split)))
-    batches = list(iterate_batches(split, order, batch_size=16, image_size=24, pad_to_multiple=4, workers=3, prefetch=1))
+    batches = list(
+        iterate_batches(
+            split, order, batch_size=16, image_size=24, pad_to_multiple=4, workers=3, prefetch=1
+        )
+    )
     assert [len(b["index"]) for b in batches] == [16, 16, 8]
     idx = np.concatenate([b["index"][b["mask"] > 0] for b in batches])
     np.testing.assert_array_equal(idx, order)
@@ -111,11 +133,21 @@ def test_pipeline_order_padding_and_sharding(fixture_dir):
         np.testing.assert_array_equal(b["group"], split.group[b["index"]])
         assert b["image"].shape[1:] == (24, 24, 3)
     np.testing.assert_allclose(batches[0]["image"][3], load_image(split.paths[order[3]], 24))
-    odd = list(iterate_batches(split, order[:21], batch_size=16, image_size=24, pad_to_multiple=4, workers=2))
+    odd = list(
+        iterate_batches(
+            split, order[:21], batch_size=16, image_size=24, pad_to_multiple=4, workers=2
+        )
+    )
     assert len(odd[1]["index"]) == 8 and odd[1]["mask"].tolist() == [1] * 5 + [0] * 3
-    assert len(list(iterate_batches(split, order[:21], batch_size=16, image_size=24, drop_last=True))) == 1
+    assert (
+        len(list(iterate_batches(split, order[:21], batch_size=16, image_size=24, drop_last=True)))
+        == 1
+    )
     # two processes each take their contiguous half of every global batch
-    halves = [list(iterate_batches(split, order, batch_size=16, image_size=24, shard=(p, 2))) for p in (0, 1)]
+    halves = [
+        list(iterate_batches(split, order, batch_size=16, image_size=24, shard=(p, 2)))
+        for p in (0, 1)
+    ]
     for full, h0, h1 in zip(batches, *halves, strict=True):
         np.testing.assert_array_equal(np.concatenate([h0["index"], h1["index"]]), full["index"])
 

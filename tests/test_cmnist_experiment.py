@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ntkdyn.experiments import colored_mnist as X
 
-from experiments import colored_mnist as X
 from ntkdyn.cli import main
 from ntkdyn.data.colored_mnist import colored_mnist
 from ntkdyn.data.mnist import load_mnist
@@ -43,10 +43,14 @@ def fy():
 
 def test_penalties_by_hand(fy):
     f, _, y, _ = fy
-    assert float(binary_cross_entropy(jnp.asarray(f), jnp.asarray(y))) == pytest.approx(_bce(f, y), rel=1e-12)
+    assert float(binary_cross_entropy(jnp.asarray(f), jnp.asarray(y))) == pytest.approx(
+        _bce(f, y), rel=1e-12
+    )
     # IRMv1: d/dw mean BCE(w f, y) at w = 1 = mean((σ(f) − y) f)
     sig = 1 / (1 + np.exp(-f))
-    assert float(irm_penalty(jnp.asarray(f), jnp.asarray(y))) == pytest.approx(np.mean((sig - y) * f) ** 2, rel=1e-10)
+    assert float(irm_penalty(jnp.asarray(f), jnp.asarray(y))) == pytest.approx(
+        np.mean((sig - y) * f) ** 2, rel=1e-10
+    )
     assert float(sd_penalty(jnp.asarray(f))) == pytest.approx(np.mean(f**2), rel=1e-12)
     assert float(4 * vrex_penalty(jnp.asarray([0.3, 0.8]))) == pytest.approx(0.25, rel=1e-12)
 
@@ -55,11 +59,20 @@ def test_penalties_by_hand(fy):
 @pytest.mark.parametrize("step", [0, 99, 100, 1000])
 def test_objectives_by_hand(fy, name, step):
     f1, f2, y1, y2 = fy
-    cfg = dataclasses.replace(X.DEFAULTS[name], anneal_steps=100, penalty=X.DEFAULTS[name].penalty or 3.0,
-                              l2=X.DEFAULTS[name].l2 or 0.01)
+    cfg = dataclasses.replace(
+        X.DEFAULTS[name],
+        anneal_steps=100,
+        penalty=X.DEFAULTS[name].penalty or 3.0,
+        l2=X.DEFAULTS[name].l2 or 0.01,
+    )
     sq = 2.5
-    loss, _ = X.method_loss(cfg)((jnp.asarray(f1), jnp.asarray(f2)), (jnp.asarray(y1), jnp.asarray(y2)), sq,
-                                 {"penalty": cfg.penalty, "l2": cfg.l2}, jnp.int32(step))
+    loss, _ = X.method_loss(cfg)(
+        (jnp.asarray(f1), jnp.asarray(f2)),
+        (jnp.asarray(y1), jnp.asarray(y2)),
+        sq,
+        {"penalty": cfg.penalty, "l2": cfg.l2},
+        jnp.int32(step),
+    )
     f, y = np.concatenate([f1, f2]), np.concatenate([y1, y2])
     r1, r2, nll = _bce(f1, y1), _bce(f2, y2), _bce(f, y)
     after = step >= 100
@@ -69,8 +82,10 @@ def test_objectives_by_hand(fy, name, step):
         sd = np.mean(f**2)
         want = cfg.penalty * (nll + sd) if after else nll + cfg.penalty * sd
     elif name == "irm":
+
         def pen(fe, ye):
             return np.mean((1 / (1 + np.exp(-fe)) - ye) * fe) ** 2
+
         w = cfg.penalty if after else 1.0
         want = (0.5 * (r1 + r2) + cfg.l2 * sq + w * 0.5 * (pen(f1, y1) + pen(f2, y2))) / max(w, 1.0)
     else:
@@ -98,14 +113,25 @@ def test_vmapped_equals_sequential(small):
     batches = X.prepare_batches(envs, grayscale=False, n_z=10)
     together = X.train_method(cfg, batches, keys, log_every=4)
     for s in (0, 2):
-        alone = X.train_method(cfg, jax.tree_util.tree_map(lambda a, s=s: a[s : s + 1], batches), keys[s : s + 1], log_every=4)
-        _assert_params_close(jax.tree_util.tree_map(lambda a, s=s: a[s], together.params),
-                             jax.tree_util.tree_map(lambda b: b[0], alone.params))
-        np.testing.assert_allclose(together.history["test_acc"][s], alone.history["test_acc"][0], atol=1e-6)
+        alone = X.train_method(
+            cfg,
+            jax.tree_util.tree_map(lambda a, s=s: a[s : s + 1], batches),
+            keys[s : s + 1],
+            log_every=4,
+        )
+        _assert_params_close(
+            jax.tree_util.tree_map(lambda a, s=s: a[s], together.params),
+            jax.tree_util.tree_map(lambda b: b[0], alone.params),
+        )
+        np.testing.assert_allclose(
+            together.history["test_acc"][s], alone.history["test_acc"][0], atol=1e-6
+        )
     chunked = X.train_method(cfg, batches, keys, log_every=4, seed_chunk=2)  # chunks of 2 and 1
     _assert_params_close(together.params, chunked.params)
     # Eigen's products (the CPU default of `ntkdyn cmnist`) change nothing beyond float rounding
-    eigen = X.train_method(cfg, batches, keys, log_every=4, seed_chunk=2, compiler_options=eigen_matmul_options())
+    eigen = X.train_method(
+        cfg, batches, keys, log_every=4, seed_chunk=2, compiler_options=eigen_matmul_options()
+    )
     _assert_params_close(together.params, eigen.params)
 
 
@@ -114,7 +140,9 @@ def test_training_matches_a_plain_loop(small):
     import optax
 
     envs, keys = small
-    cfg = dataclasses.replace(X.DEFAULTS["sd"], hidden=8, steps=6, anneal_steps=3, penalty=0.5, lr=1e-2)
+    cfg = dataclasses.replace(
+        X.DEFAULTS["sd"], hidden=8, steps=6, anneal_steps=3, penalty=0.5, lr=1e-2
+    )
     batches = jax.tree_util.tree_map(lambda a: a[:1], X.prepare_batches(envs, grayscale=False))
     run = X.train_method(cfg, batches, keys[:1], log_every=None)
     apply_fn, params = X.init_params(cfg, keys[:1])
@@ -123,15 +151,19 @@ def test_training_matches_a_plain_loop(small):
     opt = optax.adam(cfg.lr)
     state = opt.init(params)
     for t in range(cfg.steps):
+
         def loss(p, t=t):
             f = apply_fn(p, jnp.concatenate([b["x1"], b["x2"]]))[:, 0]
             y = jnp.concatenate([b["y1"], b["y2"]])
             nll, sd = binary_cross_entropy(f, y), jnp.mean(f**2)
             return nll + 0.5 * sd if t < 3 else 0.5 * (nll + sd)
+
         g = jax.grad(loss)(params)
         upd, state = opt.update(g, state, params)
         params = optax.apply_updates(params, upd)
-    for a, c in zip(jax.tree_util.tree_leaves(run.params), jax.tree_util.tree_leaves(params), strict=True):
+    for a, c in zip(
+        jax.tree_util.tree_leaves(run.params), jax.tree_util.tree_leaves(params), strict=True
+    ):
         np.testing.assert_allclose(np.asarray(a[0]), np.asarray(c), rtol=1e-4, atol=1e-6)
 
 
@@ -143,10 +175,16 @@ def test_feature_responses_match_library(small):
     batches = X.prepare_batches(envs, grayscale=False, n_z=20)
     run = X.train_method(cfg, batches, keys, log_every=4)
     curves = X.feature_response_curves(run, batches, seed=1, top=5)
-    assert curves["z"].shape == (3, 5) and np.all(curves["z"][0] == 0) and list(curves["steps"]) == [0, 4, 8]
+    assert (
+        curves["z"].shape == (3, 5)
+        and np.all(curves["z"][0] == 0)
+        and list(curves["steps"]) == [0, 4, 8]
+    )
     p0 = jax.tree_util.tree_map(lambda a: a[1], run.params0)
     pT = jax.tree_util.tree_map(lambda a: a[1], run.params)
-    spec = feature_spectrum(run.apply_fn, p0, batches["xz"][1], batches["yz"][1], method=NTKMethod.STRUCTURED)
+    spec = feature_spectrum(
+        run.apply_fn, p0, batches["xz"][1], batches["yz"][1], method=NTKMethod.STRUCTURED
+    )
     z = feature_responses(run.apply_fn, p0, pT, batches["xz"][1], batches["yz"][1], spec.U[:, :5])
     np.testing.assert_allclose(curves["z"][-1], np.asarray(z), rtol=1e-3, atol=1e-4)
     assert curves["train_acc"].shape == (3,) and np.all(np.diff(curves["s"]) <= 0)
@@ -159,7 +197,7 @@ def test_sharded_restarts_match_one_device(tmp_path):
         import os, sys, json
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
         import dataclasses, jax, numpy as np
-        from experiments import colored_mnist as X
+        from ntkdyn.experiments import colored_mnist as X
         from ntkdyn.data.colored_mnist import colored_mnist
         from ntkdyn.data.mnist import load_mnist
         assert jax.local_device_count() == 4
@@ -177,13 +215,28 @@ def test_sharded_restarts_match_one_device(tmp_path):
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK" in proc.stdout
 
 
 def test_experiment_contract_and_determinism(tmp_path):
-    kw = dict(methods=X.METHODS, restarts=2, data_source="embedded", max_images=240, quick=True, n_z=16, log_every=5)
+    kw = dict(
+        methods=X.METHODS,
+        restarts=2,
+        data_source="embedded",
+        max_images=240,
+        quick=True,
+        n_z=16,
+        log_every=5,
+    )
     res = X.run_experiment(X.resolve_config(**kw), tmp_path / "a", verbose=False)
     assert res["data"] == {**res["data"], "source": "embedded", "n_images": 240}
     assert set(res["methods"]) == set(X.METHODS)
@@ -197,28 +250,54 @@ def test_experiment_contract_and_determinism(tmp_path):
     o = res["methods"]["oracle"]["probe"]
     assert o["digit_gray"]["acc"] == pytest.approx(o["digit_color"]["acc"], abs=1e-6)
     a = tmp_path / "a"
-    for f in ("config.json", "metrics.jsonl", "results.json", "summary.md", "cmnist_probe.png", "cmnist_probe.pdf",
-              "cmnist_feature_responses_over_training.png", "feature_responses.npz"):
+    for f in (
+        "config.json",
+        "metrics.jsonl",
+        "results.json",
+        "summary.md",
+        "cmnist_probe.png",
+        "cmnist_probe.pdf",
+        "cmnist_feature_responses_over_training.png",
+        "feature_responses.npz",
+    ):
         assert (a / f).is_file(), f
     assert json.loads((a / "config.json").read_text())["compiler_options"] == eigen_matmul_options()
     summary = (a / "summary.md").read_text()
-    assert "embedded" in summary and "240 images" in summary and "test environment" in summary and "91.1" in summary
+    assert (
+        "embedded" in summary
+        and "240 images" in summary
+        and "test environment" in summary
+        and "91.1" in summary
+    )
     lines = (a / "metrics.jsonl").read_text().splitlines()
     assert {json.loads(line)["method"] for line in lines} == set(X.METHODS)
     # same seed, same numbers (each method's results do not depend on which others ran)
-    X.run_experiment(X.resolve_config(**{**kw, "methods": ("oracle",)}), tmp_path / "b", verbose=False)
+    X.run_experiment(
+        X.resolve_config(**{**kw, "methods": ("oracle",)}), tmp_path / "b", verbose=False
+    )
     first = json.loads((a / "results.json").read_text())["methods"]["oracle"]
     assert json.loads((tmp_path / "b" / "results.json").read_text())["methods"]["oracle"] == first
 
 
 def test_split_restarts_merge_into_one_run(tmp_path, capsys):
     """Restarts 0–1 and 2 of a protocol, merged, give the numbers of one run of restarts 0–2."""
-    kw = dict(methods=("sd", "oracle"), data_source="embedded", max_images=240, quick=True, n_z=16, log_every=5)
+    kw = dict(
+        methods=("sd", "oracle"),
+        data_source="embedded",
+        max_images=240,
+        quick=True,
+        n_z=16,
+        log_every=5,
+    )
     for stream in ("data", "init"):  # restart r keeps its keys whichever run trains it
-        np.testing.assert_array_equal(X.restart_keys(0, stream, 2, 1), X.restart_keys(0, stream, 0, 3)[2:])
+        np.testing.assert_array_equal(
+            X.restart_keys(0, stream, 2, 1), X.restart_keys(0, stream, 0, 3)[2:]
+        )
     whole = X.run_experiment(X.resolve_config(restarts=3, **kw), tmp_path / "whole", verbose=False)
     X.run_experiment(X.resolve_config(restarts=2, **kw), tmp_path / "a", verbose=False)
-    X.run_experiment(X.resolve_config(restarts=1, first_restart=2, **kw), tmp_path / "b", verbose=False)
+    X.run_experiment(
+        X.resolve_config(restarts=1, first_restart=2, **kw), tmp_path / "b", verbose=False
+    )
     assert "Restarts: 1 (restarts 2–2)" in (tmp_path / "b" / "summary.md").read_text()
     dirs = [str(tmp_path / "b"), str(tmp_path / "a")]  # any order
     assert main(["cmnist", "--merge", *dirs, "--out", str(tmp_path / "m")]) == 0
@@ -234,30 +313,61 @@ def test_split_restarts_merge_into_one_run(tmp_path, capsys):
         for inp, cell in w["probe"].items():
             for k, v in cell.items():  # means and stds pooled from the two runs' summaries
                 assert r["probe"][inp][k] == pytest.approx(v, abs=1e-5), (m, inp, k)
-    curves_whole = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
-    curves_merged = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
-    assert [(c["method"], c["step"]) for c in curves_merged] == [(c["method"], c["step"]) for c in curves_whole]
+    curves_whole = [
+        json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    ]
+    curves_merged = [
+        json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [(c["method"], c["step"]) for c in curves_merged] == [
+        (c["method"], c["step"]) for c in curves_whole
+    ]
     for a, b in zip(curves_merged, curves_whole, strict=True):
-        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-5) and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-5) and a[
+            "loss"
+        ] == pytest.approx(b["loss"], rel=1e-4)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["restarts"] == 3 and [p["first_restart"] for p in config["merged_from"]] == [0, 2]
-    for f in ("summary.md", "cmnist_probe.png", "feature_responses.npz", "cmnist_feature_responses_over_training.png"):
+    for f in (
+        "summary.md",
+        "cmnist_probe.png",
+        "feature_responses.npz",
+        "cmnist_feature_responses_over_training.png",
+    ):
         assert (tmp_path / "m" / f).is_file(), f
     assert "Restarts: 3; seed 0" in (tmp_path / "m" / "summary.md").read_text()
 
 
 def test_merge_bad_input(tmp_path, capsys):
-    kw = dict(methods=("oracle",), data_source="embedded", max_images=240, quick=True, n_z=0, log_every=5)
+    kw = dict(
+        methods=("oracle",), data_source="embedded", max_images=240, quick=True, n_z=0, log_every=5
+    )
     X.run_experiment(X.resolve_config(restarts=2, **kw), tmp_path / "a", verbose=False)
-    X.run_experiment(X.resolve_config(restarts=2, first_restart=1, **kw), tmp_path / "overlap", verbose=False)
-    X.run_experiment(X.resolve_config(restarts=1, first_restart=3, **kw), tmp_path / "gap", verbose=False)
-    X.run_experiment(X.resolve_config(restarts=1, first_restart=2, seed=1, **kw), tmp_path / "seed1", verbose=False)
+    X.run_experiment(
+        X.resolve_config(restarts=2, first_restart=1, **kw), tmp_path / "overlap", verbose=False
+    )
+    X.run_experiment(
+        X.resolve_config(restarts=1, first_restart=3, **kw), tmp_path / "gap", verbose=False
+    )
+    X.run_experiment(
+        X.resolve_config(restarts=1, first_restart=2, seed=1, **kw),
+        tmp_path / "seed1",
+        verbose=False,
+    )
     (tmp_path / "empty").mkdir()
-    cases = [(["a"], "two or more"), (["a", "overlap"], "overlap"), (["a", "gap"], "leave restarts 2–2 out"),
-             (["a", "seed1"], "differ in seed"), (["a", "empty"], "missing config.json"), (["a", "gap"], "--out")]
+    cases = [
+        (["a"], "two or more"),
+        (["a", "overlap"], "overlap"),
+        (["a", "gap"], "leave restarts 2–2 out"),
+        (["a", "seed1"], "differ in seed"),
+        (["a", "empty"], "missing config.json"),
+        (["a", "gap"], "--out"),
+    ]
     for i, (names, match) in enumerate(cases):
         out = tmp_path / ("a" if match == "--out" else f"out{i}")
-        assert main(["cmnist", "--merge", *[str(tmp_path / n) for n in names], "--out", str(out)]) == 2
+        assert (
+            main(["cmnist", "--merge", *[str(tmp_path / n) for n in names], "--out", str(out)]) == 2
+        )
         err = capsys.readouterr().err
         assert "merge" in err and match in err and len(err.strip().splitlines()) == 1, err
         if match != "--out":
@@ -267,8 +377,15 @@ def test_merge_bad_input(tmp_path, capsys):
 
 
 def test_sweep_selects_by_validation(tmp_path):
-    cfg = X.resolve_config(methods=("oracle",), restarts=2, data_source="embedded", max_images=240, quick=True,
-                           sweep=True, n_z=0)
+    cfg = X.resolve_config(
+        methods=("oracle",),
+        restarts=2,
+        data_source="embedded",
+        max_images=240,
+        quick=True,
+        sweep=True,
+        n_z=0,
+    )
     res = X.run_experiment(cfg, tmp_path, verbose=False)
     r = res["methods"]["oracle"]
     assert len(r["sweep"]) == len(X.SWEEP_FACTORS)
@@ -279,13 +396,19 @@ def test_sweep_selects_by_validation(tmp_path):
 
 
 def test_cli_bad_input(tmp_path, capsys):
-    assert main(["cmnist", "--restarts", "0", "--data-source", "embedded", "--out", str(tmp_path)]) == 2
+    assert (
+        main(["cmnist", "--restarts", "0", "--data-source", "embedded", "--out", str(tmp_path)])
+        == 2
+    )
     assert "restarts" in capsys.readouterr().err
     assert main(["cmnist", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert main(["cmnist", "--method", "dro"]) == 2
-    assert main(["cmnist", "--seed-chunk", "0", "--data-source", "embedded", "--out", str(tmp_path)]) == 2
+    assert (
+        main(["cmnist", "--seed-chunk", "0", "--data-source", "embedded", "--out", str(tmp_path)])
+        == 2
+    )
     assert "seed_chunk" in capsys.readouterr().err
     with pytest.raises(ValueError, match="cpu_matmul"):
         X.resolve_config(cpu_matmul="mkl")

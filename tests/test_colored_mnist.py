@@ -62,7 +62,9 @@ def test_measured_rates():
         assert abs(label_flip - 0.25) < se(0.25), label_flip
         assert abs(color_flip - e) < se(e), (color_flip, e)
         # colour and label-noise draws are independent
-        joint = np.mean((np.asarray(env.labels) != clean) & (np.asarray(env.colors) != np.asarray(env.labels)))
+        joint = np.mean(
+            (np.asarray(env.labels) != clean) & (np.asarray(env.colors) != np.asarray(env.labels))
+        )
         assert abs(joint - 0.25 * e) < se(0.25 * e)
     # colour agrees with the label 85 % of the time over both training environments
     agree = np.mean(np.concatenate([np.asarray(x.colors) == np.asarray(x.labels) for x in d.train]))
@@ -77,7 +79,9 @@ def test_determinism_and_vmap(mnist):
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a.train[0].digits, c.train[0].digits)  # reshuffled per restart
-    stacked = jax.vmap(lambda k: C.colored_mnist(k, mnist.images, mnist.labels))(jnp.stack([k1, k2]))
+    stacked = jax.vmap(lambda k: C.colored_mnist(k, mnist.images, mnist.labels))(
+        jnp.stack([k1, k2])
+    )
     np.testing.assert_array_equal(stacked.train[1].images[1], c.train[1].images)
     np.testing.assert_array_equal(stacked.test.labels[0], a.test.labels)
 

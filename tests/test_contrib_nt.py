@@ -10,10 +10,14 @@ import textwrap
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    importlib.util.find_spec("neural_tangents") is None or importlib.util.find_spec("frozendict") is None,
-    reason="neural-tangents not installed (pip install --no-deps neural-tangents==0.6.5 frozendict)",
-)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("neural_tangents") is None
+        or importlib.util.find_spec("frozendict") is None,
+        reason="neural-tangents not installed (pip install --no-deps neural-tangents==0.6.5 frozendict)",
+    ),
+]
 
 
 def test_neural_tangents_analytic_ntk_matches_ours_and_wide_networks():
@@ -42,6 +46,8 @@ def test_neural_tangents_analytic_ntk_matches_ours_and_wide_networks():
         print("ok", errs)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("ok")

@@ -42,7 +42,9 @@ def test_erm_and_sd_against_hand_computation():
     loss, _ = ClassConditionalSD().loss(jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), dro)
     np.testing.assert_allclose(loss, sd, rtol=1e-12)
     custom = nll + 0.3 * np.mean((pos - 1.0) ** 2) + 0.2 * np.mean((neg + 1.0) ** 2)
-    loss, _ = ClassConditionalSD(lam=(0.2, 0.3), gamma=(-1.0, 1.0)).loss(jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), dro)
+    loss, _ = ClassConditionalSD(lam=(0.2, 0.3), gamma=(-1.0, 1.0)).loss(
+        jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), dro
+    )
     np.testing.assert_allclose(loss, custom, rtol=1e-12)
 
 
@@ -57,23 +59,33 @@ def test_group_dro_against_hand_computation():
         q_new /= q_new.sum()
         expected = np.sum(q_new * group_loss)
         loss, state = GroupDRO(step_size=0.5, adjustment=2.0, group_counts=tuple(counts)).loss(
-            jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), state)
+            jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), state
+        )
         np.testing.assert_allclose(state.q, q_new, rtol=1e-6)
         np.testing.assert_allclose(loss, expected, rtol=1e-6)
         q = q_new
     # a group absent from the batch keeps its weight (up to renormalisation) and adds no loss
     keep = G != 3
-    loss, st = GroupDRO(step_size=0.5).loss(jnp.asarray(LOGITS[keep]), jnp.asarray(Y[keep]), jnp.asarray(G[keep]), group_dro_init(4, jnp.float64))
+    loss, st = GroupDRO(step_size=0.5).loss(
+        jnp.asarray(LOGITS[keep]),
+        jnp.asarray(Y[keep]),
+        jnp.asarray(G[keep]),
+        group_dro_init(4, jnp.float64),
+    )
     w = 0.25 * np.exp(0.5 * group_loss[:3])
     np.testing.assert_allclose(st.q, np.append(w, 0.25) / (w.sum() + 0.25), rtol=1e-6)
 
 
 def test_group_dro_gradient_holds_weights_constant():
     def f(logits):
-        return GroupDRO(step_size=1.0).loss(logits, jnp.asarray(Y), jnp.asarray(G), group_dro_init(4, jnp.float64))[0]
+        return GroupDRO(step_size=1.0).loss(
+            logits, jnp.asarray(Y), jnp.asarray(G), group_dro_init(4, jnp.float64)
+        )[0]
 
     grad = jax.grad(f)(jnp.asarray(LOGITS))
-    _, st = GroupDRO(step_size=1.0).loss(jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), group_dro_init(4, jnp.float64))
+    _, st = GroupDRO(step_size=1.0).loss(
+        jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), group_dro_init(4, jnp.float64)
+    )
     q = np.asarray(st.q)
     ys = 2 * Y - 1
     d_per = -ys / (1 + np.exp(ys * LOGITS))  # d softplus(−y f) / d f
@@ -125,9 +137,13 @@ SCRIPT = textwrap.dedent(
 
 
 def test_four_devices_match_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
     env.pop("JAX_ENABLE_X64", None)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
     for name in ("sd", "dro"):
@@ -140,10 +156,22 @@ def test_four_devices_match_one_device():
 
 
 def test_checkpoint_roundtrip_pruning_and_mismatch(tmp_path):
-    tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "opt": (np.int32(4), [np.ones(2, np.float64)])}
+    tree = {
+        "w": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "opt": (np.int32(4), [np.ones(2, np.float64)]),
+    }
     for step in (5, 10, 15):
-        save_checkpoint(tmp_path, step, jax.tree.map(lambda x, k=step: x * k, tree), {"epoch": step // 5, "hist": [0.5, None]}, keep=2)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_0000000010.npz", "ckpt_0000000015.npz"]
+        save_checkpoint(
+            tmp_path,
+            step,
+            jax.tree.map(lambda x, k=step: x * k, tree),
+            {"epoch": step // 5, "hist": [0.5, None]},
+            keep=2,
+        )
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "ckpt_0000000010.npz",
+        "ckpt_0000000015.npz",
+    ]
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
     restored, meta = restore_checkpoint(latest_checkpoint(tmp_path), tree)
     assert meta == {"epoch": 3, "hist": [0.5, None]}

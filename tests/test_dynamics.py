@@ -113,7 +113,9 @@ def test_dual_flow_reaches_primal_fixed_point():
 
 def test_sd_fixed_point_does_not_depend_on_s():
     finals = [
-        integrate(sd_field, rotation_system([s1, 2.0], 0.5, 0.002), jnp.zeros(2), t1=2000.0, num_points=2).final
+        integrate(
+            sd_field, rotation_system([s1, 2.0], 0.5, 0.002), jnp.zeros(2), t1=2000.0, num_points=2
+        ).final
         for s1 in (2.0, 5.0, 8.0)
     ]
     np.testing.assert_allclose(finals[0], finals[1], rtol=1e-7)
@@ -126,14 +128,27 @@ def test_vmap_over_systems_equals_loop():
     systems = [rotation_system([a, 2.0], d, 0.01) for a, d in zip(s1, deltas, strict=False)]
     batch = jax.tree.map(lambda *x: jnp.stack(x), *systems)
     z0 = jnp.zeros(2)
-    v_gd = jax.vmap(lambda sys: gd(ce_field, sys, z0, eta=0.05, num_steps=400, save_every=40))(batch)
+    v_gd = jax.vmap(lambda sys: gd(ce_field, sys, z0, eta=0.05, num_steps=400, save_every=40))(
+        batch
+    )
     v_ode = jax.vmap(lambda sys: integrate(sd_field, sys, z0, t1=20.0, num_points=6))(batch)
     for i, system in enumerate(systems):
-        np.testing.assert_allclose(v_gd.z[i], gd(ce_field, system, z0, eta=0.05, num_steps=400, save_every=40).z, rtol=1e-13)
-        np.testing.assert_allclose(v_ode.z[i], integrate(sd_field, system, z0, t1=20.0, num_points=6).z, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            v_gd.z[i],
+            gd(ce_field, system, z0, eta=0.05, num_steps=400, save_every=40).z,
+            rtol=1e-13,
+        )
+        np.testing.assert_allclose(
+            v_ode.z[i],
+            integrate(sd_field, system, z0, t1=20.0, num_points=6).z,
+            rtol=1e-9,
+            atol=1e-12,
+        )
     assert bool(jnp.all(v_gd.success)) and bool(jnp.all(v_ode.success))
     # Inside an outer jit too (z0 is then a closed-over constant).
-    j_gd = jax.jit(jax.vmap(lambda sy: gd(ce_field, sy, z0, eta=0.05, num_steps=400, save_every=40)))(batch)
+    j_gd = jax.jit(
+        jax.vmap(lambda sy: gd(ce_field, sy, z0, eta=0.05, num_steps=400, save_every=40))
+    )(batch)
     np.testing.assert_allclose(j_gd.z, v_gd.z, rtol=1e-13)
 
 
@@ -154,18 +169,34 @@ def test_gd_divergence_raises_naming_eta():
     assert not bool(traj.success) and traj.result == RESULTS.gd_diverged
     # SD diverges once η·λ·s_max² > 2.
     with pytest.raises(SolverError, match="diverged"):
-        gd(sd_field, system._replace(lam=jnp.asarray(0.002)), jnp.zeros(2), eta=20.0, num_steps=2000)
+        gd(
+            sd_field,
+            system._replace(lam=jnp.asarray(0.002)),
+            jnp.zeros(2),
+            eta=20.0,
+            num_steps=2000,
+        )
 
 
 def test_gd_divergence_under_vmap_is_reported():
-    systems = jax.tree.map(lambda *x: jnp.stack(x), *[rotation_system([a, 2.0], 0.5, 0.01) for a in (2.0, 8.0)])
+    systems = jax.tree.map(
+        lambda *x: jnp.stack(x), *[rotation_system([a, 2.0], 0.5, 0.01) for a in (2.0, 8.0)]
+    )
     etas = jnp.array([0.05, 300.0])
-    run = jax.vmap(lambda sys, e: gd(ce_field, sys, jnp.zeros(2), eta=e, num_steps=1000, throw=False))
+    run = jax.vmap(
+        lambda sys, e: gd(ce_field, sys, jnp.zeros(2), eta=e, num_steps=1000, throw=False)
+    )
     traj = run(systems, etas)
     np.testing.assert_array_equal(traj.success, [True, False])
-    assert jax.tree.map(lambda r: r[1], traj.result) == RESULTS.gd_unstable  # 1.5**1000 is still finite: caught by the stability check
+    assert (
+        jax.tree.map(lambda r: r[1], traj.result) == RESULTS.gd_unstable
+    )  # 1.5**1000 is still finite: caught by the stability check
     with pytest.raises(eqx.EquinoxRuntimeError, match="eta"):
-        jax.block_until_ready(jax.vmap(lambda sys, e: gd(ce_field, sys, jnp.zeros(2), eta=e, num_steps=1000))(systems, etas).z)
+        jax.block_until_ready(
+            jax.vmap(lambda sys, e: gd(ce_field, sys, jnp.zeros(2), eta=e, num_steps=1000))(
+                systems, etas
+            ).z
+        )
 
 
 def test_step_budget_exhausted_is_reported_not_nan():
@@ -179,7 +210,9 @@ def test_step_budget_exhausted_is_reported_not_nan():
 @pytest.mark.slow
 def test_implicit_solver_option():
     system = rotation_system([8.0, 2.0], 0.5, 0.01)
-    implicit = integrate(ce_field, system, jnp.zeros(2), t1=100.0, solver=diffrax.Kvaerno5(), num_points=3)
+    implicit = integrate(
+        ce_field, system, jnp.zeros(2), t1=100.0, solver=diffrax.Kvaerno5(), num_points=3
+    )
     explicit = integrate(ce_field, system, jnp.zeros(2), t1=100.0, num_points=3)
     assert bool(implicit.success)
     np.testing.assert_allclose(implicit.z, explicit.z, rtol=1e-6, atol=1e-8)

@@ -40,7 +40,9 @@ def ref(s1, lam=LAM_CE):
 def test_fixed_point_solves_the_equation_and_is_the_gd_limit():
     system = ref(5.0)
     z = fixed_point(ce_field, system)
-    np.testing.assert_allclose(system.lam * z, system.s**2 * (system.U.T @ jax.nn.sigmoid(-system.U @ z)), rtol=1e-12)
+    np.testing.assert_allclose(
+        system.lam * z, system.s**2 * (system.U.T @ jax.nn.sigmoid(-system.U @ z)), rtol=1e-12
+    )
     long_gd = gd(ce_field, system, jnp.zeros(2), eta=0.05, num_steps=40_000, save_every=40_000)
     np.testing.assert_allclose(long_gd.final, z, rtol=1e-9)
 
@@ -87,7 +89,9 @@ def test_dual_and_primal_fixed_points_agree():
         system = ref(s1)
         z = fixed_point(ce_field, system)
         # Warm start from the dual flow itself (Newton on α alone can leave (0, 1)).
-        alpha0 = integrate(dual_field, system, jnp.full(2, 1e-6), t1=0.05, num_points=2, rtol=1e-6).final
+        alpha0 = integrate(
+            dual_field, system, jnp.full(2, 1e-6), t1=0.05, num_points=2, rtol=1e-6
+        ).final
         alpha = fixed_point(dual_field, system, alpha0)
         np.testing.assert_allclose(dual_to_z(alpha, system), z, rtol=1e-10)
         np.testing.assert_allclose(alpha, z_to_dual(z, system), rtol=1e-10)
@@ -182,13 +186,23 @@ def test_fixed_points_batch_equals_loop_and_reuses_one_compilation():
     from ntkdyn.fixed_points import _chunk_solve
     from ntkdyn.systems import stack_systems
 
-    systems = [rotation_system([a, b], d, lam) for a, b, d, lam in
-               [(2.0, 2.0, 0.5, 0.01), (6.0, 2.0, 0.3, 0.01), (3.0, 5.0, 0.5, 0.02), (8.0, 1.0, 0.0, 0.001), (4.0, 4.5, 0.8, 0.01)]]
+    systems = [
+        rotation_system([a, b], d, lam)
+        for a, b, d, lam in [
+            (2.0, 2.0, 0.5, 0.01),
+            (6.0, 2.0, 0.3, 0.01),
+            (3.0, 5.0, 0.5, 0.02),
+            (8.0, 1.0, 0.0, 0.001),
+            (4.0, 4.5, 0.8, 0.01),
+        ]
+    ]
     batch = stack_systems(systems)
     z, J = fixed_points_batch(ce_field, batch, chunk=2)  # 3 chunks, the last padded
     for i, sy in enumerate(systems):
         np.testing.assert_allclose(z[i], fixed_point(ce_field, sy), rtol=1e-13)
-        np.testing.assert_allclose(J[i], fixed_point_jacobian_s(ce_field, sy), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(
+            J[i], fixed_point_jacobian_s(ce_field, sy), rtol=1e-10, atol=1e-14
+        )
     before = _chunk_solve._cache_size()
     fixed_points_batch(ce_field, stack_systems(systems[:3]), chunk=2)
     assert _chunk_solve._cache_size() == before
@@ -206,4 +220,6 @@ def test_float32_follows_input_dtype_with_its_own_tolerances():
     z32 = fixed_point(ce_field, sy32)
     assert z32.dtype == jnp.float32
     np.testing.assert_allclose(z32, fixed_point(ce_field, sy64), rtol=1e-5)
-    np.testing.assert_allclose(starvation_matrix(ce_field, sy32), starvation_matrix(ce_field, sy64), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        starvation_matrix(ce_field, sy32), starvation_matrix(ce_field, sy64), rtol=1e-3, atol=1e-4
+    )

@@ -45,7 +45,10 @@ def _loss_fn(params, model_state, batch, step, key):
 
 def _eval_fn(params, model_state, batch):
     x, _ = batch
-    return {"out": jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"], "m0": model_state["mean"][0]}
+    return {
+        "out": jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"],
+        "m0": model_state["mean"][0],
+    }
 
 
 @pytest.fixture
@@ -65,8 +68,18 @@ def _opt():
 
 def _run(problem, **kw):
     x, y, keys, params, mstate = problem
-    return train_fullbatch(_loss_fn, _opt(), params, (x, y), keys=keys, model_state=mstate,
-                           num_steps=23, log_every=5, eval_fn=_eval_fn, **kw)
+    return train_fullbatch(
+        _loss_fn,
+        _opt(),
+        params,
+        (x, y),
+        keys=keys,
+        model_state=mstate,
+        num_steps=23,
+        log_every=5,
+        eval_fn=_eval_fn,
+        **kw,
+    )
 
 
 def _reference(problem):
@@ -81,7 +94,8 @@ def _reference(problem):
         rec = []
         for t in range(23):
             (loss, (m, _)), g = jax.value_and_grad(_loss_fn, has_aux=True)(
-                p, m, (x, y), jnp.int32(t), jax.random.fold_in(keys[s], t))
+                p, m, (x, y), jnp.int32(t), jax.random.fold_in(keys[s], t)
+            )
             u, o = opt.update(g, o, p)
             p = optax.apply_updates(p, u)
             if (t + 1) % 5 == 0:
@@ -95,7 +109,11 @@ def test_vmapped_equals_one_seed_at_a_time(problem):
     res = _run(problem, seed_axis=SeedAxis.VMAP, unroll=3)
     ref_params, ref_loss = _reference(problem)
     t = tol(res.state.params["w1"].dtype)
-    for a, b in zip(jax.tree_util.tree_leaves(res.state.params), jax.tree_util.tree_leaves(ref_params), strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(res.state.params),
+        jax.tree_util.tree_leaves(ref_params),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, b, **t)
     np.testing.assert_allclose(res.history["loss"], ref_loss, **t)
     np.testing.assert_array_equal(res.steps, [5, 10, 15, 20])
@@ -111,7 +129,9 @@ def test_map_layout_equals_vmap(problem):
         np.testing.assert_allclose(u, v, **tol(np.float64))
 
 
-@pytest.mark.parametrize("chunk", [1, 2])  # S = 3: chunks of one, and of two with a remainder of one
+@pytest.mark.parametrize(
+    "chunk", [1, 2]
+)  # S = 3: chunks of one, and of two with a remainder of one
 def test_chunked_vmap_equals_vmap(problem, chunk):
     a = _run(problem, seed_axis=SeedAxis.VMAP)
     b = _run(problem, seed_axis=SeedAxis.VMAP, seed_chunk=chunk)
@@ -123,11 +143,29 @@ def test_per_seed_batch(problem):
     x, y, keys, params, mstate = problem
     xs = jnp.stack([x * (1 + 0.1 * s) for s in range(S)])
     ys = jnp.stack([y] * S)
-    res = train_fullbatch(_loss_fn, _opt(), params, (xs, ys), keys=keys, model_state=mstate,
-                          num_steps=6, batch_axis=0, seed_axis=SeedAxis.MAP)
-    one = train_fullbatch(_loss_fn, _opt(), jax.tree_util.tree_map(lambda a: a[2:], params), (xs[2], ys[2]),
-                          keys=keys[2:], model_state={"mean": mstate["mean"][2:]}, num_steps=6)
-    np.testing.assert_allclose(res.state.params["w1"][2], one.state.params["w1"][0], **tol(np.float64))
+    res = train_fullbatch(
+        _loss_fn,
+        _opt(),
+        params,
+        (xs, ys),
+        keys=keys,
+        model_state=mstate,
+        num_steps=6,
+        batch_axis=0,
+        seed_axis=SeedAxis.MAP,
+    )
+    one = train_fullbatch(
+        _loss_fn,
+        _opt(),
+        jax.tree_util.tree_map(lambda a: a[2:], params),
+        (xs[2], ys[2]),
+        keys=keys[2:],
+        model_state={"mean": mstate["mean"][2:]},
+        num_steps=6,
+    )
+    np.testing.assert_allclose(
+        res.state.params["w1"][2], one.state.params["w1"][0], **tol(np.float64)
+    )
     assert res.history == {}
 
 
@@ -182,9 +220,13 @@ SHARD_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_on_four_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
     script = SHARD_SCRIPT.format(tests=os.path.dirname(__file__))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, (err, same_shapes, seeds) in out.items():
@@ -216,10 +258,20 @@ def test_bad_input(problem, kw, match):
 def test_seed_axis_mismatch(problem):
     x, y, keys, params, mstate = problem
     with pytest.raises(ValueError, match="params"):
-        train_fullbatch(_loss_fn, _opt(), params, (x, y), keys=keys[:2], model_state=mstate, num_steps=2)
+        train_fullbatch(
+            _loss_fn, _opt(), params, (x, y), keys=keys[:2], model_state=mstate, num_steps=2
+        )
     with pytest.raises(ValueError, match="batch"):
-        train_fullbatch(_loss_fn, _opt(), params, (x, y), keys=keys, model_state=mstate, num_steps=2,
-                        batch_axis=0)
+        train_fullbatch(
+            _loss_fn,
+            _opt(),
+            params,
+            (x, y),
+            keys=keys,
+            model_state=mstate,
+            num_steps=2,
+            batch_axis=0,
+        )
 
 
 def test_seed_devices_on_one_device():
@@ -234,9 +286,16 @@ def test_eigen_matmul_options(problem):
     assert options in ({}, {"xla_cpu_experimental_ynn_fusion_type": ""})
     if options:  # this jaxlib knows the option: no product of the compiled program goes to YNNPACK
         x = jnp.ones((2, 64, 32))
-        hlo = jax.jit(lambda x: jnp.einsum("bni,bnj->bij", x, x), compiler_options=options).lower(x).compile().as_text()
+        hlo = (
+            jax.jit(lambda x: jnp.einsum("bni,bnj->bij", x, x), compiler_options=options)
+            .lower(x)
+            .compile()
+            .as_text()
+        )
         assert "dot(" in hlo and "ynn" not in hlo.lower()
     a, b = _run(problem), _run(problem, compiler_options=options)
-    for u, v in zip(jax.tree_util.tree_leaves(a.state), jax.tree_util.tree_leaves(b.state), strict=True):
+    for u, v in zip(
+        jax.tree_util.tree_leaves(a.state), jax.tree_util.tree_leaves(b.state), strict=True
+    ):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a.history["out"], b.history["out"], rtol=1e-5, atol=1e-6)

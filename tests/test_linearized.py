@@ -38,10 +38,21 @@ def test_linearized_training_equals_theory_gd(problem, field, kw):
     lam, eta, steps, every = 0.05, 0.05, 200, 20
     spec = feature_spectrum(apply_fn, params, x, y)
     assert spec.s.shape == (10,)  # full rank: U spans the margins
-    trace = train_gd(apply_fn, params, x, y, eta=eta, num_steps=steps, save_every=every, linearized=True,
-                     **{kw: lam})
+    trace = train_gd(
+        apply_fn,
+        params,
+        x,
+        y,
+        eta=eta,
+        num_steps=steps,
+        save_every=every,
+        linearized=True,
+        **{kw: lam},
+    )
     z_tracked = trace.responses(y, spec.U)
-    theory = gd(field, spec.to_system(lam), jnp.zeros(10), eta=eta, num_steps=steps, save_every=every)
+    theory = gd(
+        field, spec.to_system(lam), jnp.zeros(10), eta=eta, num_steps=steps, save_every=every
+    )
     np.testing.assert_allclose(trace.t, theory.t, rtol=1e-12)
     assert float(jnp.max(jnp.abs(theory.z[-1]))) > 0.1  # it moved
     np.testing.assert_allclose(z_tracked, theory.z, rtol=1e-7, atol=1e-8)

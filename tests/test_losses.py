@@ -11,14 +11,18 @@ def test_logistic_loss_matches_hand_computation():
     y = jnp.array([1.0, 1.0, -1.0])
     expected = np.mean(np.log1p(np.exp(-np.array([0.5, -1.0, -2.0]))))
     np.testing.assert_allclose(losses.logistic_loss(f, y), expected, rtol=1e-12)
-    np.testing.assert_allclose(losses.logistic_loss(f, y, reduction="sum"), 3 * expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        losses.logistic_loss(f, y, reduction="sum"), 3 * expected, rtol=1e-12
+    )
 
 
 def test_bce_on_01_labels_equals_logistic_on_signed_labels():
     f = jnp.linspace(-3, 3, 7)
     y01 = jnp.array([0, 1, 1, 0, 1, 0, 1.0])
     np.testing.assert_allclose(
-        losses.binary_cross_entropy(f, y01), losses.logistic_loss(f, losses.to_signed(y01)), rtol=1e-12
+        losses.binary_cross_entropy(f, y01),
+        losses.logistic_loss(f, losses.to_signed(y01)),
+        rtol=1e-12,
     )
 
 
@@ -41,11 +45,15 @@ def test_shape_mismatch_is_refused():
 def test_class_conditional_sd_hand_computation():
     f = jnp.array([1.0, 3.0, 0.0, 2.0])
     y = jnp.array([1.0, 1.0, 0.0, 0.0])
-    expected = 0.1 * np.mean([(1 - 2.5) ** 2, (3 - 2.5) ** 2]) + 0.1 * np.mean([(0 - 0.44) ** 2, (2 - 0.44) ** 2])
+    expected = 0.1 * np.mean([(1 - 2.5) ** 2, (3 - 2.5) ** 2]) + 0.1 * np.mean(
+        [(0 - 0.44) ** 2, (2 - 0.44) ** 2]
+    )
     np.testing.assert_allclose(losses.class_conditional_sd_penalty(f, y), expected, rtol=1e-12)
     # an absent class contributes nothing
     only_pos = losses.class_conditional_sd_penalty(f[:2], y[:2])
-    np.testing.assert_allclose(only_pos, 0.1 * np.mean([(1 - 2.5) ** 2, (3 - 2.5) ** 2]), rtol=1e-12)
+    np.testing.assert_allclose(
+        only_pos, 0.1 * np.mean([(1 - 2.5) ** 2, (3 - 2.5) ** 2]), rtol=1e-12
+    )
 
 
 def test_irm_penalty_closed_form():
@@ -80,4 +88,6 @@ def test_group_dro_update_exponentiated_gradient():
 
 def test_group_dro_adjustment_needs_counts():
     with pytest.raises(ValueError, match="group_counts"):
-        losses.group_dro_update(losses.group_dro_init(2), jnp.ones(2), jnp.array([0, 1]), adjustment=1.0)
+        losses.group_dro_update(
+            losses.group_dro_init(2), jnp.ones(2), jnp.array([0, 1]), adjustment=1.0
+        )

@@ -19,15 +19,25 @@ from ntkdyn.data import mnist as M
 
 def _idx_bytes(arr: np.ndarray, magic: int | None = None) -> bytes:
     magic = (0x08 << 8) | arr.ndim if magic is None else magic
-    return struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes()
+    return (
+        struct.pack(">I", magic)
+        + struct.pack(f">{arr.ndim}I", *arr.shape)
+        + arr.astype(np.uint8).tobytes()
+    )
 
 
 @pytest.fixture
 def arrays():
     rng = np.random.default_rng(0)
     return {
-        "train": (rng.integers(0, 256, (12, 28, 28), dtype=np.uint8), rng.integers(0, 10, 12, dtype=np.uint8)),
-        "test": (rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), rng.integers(0, 10, 5, dtype=np.uint8)),
+        "train": (
+            rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, 12, dtype=np.uint8),
+        ),
+        "test": (
+            rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, 5, dtype=np.uint8),
+        ),
     }
 
 
@@ -65,8 +75,13 @@ def test_torchvision_layout(tmp_path, arrays):
 
 
 def test_npz(tmp_path, arrays):
-    np.savez(tmp_path / "mnist.npz", x_train=arrays["train"][0], y_train=arrays["train"][1],
-             x_test=arrays["test"][0], y_test=arrays["test"][1])
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=arrays["train"][0],
+        y_train=arrays["train"][1],
+        x_test=arrays["test"][0],
+        y_test=arrays["test"][1],
+    )
     ds = M.load_mnist(tmp_path, split="test", source="files")
     np.testing.assert_array_equal(ds.images, arrays["test"][0])
     assert ds.origin.endswith("mnist.npz")
@@ -172,7 +187,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def server(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root))
+    )
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
@@ -190,7 +207,9 @@ def test_download_via_loopback(tmp_path, server, arrays, algo):
     root, url = server
     sums = _serve(root, arrays, "good", algo)
     cache = tmp_path / "cache"
-    ds = M.load_mnist(source="download", cache_dir=cache, mirrors=[url + "missing/", url + "good/"], files=sums)
+    ds = M.load_mnist(
+        source="download", cache_dir=cache, mirrors=[url + "missing/", url + "good/"], files=sums
+    )
     assert ds.source == "download"
     np.testing.assert_array_equal(ds.images, arrays["train"][0])
     assert sorted(p.name for p in cache.iterdir()) == sorted(sums)
@@ -224,7 +243,9 @@ def test_auto_prefers_files_then_download_then_embedded(tmp_path, server, arrays
     assert ds.source == "files"  # now cached
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = M.load_mnist(cache_dir=tmp_path / "c2", mirrors=[url + "nothing/"], files=sums, timeout=2)
+        ds = M.load_mnist(
+            cache_dir=tmp_path / "c2", mirrors=[url + "nothing/"], files=sums, timeout=2
+        )
     assert ds.source == "embedded" and ds.n_images == 5000
     assert any("embedded" in str(w.message) for w in caught)
     assert not (tmp_path / "c2").exists() or list((tmp_path / "c2").iterdir()) == []

@@ -94,7 +94,9 @@ def test_dense_apply_accepts_plain_layers(key):
     f = DenseApply(jnp.tanh)
     expected = jnp.tanh(x @ W1) @ W2
     np.testing.assert_allclose(f([(W1, None), (W2, None)], x), expected, rtol=1e-12)
-    np.testing.assert_allclose(f([{"kernel": W1}, {"kernel": W2, "bias": jnp.zeros(1)}], x), expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        f([{"kernel": W1}, {"kernel": W2, "bias": jnp.zeros(1)}], x), expected, rtol=1e-12
+    )
 
 
 def test_cnn_shapes_and_pure(key):
@@ -131,11 +133,17 @@ def test_bad_input_names_argument(make, match):
 
 def _shallow_params(key, d, H):
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    return (jax.random.normal(k1, (d, H)), jax.random.normal(k2, (H,)), jax.random.normal(k3, (H, 1)) / np.sqrt(H),
-            jax.random.normal(k4, (1,)))
+    return (
+        jax.random.normal(k1, (d, H)),
+        jax.random.normal(k2, (H,)),
+        jax.random.normal(k3, (H, 1)) / np.sqrt(H),
+        jax.random.normal(k4, (1,)),
+    )
 
 
-@pytest.mark.parametrize("d", [2, 7])  # broadcast multiply-adds (d <= 4) and the matrix-multiply path
+@pytest.mark.parametrize(
+    "d", [2, 7]
+)  # broadcast multiply-adds (d <= 4) and the matrix-multiply path
 def test_shallow_relu_value_and_gradients_equal_autodiff_of_dense_apply(d):
     W1, b1, w2, b2 = _shallow_params(jax.random.key(d), d, 40)
     x = jax.random.normal(jax.random.key(10 + d), (25, d))
@@ -147,7 +155,9 @@ def test_shallow_relu_value_and_gradients_equal_autodiff_of_dense_apply(d):
     def dense(W1, b1, w2, b2, x):
         return DenseApply()([(W1, b1), (w2, b2)], x)[:, 0]
 
-    np.testing.assert_allclose(shallow_relu(W1, b1, w2, b2, x), dense(W1, b1, w2, b2, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        shallow_relu(W1, b1, w2, b2, x), dense(W1, b1, w2, b2, x), rtol=1e-5, atol=1e-5
+    )
     ours = jax.grad(loss(shallow_relu), argnums=(0, 1, 2, 3, 4))(W1, b1, w2, b2, x)
     ref = jax.grad(loss(dense), argnums=(0, 1, 2, 3, 4))(W1, b1, w2, b2, x)
     for name, a, b in zip(("kernel1", "bias1", "kernel2", "bias2", "x"), ours, ref, strict=True):
@@ -158,25 +168,45 @@ def test_shallow_relu_value_and_gradients_equal_autodiff_of_dense_apply(d):
 def test_shallow_relu_under_vmap_and_relu_derivative_at_zero():
     W1, b1, w2, b2 = _shallow_params(jax.random.key(0), 2, 16)
     b1 = b1.at[:4].set(0.0)
-    x = jnp.concatenate([jnp.zeros((3, 2)), jax.random.normal(jax.random.key(1), (5, 2))])  # pre-activation 0
+    x = jnp.concatenate(
+        [jnp.zeros((3, 2)), jax.random.normal(jax.random.key(1), (5, 2))]
+    )  # pre-activation 0
     stacked = [jnp.stack([a, 2 * a]) for a in (W1, b1, w2, b2)]
     xs = jnp.stack([x, -x])
 
     def grads(fn):
-        return jax.vmap(jax.grad(lambda W1, b1, w2, b2, x: jnp.sum(jnp.sin(fn(W1, b1, w2, b2, x))),
-                                 argnums=(0, 1, 2, 3)))(*stacked, xs)
+        return jax.vmap(
+            jax.grad(
+                lambda W1, b1, w2, b2, x: jnp.sum(jnp.sin(fn(W1, b1, w2, b2, x))),
+                argnums=(0, 1, 2, 3),
+            )
+        )(*stacked, xs)
 
     ref = grads(lambda W1, b1, w2, b2, x: DenseApply()([(W1, b1), (w2, b2)], x)[:, 0])
     for a, b in zip(grads(shallow_relu), ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("change", "name"), [
-    (dict(x=jnp.zeros((3, 2, 1))), "x"), (dict(W1=jnp.zeros((3, 8))), "kernel1"), (dict(b1=jnp.zeros((7,))), "bias1"),
-    (dict(w2=jnp.zeros((8, 2))), "kernel2"), (dict(b2=jnp.zeros(())), "bias2"),
-])
+@pytest.mark.parametrize(
+    ("change", "name"),
+    [
+        (dict(x=jnp.zeros((3, 2, 1))), "x"),
+        (dict(W1=jnp.zeros((3, 8))), "kernel1"),
+        (dict(b1=jnp.zeros((7,))), "bias1"),
+        (dict(w2=jnp.zeros((8, 2))), "kernel2"),
+        (dict(b2=jnp.zeros(())), "bias2"),
+    ],
+)
 def test_shallow_relu_names_the_argument_of_a_wrong_shape(change, name):
-    args = dict(W1=jnp.zeros((2, 8)), b1=jnp.zeros((8,)), w2=jnp.zeros((8, 1)), b2=jnp.zeros((1,)),
-                x=jnp.zeros((3, 2))) | change
+    args = (
+        dict(
+            W1=jnp.zeros((2, 8)),
+            b1=jnp.zeros((8,)),
+            w2=jnp.zeros((8, 1)),
+            b2=jnp.zeros((1,)),
+            x=jnp.zeros((3, 2)),
+        )
+        | change
+    )
     with pytest.raises(ValueError, match=name):
         shallow_relu(args["W1"], args["b1"], args["w2"], args["b2"], args["x"])

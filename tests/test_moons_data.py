@@ -90,8 +90,14 @@ def test_deterministic_and_seeded():
 
 @pytest.mark.parametrize(
     "kw, match",
-    [(dict(n=1), "n:"), (dict(n=2.5), "n:"), (dict(noise=-0.1), "noise"), (dict(noise=np.nan), "noise"),
-     (dict(delta=np.inf), "delta"), (dict(rotation_deg=np.nan), "rotation_deg")],
+    [
+        (dict(n=1), "n:"),
+        (dict(n=2.5), "n:"),
+        (dict(noise=-0.1), "noise"),
+        (dict(noise=np.nan), "noise"),
+        (dict(delta=np.inf), "delta"),
+        (dict(rotation_deg=np.nan), "rotation_deg"),
+    ],
 )
 def test_bad_input(kw, match):
     with pytest.raises(ValueError, match=match):

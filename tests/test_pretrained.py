@@ -23,12 +23,16 @@ def zero_variables(model, size=32):
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
-def torchvision_state_dict(arch: str, rng: np.random.Generator, width: int = 64, classes: int = 1000) -> dict:
+def torchvision_state_dict(
+    arch: str, rng: np.random.Generator, width: int = 64, classes: int = 1000
+) -> dict:
     """A random state dict with torchvision's exact key names and shapes (written from its layout)."""
     sd = {}
 
     def conv(name, cout, cin, k):
-        sd[f"{name}.weight"] = rng.normal(0, np.sqrt(2.0 / (cin * k * k)), (cout, cin, k, k)).astype(np.float32)
+        sd[f"{name}.weight"] = rng.normal(
+            0, np.sqrt(2.0 / (cin * k * k)), (cout, cin, k, k)
+        ).astype(np.float32)
 
     def bn(name, c):
         sd[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
@@ -65,7 +69,11 @@ def torchvision_state_dict(arch: str, rng: np.random.Generator, width: int = 64,
 
 def test_safetensors_roundtrip_and_format(tmp_path):
     rng = np.random.default_rng(0)
-    tensors = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": np.arange(5, dtype=np.int64), "c": np.array([True, False])}
+    tensors = {
+        "a": rng.normal(size=(3, 4)).astype(np.float32),
+        "b": np.arange(5, dtype=np.int64),
+        "c": np.array([True, False]),
+    }
     path = write_safetensors(tmp_path / "x.safetensors", tensors, metadata={"format": "pt"})
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
@@ -96,14 +104,22 @@ def test_real_key_names_cover_the_model_exactly(arch, factory, tmp_path):
     """Every tensor of the real layout lands on a model leaf of the same shape, and vice versa."""
     sd = torchvision_state_dict(arch, np.random.default_rng(1))
     n_tensors = sum(1 for k in sd if not k.endswith("num_batches_tracked"))
-    assert len(sd) == {"resnet18": 122, "resnet50": 320}[arch]  # len(torchvision.models.<arch>().state_dict())
+    assert (
+        len(sd) == {"resnet18": 122, "resnet50": 320}[arch]
+    )  # len(torchvision.models.<arch>().state_dict())
     variables = zero_variables(factory(num_outputs=1000))
     path = write_safetensors(tmp_path / f"{arch}.safetensors", sd)
     new = load_pretrained_resnet(variables, path, include_head=True)
     conv = torch_resnet_to_flax(sd)
     assert len(conv) == n_tensors
-    np.testing.assert_array_equal(new["params"]["layer1_0"]["conv1"]["kernel"], sd["layer1.0.conv1.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(new["batch_stats"]["layer2_0"]["downsample_1"]["var"], sd["layer2.0.downsample.1.running_var"])
+    np.testing.assert_array_equal(
+        new["params"]["layer1_0"]["conv1"]["kernel"],
+        sd["layer1.0.conv1.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        new["batch_stats"]["layer2_0"]["downsample_1"]["var"],
+        sd["layer2.0.downsample.1.running_var"],
+    )
     np.testing.assert_array_equal(new["params"]["fc"]["kernel"], sd["fc.weight"].T)
 
 
@@ -137,7 +153,11 @@ def _torch_resnet(arch, width=64, classes=1000):
             self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
             self.bn2 = nn.BatchNorm2d(c)
             self.relu = nn.ReLU()
-            self.downsample = nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c)) if down else None
+            self.downsample = (
+                nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+                if down
+                else None
+            )
 
         def forward(self, x):
             y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
@@ -155,7 +175,11 @@ def _torch_resnet(arch, width=64, classes=1000):
             self.conv3 = nn.Conv2d(c, 4 * c, 1, bias=False)
             self.bn3 = nn.BatchNorm2d(4 * c)
             self.relu = nn.ReLU()
-            self.downsample = nn.Sequential(nn.Conv2d(cin, 4 * c, 1, stride, bias=False), nn.BatchNorm2d(4 * c)) if down else None
+            self.downsample = (
+                nn.Sequential(nn.Conv2d(cin, 4 * c, 1, stride, bias=False), nn.BatchNorm2d(4 * c))
+                if down
+                else None
+            )
 
         def forward(self, x):
             y = self.relu(self.bn1(self.conv1(x)))
@@ -176,7 +200,11 @@ def _torch_resnet(arch, width=64, classes=1000):
                 c, blocks = width * 2**i, []
                 for j in range(n):
                     stride = 2 if i > 0 and j == 0 else 1
-                    blocks.append(block(cin, c, stride, j == 0 and (stride != 1 or cin != c * block.expansion)))
+                    blocks.append(
+                        block(
+                            cin, c, stride, j == 0 and (stride != 1 or cin != c * block.expansion)
+                        )
+                    )
                     cin = c * block.expansion
                 setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -190,7 +218,9 @@ def _torch_resnet(arch, width=64, classes=1000):
     return torch, Net()
 
 
-@pytest.mark.parametrize("arch,factory,width,size", [("resnet18", resnet18, 16, 48), ("resnet50", resnet50, 8, 40)])
+@pytest.mark.parametrize(
+    "arch,factory,width,size", [("resnet18", resnet18, 16, 48), ("resnet50", resnet50, 8, 40)]
+)
 def test_matches_pytorch_resnet_output(arch, factory, width, size, tmp_path):
     torch, net = _torch_resnet(arch, width=width, classes=10)
     sd = torchvision_state_dict(arch, np.random.default_rng(3), width=width, classes=10)
@@ -219,13 +249,19 @@ def test_matches_pytorch_resnet_output(arch, factory, width, size, tmp_path):
 
 def test_torch_free_reader_matches_torch_load(tmp_path):
     torch = pytest.importorskip("torch")
-    sd = {"a.weight": torch.randn(4, 3, 2, 2), "b": torch.arange(6, dtype=torch.int64).reshape(2, 3).t(),
-          "h": torch.randn(5).half(), "n": torch.tensor(3)}
+    sd = {
+        "a.weight": torch.randn(4, 3, 2, 2),
+        "b": torch.arange(6, dtype=torch.int64).reshape(2, 3).t(),
+        "h": torch.randn(5).half(),
+        "n": torch.tensor(3),
+    }
     torch.save({"state_dict": sd}, tmp_path / "ck.pth")
     free = read_torch_state_dict(tmp_path / "ck.pth", use_torch=False)
     for k, v in sd.items():
         np.testing.assert_array_equal(free[k], v.numpy())
         assert free[k].dtype == v.numpy().dtype
-    torch.save({"opt": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)}, tmp_path / "obj.pth")
+    torch.save(
+        {"opt": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)}, tmp_path / "obj.pth"
+    )
     with pytest.raises(ValueError, match="obj.pth"):
         read_torch_state_dict(tmp_path / "obj.pth", use_torch=False)

@@ -94,10 +94,17 @@ def test_compare_finds_differences():
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_results_unchanged(name, tmp_path):
     out = tmp_path / name
-    cmd = [sys.executable, "-c", "import sys; from ntkdyn.cli import main; sys.exit(main())",
-           *COMMANDS[name], "--out", str(out)]
-    proc = subprocess.run(cmd, env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True,
-                          timeout=900)
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from ntkdyn.cli import main; sys.exit(main())",
+        *COMMANDS[name],
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(
+        cmd, env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = json.loads((GOLDEN / f"{name}.json").read_text())
     actual = json.loads((out / "results.json").read_text())

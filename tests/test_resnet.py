@@ -45,9 +45,15 @@ def test_batch_norm_train_and_eval(tiny):
     assert not np.allclose(out_t[:3], out_t2, atol=1e-4)
     # running mean of the stem's BN = 0.9·0 + 0.1·batch mean of the stem convolution (a reference conv)
     k = variables["params"]["conv1"]["kernel"]
-    h = jax.lax.conv_general_dilated(x, k, (2, 2), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(upd["batch_stats"]["bn1"]["mean"], 0.1 * h.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(upd["batch_stats"]["bn1"]["var"], 0.9 + 0.1 * h.var((0, 1, 2)), rtol=1e-4, atol=1e-6)
+    h = jax.lax.conv_general_dilated(
+        x, k, (2, 2), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(
+        upd["batch_stats"]["bn1"]["mean"], 0.1 * h.mean((0, 1, 2)), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        upd["batch_stats"]["bn1"]["var"], 0.9 + 0.1 * h.var((0, 1, 2)), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_logit_view_and_bf16(tiny):
@@ -74,8 +80,11 @@ def test_bf16_training_keeps_float32_params_and_tracks_float32(tiny):
     from ntkdyn.train.dataparallel import ERM, init_train_state, make_train_step
 
     model, variables = tiny
-    batch = {"image": jax.random.normal(jax.random.PRNGKey(4), (8, 16, 16, 3), jnp.float32),
-             "y": jnp.array([0, 1] * 4), "group": jnp.array([0, 1, 2, 3] * 2)}
+    batch = {
+        "image": jax.random.normal(jax.random.PRNGKey(4), (8, 16, 16, 3), jnp.float32),
+        "y": jnp.array([0, 1] * 4),
+        "group": jnp.array([0, 1, 2, 3] * 2),
+    }
     runs = {}
     for name, dtype in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
         m = ResNet((1, 1), width=4, dtype=dtype)
@@ -86,13 +95,22 @@ def test_bf16_training_keeps_float32_params_and_tracks_float32(tiny):
             losses.append(float(metrics["loss"]))
         runs[name] = (state, np.asarray(losses))
     state, losses = runs["bf16"]
-    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype(jnp.float32)}
-    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.opt_state) if jnp.ndim(leaf)} == {jnp.dtype(jnp.float32)}
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)} == {
+        jnp.dtype(jnp.float32)
+    }
+    assert {
+        leaf.dtype for leaf in jax.tree_util.tree_leaves(state.opt_state) if jnp.ndim(leaf)
+    } == {jnp.dtype(jnp.float32)}
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     np.testing.assert_allclose(losses, runs["f32"][1], rtol=0.05, atol=0.02)
 
 
 def test_resnet10_is_basic_one_block_per_stage():
     shapes = jax.eval_shape(lambda: init_resnet(resnet10(width=8), jax.random.PRNGKey(0), 32))
-    assert sorted(k for k in shapes["params"] if k.startswith("layer")) == ["layer1_0", "layer2_0", "layer3_0", "layer4_0"]
+    assert sorted(k for k in shapes["params"] if k.startswith("layer")) == [
+        "layer1_0",
+        "layer2_0",
+        "layer3_0",
+        "layer4_0",
+    ]
     assert shapes["params"]["layer4_0"]["conv2"]["kernel"].shape == (3, 3, 64, 64)

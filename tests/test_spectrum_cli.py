@@ -21,8 +21,19 @@ def _run(tmp_path, *extra):
 def test_moons_run_writes_consistent_results(tmp_path):
     rc, out = _run(tmp_path, "--train-steps", "40", "--save-every", "20", "--eta", "1e-3")
     assert rc == 0
-    for name in ("config.json", "results.json", "metrics.jsonl", "spectrum.npz", "spectrum.png", "spectrum.pdf",
-                 "summary.md", "responses.npz", "responses.json", "responses.png", "responses.pdf"):
+    for name in (
+        "config.json",
+        "results.json",
+        "metrics.jsonl",
+        "spectrum.npz",
+        "spectrum.png",
+        "spectrum.pdf",
+        "summary.md",
+        "responses.npz",
+        "responses.json",
+        "responses.png",
+        "responses.pdf",
+    ):
         assert (out / name).is_file(), name
     # linearized training reproduces the theory's GD in z exactly (full-rank U); the network is close
     track = json.loads((out / "responses.json").read_text())
@@ -38,7 +49,9 @@ def test_moons_run_writes_consistent_results(tmp_path):
     apply_fn, params = build_model("mlp", "moons", [32], 0)
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
     phi = tangent_features(apply_fn, params, jnp.asarray(x, jnp.float64))
-    np.testing.assert_allclose(s, np.linalg.svd(y[:, None] * np.asarray(phi), compute_uv=False), rtol=1e-8)
+    np.testing.assert_allclose(
+        s, np.linalg.svd(y[:, None] * np.asarray(phi), compute_uv=False), rtol=1e-8
+    )
     # Σ_j (u_jᵀ1)² = n when U is square
     np.testing.assert_allclose(np.sum(np.asarray(res["alignment"]) ** 2), 24, rtol=1e-10)
     # SD with square U: every margin equals a with σ(−a) = λa, so z* = a Uᵀ1 and |z_j*| = a |u_jᵀ1|
@@ -65,7 +78,21 @@ def test_same_seed_same_results_and_methods_agree(tmp_path):
 
 def test_mnist_mlp_runs(tmp_path):
     out = tmp_path / "mnist"
-    rc = main(["spectrum", "--dataset", "mnist", "--hidden", "8", "--n", "12", "--top", "3", "--out", str(out)])
+    rc = main(
+        [
+            "spectrum",
+            "--dataset",
+            "mnist",
+            "--hidden",
+            "8",
+            "--n",
+            "12",
+            "--top",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["d"] == 12 and res["dataset"] == "mnist"
@@ -74,8 +101,24 @@ def test_mnist_mlp_runs(tmp_path):
 @pytest.mark.slow
 def test_mnist_cnn_runs(tmp_path):
     out = tmp_path / "mnist"
-    rc = main(["spectrum", "--dataset", "mnist", "--model", "cnn", "--hidden", "4", "8", "--n", "12",
-               "--top", "3", "--out", str(out)])
+    rc = main(
+        [
+            "spectrum",
+            "--dataset",
+            "mnist",
+            "--model",
+            "cnn",
+            "--hidden",
+            "4",
+            "8",
+            "--n",
+            "12",
+            "--top",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["d"] == 12 and res["model"] == "cnn"

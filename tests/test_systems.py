@@ -22,7 +22,9 @@ def test_rotation_matrix_is_orthogonal_and_identity_at_zero():
 def test_rotation_matrix_vmaps_over_delta():
     Us = jax.vmap(rotation_matrix)(jnp.linspace(-0.9, 0.9, 5))
     assert Us.shape == (5, 2, 2)
-    np.testing.assert_allclose(jnp.einsum("bij,bik->bjk", Us, Us), np.broadcast_to(np.eye(2), (5, 2, 2)), atol=1e-13)
+    np.testing.assert_allclose(
+        jnp.einsum("bij,bik->bjk", Us, Us), np.broadcast_to(np.eye(2), (5, 2, 2)), atol=1e-13
+    )
 
 
 def test_system_from_matrix_reconstructs_and_truncates(key):

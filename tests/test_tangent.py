@@ -32,8 +32,10 @@ def _mlp(key, hidden=(7, 5), out=1, **kw):
 def _custom(key):
     """A model with a custom params PyTree: nested dict + tuple, tanh, a skip connection."""
     k1, k2, k3 = jax.random.split(key, 3)
-    params = {"enc": (jax.random.normal(k1, (3, 6)), jnp.zeros(6) + 0.1), "head": {"w": jax.random.normal(k2, (6,)),
-              "skip": jax.random.normal(k3, (3,))}}
+    params = {
+        "enc": (jax.random.normal(k1, (3, 6)), jnp.zeros(6) + 0.1),
+        "head": {"w": jax.random.normal(k2, (6,)), "skip": jax.random.normal(k3, (3,))},
+    }
 
     def apply_fn(p, x):
         W, b = p["enc"]
@@ -77,7 +79,9 @@ def test_tangent_features_linearize_outputs(key, xs):
     flat, unravel = ravel_pytree(params)
     d = 1e-6 * jax.random.normal(jax.random.PRNGKey(9), flat.shape)
     df = apply_fn(unravel(flat + d), x) - apply_fn(unravel(flat - d), x)
-    np.testing.assert_allclose(2 * tangent_features(apply_fn, params, x) @ d, df, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(
+        2 * tangent_features(apply_fn, params, x) @ d, df, rtol=1e-6, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("model", ["mlp", "mlp_nobias_tanh", "custom", "cnn"])
@@ -88,8 +92,11 @@ def test_every_method_matches_jacobian_contraction(key, xs, model, method):
         apply_fn, params = _mlp(key)
     elif model == "mlp_nobias_tanh":
         k = jax.random.split(key, 3)
-        params = [(jax.random.normal(k[0], (3, 8)), None), (jax.random.normal(k[1], (8, 4)), jnp.ones(4)),
-                  (jax.random.normal(k[2], (4, 1)), None)]
+        params = [
+            (jax.random.normal(k[0], (3, 8)), None),
+            (jax.random.normal(k[1], (8, 4)), jnp.ones(4)),
+            (jax.random.normal(k[2], (4, 1)), None),
+        ]
         apply_fn = DenseApply(jnp.tanh)
     elif model == "custom":
         apply_fn, params = _custom(key)
@@ -107,9 +114,15 @@ def test_every_method_matches_jacobian_contraction(key, xs, model, method):
         theta = empirical_ntk(apply_fn, params, a, b, method=method)
         assert theta.shape == ref.shape
         np.testing.assert_allclose(theta, ref, **F64)
-        for bs in (2,) if model != "cnn" else ():  # batching is model-independent code; spare CNN compiles
-            np.testing.assert_allclose(empirical_ntk(apply_fn, params, a, b, method=method, batch_size=bs), theta,
-                                       rtol=1e-12, atol=1e-12)
+        for bs in (
+            (2,) if model != "cnn" else ()
+        ):  # batching is model-independent code; spare CNN compiles
+            np.testing.assert_allclose(
+                empirical_ntk(apply_fn, params, a, b, method=method, batch_size=bs),
+                theta,
+                rtol=1e-12,
+                atol=1e-12,
+            )
 
 
 def test_float32_nnx_mlp_methods_agree(key, xs):
@@ -119,7 +132,9 @@ def test_float32_nnx_mlp_methods_agree(key, xs):
     ref = empirical_ntk(apply_fn, params, x)
     assert ref.dtype == jnp.float32
     for m in (NTKMethod.NTK_VECTOR_PRODUCTS, NTKMethod.STRUCTURED):
-        np.testing.assert_allclose(empirical_ntk(apply_fn, params, x, method=m), ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            empirical_ntk(apply_fn, params, x, method=m), ref, rtol=1e-4, atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("method", list(NTKMethod))
@@ -182,13 +197,19 @@ def test_feature_responses_of_linear_model_equal_S_Vt_dtheta(key):
     y = jnp.array([1, 1, -1, 1, -1, -1])
     f = lambda p, x: x @ p["w"]  # noqa: E731
     p0 = {"w": jnp.zeros(8)}
-    ckpts = [{"w": 0.1 * (i + 1) * jax.random.normal(jax.random.fold_in(k2, i), (8,))} for i in range(4)]
+    ckpts = [
+        {"w": 0.1 * (i + 1) * jax.random.normal(jax.random.fold_in(k2, i), (8,))} for i in range(4)
+    ]
     spec, V = feature_spectrum(f, p0, x, y, return_V=True)
     for c in ckpts:
-        np.testing.assert_allclose(feature_responses(f, p0, c, x, y, spec.U), spec.s * (V.T @ c["w"]), **F64)
+        np.testing.assert_allclose(
+            feature_responses(f, p0, c, x, y, spec.U), spec.s * (V.T @ c["w"]), **F64
+        )
     traj = feature_response_trajectory(f, p0, ckpts, x, y, spec.U)
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *ckpts)
-    np.testing.assert_allclose(feature_response_trajectory(f, p0, stacked, x, y, spec.U), traj, **F64)
+    np.testing.assert_allclose(
+        feature_response_trajectory(f, p0, stacked, x, y, spec.U), traj, **F64
+    )
     tracker = FeatureResponseTracker(f, p0, x, y, spec.U)
     for i, c in enumerate(ckpts):
         tracker(10 * i, c)
@@ -198,9 +219,15 @@ def test_feature_responses_of_linear_model_equal_S_Vt_dtheta(key):
     # Recorded outputs give the same responses, with any leading axes and {0, 1} labels.
     outs = jnp.stack([f(c, x) for c in ckpts])
     np.testing.assert_allclose(responses_from_outputs(outs, f(p0, x), y, spec.U), traj, **F64)
-    np.testing.assert_allclose(responses_from_outputs(outs[None], f(p0, x), (y + 1) // 2, spec.U)[0], traj, **F64)
-    for kw, name in ((dict(outputs=outs[:, :5]), "outputs"), (dict(f0=outs), "f0"), (dict(y=y[:5]), "y"),
-                     (dict(U=spec.U[:5]), "U")):
+    np.testing.assert_allclose(
+        responses_from_outputs(outs[None], f(p0, x), (y + 1) // 2, spec.U)[0], traj, **F64
+    )
+    for kw, name in (
+        (dict(outputs=outs[:, :5]), "outputs"),
+        (dict(f0=outs), "f0"),
+        (dict(y=y[:5]), "y"),
+        (dict(U=spec.U[:5]), "U"),
+    ):
         args = dict(outputs=outs, f0=f(p0, x), y=y, U=spec.U) | kw
         with pytest.raises(ValueError, match=name):
             responses_from_outputs(**args)
@@ -213,7 +240,10 @@ def test_tolerances_by_dtype_used(xs):
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda f, p, x: tangent_features(lambda p, x: jnp.stack([f(p, x)] * 2, 1), p, x), "output_axis"),
+        (
+            lambda f, p, x: tangent_features(lambda p, x: jnp.stack([f(p, x)] * 2, 1), p, x),
+            "output_axis",
+        ),
         (lambda f, p, x: tangent_features(f, p, x, output_axis=0), "output_axis"),
         (lambda f, p, x: tangent_features(f, p, x[:, :2]), "params"),
         (lambda f, p, x: tangent_features(f, p, x[0, 0]), "x:"),
@@ -226,7 +256,10 @@ def test_tolerances_by_dtype_used(xs):
         (lambda f, p, x: feature_spectrum(f, p, x, jnp.ones(4)), "y:"),
         (lambda f, p, x: feature_spectrum(f, p, x, jnp.ones(9), tol=2.0), "tol"),
         (lambda f, p, x: feature_responses(f, p, p, x, jnp.ones(9), jnp.ones((8, 2))), "U:"),
-        (lambda f, p, x: feature_response_trajectory(f, p, [], x, jnp.ones(9), jnp.ones((9, 2))), "checkpoints"),
+        (
+            lambda f, p, x: feature_response_trajectory(f, p, [], x, jnp.ones(9), jnp.ones((9, 2))),
+            "checkpoints",
+        ),
     ],
 )
 def test_bad_input_names_argument(key, xs, call, match):

@@ -15,13 +15,32 @@ from ntkdyn.systems import random_orthonormal, rotation_system
 
 
 def test_starvation_json_is_one_object_with_the_published_shape(capsys):
-    argv = ["starvation", "--s1", "2", "3", "4", "5", "6", "8", "--s2", "2", "--delta", "0.5",
-            "--lam", "0.01", "--sd-lam", "0.002", "--json"]
+    argv = [
+        "starvation",
+        "--s1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+        "8",
+        "--s2",
+        "2",
+        "--delta",
+        "0.5",
+        "--lam",
+        "0.01",
+        "--sd-lam",
+        "0.002",
+        "--json",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     data = json.loads(out)
-    assert data["s1"] == [2.0, 3.0, 4.0, 5.0, 6.0, 8.0] and data["s2"] == 2.0 and data["delta"] == 0.5
+    assert (
+        data["s1"] == [2.0, 3.0, 4.0, 5.0, 6.0, 8.0] and data["s2"] == 2.0 and data["delta"] == 0.5
+    )
     ce, sd = data["ce"], data["sd"]
     assert ce["lam"] == 0.01 and sd["lam"] == 0.002
     for key in ("z1", "z2", "dz2_ds1", "dz2_ds1_fd"):
@@ -80,12 +99,37 @@ def test_theory_is_deterministic(tmp_path, capsys):
 
 def test_simulate_gd_matches_library_and_writes_files(tmp_path, capsys):
     out_dir = tmp_path / "sim"
-    argv = ["simulate", "--s", "6", "2", "--delta", "0.5", "--loss", "ce", "--lam", "0.01", "--eta", "0.05",
-            "--steps", "400", "--save-every", "20", "--out", str(out_dir)]
+    argv = [
+        "simulate",
+        "--s",
+        "6",
+        "2",
+        "--delta",
+        "0.5",
+        "--loss",
+        "ce",
+        "--lam",
+        "0.01",
+        "--eta",
+        "0.05",
+        "--steps",
+        "400",
+        "--save-every",
+        "20",
+        "--out",
+        str(out_dir),
+    ]
     assert main(argv) == 0
     assert "fixed point" in capsys.readouterr().out
     traj = json.loads((out_dir / "trajectory.json").read_text())
-    ref = gd(ce_field, rotation_system([6.0, 2.0], 0.5, 0.01), jnp.zeros(2), eta=0.05, num_steps=400, save_every=20)
+    ref = gd(
+        ce_field,
+        rotation_system([6.0, 2.0], 0.5, 0.01),
+        jnp.zeros(2),
+        eta=0.05,
+        num_steps=400,
+        save_every=20,
+    )
     np.testing.assert_allclose(traj["z"], ref.z, rtol=1e-12)
     np.testing.assert_allclose(np.load(out_dir / "trajectory.npz")["z"], ref.z, rtol=1e-12)
     for name in ("trajectory.png", "trajectory.pdf", "config.json", "results.json"):
@@ -95,7 +139,12 @@ def test_simulate_gd_matches_library_and_writes_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "suffix", [pytest.param(".npy", marks=pytest.mark.slow), ".txt", pytest.param(".csv", marks=pytest.mark.slow)]
+    "suffix",
+    [
+        pytest.param(".npy", marks=pytest.mark.slow),
+        ".txt",
+        pytest.param(".csv", marks=pytest.mark.slow),
+    ],
 )
 def test_simulate_reads_u_files_and_runs_every_loss(tmp_path, capsys, suffix):
     U = np.asarray(random_orthonormal(jax.random.PRNGKey(3), 5, 3))
@@ -107,7 +156,25 @@ def test_simulate_reads_u_files_and_runs_every_loss(tmp_path, capsys, suffix):
     loss = {".npy": "sd", ".txt": "dual", ".csv": "quadratic"}[suffix]
     horizon = ["--t1", "0.1"] if loss == "dual" else ["--t1", "50"]
     out_dir = tmp_path / loss
-    assert main(["simulate", "--s", "5", "3", "2", "--U", str(path), "--loss", loss, *horizon, "--out", str(out_dir)]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--s",
+                "5",
+                "3",
+                "2",
+                "--U",
+                str(path),
+                "--loss",
+                loss,
+                *horizon,
+                "--out",
+                str(out_dir),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     traj = json.loads((out_dir / "trajectory.json").read_text())
     assert np.asarray(traj["z"]).shape == (101, 3) and traj["mode"] == "ode"
@@ -149,15 +216,25 @@ def test_bad_u_files(tmp_path, capsys):
     junk.write_text("a,b\nc,d\n")
     other = tmp_path / "u.mat"
     other.write_text("1 0\n0 1\n")
-    for path, text in ((skew, "orthonormal"), (vec, "2-D"), (junk, "cannot read"), (other, "unsupported")):
-        assert main(["simulate", "--s", "3", "2", "--U", str(path), "--out", str(tmp_path / "o")]) == 2
+    for path, text in (
+        (skew, "orthonormal"),
+        (vec, "2-D"),
+        (junk, "cannot read"),
+        (other, "unsupported"),
+    ):
+        assert (
+            main(["simulate", "--s", "3", "2", "--U", str(path), "--out", str(tmp_path / "o")]) == 2
+        )
         err = capsys.readouterr().err
         assert "--U" in err and text in err and len(err.strip().splitlines()) == 1
 
 
 def test_console_script_error_has_no_traceback():
-    proc = subprocess.run([sys.executable, "-m", "ntkdyn.cli", "starvation", "--sd-lam", "0"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ntkdyn.cli", "starvation", "--sd-lam", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert "Traceback" not in proc.stderr and "sd_lam" in proc.stderr
 

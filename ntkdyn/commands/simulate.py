@@ -30,18 +30,33 @@ LOSSES = ("ce", "sd", "dual", "quadratic")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the command's arguments to ``parser``."""
-    parser.add_argument("--s", type=float, nargs="+", required=True, help="singular values s_1 ... s_d (> 0)")
+    parser.add_argument(
+        "--s", type=float, nargs="+", required=True, help="singular values s_1 ... s_d (> 0)"
+    )
     coupling = parser.add_mutually_exclusive_group()
     coupling.add_argument("--delta", type=float, help="two features: U = U(delta), |delta| < 1")
-    coupling.add_argument("--U", type=Path, help="U as .npy, .txt or .csv (n x d, orthonormal columns)")
+    coupling.add_argument(
+        "--U", type=Path, help="U as .npy, .txt or .csv (n x d, orthonormal columns)"
+    )
     parser.add_argument("--loss", choices=LOSSES, default="ce", help="the flow")
-    parser.add_argument("--lam", type=float, default=0.01, help="lambda (weight decay for ce/dual/quadratic, logit penalty for sd)")
-    parser.add_argument("--alpha0", type=float, default=0.5, help="expansion point of the quadratic approximation")
-    parser.add_argument("--alpha-start", type=float, default=1e-8, help="initial dual variable for --loss dual")
+    parser.add_argument(
+        "--lam",
+        type=float,
+        default=0.01,
+        help="lambda (weight decay for ce/dual/quadratic, logit penalty for sd)",
+    )
+    parser.add_argument(
+        "--alpha0", type=float, default=0.5, help="expansion point of the quadratic approximation"
+    )
+    parser.add_argument(
+        "--alpha-start", type=float, default=1e-8, help="initial dual variable for --loss dual"
+    )
     parser.add_argument("--eta", type=float, default=0.05, help="GD step (with --steps)")
     horizon = parser.add_mutually_exclusive_group()
     horizon.add_argument("--steps", type=int, help="GD steps (default 2000 unless --t1 is given)")
-    horizon.add_argument("--t1", type=float, help="integrate the flow to this time (eta x steps units)")
+    horizon.add_argument(
+        "--t1", type=float, help="integrate the flow to this time (eta x steps units)"
+    )
     parser.add_argument("--save-every", type=int, default=20, help="GD sampling interval (steps)")
     parser.add_argument("--num-points", type=int, default=101, help="ODE samples, 0 to t1")
     parser.add_argument("--rtol", type=float, default=1e-8, help="ODE relative tolerance")
@@ -82,7 +97,9 @@ def load_matrix(path: Path):
         raise ValueError(f"--U: cannot read {str(path)!r} as a numeric matrix ({exc})") from exc
     arr = np.asarray(arr, dtype=float)
     if arr.ndim != 2:
-        raise ValueError(f"--U: expected a 2-D (n, d) matrix in {str(path)!r}, got shape {arr.shape}")
+        raise ValueError(
+            f"--U: expected a 2-D (n, d) matrix in {str(path)!r}, got shape {arr.shape}"
+        )
     return arr
 
 
@@ -101,21 +118,25 @@ def _system(args):
         raise ValueError("--lam: the dual flow needs lambda > 0")
     if args.delta is not None:
         if d != 2:
-            raise ValueError(f"--delta: builds a two-feature U(delta), but --s has {d} values; pass two values or --U")
+            raise ValueError(
+                f"--delta: builds a two-feature U(delta), but --s has {d} values; pass two values or --U"
+            )
         if not math.isfinite(args.delta) or abs(args.delta) >= 1:
             raise ValueError(f"--delta: must satisfy |delta| < 1, got {args.delta}")
         U = rotation_matrix(jnp.asarray(args.delta, jnp.float64))
     elif args.U is not None:
         U = load_matrix(args.U)
         if U.shape[1] != d:
-            raise ValueError(f"--U: has d={U.shape[1]} columns but --s has {d} values; give one singular value per column")
+            raise ValueError(
+                f"--U: has d={U.shape[1]} columns but --s has {d} values; give one singular value per column"
+            )
     else:
         U = jnp.eye(d)
     try:
         return feature_system(U, jnp.asarray(s, jnp.float64), args.lam)
     except ValueError as exc:
         name = str(exc).split(":")[0]
-        raise ValueError(f"--{name}: {str(exc)[len(name) + 2:]}") from exc
+        raise ValueError(f"--{name}: {str(exc)[len(name) + 2 :]}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,17 +187,36 @@ def run(args: argparse.Namespace) -> int:
             if steps < 1:
                 raise ValueError(f"--steps: must be >= 1, got {steps}")
             if args.save_every < 1 or steps % args.save_every:
-                raise ValueError(f"--save-every: must be >= 1 and divide --steps={steps}, got {args.save_every}")
+                raise ValueError(
+                    f"--save-every: must be >= 1 and divide --steps={steps}, got {args.save_every}"
+                )
             traj = gd(field, system, z0, eta=args.eta, num_steps=steps, save_every=args.save_every)
         else:
-            traj = integrate(field, system, z0, t1=args.t1, num_points=args.num_points, rtol=args.rtol,
-                             atol=args.atol, max_steps=args.max_steps)
+            traj = integrate(
+                field,
+                system,
+                z0,
+                t1=args.t1,
+                num_points=args.num_points,
+                rtol=args.rtol,
+                atol=args.atol,
+                max_steps=args.max_steps,
+            )
     except ValueError as exc:
         message = str(exc)
-        for name in ("eta", "t1", "num_points", "rtol", "atol", "max_steps", "save_every", "num_steps"):
+        for name in (
+            "eta",
+            "t1",
+            "num_points",
+            "rtol",
+            "atol",
+            "max_steps",
+            "save_every",
+            "num_steps",
+        ):
             if message.startswith(f"{name}:"):
                 flag = "steps" if name == "num_steps" else name.replace("_", "-")
-                message = f"--{flag}:{message[len(name) + 1:]}"
+                message = f"--{flag}:{message[len(name) + 1 :]}"
         raise ValueError(message) from exc
     state = np.asarray(traj.z)
     z = np.asarray(dual_to_z(traj.z, system)) if args.loss == "dual" else state
@@ -187,20 +227,38 @@ def run(args: argparse.Namespace) -> int:
         z_star, M = None, None
 
     rd = RunDir(args.out)
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}  # write_config turns paths into strings
+    config = {
+        k: v for k, v in vars(args).items() if not k.startswith("_")
+    }  # write_config turns paths into strings
     config.update(mode=mode, steps=steps if mode == "gd" else None)
     rd.write_config(config)
-    record = {"t": np.asarray(traj.t), "z": z, "loss": args.loss, "mode": mode,
-              "s": np.asarray(system.s), "lam": float(system.lam), "U": np.asarray(system.U)}
+    record = {
+        "t": np.asarray(traj.t),
+        "z": z,
+        "loss": args.loss,
+        "mode": mode,
+        "s": np.asarray(system.s),
+        "lam": float(system.lam),
+        "U": np.asarray(system.U),
+    }
     if args.loss == "dual":
         record["alpha"] = state
     rd.write_json("trajectory.json", record)
     rd.write_npz("trajectory.npz", **{k: v for k, v in record.items() if k not in ("loss", "mode")})
     title = f"{args.loss.upper()} ({'GD' if mode == 'gd' else 'ODE'}), s = {', '.join(f'{v:g}' for v in args.s)}, λ = {args.lam:g}"
-    rd.save_figure(trajectory_figure(np.asarray(traj.t), z, title=title, z_star=z_star), "trajectory")
-    results = {"final_z": z[-1], "fixed_point": z_star, "starvation_matrix": M,
-               "distance_to_fixed_point": None if z_star is None else float(np.max(np.abs(z[-1] - z_star))),
-               "num_steps": int(traj.num_steps), "success": bool(traj.success)}
+    rd.save_figure(
+        trajectory_figure(np.asarray(traj.t), z, title=title, z_star=z_star), "trajectory"
+    )
+    results = {
+        "final_z": z[-1],
+        "fixed_point": z_star,
+        "starvation_matrix": M,
+        "distance_to_fixed_point": None
+        if z_star is None
+        else float(np.max(np.abs(z[-1] - z_star))),
+        "num_steps": int(traj.num_steps),
+        "success": bool(traj.success),
+    }
     rd.write_results(results)
     sys.stdout.write(
         f"final z = {np.array2string(z[-1], precision=4)}; fixed point z* = "

@@ -37,32 +37,65 @@ HELP = __doc__.split("\n\n")[0] + (
 )
 X64 = True
 
-_METHODS = {"structured": "STRUCTURED", "jacobian": "JACOBIAN_CONTRACTION", "vector-products": "NTK_VECTOR_PRODUCTS"}
+_METHODS = {
+    "structured": "STRUCTURED",
+    "jacobian": "JACOBIAN_CONTRACTION",
+    "vector-products": "NTK_VECTOR_PRODUCTS",
+}
 _DEFAULT_HIDDEN = {"moons": [500], "mnist": [300, 300]}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the command's arguments to ``parser``."""
     parser.add_argument("--dataset", choices=["moons", "mnist"], default="moons", help="the data")
-    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp", help="network (cnn: mnist only)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=None,
-                        help="MLP hidden widths (default: 500 for moons, 300 300 for mnist); CNN channels")
+    parser.add_argument(
+        "--model", choices=["mlp", "cnn"], default="mlp", help="network (cnn: mnist only)"
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=None,
+        help="MLP hidden widths (default: 500 for moons, 300 300 for mnist); CNN channels",
+    )
     parser.add_argument("--n", type=int, default=300, help="number of training examples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data sample and the initialisation")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the data sample and the initialisation"
+    )
     parser.add_argument("--delta", type=float, default=0.1, help="two-moons gap Delta")
     parser.add_argument("--noise", type=float, default=0.1, help="two-moons noise")
-    parser.add_argument("--weight-decay", type=float, default=2e-4, help="CE weight decay on the mean loss")
-    parser.add_argument("--sd-coef", type=float, default=0.003, help="SD coefficient c of c*mean(f^2)")
+    parser.add_argument(
+        "--weight-decay", type=float, default=2e-4, help="CE weight decay on the mean loss"
+    )
+    parser.add_argument(
+        "--sd-coef", type=float, default=0.003, help="SD coefficient c of c*mean(f^2)"
+    )
     parser.add_argument("--top", type=int, default=10, help="number of leading directions reported")
-    parser.add_argument("--method", choices=sorted(_METHODS), default="structured",
-                        help="empirical NTK method (structured needs the MLP; others fall back to jacobian)")
-    parser.add_argument("--batch-size", type=int, default=None, help="NTK batch size (memory bound)")
-    parser.add_argument("--train-steps", type=int, default=0,
-                        help="also train the network and its linearization by full-batch GD for this many steps "
-                        "and draw their feature responses against the theory's prediction (0: off)")
-    parser.add_argument("--eta", type=float, default=1e-4, help="GD step on the summed loss (with --train-steps)")
-    parser.add_argument("--loss", choices=["ce", "sd"], default="ce", help="training loss (with --train-steps)")
-    parser.add_argument("--save-every", type=int, default=50, help="record z(t) every this many steps")
+    parser.add_argument(
+        "--method",
+        choices=sorted(_METHODS),
+        default="structured",
+        help="empirical NTK method (structured needs the MLP; others fall back to jacobian)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="NTK batch size (memory bound)"
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=0,
+        help="also train the network and its linearization by full-batch GD for this many steps "
+        "and draw their feature responses against the theory's prediction (0: off)",
+    )
+    parser.add_argument(
+        "--eta", type=float, default=1e-4, help="GD step on the summed loss (with --train-steps)"
+    )
+    parser.add_argument(
+        "--loss", choices=["ce", "sd"], default="ce", help="training loss (with --train-steps)"
+    )
+    parser.add_argument(
+        "--save-every", type=int, default=50, help="record z(t) every this many steps"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/spectrum"), help="output directory")
 
 
@@ -72,14 +105,18 @@ def _check(args: argparse.Namespace) -> None:
     if args.top < 1:
         raise ValueError(f"--top: must be >= 1, got {args.top}")
     if args.model == "cnn" and args.dataset != "mnist":
-        raise ValueError(f"--model: cnn needs image inputs; use --dataset mnist (got --dataset {args.dataset})")
+        raise ValueError(
+            f"--model: cnn needs image inputs; use --dataset mnist (got --dataset {args.dataset})"
+        )
     for name, v in (("--weight-decay", args.weight_decay), ("--sd-coef", args.sd_coef)):
         if not math.isfinite(v) or v <= 0:
             raise ValueError(f"{name}: must be a finite number > 0, got {v}")
     if args.train_steps < 0:
         raise ValueError(f"--train-steps: must be >= 0, got {args.train_steps}")
     if args.train_steps and (args.save_every < 1 or args.train_steps % args.save_every):
-        raise ValueError(f"--save-every: must be a positive divisor of --train-steps={args.train_steps}, got {args.save_every}")
+        raise ValueError(
+            f"--save-every: must be a positive divisor of --train-steps={args.train_steps}, got {args.save_every}"
+        )
     if not math.isfinite(args.eta) or args.eta <= 0:
         raise ValueError(f"--eta: must be a finite step size > 0, got {args.eta}")
     if args.hidden is not None and any(h < 1 for h in args.hidden):
@@ -114,7 +151,9 @@ def load_data(dataset: str, n: int, seed: int, *, delta: float = 0.1, noise: flo
 
         data = load_mnist(source="embedded")
         if n > data.n_images:
-            raise ValueError(f"--n: the embedded MNIST subset has {data.n_images} images, got n={n}")
+            raise ValueError(
+                f"--n: the embedded MNIST subset has {data.n_images} images, got n={n}"
+            )
         idx = np.random.default_rng(seed).choice(data.n_images, size=n, replace=False)
         x = data.images[idx].astype(np.float32) / 255.0
         y = np.where(data.labels[idx] < 5, 1.0, -1.0)
@@ -146,7 +185,9 @@ def build_model(model: str, dataset: str, hidden: list[int] | None, seed: int):
     return init_mlp(key, in_features, hidden if hidden is not None else _DEFAULT_HIDDEN[dataset])
 
 
-def analyse(apply_fn, params, x, y, *, lam_ce: float, lam_sd: float, top: int, method, batch_size=None) -> dict[str, Any]:
+def analyse(
+    apply_fn, params, x, y, *, lam_ce: float, lam_sd: float, top: int, method, batch_size=None
+) -> dict[str, Any]:
     """Spectrum, alignment, fixed points and starvation by the top direction.
 
     Args:
@@ -209,51 +250,104 @@ def run(args: argparse.Namespace) -> int:
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
     x = x.astype(np.float64)
     lam_ce, lam_sd = args.n * args.weight_decay, 2.0 * args.sd_coef
-    res, spec = analyse(apply_fn, params, x, y, lam_ce=lam_ce, lam_sd=lam_sd, top=args.top,
-                  method=NTKMethod[_METHODS[args.method]], batch_size=args.batch_size)
+    res, spec = analyse(
+        apply_fn,
+        params,
+        x,
+        y,
+        lam_ce=lam_ce,
+        lam_sd=lam_sd,
+        top=args.top,
+        method=NTKMethod[_METHODS[args.method]],
+        batch_size=args.batch_size,
+    )
     d, k = res["s"].shape[0], min(args.top, res["s"].shape[0])
     starved = [j for j in range(1, d) if res["dz_ds1_ce"][j] < 0]
     out = RunDir(args.out)
-    config = {k_: v for k_, v in vars(args).items() if not k_.startswith("_")}  # write_config turns paths into strings
+    config = {
+        k_: v for k_, v in vars(args).items() if not k_.startswith("_")
+    }  # write_config turns paths into strings
     config.update(lam_ce=lam_ce, lam_sd=lam_sd)
     out.write_config(config)
     out.write_metrics(
-        {"j": j + 1, "s": res["s"][j], "alignment": res["alignment"][j], "z_ce": res["z_ce"][j],
-         "z_sd": res["z_sd"][j], "dz_ds1_ce": res["dz_ds1_ce"][j], "dz_ds1_sd": res["dz_ds1_sd"][j]}
+        {
+            "j": j + 1,
+            "s": res["s"][j],
+            "alignment": res["alignment"][j],
+            "z_ce": res["z_ce"][j],
+            "z_sd": res["z_sd"][j],
+            "dz_ds1_ce": res["dz_ds1_ce"][j],
+            "dz_ds1_sd": res["dz_ds1_sd"][j],
+        }
         for j in range(d)
     )
     results = {
-        "dataset": args.dataset, "model": args.model, "n": args.n, "d": d, "lam_ce": lam_ce, "lam_sd": lam_sd,
-        "s": res["s"].tolist(), "alignment": res["alignment"].tolist(),
-        "top": {key: res[key][:k].tolist() for key in ("s", "alignment", "z_ce", "z_sd", "dz_ds1_ce", "dz_ds1_sd")},
+        "dataset": args.dataset,
+        "model": args.model,
+        "n": args.n,
+        "d": d,
+        "lam_ce": lam_ce,
+        "lam_sd": lam_sd,
+        "s": res["s"].tolist(),
+        "alignment": res["alignment"].tolist(),
+        "top": {
+            key: res[key][:k].tolist()
+            for key in ("s", "alignment", "z_ce", "z_sd", "dz_ds1_ce", "dz_ds1_sd")
+        },
         "s1_over_s2": float(res["s"][0] / res["s"][1]) if d > 1 else None,
-        "starved_by_top_ce": len(starved), "starved_by_top_sd": int(np.sum(res["dz_ds1_sd"][1:] < -1e-8)),
+        "starved_by_top_ce": len(starved),
+        "starved_by_top_sd": int(np.sum(res["dz_ds1_sd"][1:] < -1e-8)),
         "max_abs_dz_ds1_sd": float(np.max(np.abs(res["dz_ds1_sd"]))),
     }
     out.write_results(results)
     out.write_npz("spectrum.npz", **res)
-    fig = spectrum_figure(res["s"], res["alignment"], top=max(k, 1), n=args.n,
-                          title=f"{args.dataset}, {args.model}, n = {args.n}: spectrum of $Y\\Phi$ at init")
+    fig = spectrum_figure(
+        res["s"],
+        res["alignment"],
+        top=max(k, 1),
+        n=args.n,
+        title=f"{args.dataset}, {args.model}, n = {args.n}: spectrum of $Y\\Phi$ at init",
+    )
     out.save_figure(fig, "spectrum")  # closes the figure
-    rows = ["| j | s_j | abs(u_j^T 1) | z*_CE | z*_SD | dz_j*/ds_1 (CE) | dz_j*/ds_1 (SD) |",
-            "|---|---|---|---|---|---|---|"]
-    rows += [f"| {j + 1} | {res['s'][j]:.4g} | {res['alignment'][j]:.3f} | {res['z_ce'][j]:.4g} | "
-             f"{res['z_sd'][j]:.4g} | {res['dz_ds1_ce'][j]:.3g} | {res['dz_ds1_sd'][j]:.2g} |" for j in range(k)]
+    rows = [
+        "| j | s_j | abs(u_j^T 1) | z*_CE | z*_SD | dz_j*/ds_1 (CE) | dz_j*/ds_1 (SD) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {j + 1} | {res['s'][j]:.4g} | {res['alignment'][j]:.3f} | {res['z_ce'][j]:.4g} | "
+        f"{res['z_sd'][j]:.4g} | {res['dz_ds1_ce'][j]:.3g} | {res['dz_ds1_sd'][j]:.2g} |"
+        for j in range(k)
+    ]
     summary = (
         f"# Tangent-feature spectrum: {args.dataset}, {args.model}, n = {args.n}, seed {args.seed}\n\n"
         f"d = {d} directions; s1/s2 = {results['s1_over_s2']}; lambda_CE = {lam_ce:.4g}, lambda_SD = {lam_sd:.4g}.\n"
         f"Under CE the strongest feature starves {len(starved)} of the other {d - 1} directions "
-        f"(dz_j*/ds_1 < 0); under SD max |dz*/ds_1| = {results['max_abs_dz_ds1_sd']:.1e}.\n\n" + "\n".join(rows) + "\n"
+        f"(dz_j*/ds_1 < 0); under SD max |dz*/ds_1| = {results['max_abs_dz_ds1_sd']:.1e}.\n\n"
+        + "\n".join(rows)
+        + "\n"
     )
     if args.train_steps:
-        summary += _track(args, out, apply_fn, params, x, y, spec, lam_ce if args.loss == "ce" else lam_sd)
+        summary += _track(
+            args, out, apply_fn, params, x, y, spec, lam_ce if args.loss == "ce" else lam_sd
+        )
     out.write_text("summary.md", summary)
     print(summary)
     return 0
 
 
-def track_responses(apply_fn, params, x, y, spec, *, loss: str, lam: float, eta: float, num_steps: int,
-                    save_every: int) -> dict[str, Any]:
+def track_responses(
+    apply_fn,
+    params,
+    x,
+    y,
+    spec,
+    *,
+    loss: str,
+    lam: float,
+    eta: float,
+    num_steps: int,
+    save_every: int,
+) -> dict[str, Any]:
     """z(t) of real training, of linearized training and of the theory's GD, on the same (U, s, λ).
 
     All three use full-batch GD with step η on Σ softplus(−y g) plus the regulariser (CE: (λ/2)‖θ − θ₀‖²;
@@ -282,9 +376,15 @@ def track_responses(apply_fn, params, x, y, spec, *, loss: str, lam: float, eta:
     net = train_gd(apply_fn, params, x, y, **kw)
     lin = train_gd(apply_fn, params, x, y, linearized=True, **kw)
     system = spec.to_system(lam)
-    theory = gd(field, system, np.zeros(system.d), eta=eta, num_steps=num_steps, save_every=save_every)
-    return {"t": np.asarray(theory.t), "z_network": np.asarray(net.responses(y, spec.U)),
-            "z_linearized": np.asarray(lin.responses(y, spec.U)), "z_theory": np.asarray(theory.z)}
+    theory = gd(
+        field, system, np.zeros(system.d), eta=eta, num_steps=num_steps, save_every=save_every
+    )
+    return {
+        "t": np.asarray(theory.t),
+        "z_network": np.asarray(net.responses(y, spec.U)),
+        "z_linearized": np.asarray(lin.responses(y, spec.U)),
+        "z_theory": np.asarray(theory.z),
+    }
 
 
 def _track(args, out, apply_fn, params, x, y, spec, lam) -> str:
@@ -292,23 +392,47 @@ def _track(args, out, apply_fn, params, x, y, spec, lam) -> str:
 
     from ntkdyn.plots.spectrum import responses_figure
 
-    tr = track_responses(apply_fn, params, x, y, spec, loss=args.loss, lam=lam, eta=args.eta,
-                         num_steps=args.train_steps, save_every=args.save_every)
+    tr = track_responses(
+        apply_fn,
+        params,
+        x,
+        y,
+        spec,
+        loss=args.loss,
+        lam=lam,
+        eta=args.eta,
+        num_steps=args.train_steps,
+        save_every=args.save_every,
+    )
     out.write_npz("responses.npz", **tr)
     # Draw the strongest responses at the end of training (the features the run actually learns).
     order = np.argsort(-np.abs(tr["z_theory"][-1]))[:4]
     fig = responses_figure(
-        [("network", tr["t"], tr["z_network"]), ("linearized", tr["t"], tr["z_linearized"]),
-         ("theory (GD in z)", tr["t"], tr["z_theory"])],
+        [
+            ("network", tr["t"], tr["z_network"]),
+            ("linearized", tr["t"], tr["z_linearized"]),
+            ("theory (GD in z)", tr["t"], tr["z_theory"]),
+        ],
         features=[int(j) for j in sorted(order)],
         title=f"{args.dataset}, {args.model}, {args.loss.upper()} (lambda = {lam:.3g}, eta = {args.eta:g})",
     )
     out.save_figure(fig, "responses")  # closes the figure
     final = {k: tr[k][-1] for k in ("z_network", "z_linearized", "z_theory")}
-    err_lin = float(np.linalg.norm(final["z_linearized"] - final["z_theory"]) / np.linalg.norm(final["z_theory"]))
-    err_net = float(np.linalg.norm(final["z_network"] - final["z_theory"]) / np.linalg.norm(final["z_theory"]))
-    extra = {"t_end": float(tr["t"][-1]), "rel_err_linearized_vs_theory": err_lin,
-             "rel_err_network_vs_theory": err_net, "features_drawn": [int(j) + 1 for j in sorted(order)]}
+    err_lin = float(
+        np.linalg.norm(final["z_linearized"] - final["z_theory"])
+        / np.linalg.norm(final["z_theory"])
+    )
+    err_net = float(
+        np.linalg.norm(final["z_network"] - final["z_theory"]) / np.linalg.norm(final["z_theory"])
+    )
+    extra = {
+        "t_end": float(tr["t"][-1]),
+        "rel_err_linearized_vs_theory": err_lin,
+        "rel_err_network_vs_theory": err_net,
+        "features_drawn": [int(j) + 1 for j in sorted(order)],
+    }
     out.write_json("responses.json", extra)
-    return (f"\nTraining ({args.loss.upper()}, {args.train_steps} GD steps, t = {extra['t_end']:.3g}): final z "
-            f"relative error vs theory: linearized {err_lin:.2e}, network {err_net:.2e}.\n")
+    return (
+        f"\nTraining ({args.loss.upper()}, {args.train_steps} GD steps, t = {extra['t_end']:.3g}): final z "
+        f"relative error vs theory: linearized {err_lin:.2e}, network {err_net:.2e}.\n"
+    )

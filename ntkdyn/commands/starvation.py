@@ -35,14 +35,27 @@ DECOUPLED_ATOL = 1e-8
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the command's arguments to ``parser``."""
-    parser.add_argument("--s1", type=float, nargs="+", default=[2.0, 3.0, 4.0, 5.0, 6.0, 8.0],
-                        help="singular values s1 of the strong feature (one row each)")
-    parser.add_argument("--s2", type=float, default=2.0, help="singular value s2 of the weak feature")
-    parser.add_argument("--delta", type=float, default=0.5, help="coupling delta of U(delta), |delta| < 1")
+    parser.add_argument(
+        "--s1",
+        type=float,
+        nargs="+",
+        default=[2.0, 3.0, 4.0, 5.0, 6.0, 8.0],
+        help="singular values s1 of the strong feature (one row each)",
+    )
+    parser.add_argument(
+        "--s2", type=float, default=2.0, help="singular value s2 of the weak feature"
+    )
+    parser.add_argument(
+        "--delta", type=float, default=0.5, help="coupling delta of U(delta), |delta| < 1"
+    )
     parser.add_argument("--lam", type=float, default=0.01, help="CE weight decay lambda > 0")
     parser.add_argument("--sd-lam", type=float, default=0.002, help="SD logit penalty lambda > 0")
-    parser.add_argument("--fd-h", type=float, default=1e-4, help="step of the central finite differences")
-    parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+    parser.add_argument(
+        "--fd-h", type=float, default=1e-4, help="step of the central finite differences"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object and nothing else"
+    )
 
 
 def _check(name: str, value: float, *, positive: bool = True) -> None:
@@ -96,12 +109,16 @@ def starvation_table(
     if not math.isfinite(delta) or abs(delta) >= 1:
         raise ValueError(f"delta: must satisfy |delta| < 1, got {delta}")
     if not (math.isfinite(fd_h) and 0 < fd_h < min(min(s1), s2)):
-        raise ValueError(f"fd_h: must satisfy 0 < fd_h < min(s1, s2) = {min(min(s1), s2)}, got {fd_h}")
+        raise ValueError(
+            f"fd_h: must satisfy 0 < fd_h < min(s1, s2) = {min(min(s1), s2)}, got {fd_h}"
+        )
 
     k = len(s1)
     # One batch per loss: the k systems, then (CE only) their s₁ ± h neighbours for the differences.
     ce_systems = [rotation_system([v, s2], delta, lam) for v in s1]
-    ce_systems += [rotation_system([v + sign * fd_h, s2], delta, lam) for sign in (1, -1) for v in s1]
+    ce_systems += [
+        rotation_system([v + sign * fd_h, s2], delta, lam) for sign in (1, -1) for v in s1
+    ]
     sd_systems = [rotation_system([v, s2], delta, sd_lam) for v in s1]
     z_all, J_all = fixed_points_batch(ce_field, stack_systems(ce_systems))
     z_ce, J_ce = z_all[:k], J_all[:k]

@@ -80,14 +80,19 @@ def import_neural_tangents():
     """
     if "neural_tangents" in sys.modules:
         return sys.modules["neural_tangents"]
-    if importlib.util.find_spec("neural_tangents") is None or importlib.util.find_spec("frozendict") is None:
+    if (
+        importlib.util.find_spec("neural_tangents") is None
+        or importlib.util.find_spec("frozendict") is None
+    ):
         raise ImportError(
             "neural-tangents is not installed; install it without TensorFlow: "
             "pip install --no-deps neural-tangents==0.6.5 frozendict"
         )
     _patch_jax()
     if importlib.util.find_spec("tensorflow") is None:
-        sys.modules.setdefault("neural_tangents.experimental", _TensorFlowOnly("neural_tangents.experimental"))
+        sys.modules.setdefault(
+            "neural_tangents.experimental", _TensorFlowOnly("neural_tangents.experimental")
+        )
     return importlib.import_module("neural_tangents")
 
 
@@ -122,7 +127,9 @@ def nt_relu_ntk(
     if int(depth) != depth or depth < 0:
         raise ValueError(f"depth: number of hidden layers must be an integer >= 0, got {depth}")
     if not sigma_w > 0 or not sigma_b >= 0:
-        raise ValueError(f"sigma_w, sigma_b: need sigma_w > 0 and sigma_b >= 0, got {sigma_w}, {sigma_b}")
+        raise ValueError(
+            f"sigma_w, sigma_b: need sigma_w > 0 and sigma_b >= 0, got {sigma_w}, {sigma_b}"
+        )
     a = jnp.asarray(x1)
     b = None if x2 is None else jnp.asarray(x2)
     for name, arr in (("x1", a), ("x2", b)):

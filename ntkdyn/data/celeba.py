@@ -73,10 +73,14 @@ SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 
 
 def _malformed(path: Path, lineno: int, what: str) -> ValueError:
-    return ValueError(f"{path}: line {lineno}: {what}; the file is malformed — re-download it or fix that line")
+    return ValueError(
+        f"{path}: line {lineno}: {what}; the file is malformed — re-download it or fix that line"
+    )
 
 
-def read_attributes(path: str | os.PathLike) -> tuple[list[str], list[str], Int[np.ndarray, "n 40"]]:
+def read_attributes(
+    path: str | os.PathLike,
+) -> tuple[list[str], list[str], Int[np.ndarray, "n 40"]]:
     """Read ``list_attr_celeba.txt`` or ``list_attr_celeba.csv``.
 
     Args:
@@ -93,7 +97,9 @@ def read_attributes(path: str | os.PathLike) -> tuple[list[str], list[str], Int[
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"attribute file {path} not found; expected list_attr_celeba.txt or .csv from the CelebA release")
+        raise FileNotFoundError(
+            f"attribute file {path} not found; expected list_attr_celeba.txt or .csv from the CelebA release"
+        )
     if path.suffix.lower() == ".csv":
         with open(path, newline="") as fh:
             rows = list(csv.reader(fh))
@@ -101,7 +107,11 @@ def read_attributes(path: str | os.PathLike) -> tuple[list[str], list[str], Int[
             raise _malformed(path, 1, "the file is empty")
         header = [h.strip() for h in rows[0]]
         if len(header) < 2 or header[0] != "image_id":
-            raise _malformed(path, 1, f"expected a header 'image_id,<attribute names>', got {','.join(header[:3])!r}...")
+            raise _malformed(
+                path,
+                1,
+                f"expected a header 'image_id,<attribute names>', got {','.join(header[:3])!r}...",
+            )
         names = header[1:]
         body = [(i + 2, [c.strip() for c in r]) for i, r in enumerate(rows[1:]) if r]
         expected_count = None
@@ -109,31 +119,45 @@ def read_attributes(path: str | os.PathLike) -> tuple[list[str], list[str], Int[
         with open(path) as fh:
             lines = fh.read().splitlines()
         if len(lines) < 2:
-            raise _malformed(path, len(lines) or 1, "expected a count line and a line of attribute names")
+            raise _malformed(
+                path, len(lines) or 1, "expected a count line and a line of attribute names"
+            )
         try:
             expected_count = int(lines[0].strip())
         except ValueError:
-            raise _malformed(path, 1, f"expected the number of images, got {lines[0][:40]!r}") from None
+            raise _malformed(
+                path, 1, f"expected the number of images, got {lines[0][:40]!r}"
+            ) from None
         names = lines[1].split()
         body = [(i + 3, line.split()) for i, line in enumerate(lines[2:]) if line.strip()]
     if not names or len(set(names)) != len(names):
-        raise _malformed(path, 1 if expected_count is None else 2, "attribute names missing or repeated")
+        raise _malformed(
+            path, 1 if expected_count is None else 2, "attribute names missing or repeated"
+        )
     width = len(names) + 1
     filenames: list[str] = []
     values = np.empty((len(body), len(names)), np.int8)
     for row, (lineno, parts) in enumerate(body):
         if len(parts) != width:
-            raise _malformed(path, lineno, f"expected a file name and {len(names)} values, got {len(parts)} fields")
+            raise _malformed(
+                path,
+                lineno,
+                f"expected a file name and {len(names)} values, got {len(parts)} fields",
+            )
         try:
             vals = [int(v) for v in parts[1:]]
         except ValueError:
-            raise _malformed(path, lineno, f"non-integer attribute value in {parts[1:]!r}") from None
+            raise _malformed(
+                path, lineno, f"non-integer attribute value in {parts[1:]!r}"
+            ) from None
         if any(v not in (-1, 1) for v in vals):
             raise _malformed(path, lineno, "attribute values must be -1 or 1")
         filenames.append(parts[0])
         values[row] = vals
     if expected_count is not None and expected_count != len(filenames):
-        raise _malformed(path, 1, f"the count line says {expected_count} images but {len(filenames)} rows follow")
+        raise _malformed(
+            path, 1, f"the count line says {expected_count} images but {len(filenames)} rows follow"
+        )
     return filenames, list(names), values
 
 
@@ -152,7 +176,9 @@ def read_partition(path: str | os.PathLike) -> dict[str, int]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"partition file {path} not found; expected list_eval_partition.txt or .csv from the CelebA release")
+        raise FileNotFoundError(
+            f"partition file {path} not found; expected list_eval_partition.txt or .csv from the CelebA release"
+        )
     out: dict[str, int] = {}
     if path.suffix.lower() == ".csv":
         with open(path, newline="") as fh:
@@ -240,9 +266,14 @@ class CelebA:
             cells = []
             for s, sp in self.splits.items():
                 c = int(counts[s][g])
-                cells.append(f"{c:>8}" if not len(sp) else f"{c:>8}" + f" ({100 * c / len(sp):4.1f}%)")
+                cells.append(
+                    f"{c:>8}" if not len(sp) else f"{c:>8}" + f" ({100 * c / len(sp):4.1f}%)"
+                )
             lines.append(f"{name:<{width}}  " + "  ".join(cells))
-        lines.append(f"{'total':<{width}}  " + "  ".join(f"{len(sp):>8}" + " " * 8 for sp in self.splits.values()))
+        lines.append(
+            f"{'total':<{width}}  "
+            + "  ".join(f"{len(sp):>8}" + " " * 8 for sp in self.splits.values())
+        )
         return "\n".join(lines)
 
 
@@ -251,11 +282,15 @@ def _image_dir(data_dir: Path) -> Path:
     if (img / "img_align_celeba").is_dir():  # the common Kaggle export nests the folder
         img = img / "img_align_celeba"
     if not img.is_dir():
-        raise FileNotFoundError(f"data_dir: image folder {img} not found; expected DATA_DIR/img_align_celeba/*.jpg")
+        raise FileNotFoundError(
+            f"data_dir: image folder {img} not found; expected DATA_DIR/img_align_celeba/*.jpg"
+        )
     return img
 
 
-def load_celeba(data_dir: str | os.PathLike, *, target: str = "Blond_Hair", spurious: str = "Male") -> CelebA:
+def load_celeba(
+    data_dir: str | os.PathLike, *, target: str = "Blond_Hair", spurious: str = "Male"
+) -> CelebA:
     """Load CelebA metadata: the official splits, a target and a spurious attribute, four groups.
 
     Labels: ``y = [target == 1]``, ``a = [spurious == 1]``, group ``g = 2y + a`` (Pezeshki et al.
@@ -276,14 +311,18 @@ def load_celeba(data_dir: str | os.PathLike, *, target: str = "Blond_Hair", spur
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data_dir: {data_dir} is not a directory; pass the folder of your CelebA copy")
+        raise FileNotFoundError(
+            f"data_dir: {data_dir} is not a directory; pass the folder of your CelebA copy"
+        )
     img_dir = _image_dir(data_dir)
     attr_path = _find(data_dir, "list_attr_celeba")
     part_path = _find(data_dir, "list_eval_partition")
     files, names, values = read_attributes(attr_path)
     for role, attr in (("target", target), ("spurious", spurious)):
         if attr not in names:
-            raise ValueError(f"{role}: unknown attribute {attr!r}; {attr_path.name} has {', '.join(names)}")
+            raise ValueError(
+                f"{role}: unknown attribute {attr!r}; {attr_path.name} has {', '.join(names)}"
+            )
     if target == spurious:
         raise ValueError(f"spurious: must differ from target, both are {target!r}")
     partition = read_partition(part_path)
@@ -316,7 +355,9 @@ def load_celeba(data_dir: str | os.PathLike, *, target: str = "Blond_Hair", spur
 # --------------------------------------------------------------------------------------------
 
 
-def load_image(path: str | os.PathLike, image_size: int = 224, *, crop: int = 178) -> Float[np.ndarray, "h w 3"]:
+def load_image(
+    path: str | os.PathLike, image_size: int = 224, *, crop: int = 178
+) -> Float[np.ndarray, "h w 3"]:
     """Decode one image: centre crop ``crop`` × ``crop``, bilinear resize, ImageNet normalisation.
 
     x = (resize(centre_crop(img)) / 255 − mean) / std, as torchvision's ``CenterCrop(178)``,
@@ -340,9 +381,13 @@ def load_image(path: str | os.PathLike, image_size: int = 224, *, crop: int = 17
         with Image.open(path) as img:
             w0, h0 = img.size
             if min(w0, h0) < crop:
-                raise ValueError(f"image {path}: size {w0}x{h0} is smaller than the {crop}-pixel centre crop; pass a smaller crop")
+                raise ValueError(
+                    f"image {path}: size {w0}x{h0} is smaller than the {crop}-pixel centre crop; pass a smaller crop"
+                )
             if image_size * 2 <= crop and img.format == "JPEG":
-                img.draft("RGB", (math.ceil(w0 * image_size / crop), math.ceil(h0 * image_size / crop)))
+                img.draft(
+                    "RGB", (math.ceil(w0 * image_size / crop), math.ceil(h0 * image_size / crop))
+                )
             img = img.convert("RGB")
             scale = img.size[0] / w0
             c = crop * scale
@@ -353,9 +398,13 @@ def load_image(path: str | os.PathLike, image_size: int = 224, *, crop: int = 17
             img = img.crop(box).resize((image_size, image_size), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.float32)
     except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} not found; it is listed in the attribute file — is the image folder complete?") from None
+        raise FileNotFoundError(
+            f"image {path} not found; it is listed in the attribute file — is the image folder complete?"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"image {path}: cannot be decoded ({exc}); re-download or replace it") from None
+        raise ValueError(
+            f"image {path}: cannot be decoded ({exc}); re-download or replace it"
+        ) from None
     return (arr / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
@@ -449,7 +498,13 @@ def iterate_batches(
         idx = next(chunk_iter, None)
         if idx is not None:
             idx, mask = plan(idx)
-            pending.append((idx, mask, [pool.submit(load_image, split.paths[i], image_size, crop=crop) for i in idx]))
+            pending.append(
+                (
+                    idx,
+                    mask,
+                    [pool.submit(load_image, split.paths[i], image_size, crop=crop) for i in idx],
+                )
+            )
 
     try:
         for _ in range(prefetch + 1):

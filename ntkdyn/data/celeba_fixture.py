@@ -70,16 +70,24 @@ def _draw_face(blond: int, male: int, rng: np.random.Generator) -> Image.Image:
     # hair: target cue, a band around the top of the head whose colour lies on a dark-to-blond
     # scale; the two classes overlap (d' = 2·HAIR_SHIFT), so the cue is informative but not perfect
     t = float(np.clip(0.5 + (HAIR_SHIFT * (2 * blond - 1) + rng.standard_normal()) / 5.0, 0.0, 1.0))
-    hair = (1 - t) * np.array((60.0, 45.0, 30.0)) + t * np.array((225.0, 200.0, 110.0)) + rng.integers(-12, 13, size=3)
+    hair = (
+        (1 - t) * np.array((60.0, 45.0, 30.0))
+        + t * np.array((225.0, 200.0, 110.0))
+        + rng.integers(-12, 13, size=3)
+    )
     hair = tuple(int(v) for v in np.clip(hair, 0, 255))
     draw.ellipse([cx - 52, cy - 82, cx + 52, cy + 10], fill=hair)
     # face (skin tone varies) on top of the hair
-    skin = tuple(int(v) for v in np.clip(np.array((225, 185, 150)) + rng.integers(-40, 20, size=3), 0, 255))
+    skin = tuple(
+        int(v) for v in np.clip(np.array((225, 185, 150)) + rng.integers(-40, 20, size=3), 0, 255)
+    )
     draw.ellipse([cx - 42, cy - 62, cx + 42, cy + 48], fill=skin)
     for ex in (cx - 17, cx + 17):  # eyes
         draw.ellipse([ex - 6, cy - 22, ex + 6, cy - 14], fill=(40, 30, 30))
     draw.arc([cx - 16, cy + 8, cx + 16, cy + 26], 20, 160, fill=(150, 60, 60), width=3)
-    arr = np.asarray(img, np.float32) + 8.0 * rng.standard_normal((_HEIGHT, _WIDTH, 3), dtype=np.float32)
+    arr = np.asarray(img, np.float32) + 8.0 * rng.standard_normal(
+        (_HEIGHT, _WIDTH, 3), dtype=np.float32
+    )
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
@@ -118,11 +126,15 @@ def write_celeba_fixture(
     """
     for role, attr in (("target", target), ("spurious", spurious)):
         if attr not in CELEBA_ATTRIBUTES:
-            raise ValueError(f"{role}: unknown attribute {attr!r}; choose one of {', '.join(CELEBA_ATTRIBUTES)}")
+            raise ValueError(
+                f"{role}: unknown attribute {attr!r}; choose one of {', '.join(CELEBA_ATTRIBUTES)}"
+            )
     if target == spurious:
         raise ValueError(f"spurious: must differ from target, both are {target!r}")
     if min(n_train, n_val, n_test) < 4:
-        raise ValueError(f"n_train, n_val, n_test: need >= 4 images each (one per group), got {n_train}, {n_val}, {n_test}")
+        raise ValueError(
+            f"n_train, n_val, n_test: need >= 4 images each (one per group), got {n_train}, {n_val}, {n_test}"
+        )
     for name, fr in (("train_fractions", train_fractions), ("eval_fractions", eval_fractions)):
         if len(fr) != 4 or min(fr) < 0 or sum(fr) <= 0:
             raise ValueError(f"{name}: expected 4 non-negative group fractions, got {tuple(fr)}")
@@ -130,11 +142,13 @@ def write_celeba_fixture(
     img_dir = out / "img_align_celeba"
     img_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    groups = np.concatenate([
-        _group_labels(n_train, train_fractions, rng),
-        _group_labels(n_val, eval_fractions, rng),
-        _group_labels(n_test, eval_fractions, rng),
-    ])
+    groups = np.concatenate(
+        [
+            _group_labels(n_train, train_fractions, rng),
+            _group_labels(n_val, eval_fractions, rng),
+            _group_labels(n_test, eval_fractions, rng),
+        ]
+    )
     partition = np.repeat([0, 1, 2], [n_train, n_val, n_test])
     n = len(groups)
     # other attributes: independent ±1 with a fixed per-attribute rate
@@ -151,14 +165,24 @@ def write_celeba_fixture(
         (img_dir / name).write_bytes(buf.getvalue())
     if csv:
         rows = ["image_id," + ",".join(CELEBA_ATTRIBUTES)]
-        rows += [name + "," + ",".join(str(v) for v in row) for name, row in zip(names, values, strict=True)]
+        rows += [
+            name + "," + ",".join(str(v) for v in row)
+            for name, row in zip(names, values, strict=True)
+        ]
         (out / "list_attr_celeba.csv").write_text("\n".join(rows) + "\n")
-        parts = ["image_id,partition"] + [f"{name},{p}" for name, p in zip(names, partition, strict=True)]
+        parts = ["image_id,partition"] + [
+            f"{name},{p}" for name, p in zip(names, partition, strict=True)
+        ]
         (out / "list_eval_partition.csv").write_text("\n".join(parts) + "\n")
     else:
         # the official file: count, names (with a trailing space), then right-aligned values
         lines = [str(n), " ".join(CELEBA_ATTRIBUTES) + " "]
-        lines += [name + " " + " ".join(f"{v:>2}" for v in row) for name, row in zip(names, values, strict=True)]
+        lines += [
+            name + " " + " ".join(f"{v:>2}" for v in row)
+            for name, row in zip(names, values, strict=True)
+        ]
         (out / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-        (out / "list_eval_partition.txt").write_text("".join(f"{name} {p}\n" for name, p in zip(names, partition, strict=True)))
+        (out / "list_eval_partition.txt").write_text(
+            "".join(f"{name} {p}\n" for name, p in zip(names, partition, strict=True))
+        )
     return out

@@ -91,7 +91,9 @@ def split_sizes(n_images: int) -> tuple[int, int]:
         ValueError: if fewer than 12 images (each environment needs at least two).
     """
     if n_images < 12:
-        raise ValueError(f"n_images: need at least 12 images to build three environments, got {n_images}")
+        raise ValueError(
+            f"n_images: need at least 12 images to build three environments, got {n_images}"
+        )
     n_train = (5 * n_images) // 6
     return n_train, n_images - n_train
 
@@ -125,7 +127,9 @@ def make_environment(
     images = jnp.asarray(images)
     digits = jnp.asarray(digits)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or digits.shape != images.shape[:1]:
-        raise ValueError(f"images, digits: expected shapes (n, 28, 28) and (n,), got {images.shape} and {digits.shape}")
+        raise ValueError(
+            f"images, digits: expected shapes (n, 28, 28) and (n,), got {images.shape} and {digits.shape}"
+        )
     for name, p in (("e", e), ("label_noise", label_noise)):
         if isinstance(p, (int, float)) and not 0.0 <= p <= 1.0:
             raise ValueError(f"{name}: a probability in [0, 1], got {p}")
@@ -136,7 +140,12 @@ def make_environment(
     colors = labels ^ jax.random.bernoulli(k_color, e, (n,))
     small = images[:, ::2, ::2].astype(dtype) / 255.0
     lit = jnp.stack([~colors, colors], axis=1).astype(dtype)  # (n, 2): channel c lit for colour c
-    return Environment(small[:, None] * lit[:, :, None, None], labels.astype(dtype), colors.astype(dtype), digits.astype(jnp.int32))
+    return Environment(
+        small[:, None] * lit[:, :, None, None],
+        labels.astype(dtype),
+        colors.astype(dtype),
+        digits.astype(jnp.int32),
+    )
 
 
 def colored_mnist(
@@ -167,7 +176,9 @@ def colored_mnist(
     images = jnp.asarray(images)
     digits = jnp.asarray(digits)
     if images.ndim != 3 or digits.shape != images.shape[:1]:
-        raise ValueError(f"images, digits: expected shapes (N, 28, 28) and (N,), got {images.shape} and {digits.shape}")
+        raise ValueError(
+            f"images, digits: expected shapes (N, 28, 28) and (N,), got {images.shape} and {digits.shape}"
+        )
     n_train, _ = split_sizes(images.shape[0])
     k_perm, k1, k2, k3 = jax.random.split(key, 4)
     perm = jax.random.permutation(k_perm, n_train)

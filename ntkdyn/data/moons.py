@@ -25,12 +25,16 @@ __all__ = ["make_moons", "two_moons"]
 
 def _check(n: int, noise: float) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"n: expected an integer number of points >= 2 (one per moon at least), got {n!r}")
+        raise ValueError(
+            f"n: expected an integer number of points >= 2 (one per moon at least), got {n!r}"
+        )
     if not np.isfinite(noise) or noise < 0:
         raise ValueError(f"noise: expected a finite standard deviation >= 0, got {noise!r}")
 
 
-def make_moons(n: int = 100, *, noise: float = 0.0, seed: int) -> tuple[Float[np.ndarray, "n 2"], np.ndarray]:
+def make_moons(
+    n: int = 100, *, noise: float = 0.0, seed: int
+) -> tuple[Float[np.ndarray, "n 2"], np.ndarray]:
     """Two interleaving half circles, identical to scikit-learn's ``make_moons(n, noise=noise, random_state=seed)``.
 
     Outer moon: (cos t, sin t), t = linspace(0, π, n//2), label 0. Inner moon: (1 − cos t,
@@ -55,7 +59,10 @@ def make_moons(n: int = 100, *, noise: float = 0.0, seed: int) -> tuple[Float[np
     t_out = np.linspace(0.0, np.pi, n_out)
     t_in = np.linspace(0.0, np.pi, n_in)
     X = np.vstack(
-        [np.append(np.cos(t_out), 1.0 - np.cos(t_in)), np.append(np.sin(t_out), 1.0 - np.sin(t_in) - 0.5)]
+        [
+            np.append(np.cos(t_out), 1.0 - np.cos(t_in)),
+            np.append(np.sin(t_out), 1.0 - np.sin(t_in) - 0.5),
+        ]
     ).T
     y = np.hstack([np.zeros(n_out, dtype=np.int64), np.ones(n_in, dtype=np.int64)])
     order = np.arange(n)

@@ -51,7 +51,9 @@ class CNN(nnx.Module):
         if int(in_channels) < 1:
             raise ValueError(f"in_channels: must be >= 1, got {in_channels}")
         if not channels or any(c < 1 for c in channels):
-            raise ValueError(f"channels: need at least one conv layer with >= 1 channels, got {channels}")
+            raise ValueError(
+                f"channels: need at least one conv layer with >= 1 channels, got {channels}"
+            )
         if int(out_features) < 1:
             raise ValueError(f"out_features: must be >= 1, got {out_features}")
         kernel_init = nnx.initializers.lecun_normal() if kernel_init is None else kernel_init
@@ -60,12 +62,22 @@ class CNN(nnx.Module):
         self.activation = activation
         self.convs = nnx.List(
             [
-                nnx.Conv(a, b, kernel_size=(3, 3), strides=(1, 1) if i == 0 else (2, 2), padding="SAME",
-                         kernel_init=kernel_init, param_dtype=dtype, rngs=rngs)
+                nnx.Conv(
+                    a,
+                    b,
+                    kernel_size=(3, 3),
+                    strides=(1, 1) if i == 0 else (2, 2),
+                    padding="SAME",
+                    kernel_init=kernel_init,
+                    param_dtype=dtype,
+                    rngs=rngs,
+                )
                 for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True))
             ]
         )
-        self.head = nnx.Linear(dims[-1], int(out_features), kernel_init=kernel_init, param_dtype=dtype, rngs=rngs)
+        self.head = nnx.Linear(
+            dims[-1], int(out_features), kernel_init=kernel_init, param_dtype=dtype, rngs=rngs
+        )
 
     def __call__(self, x: Float[Array, "n h w c"] | Float[Array, "n h w"]) -> Float[Array, "n out"]:
         """Forward pass on NHWC images (or (n, H, W) grayscale); returns (n, out_features)."""
@@ -82,8 +94,13 @@ class CNN(nnx.Module):
         return self.head(h.mean(axis=(1, 2)))
 
 
-def init_cnn(key: PRNGKeyArray, in_channels: int, channels: Sequence[int] = (16, 32), out_features: int = 1,
-             **kwargs) -> tuple[Callable, Any]:
+def init_cnn(
+    key: PRNGKeyArray,
+    in_channels: int,
+    channels: Sequence[int] = (16, 32),
+    out_features: int = 1,
+    **kwargs,
+) -> tuple[Callable, Any]:
     """Initialise a :class:`CNN` from a key and return its pure view ``(apply_fn, params)``.
 
     Args:

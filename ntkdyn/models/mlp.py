@@ -31,7 +31,16 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["MLP", "DenseApply", "ModuleApply", "pure", "init_mlp", "shallow_relu", "he_normal", "xavier_uniform"]
+__all__ = [
+    "MLP",
+    "DenseApply",
+    "ModuleApply",
+    "pure",
+    "init_mlp",
+    "shallow_relu",
+    "he_normal",
+    "xavier_uniform",
+]
 
 Initializer = Callable[..., Array]
 
@@ -139,11 +148,17 @@ class MLP(nnx.Module):
         self.activation = activation
         self.linears = nnx.List(
             [
-                nnx.Linear(a, b, kernel_init=kernel_init, bias_init=bias_init, param_dtype=dtype, rngs=rngs)
+                nnx.Linear(
+                    a, b, kernel_init=kernel_init, bias_init=bias_init, param_dtype=dtype, rngs=rngs
+                )
                 for a, b in zip(dims[:-1], dims[1:], strict=True)
             ]
         )
-        self.norms = nnx.List([nnx.BatchNorm(h, param_dtype=dtype, rngs=rngs) for h in hidden]) if batch_norm else None
+        self.norms = (
+            nnx.List([nnx.BatchNorm(h, param_dtype=dtype, rngs=rngs) for h in hidden])
+            if batch_norm
+            else None
+        )
         self.dropout = nnx.Dropout(float(dropout_rate), rngs=rngs) if dropout_rate > 0 else None
 
     def __call__(self, x: Float[Array, "n ..."]) -> Float[Array, "n out"]:
@@ -184,7 +199,11 @@ def _linear_layers(params) -> list[tuple[Array, Array | None]]:
     """
     if isinstance(params, nnx.State) or (isinstance(params, dict) and "linears" in params):
         layers = params["linears"]
-        layers = [layers[i] for i in sorted(layers.keys())] if not isinstance(layers, (list, tuple)) else layers
+        layers = (
+            [layers[i] for i in sorted(layers.keys())]
+            if not isinstance(layers, (list, tuple))
+            else layers
+        )
     else:
         layers = params
     if not isinstance(layers, (list, tuple)):
@@ -206,7 +225,9 @@ def _linear_layers(params) -> list[tuple[Array, Array | None]]:
         if b is not None:
             b = b[...] if isinstance(b, nnx.Variable) else jnp.asarray(b)
         if W.ndim != 2:
-            raise ValueError(f"params: layer {i} kernel must be 2-D (fan_in, fan_out), got shape {W.shape}")
+            raise ValueError(
+                f"params: layer {i} kernel must be 2-D (fan_in, fan_out), got shape {W.shape}"
+            )
         out.append((W, b))
     for i in range(1, len(out)):
         if out[i][0].shape[0] != out[i - 1][0].shape[1]:
@@ -388,13 +409,19 @@ def shallow_relu(
     arrays = {"kernel1": kernel1, "bias1": bias1, "kernel2": kernel2, "bias2": bias2, "x": x}
     shapes = {k: jnp.shape(v) for k, v in arrays.items()}
     if len(shapes["x"]) != 2:
-        raise ValueError(f"x: expected (n, d) inputs, got shape {shapes['x']}; flatten or batch with jax.vmap")
+        raise ValueError(
+            f"x: expected (n, d) inputs, got shape {shapes['x']}; flatten or batch with jax.vmap"
+        )
     d = shapes["x"][1]
     if len(shapes["kernel1"]) != 2 or shapes["kernel1"][0] != d:
-        raise ValueError(f"kernel1: expected shape (d, H) with d = {d} (x's features), got {shapes['kernel1']}")
+        raise ValueError(
+            f"kernel1: expected shape (d, H) with d = {d} (x's features), got {shapes['kernel1']}"
+        )
     H = shapes["kernel1"][1]
     expected = {"bias1": (H,), "kernel2": (H, 1), "bias2": (1,)}
     for name, shape in expected.items():
         if shapes[name] != shape:
-            raise ValueError(f"{name}: expected shape {shape} for a hidden width of {H}, got {shapes[name]}")
+            raise ValueError(
+                f"{name}: expected shape {shape} for a hidden width of {H}, got {shapes[name]}"
+            )
     return _shallow(kernel1, bias1, kernel2, bias2, x)

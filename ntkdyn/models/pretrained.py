@@ -68,13 +68,17 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained: {path} not found; pass a local .safetensors or .pth file")
+        raise FileNotFoundError(
+            f"pretrained: {path} not found; pass a local .safetensors or .pth file"
+        )
     data = path.read_bytes()
     if len(data) < 8:
         raise ValueError(f"{path}: too short to be a safetensors file ({len(data)} bytes)")
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8:
-        raise ValueError(f"{path}: header length {n} exceeds the file size; the file is truncated or not safetensors")
+        raise ValueError(
+            f"{path}: header length {n} exceeds the file size; the file is truncated or not safetensors"
+        )
     try:
         header = json.loads(data[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -86,7 +90,9 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
             continue
         dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         if not 0 <= begin <= end <= len(buf):
-            raise ValueError(f"{path}: tensor {name!r} has data offsets {begin}..{end} outside the {len(buf)}-byte buffer")
+            raise ValueError(
+                f"{path}: tensor {name!r} has data offsets {begin}..{end} outside the {len(buf)}-byte buffer"
+            )
         if dtype == "BF16":
             arr = _bf16_to_f32(np.frombuffer(buf[begin:end], dtype="<u2"))
         elif dtype in _ST_DTYPES:
@@ -94,12 +100,18 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         else:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
         if arr.size != int(np.prod(shape)):
-            raise ValueError(f"{path}: tensor {name!r} holds {arr.size} values, shape {shape} needs {int(np.prod(shape))}")
+            raise ValueError(
+                f"{path}: tensor {name!r} holds {arr.size} values, shape {shape} needs {int(np.prod(shape))}"
+            )
         out[name] = arr.reshape(shape).copy()
     return out
 
 
-def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> Path:
+def write_safetensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Write numpy arrays as a ``.safetensors`` file (header padded to 8 bytes, as the reference writer), atomically.
 
     Args:
@@ -122,7 +134,11 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         if arr.dtype not in _ST_NAMES:
             raise ValueError(f"tensors[{name!r}]: unsupported dtype {arr.dtype}")
         raw = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {
+            "dtype": _ST_NAMES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
         chunks.append(raw)
         offset += len(raw)
     head = json.dumps(header, separators=(",", ":")).encode()
@@ -149,7 +165,9 @@ def _rebuild_tensor(storage, offset, size, stride, *_):
     if not size:
         return arr[offset].copy()
     itemsize = arr.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(arr[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride))
+    view = np.lib.stride_tricks.as_strided(
+        arr[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+    )
     return np.array(view)
 
 
@@ -200,14 +218,20 @@ def _read_pth_without_torch(path: Path) -> dict[str, np.ndarray]:
         if len(pkl) != 1:
             raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pkl)}")
         prefix = pkl[0][: -len("data.pkl")]
-        order = zf.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in zf.namelist() else "little"
+        order = (
+            zf.read(prefix + "byteorder").decode().strip()
+            if prefix + "byteorder" in zf.namelist()
+            else "little"
+        )
         if order != "little":
             raise ValueError(f"{path}: big-endian tensors are not supported")
         with zf.open(pkl[0]) as fh:
             return _TorchUnpickler(fh, zf, prefix, path).load()
 
 
-def read_torch_state_dict(path: str | os.PathLike, *, use_torch: bool | None = None) -> dict[str, np.ndarray]:
+def read_torch_state_dict(
+    path: str | os.PathLike, *, use_torch: bool | None = None
+) -> dict[str, np.ndarray]:
     """Read a ``torch.save``-d state dict as numpy arrays.
 
     Args:
@@ -224,7 +248,9 @@ def read_torch_state_dict(path: str | os.PathLike, *, use_torch: bool | None = N
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained: {path} not found; pass a local .safetensors or .pth file")
+        raise FileNotFoundError(
+            f"pretrained: {path} not found; pass a local .safetensors or .pth file"
+        )
     if use_torch is None:
         try:
             import torch  # noqa: F401
@@ -266,7 +292,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return read_safetensors(path)
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         return read_torch_state_dict(path)
-    raise ValueError(f"pretrained: {path} has suffix {path.suffix!r}; expected .safetensors or .pth")
+    raise ValueError(
+        f"pretrained: {path} has suffix {path.suffix!r}; expected .safetensors or .pth"
+    )
 
 
 # ---- key mapping -------------------------------------------------------------------------------
@@ -279,7 +307,9 @@ def _flax_path(key: str) -> tuple[str, ...] | None:
     if leaf == "num_batches_tracked":
         return None
     mods = parts[:-1]
-    if not mods or not (mods[0] in ("conv1", "bn1", "fc") or (mods[0][:5] == "layer" and mods[0][5:].isdigit())):
+    if not mods or not (
+        mods[0] in ("conv1", "bn1", "fc") or (mods[0][:5] == "layer" and mods[0][5:].isdigit())
+    ):
         return ("unknown", key)
     if mods[0].startswith("layer") and len(mods) >= 2:
         mods = [f"{mods[0]}_{mods[1]}"] + mods[2:]
@@ -328,7 +358,10 @@ def torch_resnet_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[tuple[str
 
 
 def load_pretrained_resnet(
-    variables: Mapping[str, Any], source: str | os.PathLike | Mapping[str, np.ndarray], *, include_head: bool = False
+    variables: Mapping[str, Any],
+    source: str | os.PathLike | Mapping[str, np.ndarray],
+    *,
+    include_head: bool = False,
 ) -> dict[str, Any]:
     """Replace a ResNet's initial variables by imported ImageNet weights.
 
@@ -366,11 +399,19 @@ def load_pretrained_resnet(
             f"pretrained: {where} does not match the model: {len(missing)} missing ({fmt(missing)}), "
             f"{len(unexpected)} unexpected ({fmt(unexpected)}); check --arch and --width against the file"
         )
-    bad = [(p, converted[p].shape, flat[p].shape) for p in wanted if converted[p].shape != tuple(flat[p].shape)]
+    bad = [
+        (p, converted[p].shape, flat[p].shape)
+        for p in wanted
+        if converted[p].shape != tuple(flat[p].shape)
+    ]
     if bad:
         p, got, exp = bad[0]
-        raise ValueError(f"pretrained: {where}: {'/'.join(p)} has shape {got}, the model expects {exp} ({len(bad)} mismatches)")
-    new = {coll: jax.tree.map(lambda x: x, dict(variables[coll])) for coll in ("params", "batch_stats")}
+        raise ValueError(
+            f"pretrained: {where}: {'/'.join(p)} has shape {got}, the model expects {exp} ({len(bad)} mismatches)"
+        )
+    new = {
+        coll: jax.tree.map(lambda x: x, dict(variables[coll])) for coll in ("params", "batch_stats")
+    }
     for p in wanted:
         node = new[p[0]]
         for k in p[1:-1]:

@@ -23,7 +23,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-__all__ = ["ResNet", "resnet10", "resnet18", "resnet50", "RESNET_ARCHS", "init_resnet", "resnet_logit_fn"]
+__all__ = [
+    "ResNet",
+    "resnet10",
+    "resnet18",
+    "resnet50",
+    "RESNET_ARCHS",
+    "init_resnet",
+    "resnet_logit_fn",
+]
 
 # torchvision initialises convolutions with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -38,13 +46,23 @@ class _BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
-        y = conv(self.features, (3, 3), strides=self.stride, padding=((1, 1), (1, 1)), name="conv1")(x)
+        norm = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
+        y = conv(
+            self.features, (3, 3), strides=self.stride, padding=((1, 1), (1, 1)), name="conv1"
+        )(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
         y = norm(name="bn2")(y)
         if self.downsample:
-            x = conv(self.features, (1, 1), strides=self.stride, padding="VALID", name="downsample_0")(x)
+            x = conv(
+                self.features, (1, 1), strides=self.stride, padding="VALID", name="downsample_0"
+            )(x)
             x = norm(name="downsample_1")(x)
         return nn.relu(y + x)
 
@@ -58,13 +76,23 @@ class _Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+        norm = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
         y = nn.relu(norm(name="bn1")(conv(self.features, (1, 1), padding="VALID", name="conv1")(x)))
-        y = conv(self.features, (3, 3), strides=self.stride, padding=((1, 1), (1, 1)), name="conv2")(y)
+        y = conv(
+            self.features, (3, 3), strides=self.stride, padding=((1, 1), (1, 1)), name="conv2"
+        )(y)
         y = nn.relu(norm(name="bn2")(y))
         y = norm(name="bn3")(conv(4 * self.features, (1, 1), padding="VALID", name="conv3")(y))
         if self.downsample:
-            x = conv(4 * self.features, (1, 1), strides=self.stride, padding="VALID", name="downsample_0")(x)
+            x = conv(
+                4 * self.features, (1, 1), strides=self.stride, padding="VALID", name="downsample_0"
+            )(x)
             x = norm(name="downsample_1")(x)
         return nn.relu(y + x)
 
@@ -93,9 +121,19 @@ class ResNet(nn.Module):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"x: expected NHWC images with 3 channels, got shape {x.shape}")
         x = x.astype(self.dtype)
-        x = nn.Conv(self.width, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
-                    dtype=self.dtype, kernel_init=_conv_init, name="conv1")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1")(x)
+        x = nn.Conv(
+            self.width,
+            (7, 7),
+            strides=2,
+            padding=((3, 3), (3, 3)),
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=_conv_init,
+            name="conv1",
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1"
+        )(x)
         x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         block = _Bottleneck if self.bottleneck else _BasicBlock
@@ -106,12 +144,19 @@ class ResNet(nn.Module):
             for j in range(n_blocks):
                 stride = 2 if (i > 0 and j == 0) else 1
                 downsample = j == 0 and (stride != 1 or in_features != features * expansion)
-                x = block(features, stride, downsample, self.dtype, name=f"layer{i + 1}_{j}")(x, train)
+                x = block(features, stride, downsample, self.dtype, name=f"layer{i + 1}_{j}")(
+                    x, train
+                )
                 in_features = features * expansion
         x = jnp.mean(x, axis=(1, 2))
         bound = 1.0 / jnp.sqrt(in_features)  # torch.nn.Linear's default init
-        uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
-        x = nn.Dense(self.num_outputs, dtype=self.dtype, kernel_init=uniform, bias_init=uniform, name="fc")(x)
+
+        def uniform(key, shape, dtype=jnp.float32):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+        x = nn.Dense(
+            self.num_outputs, dtype=self.dtype, kernel_init=uniform, bias_init=uniform, name="fc"
+        )(x)
         return x.astype(jnp.float32)
 
 
@@ -158,7 +203,11 @@ def resnet10(*, width: int = 64, num_outputs: int = 1, dtype: Any = jnp.float32)
 
 
 #: Architecture name → factory.
-RESNET_ARCHS: dict[str, Callable[..., ResNet]] = {"resnet10": resnet10, "resnet18": resnet18, "resnet50": resnet50}
+RESNET_ARCHS: dict[str, Callable[..., ResNet]] = {
+    "resnet10": resnet10,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+}
 
 
 def init_resnet(model: ResNet, key: Array, image_size: int = 224) -> dict[str, Any]:
@@ -176,7 +225,11 @@ def init_resnet(model: ResNet, key: Array, image_size: int = 224) -> dict[str, A
     Returns:
         The variables dict.
     """
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jnp.asarray(key)
+    data = (
+        jax.random.key_data(key)
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        else jnp.asarray(key)
+    )
     words = jnp.resize(data.ravel().astype(jnp.uint32), (4,))
     rbg = jax.random.wrap_key_data(words, impl="rbg")
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
@@ -199,7 +252,9 @@ def resnet_logit_fn(model: ResNet, batch_stats: Any) -> Callable[[Any, Array], F
         ValueError: ``model.num_outputs != 1``.
     """
     if model.num_outputs != 1:
-        raise ValueError(f"model: expected num_outputs=1 for a one-logit view, got {model.num_outputs}")
+        raise ValueError(
+            f"model: expected num_outputs=1 for a one-logit view, got {model.num_outputs}"
+        )
 
     def f(params, x):
         return model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)[:, 0]

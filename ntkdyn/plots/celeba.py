@@ -10,8 +10,12 @@ import numpy as np
 __all__ = ["plot_group_accuracy", "plot_validation_curves"]
 
 
-def plot_group_accuracy(group_acc: Mapping[str, Mapping[str, float]], group_names: Sequence[str],
-                        worst: Mapping[str, float] | None = None, title: str = "") -> plt.Figure:
+def plot_group_accuracy(
+    group_acc: Mapping[str, Mapping[str, float]],
+    group_names: Sequence[str],
+    worst: Mapping[str, float] | None = None,
+    title: str = "",
+) -> plt.Figure:
     """Grouped bars: accuracy of every group for every method (Pezeshki et al. 2021, Table 2).
 
     Args:

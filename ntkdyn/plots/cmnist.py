@@ -57,7 +57,9 @@ def _heatmap(ax, data, cmap, vmin, vmax, fmt, title=None, ylabels=True):
         for j in range(2):
             r, g, b, _ = im.cmap(im.norm(data[i, j]))
             color = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
-            ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", color=color, fontsize=11)
+            ax.text(
+                j, i, fmt.format(data[i, j]), ha="center", va="center", color=color, fontsize=11
+            )
     if title:
         ax.set_title(title, pad=22)
     return im
@@ -86,17 +88,22 @@ def probe_figure(
     for name, p in probe.items():
         missing = [k for k in PROBE_INPUTS if k not in p]
         if missing:
-            raise ValueError(f"probe[{name!r}]: missing inputs {missing}; expected {list(PROBE_INPUTS)}")
+            raise ValueError(
+                f"probe[{name!r}]: missing inputs {missing}; expected {list(PROBE_INPUTS)}"
+            )
     methods = list(probe)
     ncols = len(methods) + (1 if examples is not None else 0)
-    fig, axes = plt.subplots(2, ncols, figsize=(2.6 * ncols + 1.2, 5.6), squeeze=False,
-                             gridspec_kw={"wspace": 0.3})
+    fig, axes = plt.subplots(
+        2, ncols, figsize=(2.6 * ncols + 1.2, 5.6), squeeze=False, gridspec_kw={"wspace": 0.3}
+    )
     col0 = 0
     if examples is not None:
         ax = axes[0, 0]
         grid = np.ones((58, 58, 3))
         for (i, j), name in zip(((0, 0), (0, 1), (1, 0), (1, 1)), PROBE_INPUTS, strict=True):
-            grid[i * 30 : i * 30 + 28, j * 30 : j * 30 + 28] = render_inputs(examples[name], gray=name.endswith("gray"))
+            grid[i * 30 : i * 30 + 28, j * 30 : j * 30 + 28] = render_inputs(
+                examples[name], gray=name.endswith("gray")
+            )
         ax.imshow(grid)
         ax.set_xticks([14, 44], ["grayscale", "colored"])
         ax.set_yticks([14, 44], ["digit", "blank"])
@@ -108,16 +115,31 @@ def probe_figure(
     im_acc = im_ent = None
     for c, name in enumerate(methods):
         p = probe[name]
-        acc = 100 * np.array([[p[k]["acc"] for k in PROBE_INPUTS[:2]], [p[k]["acc"] for k in PROBE_INPUTS[2:]]])
-        ent = np.array([[p[k]["entropy"] for k in PROBE_INPUTS[:2]], [p[k]["entropy"] for k in PROBE_INPUTS[2:]]])
-        im_acc = _heatmap(axes[0, col0 + c], acc, "RdBu", 0.0, 100.0, "{:.1f} %", title=name, ylabels=c == 0)
-        im_ent = _heatmap(axes[1, col0 + c], ent, "YlGn_r", 0.0, float(np.log(2.0)), "{:.2f}", ylabels=c == 0)
+        acc = 100 * np.array(
+            [[p[k]["acc"] for k in PROBE_INPUTS[:2]], [p[k]["acc"] for k in PROBE_INPUTS[2:]]]
+        )
+        ent = np.array(
+            [
+                [p[k]["entropy"] for k in PROBE_INPUTS[:2]],
+                [p[k]["entropy"] for k in PROBE_INPUTS[2:]],
+            ]
+        )
+        im_acc = _heatmap(
+            axes[0, col0 + c], acc, "RdBu", 0.0, 100.0, "{:.1f} %", title=name, ylabels=c == 0
+        )
+        im_ent = _heatmap(
+            axes[1, col0 + c], ent, "YlGn_r", 0.0, float(np.log(2.0)), "{:.2f}", ylabels=c == 0
+        )
     fig.colorbar(im_acc, ax=axes[0, col0:].tolist(), fraction=0.025, pad=0.02, label="Accuracy (%)")
-    fig.colorbar(im_ent, ax=axes[1, col0:].tolist(), fraction=0.025, pad=0.02, label="Entropy (nats)")
+    fig.colorbar(
+        im_ent, ax=axes[1, col0:].tolist(), fraction=0.025, pad=0.02, label="Entropy (nats)"
+    )
     return fig
 
 
-def feature_response_figure(curves: Mapping[str, Mapping[str, np.ndarray]], *, max_lines: int = 100):
+def feature_response_figure(
+    curves: Mapping[str, Mapping[str, np.ndarray]], *, max_lines: int = 100
+):
     """Feature responses z(t), loss and accuracy over training, one column per method.
 
     Args:
@@ -140,8 +162,12 @@ def feature_response_figure(curves: Mapping[str, Mapping[str, np.ndarray]], *, m
             raise ValueError(f"curves[{name!r}]: missing {missing}")
         r = np.shape(c["steps"])[0]
         if any(np.shape(c[k])[0] != r for k in need):
-            raise ValueError(f"curves[{name!r}]: every array needs {r} records (the length of steps)")
-    fig, axes = plt.subplots(3, len(curves), figsize=(6.0 * len(curves), 8.0), squeeze=False, sharex="col")
+            raise ValueError(
+                f"curves[{name!r}]: every array needs {r} records (the length of steps)"
+            )
+    fig, axes = plt.subplots(
+        3, len(curves), figsize=(6.0 * len(curves), 8.0), squeeze=False, sharex="col"
+    )
     for j, (name, c) in enumerate(curves.items()):
         steps = np.asarray(c["steps"])
         z = np.asarray(c["z"])[:, :max_lines]

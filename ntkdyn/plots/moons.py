@@ -37,7 +37,9 @@ class DecisionPanel(NamedTuple):
     y: Float[np.ndarray, " n"]
 
 
-def decision_panel(ax: Any, xs: Float[np.ndarray, " nx"], ys: Float[np.ndarray, " ny"], panel: DecisionPanel) -> Any:
+def decision_panel(
+    ax: Any, xs: Float[np.ndarray, " nx"], ys: Float[np.ndarray, " ny"], panel: DecisionPanel
+) -> Any:
     """Draw one decision function with its zero level set and the training points on ``ax``.
 
     Args:
@@ -64,8 +66,17 @@ def decision_panel(ax: Any, xs: Float[np.ndarray, " nx"], ys: Float[np.ndarray, 
     if values.min() < 0 < values.max():
         ax.contour(gx, gy, values, [0.0], linewidths=1.2, colors="k", linestyles="solid")
     X, y = np.asarray(panel.X), np.asarray(panel.y)
-    ax.scatter(X[:, 0], X[:, 1], c=(y > 0).astype(int), cmap=ListedColormap(_POINT_COLORS), vmin=0, vmax=1,
-               edgecolors="k", linewidths=0.5, s=14)
+    ax.scatter(
+        X[:, 0],
+        X[:, 1],
+        c=(y > 0).astype(int),
+        cmap=ListedColormap(_POINT_COLORS),
+        vmin=0,
+        vmax=1,
+        edgecolors="k",
+        linewidths=0.5,
+        s=14,
+    )
     ax.axhline(0.0, ls="--", lw=0.7, color="k", alpha=0.5)
     ax.axvline(0.0, ls="--", lw=0.7, color="k", alpha=0.5)
     ax.set_xlim(xs[0], xs[-1])
@@ -113,12 +124,20 @@ def moons_main_figure(
         for label, (t, z) in responses.items():
             t, z = np.asarray(t), np.asarray(z)
             if z.ndim != 2 or z.shape[0] != t.shape[0]:
-                raise ValueError(f"responses[{label!r}]: expected epochs (T,) and z (T, d), got {t.shape} and {z.shape}")
+                raise ValueError(
+                    f"responses[{label!r}]: expected epochs (T,) and z (T, d), got {t.shape} and {z.shape}"
+                )
             style = "-" if "SD" in label else "--"
             for j in directions:
                 if j < z.shape[1]:
-                    ax.plot(t, z[:, j], ls=style, lw=1.4, color=_Z_COLORS[j % len(_Z_COLORS)],
-                            label=f"{label}, z$_{{{j + 1}}}$")
+                    ax.plot(
+                        t,
+                        z[:, j],
+                        ls=style,
+                        lw=1.4,
+                        color=_Z_COLORS[j % len(_Z_COLORS)],
+                        label=f"{label}, z$_{{{j + 1}}}$",
+                    )
         ax.set_xlabel("epoch")
         ax.set_ylabel("feature response z$_j$(t)")
         ax.set_title("Top NTK directions at init", fontsize=10)
@@ -130,7 +149,11 @@ def moons_main_figure(
 
 
 def moons_regularizer_figure(
-    xs: Float[np.ndarray, " nx"], ys: Float[np.ndarray, " ny"], panels: Sequence[DecisionPanel], *, ncols: int = 5
+    xs: Float[np.ndarray, " nx"],
+    ys: Float[np.ndarray, " ny"],
+    panels: Sequence[DecisionPanel],
+    *,
+    ncols: int = 5,
 ) -> Any:
     """The paper's regularizer comparison (appendix figure): one decision panel per configuration.
 
@@ -154,7 +177,7 @@ def moons_regularizer_figure(
     ncols = min(ncols, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.7 * ncols, 3.0 * nrows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_axis_off()
     for ax, panel in zip(axes.flat, panels, strict=False):  # spare axes are switched off above
         decision_panel(ax, xs, ys, panel)

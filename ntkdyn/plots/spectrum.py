@@ -49,7 +49,9 @@ def spectrum_figure(
     s = np.asarray(s, dtype=float)
     alignment = np.asarray(alignment, dtype=float)
     if s.ndim != 1 or s.size == 0:
-        raise ValueError(f"s: expected a non-empty 1-D array of singular values, got shape {s.shape}")
+        raise ValueError(
+            f"s: expected a non-empty 1-D array of singular values, got shape {s.shape}"
+        )
     if alignment.shape != s.shape:
         raise ValueError(f"alignment: expected shape {s.shape} like s, got {alignment.shape}")
     if top < 1:
@@ -121,15 +123,30 @@ def responses_figure(
     for r, (label, t, z) in enumerate(curves):
         t, z = np.asarray(t, dtype=float), np.asarray(z, dtype=float)
         if z.ndim != 2 or t.shape != (z.shape[0],):
-            raise ValueError(f"curves: run {label!r} needs t (T,) and z (T, d), got {t.shape} and {z.shape}")
+            raise ValueError(
+                f"curves: run {label!r} needs t (T,) and z (T, d), got {t.shape} and {z.shape}"
+            )
         for c, j in enumerate(features):
             if not 0 <= j < z.shape[1]:
-                raise ValueError(f"features: index {j} out of range for d={z.shape[1]} in run {label!r}")
-            ax.plot(t, z[:, j], styles[r % len(styles)], color=_COLORS[c % len(_COLORS)], lw=1.6 if r == 0 else 1.3,
-                    **_marks(r, t.size))
-    handles = [Line2D([], [], color=_COLORS[c % len(_COLORS)], label=f"$z_{{{j + 1}}}$") for c, j in enumerate(features)]
-    handles += [Line2D([], [], color="k", ls=styles[r % len(styles)], label=lab, **_marks(r, 1))
-                for r, (lab, _, _) in enumerate(curves)]
+                raise ValueError(
+                    f"features: index {j} out of range for d={z.shape[1]} in run {label!r}"
+                )
+            ax.plot(
+                t,
+                z[:, j],
+                styles[r % len(styles)],
+                color=_COLORS[c % len(_COLORS)],
+                lw=1.6 if r == 0 else 1.3,
+                **_marks(r, t.size),
+            )
+    handles = [
+        Line2D([], [], color=_COLORS[c % len(_COLORS)], label=f"$z_{{{j + 1}}}$")
+        for c, j in enumerate(features)
+    ]
+    handles += [
+        Line2D([], [], color="k", ls=styles[r % len(styles)], label=lab, **_marks(r, 1))
+        for r, (lab, _, _) in enumerate(curves)
+    ]
     ax.legend(handles=handles, frameon=False, fontsize=8, ncol=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("feature response $z_j = u_j^\\top Y (f_t - f_0)$")

@@ -84,7 +84,14 @@ def z2_vs_z1_figure(
         c = S1_COLORS[i % len(S1_COLORS)]
         ax1.plot(dual[i, :, 0], dual[i, :, 1], lw=2, ls=":", color=c)
         for ax in (ax1, ax2):
-            ax.plot(ce[i, :, 0], ce[i, :, 1], lw=2, alpha=0.9, color=c, label=f"$s_1={v:g}$" if ax is ax1 else None)
+            ax.plot(
+                ce[i, :, 0],
+                ce[i, :, 1],
+                lw=2,
+                alpha=0.9,
+                color=c,
+                label=f"$s_1={v:g}$" if ax is ax1 else None,
+            )
             _endpoint(ax, ce[i], c, "o")
         _endpoint(ax1, dual[i], c, "^")
         ax2.plot(sd[i, :, 0], sd[i, :, 1], lw=2, ls="--", color=c)
@@ -131,16 +138,27 @@ def slider_figure(
     k = len(s1)
     ce, sd = _check_paths("ce", ce, k), _check_paths("sd", sd, k)
     if ce.shape[1] != t.shape[0] or sd.shape[1] != t.shape[0]:
-        raise ValueError(f"t: has {t.shape[0]} samples but the trajectories have {ce.shape[1]} and {sd.shape[1]}")
+        raise ValueError(
+            f"t: has {t.shape[0]} samples but the trajectories have {ce.shape[1]} and {sd.shape[1]}"
+        )
     top = 1.05 * max(np.nanmax(ce), np.nanmax(sd))
-    fig, axes = plt.subplots(k, 2, figsize=(8, 1.9 * k + 0.6), sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        k, 2, figsize=(8, 1.9 * k + 0.6), sharex=True, sharey=True, squeeze=False
+    )
     for i, v in enumerate(s1):
         for j, (name, z) in enumerate((("CE", ce), ("SD", sd))):
             ax = axes[i, j]
             ax.plot(t, z[i, :, 0], lw=2, color=S1_COLORS[0], label="$z_1$")
             ax.plot(t, z[i, :, 1], lw=2, ls="--", color=S1_COLORS[1], label="$z_2$")
-            ax.annotate(f"{z[i, -1, 1]:.2f}", (t[-1], z[i, -1, 1]), textcoords="offset points",
-                        xytext=(-4, 4), ha="right", fontsize=8, color=S1_COLORS[1])
+            ax.annotate(
+                f"{z[i, -1, 1]:.2f}",
+                (t[-1], z[i, -1, 1]),
+                textcoords="offset points",
+                xytext=(-4, 4),
+                ha="right",
+                fontsize=8,
+                color=S1_COLORS[1],
+            )
             ax.set_ylim(-0.2, top)
             ax.set_title(f"{name}, $s_1={v:g}$", fontsize=9)
             _style(ax)
@@ -254,7 +272,10 @@ def starvation_map_figure(
         if diagonal:
             lo, hi = max(x.min(), y.min()), min(x.max(), y.max())
             ax.plot([lo, hi], [lo, hi], color="k", ls=":", lw=1)
-        ax.set_title(f"{name}: " + r"$\partial z_2^*/\partial s_1$" + f" (min {np.nanmin(arr):.2g})", fontsize=10)
+        ax.set_title(
+            f"{name}: " + r"$\partial z_2^*/\partial s_1$" + f" (min {np.nanmin(arr):.2g})",
+            fontsize=10,
+        )
         ax.set_xlabel(xlabel)
     axes[0].set_ylabel(ylabel)
     fig.colorbar(mesh, ax=list(axes), shrink=0.9, label=r"$\partial z_2^*/\partial s_1$")

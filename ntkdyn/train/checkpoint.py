@@ -49,8 +49,14 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(directory: str | os.PathLike, step: int, tree: Any, metadata: dict[str, Any] | None = None,
-                    *, keep: int = 2) -> Path:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    tree: Any,
+    metadata: dict[str, Any] | None = None,
+    *,
+    keep: int = 2,
+) -> Path:
     """Write ``tree`` and ``metadata`` as ``directory/ckpt_<step>.npz`` atomically; keep the newest ``keep``.
 
     Only process 0 writes in a multi-host run (the state is replicated).
@@ -71,8 +77,11 @@ def save_checkpoint(directory: str | os.PathLike, step: int, tree: Any, metadata
     path = directory / f"ckpt_{int(step):010d}.npz"
     leaves_with_path, _ = jax.tree_util.tree_flatten_with_path(tree)
     arrays = {f"leaf_{i:05d}": _host(v) for i, (_, v) in enumerate(leaves_with_path)}
-    meta = {"step": int(step), "paths": [jax.tree_util.keystr(p) for p, _ in leaves_with_path],
-            "metadata": to_jsonable(metadata or {})}
+    meta = {
+        "step": int(step),
+        "paths": [jax.tree_util.keystr(p) for p, _ in leaves_with_path],
+        "metadata": to_jsonable(metadata or {}),
+    }
     arrays["__meta__"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
     if jax.process_index() == 0:
         buf = io.BytesIO()
@@ -118,14 +127,23 @@ def restore_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dic
             meta = json.loads(bytes(data["__meta__"]).decode())
             leaves = [data[f"leaf_{i:05d}"] for i in range(len(meta["paths"]))]
     except (KeyError, OSError, ValueError) as exc:
-        raise ValueError(f"checkpoint {path}: unreadable ({exc}); delete it to start over") from None
+        raise ValueError(
+            f"checkpoint {path}: unreadable ({exc}); delete it to start over"
+        ) from None
     expected, treedef = jax.tree_util.tree_flatten_with_path(template)
     paths = [jax.tree_util.keystr(p) for p, _ in expected]
     if paths != meta["paths"]:
-        raise ValueError(f"checkpoint {path}: its structure differs from this run's (another model, method or optimiser?); "
-                         "use a fresh --out or delete the checkpoints")
+        raise ValueError(
+            f"checkpoint {path}: its structure differs from this run's (another model, method or optimiser?); "
+            "use a fresh --out or delete the checkpoints"
+        )
     for p, (_, t), leaf in zip(paths, expected, leaves, strict=True):
-        if tuple(np.shape(t)) != leaf.shape or np.dtype(getattr(t, "dtype", leaf.dtype)) != leaf.dtype:
-            raise ValueError(f"checkpoint {path}: leaf {p} is {leaf.dtype}{list(leaf.shape)}, "
-                             f"this run expects {np.dtype(t.dtype)}{list(np.shape(t))}")
+        if (
+            tuple(np.shape(t)) != leaf.shape
+            or np.dtype(getattr(t, "dtype", leaf.dtype)) != leaf.dtype
+        ):
+            raise ValueError(
+                f"checkpoint {path}: leaf {p} is {leaf.dtype}{list(leaf.shape)}, "
+                f"this run expects {np.dtype(t.dtype)}{list(np.shape(t))}"
+            )
     return jax.tree_util.tree_unflatten(treedef, leaves), meta["metadata"]

@@ -100,8 +100,14 @@ class GroupDRO(NamedTuple):
         """(robust loss, updated group weights)."""
         per = logistic_loss(logits, to_signed(y01).astype(logits.dtype), reduction="none")
         adj = self.adjustment if self.adjustment else None
-        return group_dro_update(dro, per, groups, step_size=self.step_size, adjustment=adj,
-                                group_counts=np.asarray(self.group_counts, np.float32) if adj else None)
+        return group_dro_update(
+            dro,
+            per,
+            groups,
+            step_size=self.step_size,
+            adjustment=adj,
+            group_counts=np.asarray(self.group_counts, np.float32) if adj else None,
+        )
 
 
 class MinibatchState(NamedTuple):
@@ -117,8 +123,11 @@ class MinibatchState(NamedTuple):
 # ---- devices -----------------------------------------------------------------------------------
 
 
-def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
-                         process_id: int | None = None) -> bool:
+def initialize_multihost(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
     """Join a multi-host run through ``jax.distributed.initialize`` when one is configured.
 
     Call it once per process before touching any device. Arguments fall back to ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``;
@@ -140,7 +149,9 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
         process_id = int(os.environ["JAX_PROCESS_ID"])
     if coordinator_address is None and os.environ.get("NTKDYN_MULTIHOST") != "1":
         return False
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     return True
 
 
@@ -191,8 +202,10 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, Array]
     for k, v in batch.items():
         v = np.asarray(v)
         if v.shape[0] % local:
-            raise ValueError(f"batch[{k!r}]: {v.shape[0]} rows do not divide over {local} local devices; "
-                             "choose a batch size divisible by the device count")
+            raise ValueError(
+                f"batch[{k!r}]: {v.shape[0]} rows do not divide over {local} local devices; "
+                "choose a batch size divisible by the device count"
+            )
         out[k] = jax.make_array_from_process_local_data(sharding, v)
     return out
 
@@ -216,7 +229,9 @@ def gather(x: Array) -> np.ndarray:
 # ---- training ----------------------------------------------------------------------------------
 
 
-def init_train_state(variables: Mapping[str, Any], optimizer: optax.GradientTransformation, num_groups: int = 4) -> MinibatchState:
+def init_train_state(
+    variables: Mapping[str, Any], optimizer: optax.GradientTransformation, num_groups: int = 4
+) -> MinibatchState:
     """Initial :class:`MinibatchState` from model variables ``{"params", "batch_stats"}``.
 
     Args:
@@ -228,12 +243,22 @@ def init_train_state(variables: Mapping[str, Any], optimizer: optax.GradientTran
         Step 0, the variables, the optimiser's initial state and uniform group weights.
     """
     params = variables["params"]
-    return MinibatchState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}),
-                      optimizer.init(params), group_dro_init(num_groups))
+    return MinibatchState(
+        jnp.zeros((), jnp.int32),
+        params,
+        variables.get("batch_stats", {}),
+        optimizer.init(params),
+        group_dro_init(num_groups),
+    )
 
 
-def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation, method: ERM | ClassConditionalSD | GroupDRO,
-                    *, donate: bool = True) -> Callable[[MinibatchState, Mapping[str, Array]], tuple[MinibatchState, dict[str, Array]]]:
+def make_train_step(
+    apply_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    method: ERM | ClassConditionalSD | GroupDRO,
+    *,
+    donate: bool = True,
+) -> Callable[[MinibatchState, Mapping[str, Array]], tuple[MinibatchState, dict[str, Array]]]:
     """A jitted step ``(state, batch) -> (state, metrics)`` on a (sharded) global batch.
 
     ``apply_fn(variables, images, train=True, mutable=["batch_stats"])`` is a Flax Linen apply
@@ -247,17 +272,25 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
         donate: donate the input state's buffers (saves memory; the input state becomes unusable).
     """
     if not isinstance(method, (ERM, ClassConditionalSD, GroupDRO)):
-        raise ValueError(f"method: expected ERM(), ClassConditionalSD() or GroupDRO(), got {method!r}")
+        raise ValueError(
+            f"method: expected ERM(), ClassConditionalSD() or GroupDRO(), got {method!r}"
+        )
 
     def step(state: MinibatchState, batch):
         def objective(params):
-            logits, updates = apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                       train=True, mutable=["batch_stats"])
+            logits, updates = apply_fn(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+            )
             logits = logits[:, 0].astype(jnp.float32)
             loss, dro = method.loss(logits, batch["y"], batch["group"], state.dro)
             return loss, (logits, updates["batch_stats"], dro)
 
-        (loss, (logits, batch_stats, dro)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        (loss, (logits, batch_stats, dro)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         y = batch["y"].astype(jnp.float32)
@@ -272,7 +305,9 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
-def make_eval_step(apply_fn: Callable) -> Callable[[MinibatchState, Float[Array, "n h w 3"]], Float[Array, " n"]]:
+def make_eval_step(
+    apply_fn: Callable,
+) -> Callable[[MinibatchState, Float[Array, "n h w 3"]], Float[Array, " n"]]:
     """A jitted ``(state, images) -> logits (n,)`` in eval mode (running batch-norm statistics).
 
     Args:
@@ -283,7 +318,9 @@ def make_eval_step(apply_fn: Callable) -> Callable[[MinibatchState, Float[Array,
     """
 
     def step(state: MinibatchState, images):
-        out = apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+        out = apply_fn(
+            {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
+        )
         return out[:, 0].astype(jnp.float32)
 
     return jax.jit(step)

@@ -70,9 +70,18 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Int, PyTree
 
-__all__ = ["SeedAxis", "TrainState", "TrainResult", "eigen_matmul_options", "seed_devices", "train_fullbatch"]
+__all__ = [
+    "SeedAxis",
+    "TrainState",
+    "TrainResult",
+    "eigen_matmul_options",
+    "seed_devices",
+    "train_fullbatch",
+]
 
-LossFn = Callable[[PyTree, PyTree, PyTree, Array, Array], tuple[Array, tuple[PyTree, dict[str, Array]]]]
+LossFn = Callable[
+    [PyTree, PyTree, PyTree, Array, Array], tuple[Array, tuple[PyTree, dict[str, Array]]]
+]
 EvalFn = Callable[[PyTree, PyTree, PyTree], dict[str, Array]]
 
 
@@ -260,13 +269,20 @@ def train_fullbatch(
     if not isinstance(unroll, (int, np.integer)) or unroll < 1:
         raise ValueError(f"unroll: expected an integer >= 1, got {unroll!r}")
     if batch_axis not in (None, 0):
-        raise ValueError(f"batch_axis: expected None (shared batch) or 0 (per-seed batch), got {batch_axis!r}")
+        raise ValueError(
+            f"batch_axis: expected None (shared batch) or 0 (per-seed batch), got {batch_axis!r}"
+        )
     if seed_chunk is not None and (not isinstance(seed_chunk, (int, np.integer)) or seed_chunk < 1):
-        raise ValueError(f"seed_chunk: expected an integer >= 1 or None (all seeds at once), got {seed_chunk!r}")
+        raise ValueError(
+            f"seed_chunk: expected an integer >= 1 or None (all seeds at once), got {seed_chunk!r}"
+        )
     if not isinstance(seed_axis, SeedAxis):
-        raise ValueError(f"seed_axis: expected a SeedAxis member (SeedAxis.VMAP or SeedAxis.MAP), got {seed_axis!r}")
+        raise ValueError(
+            f"seed_axis: expected a SeedAxis member (SeedAxis.VMAP or SeedAxis.MAP), got {seed_axis!r}"
+        )
     if compiler_options is not None and (
-        not isinstance(compiler_options, Mapping) or not all(isinstance(k, str) for k in compiler_options)
+        not isinstance(compiler_options, Mapping)
+        or not all(isinstance(k, str) for k in compiler_options)
     ):
         raise ValueError(
             "compiler_options: expected a mapping from XLA option names to values (e.g. "
@@ -275,7 +291,9 @@ def train_fullbatch(
     if not isinstance(keys, jax.Array):
         keys = jnp.asarray(keys)
     if keys.ndim < 1:
-        raise ValueError(f"keys: expected one key per seed (shape (S,) typed or (S, 2) raw), got shape {keys.shape}")
+        raise ValueError(
+            f"keys: expected one key per seed (shape (S,) typed or (S, 2) raw), got shape {keys.shape}"
+        )
     num_seeds = keys.shape[0]
     for name, tree in (("params", params), ("model_state", model_state)) + (
         (("batch", batch),) if batch_axis == 0 else ()
@@ -306,7 +324,9 @@ def train_fullbatch(
             return (params, new_model_state, opt_state, step + 1, {"loss": loss, **metrics}), None
 
         # Shapes of the logged metrics, to carry "the last step's metrics" through the scan.
-        loss0, (_, metrics0) = jax.eval_shape(loss_fn, params, model_state, batch, jnp.int32(0), key)
+        loss0, (_, metrics0) = jax.eval_shape(
+            loss_fn, params, model_state, batch, jnp.int32(0), key
+        )
         last0 = {"loss": jnp.zeros(loss0.shape, loss0.dtype)}
         last0.update({k: jnp.zeros(v.shape, v.dtype) for k, v in metrics0.items()})
 
@@ -319,6 +339,7 @@ def train_fullbatch(
         carry = (params, model_state, opt_state, jnp.int32(0), last0)
         history = {}
         if n_records:
+
             def chunk_fn(carry, _):
                 carry = run_steps(carry, log_every)
                 params, model_state, _, _, last = carry
@@ -340,8 +361,12 @@ def train_fullbatch(
             return jax.vmap(one_seed, in_axes=(0, 0, 0, batch_in))(params, model_state, keys, batch)
         chunk = seed_chunk if seed_axis is SeedAxis.VMAP else None
         if batch_in is None:
-            return jax.lax.map(lambda a: one_seed(*a, batch), (params, model_state, keys), batch_size=chunk)
-        return jax.lax.map(lambda a: one_seed(*a), (params, model_state, keys, batch), batch_size=chunk)
+            return jax.lax.map(
+                lambda a: one_seed(*a, batch), (params, model_state, keys), batch_size=chunk
+            )
+        return jax.lax.map(
+            lambda a: one_seed(*a), (params, model_state, keys, batch), batch_size=chunk
+        )
 
     args = [params, model_state, keys, batch]
     pad = 0
@@ -349,7 +374,9 @@ def train_fullbatch(
     if devices is not None:
         devices = list(devices)
         if not devices:
-            raise ValueError("devices: got an empty sequence; pass e.g. jax.local_devices() or None")
+            raise ValueError(
+                "devices: got an empty sequence; pass e.g. jax.local_devices() or None"
+            )
         pad = (-num_seeds) % len(devices)
         mesh = Mesh(np.asarray(devices), ("seeds",))
         seed_spec = PartitionSpec("seeds")
@@ -357,20 +384,34 @@ def train_fullbatch(
         specs = (seed_spec, seed_spec, seed_spec, batch_spec)
         # Typed keys travel as their raw bits; every input goes from the host straight into its
         # shards (slicing device arrays into shards would compile one program per input shape).
-        key_impl = jax.random.key_impl(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else None
-        raw = [params, model_state, jax.random.key_data(keys) if key_impl is not None else keys, batch]
+        key_impl = (
+            jax.random.key_impl(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else None
+        )
+        raw = [
+            params,
+            model_state,
+            jax.random.key_data(keys) if key_impl is not None else keys,
+            batch,
+        ]
         raw = [_pad(a, pad) if spec == seed_spec else a for a, spec in zip(raw, specs, strict=True)]
         traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(raw))
-        args = raw if traced else [
-            jax.device_put(a, jax.sharding.NamedSharding(mesh, spec)) for a, spec in zip(raw, specs, strict=True)
-        ]
+        args = (
+            raw
+            if traced
+            else [
+                jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
+                for a, spec in zip(raw, specs, strict=True)
+            ]
+        )
 
         def sharded_seeds(params, model_state, keys, batch):
             if key_impl is not None:
                 keys = jax.random.wrap_key_data(keys, impl=key_impl)
             return all_seeds(params, model_state, keys, batch)
 
-        fn = jax.shard_map(sharded_seeds, mesh=mesh, in_specs=specs, out_specs=seed_spec, check_vma=False)
+        fn = jax.shard_map(
+            sharded_seeds, mesh=mesh, in_specs=specs, out_specs=seed_spec, check_vma=False
+        )
     options = dict(compiler_options) if compiler_options else None
     state, history = jax.jit(fn, compiler_options=options)(*args)
     if pad:
