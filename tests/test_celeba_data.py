@@ -11,6 +11,7 @@ from ntkdyn.data.celeba import (
     CELEBA_ATTRIBUTES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    centre_crop_box,
     epoch_order,
     iterate_batches,
     load_celeba,
@@ -113,6 +114,28 @@ def test_load_image_matches_reference_transform(fixture_dir):
         )
     full = (full / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     assert small.shape == (32, 32, 3) and np.mean(np.abs(small - full)) < 0.1
+
+
+def test_crop_scales_with_the_image(fixture_dir, tmp_path):
+    # the official square (side = width) at full and at half resolution: the same geometry, scaled
+    assert centre_crop_box(178, 218) == (0, 20, 178, 198)
+    assert centre_crop_box(89, 109) == (0, 10, 89, 99)
+    assert tuple(2 * v for v in centre_crop_box(89, 109)) == centre_crop_box(178, 218)
+    assert centre_crop_box(178, 218, 150) == (14, 34, 164, 184)
+    full = fixture_dir / "img_align_celeba" / "000002.jpg"
+    half = tmp_path / "000002.png"  # lossless, so only the resampling differs
+    with Image.open(full) as img:
+        assert img.size == (178, 218)
+        img.convert("RGB").resize((89, 109), Image.BILINEAR).save(half)
+    np.testing.assert_allclose(load_image(full, 64), load_image(full, 64, crop=178), atol=1e-6)
+    a, b = load_image(full, 32), load_image(half, 32)
+    assert a.shape == b.shape == (32, 32, 3) and np.mean(np.abs(a - b)) < 0.1
+    # an explicit crop is scaled by the caller: 89 of 89 × 109 is 178 of 178 × 218
+    np.testing.assert_allclose(load_image(half, 32, crop=89), b, atol=1e-6)
+    with pytest.raises(ValueError, match=r"--crop: 178 px is larger than the 89x109 image"):
+        load_image(half, 32, crop=178)
+    with pytest.raises(ValueError, match="--crop"):
+        centre_crop_box(89, 109, 0)
 
 
 def test_pipeline_order_padding_and_sharding(fixture_dir):

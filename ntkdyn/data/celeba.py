@@ -11,9 +11,11 @@ or the common CSV exports ``list_attr_celeba.csv`` (``image_id,<40 names>``) and
 A target and a spurious attribute (Pezeshki et al. 2021, Sec. 5 / Table 2: ``Blond_Hair`` and
 ``Male``) define four groups ``g = 2·y + a``.
 
-Preprocessing follows the authors' (and Group DRO's) evaluation transform: centre crop 178 × 178,
-resize to 224 × 224 (bilinear), scale to [0, 1], normalise with the ImageNet mean and std. Images
-come out NHWC float32. ``image_size`` may be lowered for CPU smoke runs.
+Preprocessing follows the authors' (and Group DRO's) evaluation transform: centre crop of side
+min(width, height) (178 × 178 on the official 178 × 218 images; any resolution of the aligned faces
+gets the same geometry, scaled), resize to 224 × 224 (bilinear), scale to [0, 1], normalise with
+the ImageNet mean and std. Images come out NHWC float32. ``image_size`` may be lowered for CPU
+smoke runs.
 
 The pipeline decodes with a thread pool (PIL releases the GIL while decoding and resizing), keeps a
 bounded number of batches in flight, and yields batches in an order fixed by ``(seed, epoch)``.
@@ -44,6 +46,7 @@ __all__ = [
     "load_celeba",
     "read_attributes",
     "read_partition",
+    "centre_crop_box",
     "load_image",
     "epoch_order",
     "iterate_batches",
@@ -355,42 +358,77 @@ def load_celeba(
 # --------------------------------------------------------------------------------------------
 
 
+def centre_crop_box(width: int, height: int, crop: int | None = None) -> tuple[int, int, int, int]:
+    """The centre square ``(left, top, right, bottom)`` of side ``crop`` in a ``width × height`` image.
+
+    The official CelebA transform is torchvision's ``CenterCrop(min(w, h))`` (Sagawa et al. 2020's
+    ``get_transform_celebA``): on a 178 × 218 aligned image the 178-pixel square, i.e. side = width.
+    ``crop=None`` takes that side, min(width, height), so an aligned image of any resolution gets the
+    same crop geometry, scaled: 89 × 109 → (0, 10, 89, 99), twice that for 178 × 218.
+
+    Args:
+        width: image width in pixels.
+        height: image height in pixels.
+        crop: side of the square in pixels (``None``: min(width, height)).
+
+    Returns:
+        The box, as PIL's ``Image.crop`` takes it (left ≈ (width − crop)/2, rounded).
+
+    Raises:
+        ValueError: ``crop`` < 1 or larger than the image.
+    """
+    side = min(width, height) if crop is None else int(crop)
+    if side < 1:
+        raise ValueError(f"--crop: must be >= 1 pixel (or auto), got {crop}")
+    if side > min(width, height):
+        raise ValueError(
+            f"--crop: {side} px is larger than the {width}x{height} image; pass --crop auto "
+            f"(the central square of side {min(width, height)}) or at most {min(width, height)}"
+        )
+    left = round((width - side) / 2.0)
+    top = round((height - side) / 2.0)
+    return left, top, left + side, top + side
+
+
 def load_image(
-    path: str | os.PathLike, image_size: int = 224, *, crop: int = 178
+    path: str | os.PathLike, image_size: int = 224, *, crop: int | None = None
 ) -> Float[np.ndarray, "h w 3"]:
     """Decode one image: centre crop ``crop`` × ``crop``, bilinear resize, ImageNet normalisation.
 
-    x = (resize(centre_crop(img)) / 255 − mean) / std, as torchvision's ``CenterCrop(178)``,
-    ``Resize(224)``, ``ToTensor()``, ``Normalize(ImageNet)``. When ``image_size ≤ crop / 2`` the
-    JPEG is decoded at a reduced scale first (PIL ``draft``), a fast path for small smoke-run sizes.
+    x = (resize(centre_crop(img)) / 255 − mean) / std, as torchvision's ``CenterCrop(min(w, h))``,
+    ``Resize(224)``, ``ToTensor()``, ``Normalize(ImageNet)`` (:func:`centre_crop_box`). When
+    ``image_size ≤ crop / 2`` the JPEG is decoded at a reduced scale first (PIL ``draft``), a fast
+    path for small smoke-run sizes.
 
     Args:
         path: image file.
         image_size: output side length.
-        crop: centre-crop side length in original pixels (178 for aligned CelebA).
+        crop: centre-crop side length in the file's pixels; ``None`` (the default, ``--crop auto``)
+            takes min(width, height): 178 on the official 178 × 218 aligned images, 89 on 89 × 109.
 
     Returns:
         (image_size, image_size, 3) float32 array.
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file cannot be decoded or is smaller than ``crop``.
+        ValueError: the file cannot be decoded, or ``crop`` is larger than the image.
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
             w0, h0 = img.size
-            if min(w0, h0) < crop:
-                raise ValueError(
-                    f"image {path}: size {w0}x{h0} is smaller than the {crop}-pixel centre crop; pass a smaller crop"
-                )
-            if image_size * 2 <= crop and img.format == "JPEG":
+            try:
+                box = centre_crop_box(w0, h0, crop)
+            except ValueError as exc:
+                raise ValueError(f"image {path}: {exc}") from None
+            side = box[2] - box[0]
+            if image_size * 2 <= side and img.format == "JPEG":
                 img.draft(
-                    "RGB", (math.ceil(w0 * image_size / crop), math.ceil(h0 * image_size / crop))
+                    "RGB", (math.ceil(w0 * image_size / side), math.ceil(h0 * image_size / side))
                 )
             img = img.convert("RGB")
             scale = img.size[0] / w0
-            c = crop * scale
+            c = side * scale
             left = round((img.size[0] - c) / 2.0)
             top = round((img.size[1] - c) / 2.0)
             box = (left, top, left + round(c), top + round(c))
@@ -434,7 +472,7 @@ def iterate_batches(
     *,
     batch_size: int,
     image_size: int = 224,
-    crop: int = 178,
+    crop: int | None = None,
     drop_last: bool = False,
     pad_to_multiple: int = 1,
     workers: int = 8,
@@ -454,7 +492,7 @@ def iterate_batches(
         order: example indices, e.g. from :func:`epoch_order` (sliced to resume mid-epoch).
         batch_size: global batch size.
         image_size: output side length.
-        crop: centre-crop size (178 for aligned CelebA).
+        crop: centre-crop side (``None``: min(width, height) of each image, see :func:`load_image`).
         drop_last: drop a final partial batch.
         pad_to_multiple: pad the final partial batch up to a multiple of this.
         workers: decoding threads.
