@@ -19,7 +19,6 @@ from ntkdyn.systems import (
     system_from_matrix,
 )
 from ntkdyn.losses import (
-    GroupDROState,
     binary_accuracy,
     binary_cross_entropy,
     class_conditional_sd_penalty,
@@ -30,6 +29,18 @@ from ntkdyn.losses import (
     sd_penalty,
     to_signed,
     vrex_penalty,
+)
+from ntkdyn.objectives import (
+    ERM,
+    ClassConditionalSD,
+    GroupDRO,
+    GroupDROState,
+    IRMv1,
+    Objective,
+    SpectralDecoupling,
+    VREx,
+    switch,
+    theory_lam,
 )
 from ntkdyn.runs import RunDir, atomic_write_json, atomic_write_text
 
