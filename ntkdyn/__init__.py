@@ -135,9 +135,6 @@ from ntkdyn.models.pretrained import (
     write_safetensors,
 )
 from ntkdyn.train.dataparallel import (
-    ERM,
-    ClassConditionalSD,
-    GroupDRO,
     MinibatchState,
     data_mesh,
     init_train_state,
