@@ -85,6 +85,14 @@ from ntkdyn.tangent import (
     tangent_features,
 )
 from ntkdyn.linearized import GDTrace, linearize, train_gd
+from ntkdyn.linalg import (
+    BlockOperator,
+    OnUnconverged,
+    SVDNotConvergedError,
+    SVDNotConvergedWarning,
+    TruncatedSVD,
+    truncated_svd,
+)
 from ntkdyn.analytic import init_ntk_mlp, relu_ntk
 
 # Models
