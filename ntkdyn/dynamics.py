@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ntkdyn.systems import FeatureSystem, feature_system
+from ntkdyn._checks import is_concrete, validate_state, validate_system
+from ntkdyn.systems import FeatureSystem
 
 __all__ = [
     "RESULTS",
@@ -223,45 +224,8 @@ def z_to_dual(z: Float[Array, "... d"], system: FeatureSystem) -> Float[Array, "
 # Validation (only on concrete values: under jit/vmap the checks move to the run's result)
 
 
-def _is_concrete(*xs) -> bool:
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(xs))
-
-
-def _validate_system(system: FeatureSystem) -> None:
-    if not isinstance(system, FeatureSystem):
-        raise ValueError(
-            f"system: expected a FeatureSystem, got {type(system).__name__}; build one with "
-            "ntkdyn.feature_system / rotation_system / system_from_matrix"
-        )
-    if not _is_concrete(system) or jnp.ndim(system.U) != 2:
-        return  # batched or traced: validated by the caller that built the batch
-    feature_system(system.U, system.s, system.lam)
-
-
-def _validate_state(field: Field, system: FeatureSystem, z0) -> Array:
-    z0 = jnp.asarray(z0)
-    if not jnp.issubdtype(z0.dtype, jnp.floating):
-        z0 = z0.astype(jnp.result_type(float))
-    if z0.ndim != 1:
-        raise ValueError(f"z0: expected a 1-D initial state, got shape {z0.shape}")
-    try:
-        out_shape = jax.eval_shape(field, z0, system).shape
-    except TypeError:  # the field's matrix products reject the state's length
-        out_shape = None
-    if out_shape != z0.shape:
-        raise ValueError(
-            f"z0: the field does not map a state of shape {z0.shape} to the same shape (got {out_shape}); pass z0 of shape "
-            f"(d,) = ({system.d},) for primal fields or (n,) = ({system.n},) for dual_field"
-        )
-    if _is_concrete(z0) and not np.all(
-        np.isfinite(np.asarray(z0))
-    ):  # numpy: stays concrete under jit
-        raise ValueError("z0: contains non-finite values (NaN or inf); pass a finite initial state")
-    return z0
-
-
 def _check_positive(name: str, value, *, integer: bool = False) -> None:
-    if not _is_concrete(value):
+    if not is_concrete(value):
         return
     arr = np.asarray(value)
     if arr.ndim != 0 or not np.isfinite(arr) or arr <= 0 or (integer and arr != int(arr)):
@@ -273,7 +237,7 @@ def _raise_or_flag(traj: Trajectory, throw: bool, hint: str) -> Trajectory:
     """With ``throw``: raise :class:`SolverError` (concrete) or an Equinox runtime error (traced)."""
     if not throw:
         return traj
-    if _is_concrete(traj.result):
+    if is_concrete(traj.result):
         failed = ~np.asarray(traj.success)
         if failed.any():
             idx = np.asarray(traj.result._value)[failed].ravel()[0]
@@ -372,8 +336,8 @@ def gd(
         SolverError: with ``throw``, when GD diverged (non-finite iterates) or is unstable at its last
             iterate (η·ρ(∂field/∂z) ≥ 2, estimated by power iteration): ``eta`` is too large.
     """
-    _validate_system(system)
-    z0 = _validate_state(field, system, z0)
+    validate_system(system)
+    z0 = validate_state(field, system, z0)
     _check_positive("eta", eta)
     _check_positive("num_steps", num_steps, integer=True)
     _check_positive("save_every", save_every, integer=True)
@@ -384,7 +348,7 @@ def gd(
         )
     eta = jnp.asarray(eta, z0.dtype)
     traj = _gd(field, system, z0, eta, int(num_steps), int(save_every), int(unroll))
-    eta_txt = f"(got eta={float(eta)})" if _is_concrete(eta) else ""
+    eta_txt = f"(got eta={float(eta)})" if is_concrete(eta) else ""
     return _raise_or_flag(traj, throw, eta_txt)
 
 
@@ -455,8 +419,8 @@ def integrate(
             ``max_steps`` or ``z0`` for bad values.
         SolverError: the solver failed (e.g. exhausted ``max_steps``), with ``throw``.
     """
-    _validate_system(system)
-    z0 = _validate_state(field, system, z0)
+    validate_system(system)
+    z0 = validate_state(field, system, z0)
     _check_positive("t1", t1)
     _check_positive("eta", eta)
     _check_positive("rtol", rtol)
@@ -472,7 +436,7 @@ def integrate(
         ts = jnp.asarray(ts, dtype)
         if ts.ndim != 1 or ts.shape[0] < 1:
             raise ValueError(f"ts: expected a non-empty 1-D array of times, got shape {ts.shape}")
-        if _is_concrete(ts, t1):
+        if is_concrete(ts, t1):
             ts_np = np.asarray(ts)
             if (
                 not np.all(np.isfinite(ts_np))

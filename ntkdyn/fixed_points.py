@@ -28,7 +28,8 @@ import scipy.optimize
 import scipy.special
 from jaxtyping import Array, ArrayLike, Float
 
-from ntkdyn.dynamics import SolverError, _is_concrete, _validate_state, _validate_system
+from ntkdyn._checks import is_concrete, validate_state, validate_system
+from ntkdyn.dynamics import SolverError
 from ntkdyn.systems import FeatureSystem
 
 __all__ = [
@@ -189,7 +190,7 @@ def _hint(rtol, atol, max_steps) -> str:
 def _default_z0(field: Field, system: FeatureSystem, z0) -> Array:
     if z0 is None:
         return jnp.zeros(system.s.shape[-1:], jnp.result_type(system.s.dtype, float))
-    return _validate_state(field, system, z0)
+    return validate_state(field, system, z0)
 
 
 def fixed_point(
@@ -229,7 +230,7 @@ def fixed_point(
         ValueError: for a bad ``system`` or ``z0``.
         SolverError: Newton did not converge (with ``throw``), naming ``z0`` and ``max_steps``.
     """
-    _validate_system(system)
+    validate_system(system)
     z0 = _default_z0(field, system, z0)
     rtol, atol = _tolerances(rtol, atol, z0.dtype)
     z, result, residual = _fixed_point(field, system, z0, float(rtol), float(atol), int(max_steps))
@@ -242,7 +243,7 @@ def fixed_point(
 def _surface(out, ok, result, residual, rtol, atol, max_steps):
     """``out`` if Newton converged; else a :class:`SolverError` (concrete) or an Equinox runtime error (traced)."""
     msg = f"Newton's method did not reach a fixed point of the field {_hint(rtol, atol, max_steps)}"
-    if _is_concrete(ok):
+    if is_concrete(ok):
         if not bool(jnp.all(ok)):
             raise SolverError(
                 f"{msg} Solver status: {optx.RESULTS[result] or 'converged'}; residual {float(jnp.max(residual)):.2e}."
@@ -320,7 +321,7 @@ def fixed_point_and_jacobian_s(
         ValueError: for a bad ``system`` or ``z0``.
         SolverError: Newton did not converge.
     """
-    _validate_system(system)
+    validate_system(system)
     z0 = _default_z0(field, system, z0)
     rtol, atol = _tolerances(rtol, atol, z0.dtype)
     J, z, result, residual = _jacobian_s(
@@ -391,7 +392,7 @@ def finite_difference_jacobian_s(
         ValueError: naming ``h`` if it is not in (0, min(s)).
         SolverError: Newton did not converge.
     """
-    _validate_system(system)
+    validate_system(system)
     s = jnp.asarray(system.s)
     if not (np.isfinite(h) and 0 < h < float(jnp.min(s))):
         raise ValueError(f"h: must satisfy 0 < h < min(s) = {float(jnp.min(s))}, got {h}")

@@ -20,7 +20,6 @@ zero) or g(θ) = f(X; θ) otherwise. Weight decay pulls towards θ₀, which is 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -28,17 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ntkdyn.tangent import (
-    _check_x,
-    _out_shape,
-    _outputs,
-    responses_from_outputs,
-    signed_labels,
-)
+from ntkdyn._checks import check_outputs, check_x
+from ntkdyn.tangent import ApplyFn, responses_from_outputs, signed_labels
+from ntkdyn.tangent.features import apply_outputs
 
 __all__ = ["linearize", "GDTrace", "train_gd"]
-
-ApplyFn = Callable[[Any, Array], Array]
 
 
 def linearize(apply_fn: ApplyFn, params0: Any) -> ApplyFn:
@@ -106,15 +99,15 @@ class GDTrace(NamedTuple):
 def _run(apply_fn, params0, x, y, eta, wd, sd, *, linearized, center, num_blocks, save_every):
     n = x.shape[0]
     if linearized:
-        f0, jvp = jax.linearize(lambda p: _outputs(apply_fn, p, x, None), params0)
+        f0, jvp = jax.linearize(lambda p: apply_outputs(apply_fn, p, x, None), params0)
 
         def outputs(p):
             return f0 + jvp(jax.tree.map(lambda a, b: a - b, p, params0))
     else:
-        f0 = _outputs(apply_fn, params0, x, None)
+        f0 = apply_outputs(apply_fn, params0, x, None)
 
         def outputs(p):
-            return _outputs(apply_fn, p, x, None)
+            return apply_outputs(apply_fn, p, x, None)
 
     def loss(p):
         out = outputs(p)
@@ -178,8 +171,8 @@ def train_gd(
         ValueError: naming ``eta``, ``num_steps``, ``save_every``, ``weight_decay``, ``sd``, ``x``,
             ``y`` or ``params0`` on bad input.
     """
-    x = _check_x(x, "x")
-    _out_shape(apply_fn, params0, x, None)
+    x = check_x(x, "x")
+    check_outputs(apply_fn, params0, x, None)
     if not (np.isfinite(eta) and eta > 0):
         raise ValueError(f"eta: must be a finite step size > 0, got {eta}")
     for name, value in (("weight_decay", weight_decay), ("sd", sd)):

@@ -8,7 +8,8 @@ The theory sees a network only as a pure function ``apply_fn(params, x)`` over a
 * :func:`pure`: any NNX module → ``(apply_fn, params)`` in eval mode, ``params`` the
   :class:`flax.nnx.Param` state and everything else (batch statistics, RNG counters) closed over;
 * :class:`DenseApply`: the pure forward pass of a dense network whose layers can be read from the
-  params, which the structured empirical NTK (:class:`ntkdyn.NTKMethod`) recognises;
+  params; it implements the :class:`ntkdyn.tangent.DenseStructure` protocol (``activation`` and
+  ``layers(params)``), which the structured empirical NTK (:class:`ntkdyn.NTKMethod`) needs;
 * :func:`init_mlp`: key → ``(apply_fn, params)``, cheap and functional, so seeds are batched with
   ``jax.vmap``::
 
@@ -244,8 +245,10 @@ class DenseApply:
 
     ``apply_fn(params, x)`` with ``params`` the :class:`MLP` Param state, a list of
     ``{'kernel': W, 'bias': b}`` dicts or a list of ``(W, b)`` pairs (kernels (fan_in, fan_out),
-    biases optional). Trailing input dims are flattened. This is the form the structured empirical
-    NTK recognises (``NTKMethod.STRUCTURED``), which needs the layers and φ explicitly.
+    biases optional). Trailing input dims are flattened. It implements the
+    :class:`ntkdyn.tangent.DenseStructure` protocol (``activation`` and ``layers(params)``), the
+    form the structured empirical NTK (``NTKMethod.STRUCTURED``) needs: the layers and φ
+    explicitly. The protocol is structural, so this module imports nothing from the tangent side.
 
     Two instances with the same activation compare equal (and hash alike), so jitted code keyed on
     ``apply_fn`` is compiled once, not once per instance.

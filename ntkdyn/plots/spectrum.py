@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from jaxtyping import Float
 
-from ntkdyn.plots.theory import S1_COLORS as _COLORS
-from ntkdyn.plots.theory import _style
+from ntkdyn.plots.style import S1_COLORS as _COLORS
+from ntkdyn.plots.style import style_axes
 
 __all__ = ["spectrum_figure", "responses_figure"]
 
@@ -64,7 +64,7 @@ def spectrum_figure(
     ax1.semilogy(idx, s, ".-", color=_COLORS[0], ms=3, lw=1)
     ax1.set_xlabel("index j")
     ax1.set_ylabel("singular value $s_j$ of $Y\\Phi$")
-    _style(ax1)
+    style_axes(ax1)
     ax2.bar(np.arange(1, k + 1), alignment[:k], color=_COLORS[1])
     if n is not None:
         ax2.axhline(np.sqrt(n), color="k", lw=0.8, ls=":", label=f"$\\sqrt{{n}}$, n = {n}")
@@ -72,7 +72,7 @@ def spectrum_figure(
     ax2.set_ylabel("label alignment $|u_j^\\top 1|$")
     if n is not None:
         ax2.legend(frameon=False, fontsize=8)
-    _style(ax2)
+    style_axes(ax2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -150,7 +150,7 @@ def responses_figure(
     ax.legend(handles=handles, frameon=False, fontsize=8, ncol=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("feature response $z_j = u_j^\\top Y (f_t - f_0)$")
-    _style(ax)
+    style_axes(ax)
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
+from ntkdyn.plots.style import S1_COLORS, style_axes
+
 __all__ = [
     "S1_COLORS",
     "z2_vs_z1_figure",
@@ -24,15 +26,6 @@ __all__ = [
     "starvation_map_figure",
     "trajectory_figure",
 ]
-
-# The paper's palette for s₁ = 2, 3, 4, 5, 6 (then matplotlib's cycle).
-S1_COLORS = ("#3B75AF", "#EF8636", "#529D3E", "#C53932", "#85584E", "#8D69B8", "#D57DBF", "#7F7F7F")
-_FACE = "#F9F9F9"
-
-
-def _style(ax: Any) -> None:
-    ax.set_facecolor(_FACE)
-    ax.grid(True, which="major", linestyle="--", lw=0.7, color="k", alpha=0.3)
 
 
 def _check_paths(name: str, arr, k: int | None = None) -> np.ndarray:
@@ -102,7 +95,7 @@ def z2_vs_z1_figure(
         ax.set_xlim(*xlim)
         ax.set_ylim(*ylim)
         ax.set_xlabel("$z_1$")
-        _style(ax)
+        style_axes(ax)
     ax1.set_ylabel("$z_2$")
     ax1.legend(loc="upper left", fontsize=8, frameon=False)
     fig.tight_layout()
@@ -161,7 +154,7 @@ def slider_figure(
             )
             ax.set_ylim(-0.2, top)
             ax.set_title(f"{name}, $s_1={v:g}$", fontsize=9)
-            _style(ax)
+            style_axes(ax)
         axes[i, 0].set_ylabel("$z$")
     for ax in axes[-1]:
         ax.set_xlabel(r"$t$ ($\eta\,\times$ steps)")
@@ -216,7 +209,7 @@ def sensitivity_figure(
         if s2 is not None:
             ax.axvline(s2, color="k", lw=0.8, ls=":")
         ax.set_xlabel("$s_1$")
-        _style(ax)
+        style_axes(ax)
         ax.legend(fontsize=8, frameon=False)
     ax1.set_ylabel("$z_2^*$")
     ax2.set_ylabel(r"$\partial z_2^* / \partial s_1$")
@@ -323,14 +316,14 @@ def trajectory_figure(
     ax.set_xlabel("$t$")
     ax.set_ylabel("$z$")
     ax.legend(fontsize=8, frameon=False)
-    _style(ax)
+    style_axes(ax)
     if ncols == 2:
         ax = axes[0, 1]
         ax.plot(z[:, 0], z[:, 1], lw=2, color=S1_COLORS[0])
         _endpoint(ax, z, S1_COLORS[0], "o")
         ax.set_xlabel("$z_1$")
         ax.set_ylabel("$z_2$")
-        _style(ax)
+        style_axes(ax)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
