@@ -126,7 +126,8 @@ def compile_ours(
     import optax
     from ntkdyn.experiments import colored_mnist as X
 
-    from ntkdyn.train.fullbatch import SeedAxis, train_fullbatch
+    from ntkdyn.train.fullbatch import train_fullbatch
+    from ntkdyn.train.layout import SeedAxis, SeedLayout
 
     seed_axis = SeedAxis.VMAP if seed_axis is None else seed_axis
     apply_fn, params = X.init_params(cfg, keys)
@@ -148,8 +149,7 @@ def compile_ours(
             num_steps=steps,
             model_state=hp,
             batch_axis=0,
-            seed_axis=seed_axis,
-            seed_chunk=seed_chunk,
+            layout=SeedLayout(seed_axis, seed_chunk if seed_axis is SeedAxis.VMAP else None),
         ).state.params
 
     train = jax.jit(train, compiler_options=compiler_options or None)
@@ -228,7 +228,7 @@ def main(argv=None) -> None:
 
     from ntkdyn.experiments import colored_mnist as X
 
-    from ntkdyn.train.fullbatch import SeedAxis, eigen_matmul_options
+    from ntkdyn.train.layout import SeedAxis, eigen_matmul_options
 
     cfg = X.DEFAULTS["erm"]
     envs, mnist = _data(args.data_source, args.max_images)

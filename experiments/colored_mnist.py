@@ -378,6 +378,7 @@ def train_method(
 
     from ntkdyn.losses import binary_accuracy
     from ntkdyn.train.fullbatch import train_fullbatch
+    from ntkdyn.train.layout import SeedAxis, SeedLayout
 
     apply_fn, params0 = init_params(cfg, keys)
     S = keys.shape[0]
@@ -415,8 +416,7 @@ def train_method(
         log_every=log_every,
         eval_fn=eval_fn,
         batch_axis=0,
-        devices=devices,
-        seed_chunk=seed_chunk,
+        layout=SeedLayout(SeedAxis.VMAP, seed_chunk, devices),
         compiler_options=compiler_options,
     )
     jax.block_until_ready(result.state.params)
@@ -659,7 +659,7 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     from ntkdyn.data.colored_mnist import colored_mnist, split_sizes
     from ntkdyn.data.mnist import load_mnist
     from ntkdyn.runs import RunDir, progress
-    from ntkdyn.train.fullbatch import eigen_matmul_options, seed_devices
+    from ntkdyn.train.layout import SeedLayout, eigen_matmul_options
 
     run_dir = RunDir(out)
     mnist = load_mnist(config.data_dir, source=config.data_source)
@@ -703,7 +703,7 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     data_keys = restart_keys(config.seed, "data", config.first_restart, config.restarts)
     init_keys = restart_keys(config.seed, "init", config.first_restart, config.restarts)
     envs = jax.jit(jax.vmap(lambda k: colored_mnist(k, images, digits)))(data_keys)
-    devices = seed_devices(config.shard)
+    devices = SeedLayout.local().devices if config.shard else None
 
     metrics_records: list[dict[str, Any]] = []
     methods_out: dict[str, Any] = {}

@@ -384,7 +384,8 @@ def train_setting(
     import jax.numpy as jnp
 
     from ntkdyn.data.moons import two_moons
-    from ntkdyn.train.fullbatch import SeedAxis, train_fullbatch
+    from ntkdyn.train.fullbatch import train_fullbatch
+    from ntkdyn.train.layout import SeedAxis, SeedLayout
 
     num_steps = epochs * setting.epoch_factor
     data = [
@@ -418,9 +419,8 @@ def train_setting(
         log_every=log_every,
         eval_fn=eval_fn,
         batch_axis=0,
-        seed_axis=SeedAxis(seed_axis),
+        layout=SeedLayout(SeedAxis(seed_axis), None, devices),
         unroll=min(unroll, log_every),
-        devices=devices,
     )
     jax.block_until_ready(result.state.params)
     seconds = time.perf_counter() - start
@@ -734,10 +734,10 @@ def run(args: argparse.Namespace) -> int:
         _draw(out, *_read_arrays(out))
         print(f"redrew the figures in {out.path}", file=sys.stderr)
         return 0
-    from ntkdyn.train.fullbatch import seed_devices
+    from ntkdyn.train.layout import SeedLayout
 
     config = _resolve(args)
-    devices = seed_devices(config["shard"])
+    devices = SeedLayout.local().devices if config["shard"] else None
     config["devices"] = len(devices) if devices else 1
     out = RunDir(args.out)
     out.write_config(config)

@@ -20,7 +20,7 @@ from ntkdyn.cli import main
 from ntkdyn.data.colored_mnist import colored_mnist
 from ntkdyn.data.mnist import load_mnist
 from ntkdyn.losses import binary_cross_entropy, irm_penalty, sd_penalty, vrex_penalty
-from ntkdyn.train.fullbatch import eigen_matmul_options
+from ntkdyn.train.layout import eigen_matmul_options
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ import optax
 import pytest
 from conftest import tol
 
-from ntkdyn.train.fullbatch import SeedAxis, eigen_matmul_options, seed_devices, train_fullbatch
+from ntkdyn.train.fullbatch import train_fullbatch
+from ntkdyn.train.layout import SeedAxis, SeedLayout, cpu_restart_layout, eigen_matmul_options
 
 N, D, H, S = 24, 3, 16, 3
 
@@ -106,7 +107,7 @@ def _reference(problem):
 
 
 def test_vmapped_equals_one_seed_at_a_time(problem):
-    res = _run(problem, seed_axis=SeedAxis.VMAP, unroll=3)
+    res = _run(problem, layout=SeedLayout(SeedAxis.VMAP), unroll=3)
     ref_params, ref_loss = _reference(problem)
     t = tol(res.state.params["w1"].dtype)
     for a, b in zip(
@@ -123,8 +124,8 @@ def test_vmapped_equals_one_seed_at_a_time(problem):
 
 
 def test_map_layout_equals_vmap(problem):
-    a = _run(problem, seed_axis=SeedAxis.VMAP)
-    b = _run(problem, seed_axis=SeedAxis.MAP, unroll=4)
+    a = _run(problem, layout=SeedLayout(SeedAxis.VMAP))
+    b = _run(problem, layout=SeedLayout(SeedAxis.MAP), unroll=4)
     for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_allclose(u, v, **tol(np.float64))
 
@@ -133,8 +134,8 @@ def test_map_layout_equals_vmap(problem):
     "chunk", [1, 2]
 )  # S = 3: chunks of one, and of two with a remainder of one
 def test_chunked_vmap_equals_vmap(problem, chunk):
-    a = _run(problem, seed_axis=SeedAxis.VMAP)
-    b = _run(problem, seed_axis=SeedAxis.VMAP, seed_chunk=chunk)
+    a = _run(problem, layout=SeedLayout(SeedAxis.VMAP))
+    b = _run(problem, layout=SeedLayout(SeedAxis.VMAP, chunk))
     for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_allclose(u, v, **tol(np.float64))
 
@@ -152,7 +153,7 @@ def test_per_seed_batch(problem):
         model_state=mstate,
         num_steps=6,
         batch_axis=0,
-        seed_axis=SeedAxis.MAP,
+        layout=SeedLayout(SeedAxis.MAP),
     )
     one = train_fullbatch(
         _loss_fn,
@@ -184,9 +185,11 @@ SHARD_SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, {tests!r})
     import test_fullbatch as T
-    from ntkdyn.train.fullbatch import SeedAxis, seed_devices, train_fullbatch
+    from ntkdyn.train.fullbatch import train_fullbatch
+    from ntkdyn.train.layout import SeedAxis, SeedLayout
     assert jax.local_device_count() == 4, jax.local_devices()
-    assert seed_devices() == jax.local_devices() and seed_devices(shard=False) is None
+    assert SeedLayout.local().devices == tuple(jax.local_devices())
+    assert SeedLayout.parse("vmap:2@1").devices is None
     out = {{}}
     for seeds in (6,):  # 6 seeds on 4 devices: padded to 8, two seeds per device
         kx, ky, kp, kk = jax.random.split(jax.random.PRNGKey(3), 4)
@@ -196,8 +199,9 @@ SHARD_SCRIPT = textwrap.dedent(
         ms = {{"mean": jnp.zeros((seeds, T.H))}}
         for layout in SeedAxis:
             runs = [train_fullbatch(T._loss_fn, T._opt(), params, (x, y), keys=keys, model_state=ms,
-                                    num_steps=12, log_every=4, eval_fn=T._eval_fn, seed_axis=layout,
-                                    devices=devs) for devs in (None, jax.local_devices())]
+                                    num_steps=12, log_every=4, eval_fn=T._eval_fn,
+                                    layout=SeedLayout(layout, None, devs))
+                    for devs in (None, jax.local_devices())]
             leaves = [jax.tree_util.tree_leaves(r) for r in runs]
             err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(*leaves))
             shapes = [np.shape(a) == np.shape(b) for a, b in zip(*leaves)]
@@ -205,7 +209,7 @@ SHARD_SCRIPT = textwrap.dedent(
         # Typed keys, and the call traced inside an outer jit, on 4 devices against 1.
         def train(params, keys, devices):
             return train_fullbatch(T._loss_fn, T._opt(), params, (x, y), keys=keys, model_state=ms,
-                                   num_steps=12, devices=devices).state.params
+                                   num_steps=12, layout=SeedLayout(devices=devices)).state.params
         tkeys = jax.random.split(jax.random.key(5), seeds)
         for name, fn, k in (("typed", train, tkeys),
                             ("jitted", jax.jit(train, static_argnums=2), keys)):
@@ -242,9 +246,7 @@ def test_sharded_on_four_devices_equals_one_device():
         (dict(num_steps=5, log_every=0), "log_every"),
         (dict(num_steps=5, unroll=0), "unroll"),
         (dict(num_steps=5, batch_axis=1), "batch_axis"),
-        (dict(num_steps=5, seed_axis="vmap"), "seed_axis"),
-        (dict(num_steps=5, devices=[]), "devices"),
-        (dict(num_steps=5, seed_chunk=0), "seed_chunk"),
+        (dict(num_steps=5, layout="vmap"), "layout"),
         (dict(num_steps=5, compiler_options="eigen"), "compiler_options"),
         (dict(num_steps=5, compiler_options={1: ""}), "compiler_options"),
     ],
@@ -274,9 +276,29 @@ def test_seed_axis_mismatch(problem):
         )
 
 
-def test_seed_devices_on_one_device():
-    assert jax.local_device_count() > 1 or seed_devices() is None
-    assert seed_devices(shard=False) is None
+def test_seed_layout_parse_and_errors():
+    one = jax.local_device_count() == 1
+    assert SeedLayout.parse("vmap") == SeedLayout.local()
+    assert SeedLayout.parse("vmap:2@1") == SeedLayout(SeedAxis.VMAP, 2, None)
+    assert SeedLayout.parse("MAP@1") == SeedLayout(SeedAxis.MAP)
+    assert (SeedLayout.parse("vmap@all").devices is None) == one
+    assert SeedLayout.parse("vmap:3@1").describe() == {"axis": "vmap", "chunk": 3, "devices": 1}
+    for spec, what in (
+        ("pmap", "unknown seed axis"),
+        ("vmap:0", "chunk"),
+        ("map:2", "only vmap"),
+        ("vmap@7", "devices"),
+        ("vmap:x", "chunk"),
+    ):
+        with pytest.raises(ValueError, match=f"--seed-layout: {what}"):
+            SeedLayout.parse(spec)
+    with pytest.raises(ValueError, match="chunk"):
+        SeedLayout(SeedAxis.VMAP, 0)
+    with pytest.raises(ValueError, match="devices"):
+        SeedLayout(devices=[])
+    with pytest.raises(ValueError, match="axis"):
+        SeedLayout("vmap")
+    assert cpu_restart_layout("cpu").chunk == 2 and cpu_restart_layout("gpu").chunk is None
 
 
 def test_eigen_matmul_options(problem):

@@ -28,17 +28,16 @@ metrics of the chunk's last step (computed on the parameters before that step's 
 ``eval_fn(params, model_state, batch)`` on the parameters after the chunk are recorded, as scan
 outputs (no host round trip). A remainder of ``num_steps % k`` steps runs after the last record.
 
-Seeds and devices: ``seed_axis=SeedAxis.VMAP`` batches all seeds into each step (one large step
+Seeds and devices: one value, ``layout=SeedLayout(axis, chunk, devices)``
+(:mod:`ntkdyn.train.layout`). ``SeedAxis.VMAP`` batches the seeds into each step (one large step
 instead of S small ones: best on a GPU, and measured fastest on a 2-core CPU for the paper's
-two-moons nets too); ``SeedAxis.MAP`` trains them one after the other inside the same compiled call
-(each seed's working set stays in cache; worth measuring for small models on a CPU);
-``seed_chunk=k`` with ``SeedAxis.VMAP`` batches k seeds per step and runs the chunks one after
-another, which on a CPU keeps a large full-batch step's working set in cache (Colored MNIST: ten
-restarts in one step run up to 10 % slower per restart than two at a time). With ``devices`` set (e.g.
-``jax.local_devices()``) the seed axis is split over a 1-D ``jax.sharding.Mesh`` with
-``jax.shard_map``; each device trains its seeds with the chosen ``seed_axis``. S need not be a
-multiple of the device count: the seed axis is padded by repeating the first seed, and the padding
-is removed from every output.
+two-moons nets too); ``SeedAxis.MAP`` trains them one after the other inside the same compiled call;
+a ``chunk`` of k with ``VMAP`` batches k seeds per step and runs the chunks one after another, which
+on a CPU keeps a large full-batch step's working set in cache (Colored MNIST: ten restarts in one
+step run up to 10 % slower per restart than two at a time). With ``devices`` the seed axis is
+split over a 1-D ``jax.sharding.Mesh`` with ``jax.shard_map``; S need not be a multiple of the
+device count: the seed axis is padded by repeating the first seed, and the padding is removed from
+every output.
 
 Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -58,9 +57,7 @@ Example:
 
 from __future__ import annotations
 
-import enum
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -70,12 +67,11 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Int, PyTree
 
+from ntkdyn.train.layout import SeedAxis, SeedLayout
+
 __all__ = [
-    "SeedAxis",
     "TrainState",
     "TrainResult",
-    "eigen_matmul_options",
-    "seed_devices",
     "train_fullbatch",
 ]
 
@@ -83,21 +79,6 @@ LossFn = Callable[
     [PyTree, PyTree, PyTree, Array, Array], tuple[Array, tuple[PyTree, dict[str, Array]]]
 ]
 EvalFn = Callable[[PyTree, PyTree, PyTree], dict[str, Array]]
-
-
-class SeedAxis(enum.Enum):
-    """How the seeds of one call are laid out in the compiled program.
-
-    Attributes:
-        VMAP: all seeds batched into every step (``jax.vmap``). One large step instead of S small
-            ones: fastest on accelerators and when a step is matrix-multiply bound.
-        MAP: seeds trained one after the other (``jax.lax.map``) in the same compiled call. Each
-            seed's working set stays in cache, which on some CPUs beats batching for small models;
-            measure (``benchmarks/moons.py --seed-axis``).
-    """
-
-    VMAP = "vmap"
-    MAP = "map"
 
 
 class TrainState(NamedTuple):
@@ -129,55 +110,6 @@ class TrainResult(NamedTuple):
     state: TrainState
     history: dict[str, Array]
     steps: np.ndarray
-
-
-#: The XLA option that selects which CPU operations go to the YNNPACK library; empty: none of them.
-_YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-
-
-@functools.cache
-def _cpu_option_accepted(name: str, value: str) -> bool:
-    """Whether this jaxlib's CPU compiler accepts the option (compiles a 2 × 2 product with it)."""
-    try:
-        a = np.ones((2, 2), np.float32)
-        jax.jit(lambda a: a @ a, compiler_options={name: value}).lower(a).compile()
-    except Exception:  # noqa: BLE001 - an unknown or malformed option: the compiler's exception type varies
-        return False
-    return True
-
-
-def eigen_matmul_options(backend: str | None = None) -> dict[str, str]:
-    """XLA compiler options that compute matrix products with Eigen on a CPU; ``{}`` elsewhere.
-
-    Recent XLA CPU backends hand matrix products (and fused elementwise work) to the YNNPACK
-    library. For the large full-batch steps of Colored MNIST on a CPU, Eigen's products are faster,
-    one restart at a time and more so with several restarts batched into each step, whose working
-    set no longer fits in cache (``benchmarks/cmnist.py`` measures both). Pass the result as
-    ``compiler_options`` to :func:`train_fullbatch` or ``jax.jit``.
-
-    Args:
-        backend: the backend the computation runs on (default: ``jax.default_backend()``).
-
-    Returns:
-        ``{"xla_cpu_experimental_ynn_fusion_type": ""}`` on a CPU whose compiler accepts it,
-        otherwise ``{}`` (GPUs and TPUs, or a jaxlib without the option: its default products).
-    """
-    backend = jax.default_backend() if backend is None else backend
-    if backend != "cpu" or not _cpu_option_accepted(_YNN_FUSION_OPTION, ""):
-        return {}
-    return {_YNN_FUSION_OPTION: ""}
-
-
-def seed_devices(shard: bool = True) -> list[Any] | None:
-    """The ``devices`` argument of :func:`train_fullbatch`: all local devices if there are several.
-
-    Args:
-        shard: ``False`` keeps everything on the default device.
-
-    Returns:
-        ``jax.local_devices()`` when ``shard`` and more than one is present, else ``None``.
-    """
-    return jax.local_devices() if shard and jax.local_device_count() > 1 else None
 
 
 def _leading(tree: PyTree) -> set[int]:
@@ -215,17 +147,15 @@ def train_fullbatch(
     log_every: int | None = None,
     eval_fn: EvalFn | None = None,
     batch_axis: int | None = None,
-    seed_axis: SeedAxis = SeedAxis.VMAP,
+    layout: SeedLayout | None = None,
     unroll: int = 1,
-    devices: Sequence[Any] | None = None,
-    seed_chunk: int | None = None,
     compiler_options: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train S seeds for ``num_steps`` full-batch steps: θ_{t+1} = θ_t + optimizer(∇_θ L(θ_t; t)).
 
     The whole run is one ``jax.jit``-compiled call: a ``lax.scan`` over steps (unrolled ``unroll``
-    times), inside a ``vmap``/``lax.map`` over seeds (see :class:`SeedAxis`), inside a
-    ``shard_map`` over ``devices`` when given. Seed s uses the keys ``fold_in(keys[s], t)`` at
+    times), inside a ``vmap``/``lax.map`` over seeds, inside a ``shard_map`` over devices, as ``layout``
+    (:class:`ntkdyn.train.layout.SeedLayout`) says. Seed s uses the keys ``fold_in(keys[s], t)`` at
     step t, so results do not depend on the seed layout or the number of devices (up to float
     rounding). See the module docstring for the ``loss_fn`` contract.
 
@@ -241,15 +171,9 @@ def train_fullbatch(
         eval_fn: ``(params, model_state, batch) -> dict of arrays`` evaluated at each record.
         batch_axis: ``None`` if all seeds share ``batch``; ``0`` if every leaf of ``batch`` has a
             leading seed axis S (e.g. one dataset draw per seed).
-        seed_axis: :class:`SeedAxis` layout of the seeds.
+        layout: :class:`~ntkdyn.train.layout.SeedLayout` of the seed axis (vmap or map, chunk,
+            devices); ``None``: all seeds vmapped on the default device.
         unroll: ``unroll`` of the step scan (≥ 1); a few steps per loop iteration cut loop overhead.
-        devices: devices to split the seed axis over (e.g. ``jax.local_devices()``); ``None`` runs on
-            the default device. S is padded to a multiple of ``len(devices)`` by repeating seed 0.
-        seed_chunk: with ``SeedAxis.VMAP``, batch this many seeds into each step and train the
-            chunks one after another (``jax.lax.map(..., batch_size=seed_chunk)``); ``None`` batches
-            all seeds (of each device). A chunk bounds the working set of a step: on a CPU, where
-            ten restarts of a large full-batch step no longer fit in cache, a few per step run
-            faster per seed than all of them. Ignored with ``SeedAxis.MAP``.
         compiler_options: XLA compiler options for the compiled call (e.g.
             :func:`eigen_matmul_options`); ``None``: the defaults. Inside an outer ``jax.jit`` the
             outer call's options apply instead.
@@ -259,7 +183,7 @@ def train_fullbatch(
 
     Raises:
         ValueError: on a non-positive ``num_steps``/``log_every``/``unroll``, on leading axes that
-            disagree with the number of keys, on an unknown ``batch_axis``/``seed_axis``, or on
+            disagree with the number of keys, on an unknown ``batch_axis``/``layout``, or on
             ``compiler_options`` that are not a mapping of option names.
     """
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
@@ -272,14 +196,12 @@ def train_fullbatch(
         raise ValueError(
             f"batch_axis: expected None (shared batch) or 0 (per-seed batch), got {batch_axis!r}"
         )
-    if seed_chunk is not None and (not isinstance(seed_chunk, (int, np.integer)) or seed_chunk < 1):
+    layout = SeedLayout() if layout is None else layout
+    if not isinstance(layout, SeedLayout):
         raise ValueError(
-            f"seed_chunk: expected an integer >= 1 or None (all seeds at once), got {seed_chunk!r}"
+            f"layout: expected a SeedLayout (e.g. SeedLayout.parse('vmap:2')) or None, got {layout!r}"
         )
-    if not isinstance(seed_axis, SeedAxis):
-        raise ValueError(
-            f"seed_axis: expected a SeedAxis member (SeedAxis.VMAP or SeedAxis.MAP), got {seed_axis!r}"
-        )
+    seed_axis, seed_chunk, devices = layout.axis, layout.chunk, layout.devices
     if compiler_options is not None and (
         not isinstance(compiler_options, Mapping)
         or not all(isinstance(k, str) for k in compiler_options)
@@ -372,11 +294,6 @@ def train_fullbatch(
     pad = 0
     fn = all_seeds
     if devices is not None:
-        devices = list(devices)
-        if not devices:
-            raise ValueError(
-                "devices: got an empty sequence; pass e.g. jax.local_devices() or None"
-            )
         pad = (-num_seeds) % len(devices)
         mesh = Mesh(np.asarray(devices), ("seeds",))
         seed_spec = PartitionSpec("seeds")
