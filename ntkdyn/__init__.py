@@ -5,7 +5,7 @@ Theory entry points follow the input dtype: enable ``jax_enable_x64`` for float6
 needs it (the CLI does so for its theory commands).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Feature systems and losses
 from ntkdyn.systems import (

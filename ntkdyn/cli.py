@@ -18,6 +18,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ntkdyn.settings import ConfigError
+
 # name -> (module implementing it, one-line summary); modules are imported lazily, only the one
 # that runs, so ``ntkdyn --help`` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -56,6 +58,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="ntkdyn",
         description="Gradient starvation and Spectral Decoupling: theory, tangent features and experiments.",
     )
+    from ntkdyn import __version__
+
+    parser.add_argument("--version", action="version", version=f"ntkdyn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (_, summary) in COMMANDS.items():
         if name != only:
@@ -82,7 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = build_parser(only=chosen)
         except ModuleNotFoundError as exc:
             raise CLIError(f"ntkdyn: error: command {chosen!r} is unavailable ({exc})") from exc
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # blame the subcommand the user typed, not the top level
+            prog = f"ntkdyn {args.command}" if args.command else "ntkdyn"
+            raise CLIError(
+                f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)"
+            )
         if args.command is None:
             parser.print_help()
             return 2
@@ -94,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except CLIError as exc:
         print(str(exc), file=sys.stderr)
+        return 2
+    except ConfigError as exc:  # a setting: name the flag the user typed
+        print(f"ntkdyn {chosen or ''}: error: {exc.for_cli()}".replace("  ", " "), file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"ntkdyn {chosen or ''}: error: {exc}".replace("  ", " "), file=sys.stderr)

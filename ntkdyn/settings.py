@@ -1,0 +1,198 @@
+"""Experiment settings as frozen dataclasses, and the command line built from them.
+
+Every experiment keeps its protocol in one frozen dataclass: the published values are the field
+defaults, ``quick()`` returns the smoke-test variant, and validation happens in the dataclass
+(``__post_init__``), before anything is written. This module turns such a dataclass into
+command-line flags and back:
+
+* :func:`add_arguments` adds one flag per field (``max_images`` → ``--max-images``), with the type
+  taken from the default and the help from the dataclass docstring's ``Attributes:`` section;
+* :func:`from_arguments` applies only the flags the user gave on top of a base config (the
+  published one, or ``quick()`` with ``--quick``);
+* :class:`ConfigError` is the validation error: in Python it reads ``max_images: …``; the command
+  line prints it with the flag the user typed, ``--max-images: …``.
+
+Example:
+    >>> import argparse, dataclasses
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Config:
+    ...     '''Settings.
+    ...
+    ...     Attributes:
+    ...         steps: number of training steps.
+    ...     '''
+    ...     steps: int = 1000
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser, Config())
+    >>> from_arguments(Config(), parser.parse_args(["--steps", "5"]))
+    Config(steps=5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import re
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["ConfigError", "add_arguments", "from_arguments", "flag_name", "field_help"]
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a config field: ``max_images`` → ``--max-images``."""
+    return "--" + field.replace("_", "-")
+
+
+class ConfigError(ValueError):
+    """An invalid setting: names the field (Python) or its flag (command line).
+
+    Attributes:
+        field: the dataclass field at fault.
+        message: what was wrong and what to do.
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+    def for_cli(self) -> str:
+        """The error as the command line prints it, naming the flag."""
+        return f"{flag_name(self.field)}: {self.message}"
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's description from the ``Attributes:`` section of ``cls``'s docstring."""
+    doc = typing.cast(str, cls.__doc__ or "")
+    lines = doc.splitlines()
+    out: dict[str, str] = {}
+    inside, current, indent = False, None, None
+    for line in lines:
+        stripped = line.strip()
+        if stripped == "Attributes:":
+            inside, current = True, None
+            continue
+        if not inside:
+            continue
+        if not stripped:
+            continue
+        lead = len(line) - len(line.lstrip())
+        match = re.match(r"^(\w+)(?: \([^)]*\))?: (.*)$", stripped)
+        if match and (indent is None or lead == indent):
+            indent = lead
+            current = match.group(1)
+            out[current] = match.group(2)
+        elif current is not None and indent is not None and lead > indent:
+            out[current] += " " + stripped
+        else:
+            break
+    return out
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(the non-None type of an annotation, whether None is allowed)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        return (args[0] if len(args) == 1 else str), optional
+    return tp, False
+
+
+def _parser_for(tp: Any, optional: bool):
+    def parse(text: str):
+        if optional and text.lower() in ("none", "null", ""):
+            return None
+        return tp(text)
+
+    parse.__name__ = getattr(tp, "__name__", "value")
+    return parse
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    defaults: Any,
+    *,
+    skip: Iterable[str] = (),
+    help: dict[str, str] | None = None,  # noqa: A002 - argparse's own word
+) -> None:
+    """Add one flag per field of the dataclass instance ``defaults``.
+
+    Flags default to "not given" (``argparse.SUPPRESS``), so :func:`from_arguments` can tell the
+    user's choices from the base config's values; the help text shows the published default.
+    bool fields become ``--name``/``--no-name``; tuple fields take several values; enum fields
+    take a member's value; ``T | None`` fields also accept ``none``.
+
+    Args:
+        parser: the parser (or argument group) to extend.
+        defaults: a dataclass instance whose values are shown as the defaults.
+        skip: fields that get no flag (set by the command itself).
+        help: help texts that replace the docstring's.
+
+    Raises:
+        TypeError: if ``defaults`` is not a dataclass instance.
+    """
+    if not dataclasses.is_dataclass(defaults) or isinstance(defaults, type):
+        raise TypeError(f"defaults: expected a dataclass instance, got {defaults!r}")
+    texts = {**field_help(type(defaults)), **(help or {})}
+    hints = typing.get_type_hints(type(defaults))
+    skip = set(skip)
+    for field in dataclasses.fields(defaults):
+        if field.name in skip or not field.init:
+            continue
+        value = getattr(defaults, field.name)
+        tp, optional = _base_type(hints.get(field.name, type(value)))
+        text = texts.get(field.name, "")
+        shown = value.value if isinstance(value, enum.Enum) else value
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": field.name}
+        flag = flag_name(field.name)
+        if tp is bool:
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                help=f"{text} (default: {shown})",
+                **kw,
+            )
+            continue
+        origin = typing.get_origin(tp)
+        if origin in (tuple, list) or isinstance(value, (tuple, list)):
+            args = typing.get_args(tp)
+            item = args[0] if args and args[0] is not Ellipsis else str
+            item, _ = _base_type(item)
+            kw.update(nargs="+", type=item if item in (int, float, str) else str)
+            shown = " ".join(str(v) for v in value) if value else "none"
+        elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+            kw.update(type=tp, choices=list(tp), metavar="{" + ",".join(m.value for m in tp) + "}")
+        elif tp in (int, float, str):
+            kw.update(type=_parser_for(tp, optional))
+        else:
+            kw.update(type=str)
+        metavar = kw.pop("metavar", None) or field.name.upper()
+        parser.add_argument(flag, metavar=metavar, help=f"{text} (default: {shown})", **kw)
+
+
+def from_arguments(base: Any, args: argparse.Namespace, *, skip: Iterable[str] = ()) -> Any:
+    """``base`` with the fields the user gave on the command line replaced.
+
+    Validation runs in the dataclass (``__post_init__``); a :class:`ConfigError` it raises names
+    the field, which the command line prints as the flag.
+
+    Args:
+        base: the base config (published defaults, or their ``quick()`` variant).
+        args: the parsed namespace of a parser extended by :func:`add_arguments`.
+        skip: fields to leave alone even if present in ``args``.
+    """
+    skip = set(skip)
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(base)
+        if f.init and f.name not in skip and hasattr(args, f.name)
+    }
+    for name, value in given.items():
+        if isinstance(value, list):
+            given[name] = tuple(value)
+    return dataclasses.replace(base, **given)
