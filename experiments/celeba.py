@@ -1,37 +1,74 @@
 """CelebA blond hair vs gender: ERM, class-conditional Spectral Decoupling and Group DRO, worst-group accuracy.
 
 Pezeshki et al. 2021, Sec. 5 and Table 2. Target ``Blond_Hair``, spurious attribute ``Male``; blond
-men are under 1 % of the training split, and ERM fails on them. Protocol (the defaults): official
-splits; ResNet-50 with ImageNet weights imported from a local file (``--pretrained``), one logit,
-logistic loss; Adam lr 1e-5, no weight decay, batch 128, 3 epochs, 5 seeds; centre crop 178, resize
-224, ImageNet normalisation; evaluation at the end of every epoch, the epoch selected by validation
-average accuracy (the paper) — the epoch selected by validation worst-group accuracy (Group DRO's
-rule, Sagawa et al. 2020) is recorded too, and ``--selection val_worst`` makes it the headline.
-Methods: ``erm``; ``sd`` = logistic + 0.1·mean_{y=1}(ŷ − 2.5)² + 0.1·mean_{y=0}(ŷ − 0.44)²;
-``groupdro`` = online group weights, step size 0.01, generalisation adjustment C (default 0).
+men are under 1 % of the training split, and ERM fails on them.
 
-Command::
+Protocol (:class:`Config`, the defaults): official splits; ResNet-50 with ImageNet weights imported
+from a local file (``--pretrained``), one logit, logistic loss, batch 128, 5 seeds; centre crop of
+side = image width (178 of 178 × 218), resize 224, ImageNet normalisation; evaluation at the end of
+every epoch. Methods:
+
+* ``erm`` and ``sd`` as Pezeshki et al. run them: Adam lr 1e-5, no weight decay, 3 epochs, the
+  epoch selected by validation average accuracy; ``sd`` = logistic + 0.1·mean_{y=1}(ŷ − 2.5)² +
+  0.1·mean_{y=0}(ŷ − 0.44)² (``ClassConditionalSD(coef=(0.1, 0.1), target=(0.44, 2.5))``).
+* ``groupdro`` as Sagawa et al. 2020 run it (kohpangwei/group_DRO): group-balanced sampling with
+  replacement (``--reweight_groups``), SGD momentum 0.9 with PyTorch's coupled weight decay, lr 1e-5,
+  weight decay 0.1 (their strong-ℓ2 CelebA setting), 50 epochs, group-weight step size 0.01,
+  adjustment C = 0, the epoch selected by validation worst-group accuracy.
+
+Every method is reported under both selection rules (``by_val_avg``, ``by_val_worst``);
+``--selection`` makes one rule the headline for all. ``--balanced`` / ``--no-balanced`` turn
+group-balanced sampling on or off for every method.
+
+Commands::
 
     ntkdyn celeba --data-dir /data/celeba --pretrained resnet50-11ad3fa6.pth --out runs/celeba
     ntkdyn celeba --quick --out /tmp/celeba            # synthetic fixture, small ResNet-18, CPU, < 1 min
     ntkdyn celeba --make-fixture /tmp/celeba_fixture   # write the synthetic fixture only
+    ntkdyn celeba --preset real-10k --data-dir ../shared/data/celeba-10k --method erm \\
+        --out runs/celeba10k/erm                       # real faces, from scratch, on a CPU
 
 Expected with real CelebA (published, mean ± std over 5 seeds, test accuracy %, average / worst
 group): ERM 94.61 ± 0.67 / 40.35 ± 1.68; SD 91.64 ± 0.61 / 83.24 ± 2.01; Group DRO 91.76 ± 0.28 /
 87.78 ± 0.96. On the synthetic fixture (``--quick``: 600 training images, 1 % blond men, 32-pixel
-images, ResNet-18 of width 8 trained from scratch with lr 1e-3) Group DRO's worst-group accuracy is
-expected above ERM's; the numbers are not comparable with the published ones.
+images, ResNet-18 of width 8 trained from scratch; ERM and SD with Adam lr 1e-3, Group DRO with
+SGD lr 0.05, 4 epochs each) Group DRO's worst-group accuracy is expected above ERM's; the numbers
+are not comparable with the published ones. ``--preset real-10k`` (:meth:`Config.real_10k`) is the
+from-scratch protocol for the 10,000-image subset; its measured cost and results are in
+``docs/results/celeba_10k.md``.
 
-Scale and durability: the batch is sharded over all devices (``jax.sharding``; multi-host via
-``jax.distributed.initialize``, see :func:`ntkdyn.train.dataparallel.initialize_multihost`);
-``--bf16`` computes in bfloat16 on GPUs. Checkpoints are written every ``--checkpoint-every``
-steps and at the end of each epoch under ``OUT/checkpoints/<method>/seed<k>/``; ``--resume``
-continues a killed run from them and reaches the same final numbers as an uninterrupted run.
+Scale and durability: the batch is sharded over all devices (``jax.sharding``); ``--bf16``
+computes in bfloat16 on GPUs. Checkpoints are written every ``--checkpoint-every`` steps and at the
+end of each epoch under ``OUT/checkpoints/<method>/seed<k>/``; ``--resume`` continues a killed run
+from them and reaches the same final numbers as an uninterrupted run. Every argument is checked
+before anything is written; a run that fails before its first checkpoint leaves no output folder.
+
+Several processes (:func:`ntkdyn.train.dataparallel.initialize_multihost`): every process runs the
+same command with the same ``--out`` (a shared file system) and feeds its slice of each global
+batch; process 0 writes the files. Set, per process, ``JAX_COORDINATOR_ADDRESS=host:port`` (process
+0's host and a free port), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (0 … N − 1)::
+
+    # two processes on one machine, one CPU device each (gloo collectives)
+    JAX_COORDINATOR_ADDRESS=127.0.0.1:12355 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \\
+        ntkdyn celeba --quick --out /tmp/c2 &
+    JAX_COORDINATOR_ADDRESS=127.0.0.1:12355 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1 \\
+        ntkdyn celeba --quick --out /tmp/c2
+
+    # SLURM, one process per GPU (JAX reads SLURM_* itself):
+    srun --nodes=2 --ntasks-per-node=4 --gpus-per-task=1 \\
+        env NTKDYN_MULTIHOST=1 ntkdyn celeba --data-dir /data/celeba --pretrained r50.pth --out runs/c
+
+Under SLURM, ``NTKDYN_MULTIHOST=1`` calls ``jax.distributed.initialize()`` without arguments, which
+takes the coordinator (first node of ``SLURM_JOB_NODELIST``), the process count
+(``SLURM_NTASKS``) and the process id (``SLURM_PROCID``) from the environment; elsewhere set the
+three ``JAX_*`` variables on every host (e.g. from ``hostname`` of rank 0, the world size and the
+rank of your launcher). The global ``--batch-size`` must divide over all devices. The results equal
+a one-process run on as many devices (``tests/test_celeba_multiprocess.py``).
 
 Outputs: ``config.json``, ``metrics.jsonl`` (training loss every ``--log-every`` steps and the
 evaluations), ``results.json`` (``{"methods": {m: {"avg_acc", "worst_group_acc", "group_acc",
-"selection", ...}}}``, test-split fractions, mean over seeds), ``summary.md``,
-``celeba_group_accuracy.{png,pdf}``, ``celeba_validation.{png,pdf}``.
+"selection", "by_val_avg", "by_val_worst", "training", ...}}}``, test-split fractions, mean over
+seeds), ``summary.md``, ``celeba_group_accuracy.{png,pdf}``, ``celeba_validation.{png,pdf}``.
 """
 
 from __future__ import annotations
@@ -39,10 +76,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -57,128 +94,307 @@ PUBLISHED = {  # Pezeshki et al. 2021, Table 2: test accuracy (%), mean ± std o
     "sd": {"avg": (91.64, 0.61), "worst": (83.24, 2.01)},
     "groupdro": {"avg": (91.76, 0.28), "worst": (87.78, 0.96)},
 }
-SELECTIONS = {"val_avg": "avg_acc", "val_worst": "worst_group_acc"}
+SELECTIONS = ("val_avg", "val_worst")
+ARCHS = ("resnet10", "resnet18", "resnet50")
+OPTIMIZERS = ("adam", "sgd")
+PRESETS = ("paper", "quick", "real-10k")
+
+
+# ---- settings ------------------------------------------------------------------------------------
+
+
+def _f(default: Any, help: str, **cli: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Resolved settings of a CelebA run (paper defaults; see the module docstring)."""
+    """Settings of a CelebA run; the defaults are the published protocols (module docstring).
 
-    data_dir: str
-    methods: tuple[str, ...] = METHODS
-    arch: str = "resnet50"
-    width: int = 64
-    pretrained: str | None = None
-    image_size: int = 224
-    crop: int = 178
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    epochs: int = 3
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    seeds: int = 5
-    seed: int = 0
-    selection: str = "val_avg"
-    target: str = "Blond_Hair"
-    spurious: str = "Male"
-    sd_lam: tuple[float, float] = (0.1, 0.1)
-    sd_gamma: tuple[float, float] = (0.44, 2.5)
-    dro_step_size: float = 0.01
-    dro_adjustment: float = 0.0
-    bf16: bool = False
-    checkpoint_every: int = 500
-    log_every: int = 50
-    workers: int = 8
-    prefetch: int = 2
-    quick: bool = False
-    fixture: bool = False
+    ``optimizer`` … ``epochs`` are ERM's and SD's (Pezeshki et al.), ``dro_*`` Group DRO's
+    (Sagawa et al.). Weight decay is decoupled (AdamW) for Adam and coupled (gradient + wd·θ, as
+    PyTorch's ``SGD(weight_decay=…)``) for SGD.
+    """
+
+    data_dir: str | None = _f(
+        None,
+        "CelebA folder (img_align_celeba/, list_attr_celeba.txt|csv, list_eval_partition.txt|csv)",
+        metavar="DIR",
+    )
+    methods: tuple[str, ...] = _f(
+        METHODS, "method to run (repeatable; default: all three)", flag="--method"
+    )
+    arch: str = _f("resnet50", "network", choices=ARCHS)
+    width: int = _f(64, "first-stage channels (64 standard)")
+    pretrained: str | None = _f(
+        None, "ImageNet weights: torchvision .pth or timm .safetensors", metavar="PATH"
+    )
+    image_size: int = _f(224, "input side length")
+    crop: int | None = _f(
+        None, "centre-crop side in image pixels; auto = the image width (178 of 178x218)"
+    )
+    batch_size: int = _f(128, "global batch size")
+    eval_batch_size: int = _f(256, "evaluation batch size")
+    optimizer: str = _f("adam", "ERM/SD optimizer", choices=OPTIMIZERS)
+    lr: float = _f(1e-5, "ERM/SD learning rate")
+    momentum: float = _f(0.9, "ERM/SD SGD momentum")
+    weight_decay: float = _f(0.0, "ERM/SD weight decay")
+    epochs: int = _f(3, "ERM/SD epochs")
+    dro_optimizer: str = _f("sgd", "Group DRO optimizer", choices=OPTIMIZERS)
+    dro_lr: float = _f(1e-5, "Group DRO learning rate")
+    dro_momentum: float = _f(0.9, "Group DRO SGD momentum")
+    dro_weight_decay: float = _f(0.1, "Group DRO weight decay")
+    dro_epochs: int = _f(50, "Group DRO epochs")
+    dro_step_size: float = _f(0.01, "Group DRO step size of the group weights")
+    dro_adjustment: float = _f(0.0, "Group DRO generalisation adjustment C")
+    sd_coef: tuple[float, float] = _f(
+        (0.1, 0.1), "SD coefficients (class 0, class 1)", metavar=("C0", "C1")
+    )
+    sd_target: tuple[float, float] = _f(
+        (0.44, 2.5), "SD logit targets (class 0, class 1)", metavar=("G0", "G1")
+    )
+    balanced: bool | None = _f(
+        None, "group-balanced sampling with replacement for every method (default: Group DRO only)"
+    )
+    selection: str | None = _f(
+        None,
+        "headline epoch selection for every method (default: val_worst for Group DRO, val_avg else)",
+        choices=SELECTIONS,
+    )
+    seeds: int = _f(5, "number of seeds")
+    seed: int = _f(0, "base seed (seed k uses seed + k)")
+    target: str = _f("Blond_Hair", "target attribute")
+    spurious: str = _f("Male", "spurious attribute")
+    bf16: bool = _f(False, "compute in bfloat16 (GPUs); parameters stay float32")
+    cache_images: bool = _f(False, "decode every image once and keep it in memory (8-bit)")
+    checkpoint_every: int = _f(500, "steps between checkpoints (and one per epoch)")
+    log_every: int = _f(50, "steps between training-metric records")
+    workers: int = _f(8, "image-decoding threads")
+    prefetch: int = _f(2, "batches decoded ahead")
+    fixture: bool = _f(False, "", flag=None)
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> Config:
+        """``--quick``: the synthetic fixture, 32 px, ResNet-18 of width 8, 1 seed, 4 epochs (CPU)."""
+        return dataclasses.replace(
+            cls(
+                arch="resnet18",
+                width=8,
+                image_size=32,
+                batch_size=32,
+                eval_batch_size=80,
+                lr=1e-3,
+                epochs=4,
+                dro_lr=0.05,
+                dro_weight_decay=1e-4,
+                dro_epochs=4,
+                seeds=1,
+                checkpoint_every=10,
+                log_every=5,
+                fixture=True,
+            ),
+            **overrides,
+        )
+
+    @classmethod
+    def real_10k(cls, **overrides: Any) -> Config:
+        """``--preset real-10k``: the 10,000-face subset on a CPU, from scratch.
+
+        Sagawa et al. 2020's from-scratch anchor (ResNet-10 of variable width, SGD momentum 0.9,
+        lr 0.01, weight decay 1e-4, batch 128, group-balanced sampling for Group DRO) at 64 px,
+        width 16 and 15 epochs, the budget measured on one CPU core (``docs/results/celeba_10k.md``).
+        """
+        return dataclasses.replace(
+            cls(
+                arch="resnet10",
+                width=16,
+                image_size=64,
+                optimizer="sgd",
+                lr=0.01,
+                weight_decay=1e-4,
+                epochs=15,
+                dro_lr=0.01,
+                dro_weight_decay=1e-4,
+                dro_epochs=15,
+                cache_images=True,
+                checkpoint_every=100,
+                log_every=10,
+                workers=2,
+            ),
+            **overrides,
+        )
+
+    def recipe(self, method: str) -> Recipe:
+        """How ``method`` is optimised, sampled and selected under these settings."""
+        dro = method == "groupdro"
+        return Recipe(
+            optimizer=self.dro_optimizer if dro else self.optimizer,
+            lr=self.dro_lr if dro else self.lr,
+            momentum=self.dro_momentum if dro else self.momentum,
+            weight_decay=self.dro_weight_decay if dro else self.weight_decay,
+            epochs=self.dro_epochs if dro else self.epochs,
+            balanced=dro if self.balanced is None else self.balanced,
+            selection=self.selection or ("val_worst" if dro else "val_avg"),
+        )
 
 
-# ---- evaluation --------------------------------------------------------------------------------
+class Recipe(NamedTuple):
+    """One method's optimisation: optimizer, schedule, sampling and epoch selection."""
+
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    epochs: int
+    balanced: bool
+    selection: str
 
 
-def group_metrics(
-    pred: np.ndarray, y: np.ndarray, group: np.ndarray, group_names: list[str]
-) -> dict[str, Any]:
-    """Average, per-group and worst-group accuracy (fractions) of 0/1 predictions.
+def _flag(name: str) -> str:
+    field = {f.name: f for f in dataclasses.fields(Config)}[name]
+    return field.metadata.get("flag", "--" + name.replace("_", "-"))
 
-    Worst-group accuracy is the minimum over the groups present in the split (Sagawa et al. 2020).
+
+def validate(cfg: Config) -> None:
+    """Check every setting that needs no data; errors name the command-line flag.
+
+    Raises:
+        ValueError: a value out of range or unknown.
+        FileNotFoundError: ``--pretrained`` or ``--data-dir`` does not exist.
+    """
+    from ntkdyn.data.celeba import CELEBA_ATTRIBUTES
+
+    def bad(name: str, value: Any, need: str) -> ValueError:
+        return ValueError(f"{_flag(name)}: {need}, got {value!r}")
+
+    if not cfg.methods or any(m not in METHODS for m in cfg.methods):
+        raise bad("methods", cfg.methods, f"expected some of {', '.join(METHODS)}")
+    for name in (
+        "width",
+        "image_size",
+        "batch_size",
+        "eval_batch_size",
+        "epochs",
+        "dro_epochs",
+        "seeds",
+        "checkpoint_every",
+        "log_every",
+        "workers",
+    ):
+        if int(getattr(cfg, name)) < 1:
+            raise bad(name, getattr(cfg, name), "must be >= 1")
+    if cfg.prefetch < 0:
+        raise bad("prefetch", cfg.prefetch, "must be >= 0")
+    if cfg.crop is not None and cfg.crop < 1:
+        raise bad("crop", cfg.crop, "must be >= 1 pixel, or auto (the image width)")
+    for name in ("lr", "dro_lr", "dro_step_size"):
+        if not np.isfinite(getattr(cfg, name)) or getattr(cfg, name) <= 0:
+            raise bad(name, getattr(cfg, name), "must be > 0")
+    for name in ("weight_decay", "dro_weight_decay", "dro_adjustment"):
+        if not np.isfinite(getattr(cfg, name)) or getattr(cfg, name) < 0:
+            raise bad(name, getattr(cfg, name), "must be >= 0")
+    for name in ("momentum", "dro_momentum"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise bad(name, getattr(cfg, name), "must be in [0, 1)")
+    for name in ("optimizer", "dro_optimizer"):
+        if getattr(cfg, name) not in OPTIMIZERS:
+            raise bad(name, getattr(cfg, name), f"expected one of {', '.join(OPTIMIZERS)}")
+    if cfg.arch not in ARCHS:
+        raise bad("arch", cfg.arch, f"expected one of {', '.join(ARCHS)}")
+    if cfg.selection not in (None, *SELECTIONS):
+        raise bad("selection", cfg.selection, f"expected one of {', '.join(SELECTIONS)}")
+    if len(cfg.sd_coef) != 2 or min(cfg.sd_coef) < 0:
+        raise bad("sd_coef", cfg.sd_coef, "expected two coefficients >= 0")
+    if len(cfg.sd_target) != 2:
+        raise bad("sd_target", cfg.sd_target, "expected two logit targets")
+    if cfg.target == cfg.spurious:
+        raise bad("spurious", cfg.spurious, "must differ from --target")
+    if cfg.fixture:
+        for name in ("target", "spurious"):
+            if getattr(cfg, name) not in CELEBA_ATTRIBUTES:
+                raise bad(name, getattr(cfg, name), "expected a CelebA attribute name")
+    elif cfg.data_dir is None:
+        raise ValueError(
+            "--data-dir: required (the CelebA folder); or use --quick for the synthetic fixture"
+        )
+    elif not Path(cfg.data_dir).is_dir():
+        raise FileNotFoundError(
+            f"--data-dir: {cfg.data_dir} is not a directory; pass the folder of your CelebA copy"
+        )
+    if cfg.pretrained and not Path(cfg.pretrained).is_file():
+        raise FileNotFoundError(
+            f"--pretrained: {cfg.pretrained} not found; pass a local .pth or .safetensors file"
+        )
+
+
+def check_against_data(cfg: Config, n_train: int, devices: int, first_image: str | None) -> None:
+    """Check the settings that depend on the data and the devices, before anything is written.
 
     Args:
-        pred: (n,) predicted labels in {0, 1}.
-        y: (n,) true labels.
-        group: (n,) group ids in [0, len(group_names)).
-        group_names: names of the groups.
+        cfg: the settings.
+        n_train: training-split size.
+        devices: devices of the run (all processes).
+        first_image: one image of the data set (its size bounds ``--crop``), or None.
 
-    Returns:
-        ``{"avg_acc", "worst_group_acc", "group_acc": {name: acc}, "group_count": {name: n}}``.
+    Raises:
+        ValueError: naming the flag to change.
     """
-    pred, y, group = (np.asarray(v) for v in (pred, y, group))
-    if not (pred.shape == y.shape == group.shape) or pred.ndim != 1:
+    from PIL import Image
+
+    from ntkdyn.data.celeba import centre_crop_box
+
+    if cfg.batch_size > n_train:
         raise ValueError(
-            f"pred, y, group: expected equal 1-D shapes, got {pred.shape}, {y.shape}, {group.shape}"
+            f"--batch-size: {cfg.batch_size} exceeds the {n_train} training images; lower it"
         )
-    correct = pred == y
-    accs, counts = {}, {}
-    for g, name in enumerate(group_names):
-        sel = group == g
-        counts[name] = int(sel.sum())
-        if sel.any():
-            accs[name] = float(correct[sel].mean())
-    return {
-        "avg_acc": float(correct.mean()) if len(correct) else float("nan"),
-        "worst_group_acc": min(accs.values()) if accs else float("nan"),
-        "group_acc": accs,
-        "group_count": counts,
-    }
-
-
-def evaluate(
-    eval_step, state, split, cfg: Config, mesh, group_names: list[str], shard: tuple[int, int]
-) -> dict[str, Any]:
-    """Group metrics of ``state`` on one split (fixed order, last batch padded and masked)."""
-    from ntkdyn.data.celeba import iterate_batches
-    from ntkdyn.train.dataparallel import gather, shard_batch
-
-    logits, masks, index = [], [], []
-    for batch in iterate_batches(
-        split,
-        np.arange(len(split)),
-        batch_size=cfg.eval_batch_size,
-        image_size=cfg.image_size,
-        crop=cfg.crop,
-        pad_to_multiple=len(mesh.local_devices),
-        workers=cfg.workers,
-        prefetch=cfg.prefetch,
-        shard=shard,
-    ):
-        arrays = shard_batch(
-            {"image": batch["image"], "mask": batch["mask"], "index": batch["index"]}, mesh
+    if cfg.batch_size % devices:
+        raise ValueError(
+            f"--batch-size: {cfg.batch_size} is not divisible by the {devices} devices; "
+            f"choose a multiple of {devices}"
         )
-        logits.append(gather(eval_step(state, arrays["image"])))
-        masks.append(gather(arrays["mask"]))
-        index.append(gather(arrays["index"]))
-    keep = np.concatenate(masks) > 0
-    idx = np.concatenate(index)[keep]
-    pred = (np.concatenate(logits)[keep] > 0).astype(np.int32)
-    return group_metrics(pred, split.y[idx], split.group[idx], group_names)
+    if first_image is not None and cfg.crop is not None:
+        with Image.open(first_image) as img:
+            centre_crop_box(*img.size, cfg.crop)
 
 
-# ---- one training run ----------------------------------------------------------------------------
+# ---- objective and optimizer ---------------------------------------------------------------------
 
 
-def _method_object(name: str, cfg: Config, train_counts: np.ndarray):
-    from ntkdyn.train.dataparallel import ERM, ClassConditionalSD, GroupDRO
+def make_objective(method: str, cfg: Config, train_counts: np.ndarray):
+    """The training objective of ``method`` (``ntkdyn.objectives``)."""
+    from ntkdyn.objectives import ERM, ClassConditionalSD, GroupDRO
 
-    if name == "erm":
+    if method == "erm":
         return ERM()
-    if name == "sd":
-        return ClassConditionalSD(lam=tuple(cfg.sd_lam), gamma=tuple(cfg.sd_gamma))
+    if method == "sd":
+        return ClassConditionalSD(coef=tuple(cfg.sd_coef), target=tuple(cfg.sd_target))
     return GroupDRO(
+        num_groups=4,
         step_size=cfg.dro_step_size,
         adjustment=cfg.dro_adjustment,
         group_counts=tuple(int(c) for c in np.maximum(train_counts, 1)),
     )
+
+
+def make_optimizer(recipe: Recipe):
+    """Adam (decoupled weight decay, AdamW) or SGD with momentum and PyTorch's coupled weight decay.
+
+    SGD: g ← ∇L + wd·θ, b ← μ·b + g, θ ← θ − lr·b over every parameter, as
+    ``torch.optim.SGD(params, lr, momentum=0.9, weight_decay=wd)`` in Sagawa et al.'s ``train.py``.
+    """
+    import optax
+
+    if recipe.optimizer == "adam":
+        if recipe.weight_decay:
+            return optax.adamw(recipe.lr, weight_decay=recipe.weight_decay)
+        return optax.adam(recipe.lr)
+    sgd = optax.sgd(recipe.lr, momentum=recipe.momentum or None)
+    if recipe.weight_decay:
+        return optax.chain(optax.add_decayed_weights(recipe.weight_decay), sgd)
+    return sgd
+
+
+# ---- training ------------------------------------------------------------------------------------
 
 
 def initial_variables(cfg: Config, model, seed: int) -> dict[str, Any]:
@@ -194,154 +410,103 @@ def initial_variables(cfg: Config, model, seed: int) -> dict[str, Any]:
     return jax.device_get(variables)
 
 
-def train_one(
-    cfg: Config,
-    data,
-    method: str,
-    seed: int,
-    out: Path,
-    mesh,
-    resume: bool,
-    *,
-    model,
-    init,
-    eval_fn,
+def train_method(
+    cfg: Config, data, method: str, seed: int, out: Path, mesh, resume: bool, *, model, init, images
 ) -> dict[str, Any]:
-    """Train one (method, seed) from ``init()``'s variables, evaluating val and test after every epoch; resumable.
+    """Train one (method, seed) with its recipe; evaluate val and test after every epoch.
 
     Returns:
         ``{"epochs": [per-epoch {"val", "test"}], "records": [...], "selected": {rule: {...}}}``.
     """
     import jax
-    import optax
 
     from ntkdyn.data.celeba import epoch_order, iterate_batches
-    from ntkdyn.runs import atomic_write_json, progress
-    from ntkdyn.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
-    from ntkdyn.train.dataparallel import init_train_state, make_train_step, replicate, shard_batch
+    from ntkdyn.train.dataparallel import (
+        init_train_state,
+        make_eval_step,
+        make_train_step,
+        predict,
+        replicate,
+        shard_batch,
+    )
+    from ntkdyn.train.epochs import train_epochs
+    from ntkdyn.train.groups import group_balanced_order, group_metrics, select_epoch
 
-    run_id = f"{method}/seed{seed}"
-    ckpt_dir = out / "checkpoints" / method / f"seed{seed}"
-    done_file = ckpt_dir / "done.json"
-    if resume and done_file.is_file():
-        return json.loads(done_file.read_text())
-
+    recipe = cfg.recipe(method)
     train = data.splits["train"]
     shard = (jax.process_index(), jax.process_count())
-    variables = init()
-    optimizer = (
-        optax.adamw(cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.weight_decay
-        else optax.adam(cfg.lr)
-    )
-    state = init_train_state(variables, optimizer)
-    steps_per_epoch = len(train) // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"batch_size: {cfg.batch_size} exceeds the {len(train)} training images; lower --batch-size"
-        )
-    meta: dict[str, Any] = {"epoch": 0, "batch": 0, "epochs": [], "records": []}
-    latest = latest_checkpoint(ckpt_dir)
-    if latest is not None:
-        if not resume:
-            raise ValueError(
-                f"out: {ckpt_dir} already holds checkpoints; pass --resume to continue, or choose a fresh --out"
-            )
-        state, meta = restore_checkpoint(latest, jax.device_get(state))
-        print(
-            f"[{run_id}] resuming from {latest.name} (epoch {meta['epoch'] + 1}, batch {meta['batch']})",
-            file=sys.stderr,
-        )
-    state = replicate(state, mesh)
-    step_fn = make_train_step(
-        model.apply, optimizer, _method_object(method, cfg, train.group_counts())
+    objective = make_objective(method, cfg, train.group_counts())
+    optimizer = make_optimizer(recipe)
+    steps = len(train) // cfg.batch_size
+    run_seed = cfg.seed + seed
+    pipeline = dict(
+        image_size=cfg.image_size,
+        crop=cfg.crop,
+        workers=cfg.workers,
+        prefetch=cfg.prefetch,
+        shard=shard,
     )
 
-    def checkpoint():
-        save_checkpoint(ckpt_dir, int(jax.device_get(state.step)), state, meta)
-
-    names = data.group_names
-    for epoch in range(meta["epoch"], cfg.epochs):
-        order = epoch_order(len(train), seed=cfg.seed + seed, epoch=epoch)[
-            : steps_per_epoch * cfg.batch_size
-        ]
-        start = meta["batch"]
-        batches = iterate_batches(
+    def batches(epoch: int, start: int):
+        if recipe.balanced:
+            order = group_balanced_order(train.group, seed=run_seed, epoch=epoch)
+        else:
+            order = epoch_order(len(train), seed=run_seed, epoch=epoch)
+        order = order[start * cfg.batch_size : steps * cfg.batch_size]
+        for b in iterate_batches(
             train,
-            order[start * cfg.batch_size :],
+            order,
             batch_size=cfg.batch_size,
-            image_size=cfg.image_size,
-            crop=cfg.crop,
             drop_last=True,
-            workers=cfg.workers,
-            prefetch=cfg.prefetch,
-            shard=shard,
-        )
-        t0, seen = time.perf_counter(), 0
-        for batch in progress(
-            batches,
-            total=steps_per_epoch - start,
-            desc=f"{run_id} epoch {epoch + 1}/{cfg.epochs}",
-            unit="img",
-            scale=cfg.batch_size,
+            images=images.get("train"),
+            **pipeline,
         ):
-            state, metrics = step_fn(
-                state, shard_batch({k: batch[k] for k in ("image", "y", "group")}, mesh)
+            yield shard_batch({k: b[k] for k in ("image", "y", "group")}, mesh)
+
+    eval_fn = make_eval_step(model.apply)
+
+    def evaluate(state) -> dict[str, Any]:
+        result = {}
+        for name in ("val", "test"):
+            split = data.splits[name]
+            index, logits = predict(
+                eval_fn,
+                state,
+                iterate_batches(
+                    split,
+                    np.arange(len(split)),
+                    batch_size=cfg.eval_batch_size,
+                    pad_to_multiple=len(mesh.local_devices),
+                    images=images.get(name),
+                    **pipeline,
+                ),
+                mesh,
             )
-            meta["batch"] += 1
-            seen += cfg.batch_size
-            step = epoch * steps_per_epoch + meta["batch"]
-            if step % cfg.log_every == 0 or meta["batch"] == steps_per_epoch:
-                m = jax.device_get(metrics)
-                meta["records"].append(
-                    {
-                        "kind": "train",
-                        "method": method,
-                        "seed": seed,
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "loss": float(m["loss"]),
-                        "nll": float(m["nll"]),
-                        "acc": float(m["acc"]),
-                        "q": [float(v) for v in m["q"]],
-                        "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
-                    }
-                )
-            if meta["batch"] < steps_per_epoch and step % cfg.checkpoint_every == 0:
-                checkpoint()
-        result = {"epoch": epoch + 1}
-        for split in ("val", "test"):
-            result[split] = evaluate(eval_fn, state, data.splits[split], cfg, mesh, names, shard)
-        meta["epochs"].append(result)
-        meta["records"].append(
-            {
-                "kind": "eval",
-                "method": method,
-                "seed": seed,
-                "epoch": epoch + 1,
-                "step": (epoch + 1) * steps_per_epoch,
-                **{
-                    f"{s}_{k}": result[s][k]
-                    for s in ("val", "test")
-                    for k in ("avg_acc", "worst_group_acc")
-                },
-            }
-        )
-        print(
-            f"[{run_id}] epoch {epoch + 1}: val avg {result['val']['avg_acc']:.3f} worst {result['val']['worst_group_acc']:.3f} | "
-            f"test avg {result['test']['avg_acc']:.3f} worst {result['test']['worst_group_acc']:.3f}",
-            file=sys.stderr,
-        )
-        meta["epoch"], meta["batch"] = epoch + 1, 0
-        checkpoint()
+            pred = (logits > 0).astype(np.int32)
+            result[name] = group_metrics(pred, split.y[index], split.group[index], data.group_names)
+        return result
+
+    history = train_epochs(
+        init_train_state(init(), optimizer, objective),
+        make_train_step(model.apply, optimizer, objective),
+        batches,
+        evaluate,
+        epochs=recipe.epochs,
+        steps_per_epoch=steps,
+        batch_size=cfg.batch_size,
+        checkpoint_dir=out / "checkpoints" / method / f"seed{seed}",
+        resume=resume,
+        checkpoint_every=cfg.checkpoint_every,
+        log_every=cfg.log_every,
+        place=lambda s: replicate(s, mesh),
+        tags={"method": method, "seed": seed},
+        desc=f"{method}/seed{seed}",
+    )
     selected = {}
-    for rule, key in SELECTIONS.items():
-        best = max(range(len(meta["epochs"])), key=lambda i: (meta["epochs"][i]["val"][key], -i))
-        selected[rule] = {"epoch": best + 1, **meta["epochs"][best]}
-    out_run = {"epochs": meta["epochs"], "records": meta["records"], "selected": selected}
-    if jax.process_index() == 0:
-        atomic_write_json(done_file, out_run)
-    return out_run
+    for rule in SELECTIONS:
+        best = select_epoch(history["epochs"], rule)
+        selected[rule] = {"epoch": best + 1, **history["epochs"][best]}
+    return {**history, "selected": selected}
 
 
 # ---- aggregation and reports --------------------------------------------------------------------
@@ -352,53 +517,57 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+def _selection_block(chosen: list[dict[str, Any]], rule: str, names: list[str]) -> dict[str, Any]:
+    from ntkdyn.train.groups import Selection
+
+    avg, avg_sd = _mean_std([c["test"]["avg_acc"] for c in chosen])
+    worst, worst_sd = _mean_std([c["test"]["worst_group_acc"] for c in chosen])
+    group_acc = {
+        g: float(
+            np.mean([c["test"]["group_acc"][g] for c in chosen if g in c["test"]["group_acc"]])
+        )
+        for g in names
+        if any(g in c["test"]["group_acc"] for c in chosen)
+    }
+    return {
+        "avg_acc": avg,
+        "avg_acc_std": avg_sd,
+        "worst_group_acc": worst,
+        "worst_group_acc_std": worst_sd,
+        "group_acc": group_acc,
+        "val_avg_acc": float(np.mean([c["val"]["avg_acc"] for c in chosen])),
+        "val_worst_group_acc": float(np.mean([c["val"]["worst_group_acc"] for c in chosen])),
+        "selection": {
+            "rule": rule,
+            "metric": f"val {Selection(rule).metric}",
+            "epochs": [c["epoch"] for c in chosen],
+        },
+        "per_seed": [
+            {"seed": i, "epoch": c["epoch"], "test": c["test"], "val": c["val"]}
+            for i, c in enumerate(chosen)
+        ],
+    }
+
+
 def aggregate(
     runs: dict[str, list[dict[str, Any]]], cfg: Config, group_names: list[str]
 ) -> dict[str, Any]:
-    """results.json: per method the mean over seeds of the selected epoch's test metrics (fractions)."""
+    """results.json: per method the mean over seeds of the selected epoch's test metrics (fractions).
+
+    The method's headline rule (:meth:`Config.recipe`) fills the top level; ``by_val_avg`` and
+    ``by_val_worst`` hold both rules.
+    """
     methods = {}
     for method, seed_runs in runs.items():
-        entry: dict[str, Any] = {}
+        recipe = cfg.recipe(method)
+        blocks = {
+            rule: _selection_block([r["selected"][rule] for r in seed_runs], rule, group_names)
+            for rule in SELECTIONS
+        }
+        entry = dict(blocks[recipe.selection])
         for rule in SELECTIONS:
-            chosen = [r["selected"][rule] for r in seed_runs]
-            avg, avg_sd = _mean_std([c["test"]["avg_acc"] for c in chosen])
-            worst, worst_sd = _mean_std([c["test"]["worst_group_acc"] for c in chosen])
-            block = {
-                "avg_acc": avg,
-                "avg_acc_std": avg_sd,
-                "worst_group_acc": worst,
-                "worst_group_acc_std": worst_sd,
-                "group_acc": {
-                    g: float(
-                        np.mean(
-                            [
-                                c["test"]["group_acc"][g]
-                                for c in chosen
-                                if g in c["test"]["group_acc"]
-                            ]
-                        )
-                    )
-                    for g in group_names
-                    if any(g in c["test"]["group_acc"] for c in chosen)
-                },
-                "val_avg_acc": float(np.mean([c["val"]["avg_acc"] for c in chosen])),
-                "val_worst_group_acc": float(
-                    np.mean([c["val"]["worst_group_acc"] for c in chosen])
-                ),
-                "selection": {
-                    "rule": rule,
-                    "metric": f"val {SELECTIONS[rule]}",
-                    "epochs": [c["epoch"] for c in chosen],
-                },
-                "per_seed": [
-                    {"seed": i, "epoch": c["epoch"], "test": c["test"], "val": c["val"]}
-                    for i, c in enumerate(chosen)
-                ],
-            }
-            if rule == cfg.selection:
-                entry.update(block)
-            else:
-                entry[f"by_{rule}"] = block
+            entry[f"by_{rule}"] = blocks[rule]
+        entry["training"] = recipe._asdict()
         methods[method] = entry
     return {
         "methods": methods,
@@ -413,48 +582,51 @@ def aggregate(
 
 def summary_markdown(results: dict[str, Any], cfg: Config, counts: str) -> str:
     """summary.md: measured numbers beside the published ones."""
+    init = f"pretrained {cfg.pretrained}" if cfg.pretrained else "random init"
     lines = [
         "# CelebA: blond hair vs gender (Pezeshki et al. 2021, Table 2)",
         "",
-        f"Data: `{cfg.data_dir}`; {cfg.arch} (width {cfg.width}), {cfg.image_size} px, "
-        f"{'pretrained ' + cfg.pretrained if cfg.pretrained else 'random init'}, Adam lr {cfg.lr:g}, "
-        f"batch {cfg.batch_size}, {cfg.epochs} epochs, {cfg.seeds} seed(s); epoch selected by {cfg.selection}.",
+        f"Data: `{cfg.data_dir}`; {cfg.arch} (width {cfg.width}), {cfg.image_size} px, {init}, "
+        f"batch {cfg.batch_size}, {cfg.seeds} seed(s).",
         "",
     ]
+    for m in results["methods"]:
+        r = cfg.recipe(m)
+        lines.append(
+            f"* {m}: {r.optimizer} lr {r.lr:g}"
+            + (f" momentum {r.momentum:g}" if r.optimizer == "sgd" else "")
+            + f", weight decay {r.weight_decay:g}, {r.epochs} epochs, "
+            f"{'group-balanced' if r.balanced else 'uniform'} sampling, epoch by {r.selection}"
+        )
+    lines.append("")
     if cfg.fixture:
         lines += [
             "**These numbers come from the synthetic CelebA-format fixture, not from CelebA: the published CelebA "
             "numbers were not reproducible here, and the two columns are not comparable.**",
             "",
         ]
-    lines += [
-        "| method | test avg acc (%) | test worst-group acc (%) | published avg | published worst |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for m, r in results["methods"].items():
-        pub = PUBLISHED[m]
-        lines.append(
-            f"| {m} | {100 * r['avg_acc']:.2f} ± {100 * r['avg_acc_std']:.2f} | "
-            f"{100 * r['worst_group_acc']:.2f} ± {100 * r['worst_group_acc_std']:.2f} | "
-            f"{pub['avg'][0]:.2f} ± {pub['avg'][1]:.2f} | {pub['worst'][0]:.2f} ± {pub['worst'][1]:.2f} |"
-        )
     names = results["group_names"]
-    lines += [
-        "",
-        "Per-group test accuracy (%):",
-        "",
-        "| method | " + " | ".join(names) + " |",
-        "| --- |" + " --- |" * len(names),
-    ]
-    for m, r in results["methods"].items():
-        lines.append(
-            f"| {m} | "
-            + " | ".join(
+    for rule in SELECTIONS:
+        lines += [
+            f"Epoch selected by {rule}:",
+            "",
+            "| method | test avg acc (%) | test worst-group acc (%) | "
+            + " | ".join(names)
+            + " | published avg | published worst |",
+            "| --- | --- | --- |" + " --- |" * len(names) + " --- | --- |",
+        ]
+        for m, res in results["methods"].items():
+            r, pub = res[f"by_{rule}"], PUBLISHED[m]
+            groups = " | ".join(
                 f"{100 * r['group_acc'][g]:.1f}" if g in r["group_acc"] else "–" for g in names
             )
-            + " |"
-        )
-    lines += ["", "Group counts:", "", "```", counts, "```", ""]
+            lines.append(
+                f"| {m} | {100 * r['avg_acc']:.2f} ± {100 * r['avg_acc_std']:.2f} | "
+                f"{100 * r['worst_group_acc']:.2f} ± {100 * r['worst_group_acc_std']:.2f} | {groups} | "
+                f"{pub['avg'][0]:.2f} ± {pub['avg'][1]:.2f} | {pub['worst'][0]:.2f} ± {pub['worst'][1]:.2f} |"
+            )
+        lines.append("")
+    lines += ["Group counts:", "", "```", counts, "```", ""]
     return "\n".join(lines)
 
 
@@ -462,42 +634,44 @@ def summary_markdown(results: dict[str, Any], cfg: Config, counts: str) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``ntkdyn celeba``."""
+    """Arguments of ``ntkdyn celeba``: one flag per :class:`Config` field, plus the run's own."""
+    for field in dataclasses.fields(Config):
+        meta = field.metadata
+        flag = meta.get("flag", "--" + field.name.replace("_", "-"))
+        if flag is None:
+            continue
+        kw: dict[str, Any] = {"dest": field.name, "default": None, "help": meta["help"]}
+        for key in ("choices", "metavar"):
+            if key in meta:
+                kw[key] = meta[key]
+        default = field.default
+        if field.name == "methods":
+            kw.update(action="append", choices=METHODS)
+        elif field.name == "crop":
+            kw.update(type=_crop, metavar="PIXELS|auto")
+        elif isinstance(default, bool) or field.name == "balanced":
+            kw.update(action=argparse.BooleanOptionalAction)
+        elif isinstance(default, tuple):
+            kw.update(type=type(default[0]), nargs=len(default))
+        elif isinstance(default, (int, float)):
+            kw.update(type=type(default))
+        parser.add_argument(flag, **kw)
     parser.add_argument(
-        "--data-dir",
+        "--preset",
+        choices=PRESETS,
         default=None,
-        help="CelebA folder (img_align_celeba/, list_attr_celeba.txt|csv, list_eval_partition.txt|csv)",
+        help="defaults: paper (the published protocols), quick (= --quick), real-10k "
+        "(Config.real_10k: the 10,000-face subset from scratch on a CPU); flags override them",
     )
-    parser.add_argument(
-        "--method",
-        action="append",
-        choices=METHODS,
-        help="method to run (repeatable; default: all three)",
-    )
-    parser.add_argument(
-        "--arch",
-        choices=("resnet10", "resnet18", "resnet50"),
-        default=None,
-        help="network (paper: resnet50; --quick: resnet18)",
-    )
-    parser.add_argument(
-        "--width", type=int, default=None, help="first-stage channels (64 standard; --quick: 8)"
-    )
-    parser.add_argument(
-        "--pretrained",
-        metavar="PATH",
-        default=None,
-        help="ImageNet weights: torchvision .pth or timm .safetensors",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the checkpoints in --out"
-    )
-    parser.add_argument("--out", default="runs/celeba", help="output directory")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="synthetic fixture, 32 px, ResNet-18 width 8, 1 seed: a CPU smoke run",
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoints in --out"
+    )
+    parser.add_argument("--out", default="runs/celeba", help="output directory")
     parser.add_argument(
         "--make-fixture",
         metavar="DIR",
@@ -512,186 +686,158 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=(600, 160, 160),
         help="images per split of the synthetic fixture",
     )
-    parser.add_argument("--target", default="Blond_Hair", help="target attribute")
-    parser.add_argument("--spurious", default="Male", help="spurious attribute")
-    parser.add_argument(
-        "--image-size", type=int, default=None, help="input side length (paper: 224; --quick: 32)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="global batch size (paper: 128; --quick: 32)"
-    )
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (paper: 3; --quick: 4)")
-    parser.add_argument(
-        "--lr", type=float, default=None, help="Adam learning rate (paper: 1e-5; --quick: 1e-3)"
-    )
-    parser.add_argument(
-        "--weight-decay", type=float, default=0.0, help="decoupled weight decay (paper: 0)"
-    )
-    parser.add_argument(
-        "--seeds", type=int, default=None, help="number of seeds (paper: 5; --quick: 1)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="base seed (seed k uses seed + k)")
-    parser.add_argument(
-        "--selection",
-        choices=tuple(SELECTIONS),
-        default="val_avg",
-        help="headline epoch selection: val average (paper) or val worst-group (Group DRO's rule)",
-    )
-    parser.add_argument(
-        "--sd-lam",
-        type=float,
-        nargs=2,
-        default=(0.1, 0.1),
-        metavar=("L0", "L1"),
-        help="SD coefficients λ_{y=0}, λ_{y=1}",
-    )
-    parser.add_argument(
-        "--sd-gamma",
-        type=float,
-        nargs=2,
-        default=(0.44, 2.5),
-        metavar=("G0", "G1"),
-        help="SD logit targets γ_{y=0}, γ_{y=1}",
-    )
-    parser.add_argument(
-        "--dro-step-size",
-        type=float,
-        default=0.01,
-        help="Group DRO step size for the group weights",
-    )
-    parser.add_argument(
-        "--dro-adjustment", type=float, default=0.0, help="Group DRO generalisation adjustment C"
-    )
-    parser.add_argument(
-        "--bf16", action="store_true", help="compute in bfloat16 (GPUs); parameters stay float32"
-    )
-    parser.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=None,
-        help="steps between checkpoints (and one per epoch)",
-    )
-    parser.add_argument(
-        "--log-every", type=int, default=None, help="steps between training-metric records"
-    )
-    parser.add_argument("--workers", type=int, default=8, help="image-decoding threads")
-    parser.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead")
 
 
-def _resolve(args: argparse.Namespace, data_dir: str, fixture: bool) -> Config:
-    q = bool(args.quick)
-    pick = lambda v, quick, paper: v if v is not None else (quick if q else paper)  # noqa: E731
-    cfg = Config(
-        data_dir=data_dir,
-        methods=tuple(dict.fromkeys(args.method or METHODS)),
-        arch=pick(args.arch, "resnet18", "resnet50"),
-        width=pick(args.width, 8, 64),
-        pretrained=args.pretrained,
-        image_size=pick(args.image_size, 32, 224),
-        batch_size=pick(args.batch_size, 32, 128),
-        eval_batch_size=pick(None, 80, 256),
-        epochs=pick(args.epochs, 4, 3),
-        lr=pick(args.lr, 1e-3, 1e-5),
-        weight_decay=args.weight_decay,
-        seeds=pick(args.seeds, 1, 5),
-        seed=args.seed,
-        selection=args.selection,
-        target=args.target,
-        spurious=args.spurious,
-        sd_lam=tuple(args.sd_lam),
-        sd_gamma=tuple(args.sd_gamma),
-        dro_step_size=args.dro_step_size,
-        dro_adjustment=args.dro_adjustment,
-        bf16=bool(args.bf16),
-        checkpoint_every=pick(args.checkpoint_every, 10, 500),
-        log_every=pick(args.log_every, 5, 50),
-        workers=args.workers,
-        prefetch=args.prefetch,
-        quick=q,
-        fixture=fixture,
-    )
-    for name in (
-        "image_size",
-        "batch_size",
-        "epochs",
-        "seeds",
-        "checkpoint_every",
-        "log_every",
-        "width",
-        "workers",
-    ):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
-    if not cfg.lr > 0:
-        raise ValueError(f"--lr: must be > 0, got {cfg.lr}")
-    if cfg.dro_step_size < 0 or cfg.dro_adjustment < 0 or cfg.weight_decay < 0:
-        raise ValueError("--dro-step-size, --dro-adjustment, --weight-decay: must be >= 0")
-    if cfg.pretrained and not Path(cfg.pretrained).is_file():
-        raise FileNotFoundError(
-            f"--pretrained: {cfg.pretrained} not found; pass a local .pth or .safetensors file"
+def _crop(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of pixels or auto, got {text!r}"
+        ) from None
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    """The :class:`Config` of parsed arguments: a preset's defaults, then the flags given.
+
+    Raises:
+        ValueError: conflicting presets or a bad value (names the flag).
+    """
+    preset = args.preset or ("quick" if args.quick else "paper")
+    if args.quick and preset != "quick":
+        raise ValueError(f"--quick: conflicts with --preset {args.preset}; pass one of them")
+    base = {"paper": Config, "quick": Config.quick, "real-10k": Config.real_10k}[preset]()
+    given = {}
+    for field in dataclasses.fields(Config):
+        value = getattr(args, field.name, None)
+        if value is None:
+            continue
+        if field.name == "methods":
+            value = tuple(dict.fromkeys(value))
+        elif field.name == "crop":
+            value = None if value == "auto" else value
+        elif isinstance(value, list):
+            value = tuple(value)
+        given[field.name] = value
+    fixture = preset == "quick" and given.get("data_dir") is None
+    cfg = dataclasses.replace(base, **given, fixture=fixture)
+    if fixture and args.fixture_size is not None and min(args.fixture_size) < 4:
+        raise ValueError(
+            f"--fixture-size: need >= 4 images per split (one per group), got {list(args.fixture_size)}"
         )
+    validate(cfg)
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    """``ntkdyn celeba``: train the requested methods and seeds, write the run directory."""
+    """``ntkdyn celeba``: validate everything, then train the methods and seeds into ``--out``.
+
+    A run that fails before its first checkpoint removes the output folder it created.
+    """
     from ntkdyn.data.celeba_fixture import write_celeba_fixture
 
     if args.make_fixture:
         n_train, n_val, n_test = args.fixture_size
         path = write_celeba_fixture(
             args.make_fixture,
-            seed=args.seed,
+            seed=args.seed or 0,
             n_train=n_train,
             n_val=n_val,
             n_test=n_test,
-            target=args.target,
-            spurious=args.spurious,
+            target=args.target or "Blond_Hair",
+            spurious=args.spurious or "Male",
         )
         print(f"wrote a synthetic CelebA-format fixture to {path}")
         return 0
+    cfg = resolve(args)
     out = Path(args.out)
-    fixture = False
-    data_dir = args.data_dir
-    if data_dir is None:
-        if not args.quick:
-            raise ValueError(
-                "--data-dir: required (the CelebA folder); or use --quick for the synthetic fixture"
-            )
-        data_dir, fixture = str(out / "fixture"), True
-        if not (out / "fixture" / "list_attr_celeba.txt").is_file():
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} exists and is not a folder; choose another --out")
+
+    import jax
+
+    from ntkdyn.data.celeba import load_celeba
+    from ntkdyn.train.dataparallel import initialize_multihost
+
+    initialize_multihost()
+    devices = len(jax.devices())
+    if cfg.fixture:
+        check_against_data(cfg, args.fixture_size[0], devices, None)
+    else:
+        data = load_celeba(cfg.data_dir, target=cfg.target, spurious=cfg.spurious)
+        train = data.splits["train"]
+        check_against_data(cfg, len(train), devices, train.paths[0] if len(train) else None)
+    created = not out.exists()
+    try:
+        if cfg.fixture:
+            cfg = dataclasses.replace(cfg, data_dir=str(out / "fixture"))
+            _write_fixture_once(cfg, args)
+        return run_experiment(cfg, out, resume=bool(args.resume))
+    except BaseException:
+        resumable = any((out / "checkpoints").rglob("ckpt_*.npz"))
+        if created and not resumable and jax.process_index() == 0:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_fixture_once(cfg: Config, args: argparse.Namespace) -> None:
+    """Process 0 writes the fixture; the others wait, then write their own if they cannot see it."""
+    import jax
+
+    from ntkdyn.data.celeba_fixture import write_celeba_fixture
+
+    def write() -> None:
+        if not (Path(cfg.data_dir) / "list_attr_celeba.txt").is_file():
             n_train, n_val, n_test = args.fixture_size
             write_celeba_fixture(
-                data_dir,
-                seed=args.seed,
+                cfg.data_dir,
+                seed=cfg.seed,
                 n_train=n_train,
                 n_val=n_val,
                 n_test=n_test,
-                target=args.target,
-                spurious=args.spurious,
+                target=cfg.target,
+                spurious=cfg.spurious,
             )
-    cfg = _resolve(args, data_dir, fixture)
-    return run_experiment(cfg, out, resume=bool(args.resume))
+
+    if jax.process_index() == 0:
+        write()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("celeba fixture written")
+        write()  # hosts without a shared file system: the same bytes (fixed seed)
 
 
 def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
-    """Run every (method, seed) of ``cfg`` into ``out`` and write the reports."""
+    """Run every (method, seed) of ``cfg`` into ``out`` and write the reports.
+
+    Args:
+        cfg: validated settings (:func:`validate`) with ``data_dir`` set.
+        out: output folder.
+        resume: continue from the checkpoints in ``out``.
+
+    Returns:
+        0.
+    """
     import jax
     import jax.numpy as jnp
 
-    from ntkdyn.data.celeba import load_celeba
+    from ntkdyn.data.celeba import decode_split, load_celeba
     from ntkdyn.models.resnet import RESNET_ARCHS
     from ntkdyn.plots.celeba import plot_group_accuracy, plot_validation_curves
     from ntkdyn.runs import RunDir, to_jsonable
-    from ntkdyn.train.dataparallel import data_mesh, initialize_multihost, make_eval_step
+    from ntkdyn.train.dataparallel import data_mesh, initialize_multihost
 
+    validate(cfg)
     initialize_multihost()
     data = load_celeba(cfg.data_dir, target=cfg.target, spurious=cfg.spurious)
     mesh = data_mesh()
-    if cfg.batch_size % len(mesh.devices.flat):
-        raise ValueError(
-            f"--batch-size: {cfg.batch_size} is not divisible by the {len(mesh.devices.flat)} devices"
-        )
+    train = data.splits["train"]
+    check_against_data(
+        cfg, len(train), len(mesh.devices.flat), train.paths[0] if len(train) else None
+    )
     lead = jax.process_index() == 0
     rd = RunDir(out)
     config = dataclasses.asdict(cfg) | {
@@ -703,7 +849,7 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
         keep = {
             k: v
             for k, v in to_jsonable(config).items()
-            if k not in ("devices", "processes", "workers", "prefetch")
+            if k not in ("devices", "processes", "workers", "prefetch", "cache_images")
         }
         diff = [k for k, v in keep.items() if old.get(k) != v]
         if diff:
@@ -714,8 +860,13 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
     if lead:
         rd.write_config(config)
         print(counts, file=sys.stderr)
+    images = {}
+    if cfg.cache_images:
+        for name, split in data.splits.items():
+            images[name] = decode_split(
+                split, image_size=cfg.image_size, crop=cfg.crop, workers=cfg.workers
+            )
     model = RESNET_ARCHS[cfg.arch](width=cfg.width, dtype=jnp.bfloat16 if cfg.bf16 else jnp.float32)
-    eval_fn = make_eval_step(model.apply)
     inits: dict[int, Any] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
     for method in cfg.methods:
@@ -728,8 +879,8 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
                 return inits[k]
 
             runs[method].append(
-                train_one(
-                    cfg, data, method, k, out, mesh, resume, model=model, init=init, eval_fn=eval_fn
+                train_method(
+                    cfg, data, method, k, out, mesh, resume, model=model, init=init, images=images
                 )
             )
         if lead:
@@ -763,7 +914,7 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
     for m, r in results["methods"].items():
         print(
             f"{m:>9}: test avg {100 * r['avg_acc']:.1f}%  worst-group {100 * r['worst_group_acc']:.1f}%  "
-            f"(published {PUBLISHED[m]['avg'][0]:.1f}% / {PUBLISHED[m]['worst'][0]:.1f}%)"
+            f"[{r['selection']['rule']}] (published {PUBLISHED[m]['avg'][0]:.1f}% / {PUBLISHED[m]['worst'][0]:.1f}%)"
         )
     print(f"wrote {out}/results.json, summary.md, figures")
     return 0

@@ -1,4 +1,4 @@
-"""Training objectives (hand computations), the data-parallel step (1 vs 4 devices) and atomic checkpoints."""
+"""The data-parallel step (objectives of ntkdyn.objectives; 1 vs 4 devices), prediction and atomic checkpoints."""
 
 import json
 import os
@@ -12,90 +12,96 @@ import numpy as np
 import optax
 import pytest
 
-from ntkdyn.losses import group_dro_init
+from ntkdyn.models.resnet import ResNet, init_resnet
+from ntkdyn.objectives import ERM, ClassConditionalSD, GroupDRO
 from ntkdyn.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     restore_checkpoint,
     save_checkpoint,
 )
-from ntkdyn.train.dataparallel import ERM, ClassConditionalSD, GroupDRO, make_train_step
-
-LOGITS = np.array([2.0, -1.0, 0.5, 3.0, -2.0, 0.1])
-Y = np.array([1, 0, 1, 1, 0, 0])
-G = np.array([3, 1, 2, 2, 0, 0])
-
-
-def softplus(x):
-    return np.log1p(np.exp(x))
+from ntkdyn.train.dataparallel import (
+    data_mesh,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+    predict,
+)
 
 
-def test_erm_and_sd_against_hand_computation():
-    ys = 2 * Y - 1
-    nll = np.mean(softplus(-ys * LOGITS))
-    dro = group_dro_init(4)
-    loss, _ = ERM().loss(jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), dro)
-    np.testing.assert_allclose(loss, nll, rtol=1e-12)
-    # paper's CelebA SD: 0.1·mean_{y=1}(ŷ − 2.5)² + 0.1·mean_{y=0}(ŷ − 0.44)²
-    pos, neg = LOGITS[Y == 1], LOGITS[Y == 0]
-    sd = nll + 0.1 * np.mean((pos - 2.5) ** 2) + 0.1 * np.mean((neg - 0.44) ** 2)
-    loss, _ = ClassConditionalSD().loss(jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), dro)
-    np.testing.assert_allclose(loss, sd, rtol=1e-12)
-    custom = nll + 0.3 * np.mean((pos - 1.0) ** 2) + 0.2 * np.mean((neg + 1.0) ** 2)
-    loss, _ = ClassConditionalSD(lam=(0.2, 0.3), gamma=(-1.0, 1.0)).loss(
-        jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), dro
-    )
-    np.testing.assert_allclose(loss, custom, rtol=1e-12)
-
-
-def test_group_dro_against_hand_computation():
-    per = softplus(-(2 * Y - 1) * LOGITS)
-    group_loss = np.array([per[G == g].mean() for g in range(4)])
-    counts = np.array([100, 80, 30, 2])
-    q = np.full(4, 0.25)
-    state = group_dro_init(4, jnp.float64)
-    for _ in range(3):  # three online updates with the generalisation adjustment C/√n_g
-        q_new = q * np.exp(0.5 * (group_loss + 2.0 / np.sqrt(counts)))
-        q_new /= q_new.sum()
-        expected = np.sum(q_new * group_loss)
-        loss, state = GroupDRO(step_size=0.5, adjustment=2.0, group_counts=tuple(counts)).loss(
-            jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), state
-        )
-        np.testing.assert_allclose(state.q, q_new, rtol=1e-6)
-        np.testing.assert_allclose(loss, expected, rtol=1e-6)
-        q = q_new
-    # a group absent from the batch keeps its weight (up to renormalisation) and adds no loss
-    keep = G != 3
-    loss, st = GroupDRO(step_size=0.5).loss(
-        jnp.asarray(LOGITS[keep]),
-        jnp.asarray(Y[keep]),
-        jnp.asarray(G[keep]),
-        group_dro_init(4, jnp.float64),
-    )
-    w = 0.25 * np.exp(0.5 * group_loss[:3])
-    np.testing.assert_allclose(st.q, np.append(w, 0.25) / (w.sum() + 0.25), rtol=1e-6)
-
-
-def test_group_dro_gradient_holds_weights_constant():
-    def f(logits):
-        return GroupDRO(step_size=1.0).loss(
-            logits, jnp.asarray(Y), jnp.asarray(G), group_dro_init(4, jnp.float64)
-        )[0]
-
-    grad = jax.grad(f)(jnp.asarray(LOGITS))
-    _, st = GroupDRO(step_size=1.0).loss(
-        jnp.asarray(LOGITS), jnp.asarray(Y), jnp.asarray(G), group_dro_init(4, jnp.float64)
-    )
-    q = np.asarray(st.q)
-    ys = 2 * Y - 1
-    d_per = -ys / (1 + np.exp(ys * LOGITS))  # d softplus(−y f) / d f
-    expected = np.array([q[g] * d_per[i] / np.sum(G == g) for i, g in enumerate(G)])
-    np.testing.assert_allclose(grad, expected, rtol=1e-6)
-
-
-def test_make_train_step_rejects_unknown_method():
-    with pytest.raises(ValueError, match="method"):
+def test_make_train_step_rejects_a_string_objective():
+    with pytest.raises(ValueError, match="objective: expected an ntkdyn.objectives object"):
         make_train_step(lambda *a, **k: None, optax.adam(1e-3), "erm")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = ResNet((1,), width=4)
+    return model, init_resnet(model, jax.random.PRNGKey(0), 16)
+
+
+def _batch(seed=0, n=8):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": jnp.asarray(rng.normal(size=(n, 16, 16, 3)).astype(np.float32)),
+        "y": jnp.asarray(rng.integers(0, 2, n).astype(np.int32)),
+        "group": jnp.asarray(np.arange(n, dtype=np.int32) % 4),
+    }
+
+
+def test_step_descends_the_objective_and_carries_its_state(tiny):
+    """One SGD step = θ − lr·∇L of the objective's loss; Group DRO's weights travel in the state."""
+    model, variables = tiny
+    batch = _batch()
+    lr = 0.1
+    dro = GroupDRO(step_size=0.5)
+    for objective in (ERM(), ClassConditionalSD(), dro):
+        state = init_train_state(variables, optax.sgd(lr), objective)
+        step = make_train_step(model.apply, optax.sgd(lr), objective, donate=False)
+        new, metrics = step(state, batch)
+
+        def loss(params, objective=objective, state=state):
+            logits, _ = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+            )
+            return objective.loss(
+                logits[:, 0], batch["y"], state=state.objective_state, groups=batch["group"]
+            )[0]
+
+        grads = jax.grad(loss)(state.params)
+        expected = jax.tree.map(lambda p, g: p - lr * g, state.params, grads)
+        for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(metrics["loss"], loss(state.params), rtol=1e-6)
+        assert int(new.step) == 1 and 0 <= float(metrics["acc"]) <= 1 and "nll" in metrics
+    assert state.objective_state.q.shape == (4,)
+    np.testing.assert_allclose(new.objective_state.q, metrics["q"])
+    assert not np.allclose(metrics["q"], 0.25)
+    assert init_train_state(variables, optax.sgd(lr)).objective_state == ()
+
+
+def test_predict_drops_the_padding(tiny):
+    model, variables = tiny
+    state = init_train_state(variables, optax.sgd(0.1))
+    mesh = data_mesh(jax.devices()[:1])
+    images = np.asarray(_batch(n=6)["image"])
+    batches = [
+        {"image": images[:4], "index": np.array([5, 1, 2, 0]), "mask": np.ones(4, np.float32)},
+        {
+            "image": np.concatenate([images[4:], images[4:5]]),
+            "index": np.array([3, 4, 3]),
+            "mask": np.array([1, 1, 0], np.float32),
+        },
+    ]
+    index, logits = predict(make_eval_step(model.apply), state, batches, mesh)
+    np.testing.assert_array_equal(index, [5, 1, 2, 0, 3, 4])
+    direct = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
+    )[:, 0]
+    np.testing.assert_allclose(logits, direct, rtol=1e-5, atol=1e-6)
 
 
 SCRIPT = textwrap.dedent(
@@ -103,8 +109,9 @@ SCRIPT = textwrap.dedent(
     import json
     import jax, jax.numpy as jnp, numpy as np, optax
     from ntkdyn.models.resnet import ResNet, init_resnet
-    from ntkdyn.train.dataparallel import (ERM, ClassConditionalSD, GroupDRO, data_mesh, gather, init_train_state,
-                                           make_eval_step, make_train_step, replicate, shard_batch)
+    from ntkdyn.objectives import ClassConditionalSD, GroupDRO
+    from ntkdyn.train.dataparallel import (data_mesh, gather, init_train_state, make_eval_step,
+                                           make_train_step, replicate, shard_batch)
     assert len(jax.devices()) == 4
     model = ResNet((1,), width=4)
     variables = init_resnet(model, jax.random.PRNGKey(0), 16)
@@ -114,10 +121,11 @@ SCRIPT = textwrap.dedent(
     opt = optax.adam(1e-2)
     out = {}
     # SD and Group DRO: both reduce over the (sharded) batch per class / per group; ERM is their logistic term
-    for name, method in (("sd", ClassConditionalSD()), ("dro", GroupDRO(0.1, 1.0, (10, 20, 30, 4)))):
+    dro = GroupDRO(step_size=0.1, adjustment=1.0, group_counts=(10, 20, 30, 4))
+    for name, method in (("sd", ClassConditionalSD()), ("dro", dro)):
         for ndev in (1, 4):
             mesh = data_mesh(jax.devices()[:ndev])
-            state = replicate(init_train_state(variables, opt), mesh)
+            state = replicate(init_train_state(variables, opt, method), mesh)
             step = make_train_step(model.apply, opt, method)
             losses = []
             for b in batches:
@@ -125,7 +133,7 @@ SCRIPT = textwrap.dedent(
                 if ndev == 4:
                     assert len(sb["image"].sharding.device_set) == 4 and sb["image"].addressable_shards[0].data.shape[0] == 2
                 state, m = step(state, sb)
-                losses.append([float(m["loss"]), float(m["acc"])] + [float(v) for v in m["q"]])
+                losses.append([float(m["loss"]), float(m["acc"])] + [float(v) for v in m.get("q", [])])
             if ndev == 4:
                 assert state.params["fc"]["kernel"].sharding.is_fully_replicated
             logits = gather(make_eval_step(model.apply)(state, shard_batch({"x": batches[0]["image"]}, mesh)["x"]))

@@ -1,4 +1,4 @@
-"""Data-parallel minibatch training of a batch-norm classifier with one logit: ERM, class-conditional SD, Group DRO.
+"""Data-parallel minibatch training of a batch-norm classifier with one logit.
 
 The batch axis is sharded over every device of a 1-D mesh (``jax.sharding``), parameters and
 optimiser state are replicated; XLA inserts the all-reduces, so the step computes exactly what
@@ -6,17 +6,15 @@ one device would on the whole global batch — batch-norm statistics included �
 summation order. Across hosts, :func:`initialize_multihost` calls ``jax.distributed.initialize``
 and every process feeds its slice of each global batch (:func:`shard_batch`).
 
-The training objective is chosen by passing an object (Pezeshki et al. 2021, Sec. 5 and Table 2):
-
-* :class:`ERM`: mean logistic loss.
-* :class:`ClassConditionalSD`: logistic loss + Σ_c λ_c · mean_{y=c}(ŷ − γ_c)².
-* :class:`GroupDRO`: Σ_g q_g L_g with online weights q (Sagawa et al. 2020).
+The training objective is an object of :mod:`ntkdyn.objectives` (Pezeshki et al. 2021, Sec. 5 and
+Table 2: ``ERM()``, ``ClassConditionalSD(coef, target)``, ``GroupDRO(step_size, adjustment,
+group_counts)``); its state (Group DRO's weights q) travels in :class:`MinibatchState`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -24,22 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
-from ntkdyn.losses import (
-    GroupDROState,
-    binary_accuracy,
-    class_conditional_sd_penalty,
-    group_dro_init,
-    group_dro_update,
-    logistic_loss,
-    to_signed,
-)
+from ntkdyn.losses import binary_accuracy
+from ntkdyn.objectives import Objective
 
 __all__ = [
-    "ERM",
-    "ClassConditionalSD",
-    "GroupDRO",
     "MinibatchState",
     "initialize_multihost",
     "data_mesh",
@@ -49,75 +37,28 @@ __all__ = [
     "init_train_state",
     "make_train_step",
     "make_eval_step",
+    "predict",
 ]
 
 DATA_AXIS = "data"
 
 
-class ERM(NamedTuple):
-    """Empirical risk minimisation: mean logistic loss softplus(−y± ŷ)."""
-
-    def loss(self, logits, y01, groups, dro: GroupDROState):
-        """(loss, new Group DRO state — unchanged)."""
-        return logistic_loss(logits, to_signed(y01).astype(logits.dtype)), dro
-
-
-class ClassConditionalSD(NamedTuple):
-    """Class-conditional Spectral Decoupling (Pezeshki et al. 2021, Sec. 5, CelebA).
-
-    loss = mean logistic + λ₀·mean_{y=0}(ŷ − γ₀)² + λ₁·mean_{y=1}(ŷ − γ₁)², paper values
-    λ = (0.1, 0.1), γ = (0.44, 2.5).
-
-    Attributes:
-        lam: (λ₀, λ₁).
-        gamma: (γ₀, γ₁).
-    """
-
-    lam: tuple[float, float] = (0.1, 0.1)
-    gamma: tuple[float, float] = (0.44, 2.5)
-
-    def loss(self, logits, y01, groups, dro: GroupDROState):
-        """(loss, unchanged Group DRO state)."""
-        y = y01.astype(logits.dtype)
-        base = logistic_loss(logits, 2.0 * y - 1.0)
-        return base + class_conditional_sd_penalty(logits, y, lam=self.lam, gamma=self.gamma), dro
-
-
-class GroupDRO(NamedTuple):
-    """Online Group DRO (Sagawa et al. 2020, Alg. 1): q_g ∝ q_g·exp(η (L_g + C/√n_g)), loss Σ_g q_g L_g.
-
-    Attributes:
-        step_size: η (0.01 in Sagawa et al.).
-        adjustment: C of the generalisation adjustment (0: none).
-        group_counts: training-set size of each group (needed when ``adjustment > 0``).
-    """
-
-    step_size: float = 0.01
-    adjustment: float = 0.0
-    group_counts: tuple[int, ...] = (1, 1, 1, 1)
-
-    def loss(self, logits, y01, groups, dro: GroupDROState):
-        """(robust loss, updated group weights)."""
-        per = logistic_loss(logits, to_signed(y01).astype(logits.dtype), reduction="none")
-        adj = self.adjustment if self.adjustment else None
-        return group_dro_update(
-            dro,
-            per,
-            groups,
-            step_size=self.step_size,
-            adjustment=adj,
-            group_counts=np.asarray(self.group_counts, np.float32) if adj else None,
-        )
-
-
 class MinibatchState(NamedTuple):
-    """Everything training changes: step, parameters, batch-norm statistics, optimiser and Group DRO state."""
+    """Everything training changes: step, parameters, batch-norm statistics, optimiser and objective state.
+
+    Attributes:
+        step: number of steps taken (the objective's schedules read it).
+        params: model parameters.
+        batch_stats: batch-norm running statistics.
+        opt_state: the optax state.
+        objective_state: the objective's state, ``objective.init()`` (``()`` for all but Group DRO).
+    """
 
     step: Array
     params: Any
     batch_stats: Any
     opt_state: Any
-    dro: GroupDROState
+    objective_state: Any
 
 
 # ---- devices -----------------------------------------------------------------------------------
@@ -230,17 +171,20 @@ def gather(x: Array) -> np.ndarray:
 
 
 def init_train_state(
-    variables: Mapping[str, Any], optimizer: optax.GradientTransformation, num_groups: int = 4
+    variables: Mapping[str, Any],
+    optimizer: optax.GradientTransformation,
+    objective: Objective | None = None,
 ) -> MinibatchState:
     """Initial :class:`MinibatchState` from model variables ``{"params", "batch_stats"}``.
 
     Args:
         variables: model variables.
         optimizer: an optax transformation (the paper: ``optax.adam(1e-5)``).
-        num_groups: groups for Group DRO's weights.
+        objective: the training objective, whose ``init()`` gives the objective state (``None``:
+            a stateless objective such as ``ERM()``).
 
     Returns:
-        Step 0, the variables, the optimiser's initial state and uniform group weights.
+        Step 0, the variables, the optimiser's initial state and the objective's initial state.
     """
     params = variables["params"]
     return MinibatchState(
@@ -248,36 +192,45 @@ def init_train_state(
         params,
         variables.get("batch_stats", {}),
         optimizer.init(params),
-        group_dro_init(num_groups),
+        () if objective is None else objective.init(),
     )
 
 
 def make_train_step(
     apply_fn: Callable,
     optimizer: optax.GradientTransformation,
-    method: ERM | ClassConditionalSD | GroupDRO,
+    objective: Objective,
     *,
     donate: bool = True,
 ) -> Callable[[MinibatchState, Mapping[str, Array]], tuple[MinibatchState, dict[str, Array]]]:
     """A jitted step ``(state, batch) -> (state, metrics)`` on a (sharded) global batch.
 
-    ``apply_fn(variables, images, train=True, mutable=["batch_stats"])`` is a Flax Linen apply
-    (e.g. ``ResNet.apply``) returning (n, 1) logits. Metrics: ``loss`` (the objective), ``nll``
-    (mean logistic loss), ``acc`` (mean accuracy of the batch) and ``q`` (Group DRO weights).
+    θ ← optimizer(∇_θ L(f_θ(x), y; groups, state.step)), with L the objective's loss on the (n,)
+    logits of ``apply_fn(variables, images, train=True, mutable=["batch_stats"])`` (a Flax Linen
+    apply such as ``ResNet.apply``, returning (n, 1) logits). ``batch`` holds ``image``, ``y``
+    (labels in {0, 1}) and ``group`` (ids for Group DRO). Metrics: ``loss`` (the objective),
+    ``acc`` (batch accuracy) and the objective's own (``nll``; ``q`` and ``group_loss`` for Group
+    DRO; ``penalty`` for SD).
 
     Args:
         apply_fn: the model's apply function.
         optimizer: the optax transformation.
-        method: :class:`ERM`, :class:`ClassConditionalSD` or :class:`GroupDRO`.
+        objective: an :class:`ntkdyn.objectives.Objective`, e.g. ``ERM()``,
+            ``ClassConditionalSD()`` or ``GroupDRO(step_size=0.01)``; its state is
+            ``state.objective_state`` (see :func:`init_train_state`).
         donate: donate the input state's buffers (saves memory; the input state becomes unusable).
+
+    Raises:
+        ValueError: ``objective`` is not an Objective.
     """
-    if not isinstance(method, (ERM, ClassConditionalSD, GroupDRO)):
+    if not isinstance(objective, Objective):
         raise ValueError(
-            f"method: expected ERM(), ClassConditionalSD() or GroupDRO(), got {method!r}"
+            "objective: expected an ntkdyn.objectives object such as ERM(), ClassConditionalSD() "
+            f"or GroupDRO(), got {objective!r}"
         )
 
     def step(state: MinibatchState, batch):
-        def objective(params):
+        def loss_fn(params):
             logits, updates = apply_fn(
                 {"params": params, "batch_stats": state.batch_stats},
                 batch["image"],
@@ -285,22 +238,28 @@ def make_train_step(
                 mutable=["batch_stats"],
             )
             logits = logits[:, 0].astype(jnp.float32)
-            loss, dro = method.loss(logits, batch["y"], batch["group"], state.dro)
-            return loss, (logits, updates["batch_stats"], dro)
+            loss, (obj_state, metrics) = objective.loss(
+                logits,
+                batch["y"],
+                step=state.step,
+                state=state.objective_state,
+                groups=batch["group"],
+                params=params,
+            )
+            return loss, (logits, updates["batch_stats"], obj_state, metrics)
 
-        (loss, (logits, batch_stats, dro)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params
-        )
+        (loss, (logits, batch_stats, obj_state, obj_metrics)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        y = batch["y"].astype(jnp.float32)
         metrics = {
             "loss": loss,
-            "nll": logistic_loss(logits, 2.0 * y - 1.0),
-            "acc": binary_accuracy(logits, y),
-            "q": dro.q,
+            "acc": binary_accuracy(logits, batch["y"].astype(jnp.float32)),
+            **obj_metrics,
         }
-        return MinibatchState(state.step + 1, params, batch_stats, opt_state, dro), metrics
+        new = MinibatchState(state.step + 1, params, batch_stats, opt_state, obj_state)
+        return new, metrics
 
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
@@ -324,3 +283,36 @@ def make_eval_step(
         return out[:, 0].astype(jnp.float32)
 
     return jax.jit(step)
+
+
+def predict(
+    eval_step: Callable[[MinibatchState, Array], Array],
+    state: MinibatchState,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    mesh: Mesh,
+) -> tuple[Int[np.ndarray, " n"], Float[np.ndarray, " n"]]:
+    """Logits of every example of padded, masked batches, on every process.
+
+    Each batch holds this process's rows of ``image``, ``index`` (example ids) and ``mask`` (0 for
+    the padding that makes a final partial batch divisible by the devices, see
+    :func:`ntkdyn.data.celeba.iterate_batches`).
+
+    Args:
+        eval_step: from :func:`make_eval_step`.
+        state: the (replicated) training state.
+        batches: the batches, each sharded over ``mesh`` here.
+        mesh: the data mesh.
+
+    Returns:
+        ``(index, logits)`` of the unpadded examples, in batch order.
+    """
+    logits, masks, index = [], [], []
+    for batch in batches:
+        arrays = shard_batch({k: batch[k] for k in ("image", "mask", "index")}, mesh)
+        logits.append(gather(eval_step(state, arrays["image"])))
+        masks.append(gather(arrays["mask"]))
+        index.append(gather(arrays["index"]))
+    if not logits:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    keep = np.concatenate(masks) > 0
+    return np.concatenate(index)[keep], np.concatenate(logits)[keep]
