@@ -1,10 +1,16 @@
-"""Run directories: the one place that writes files.
+"""Run directories: the one place that writes files, and the reports written into them.
 
 Every command writes one directory (a fixed layout): the resolved config (``config.json``), metrics over
 time (``metrics.jsonl``), final results (``results.json``), figures (PNG and PDF) and a short
 Markdown summary (``summary.md``). Every file is written atomically — to a temporary file in the
 same directory, then ``os.replace`` — so an interrupted run never leaves a half-written file.
 Same seed, same numbers: JSON is written with sorted keys and a fixed float representation.
+
+Reports over restarts (seeds) share a few helpers: :func:`mean_std` and :func:`pool_mean_std`
+(mean ± std of per-restart values, and of groups known only by count, mean and std),
+:func:`format_mean_std` and :func:`markdown_table` for the summaries. :func:`merge_runs` joins runs
+of one protocol over disjoint restart ranges into one run directory, as if one run had trained all
+the restarts. :class:`StepProgress` reports long compiled work as whole lines (done/total, elapsed).
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ import enum
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,6 +38,14 @@ __all__ = [
     "atomic_write_json",
     "to_jsonable",
     "progress",
+    "StepProgress",
+    "mean_std",
+    "pool_mean_std",
+    "format_mean_std",
+    "markdown_table",
+    "RunPart",
+    "MergedRun",
+    "merge_runs",
 ]
 
 
@@ -252,3 +268,389 @@ def progress(
             stream.flush()
     stream.write("\n")
     stream.flush()
+
+
+class StepProgress:
+    """Progress of long compiled work as whole lines: ``desc: done/total unit (p %), t s``.
+
+    Each report is a complete line (never a carriage-return bar), so log lines printed between
+    reports never run into it. :meth:`advance` may be called from any thread (e.g. a
+    ``jax.debug.callback`` fired inside a compiled loop); a line is printed at most every
+    ``every`` seconds, and :meth:`close` prints the final one.
+
+    Args:
+        desc: label in front of each line (e.g. ``"cmnist sd"``).
+        total: the amount of work (≥ 1), in ``unit``.
+        unit: what is counted (e.g. ``"restart-steps"``).
+        stream: where to write (default ``sys.stderr``).
+        enabled: force on/off; by default on when the stream is a terminal.
+        every: the least number of seconds between two lines.
+
+    Raises:
+        ValueError: if ``total`` < 1 or ``every`` < 0.
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        total: int,
+        *,
+        unit: str = "steps",
+        stream: Any = None,
+        enabled: bool | None = None,
+        every: float = 5.0,
+    ):
+        if not isinstance(total, (int, np.integer)) or total < 1:
+            raise ValueError(f"total: expected an integer >= 1, got {total!r}")
+        if every < 0:
+            raise ValueError(f"every: expected seconds >= 0, got {every!r}")
+        self.desc, self.total, self.unit, self.every = desc, int(total), unit, float(every)
+        self.stream = sys.stderr if stream is None else stream
+        if enabled is None:
+            enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.enabled = bool(enabled)
+        self.done = 0
+        self.start = time.perf_counter()
+        self._last = self.start
+        self._lock = threading.Lock()
+
+    def _line(self, done: int, now: float) -> str:
+        pct = 100.0 * done / self.total
+        return (
+            f"{self.desc}: {done:,}/{self.total:,} {self.unit} ({pct:.0f} %), "
+            f"{now - self.start:.1f} s\n"
+        )
+
+    def advance(self, amount: int = 1, *_: Any) -> None:
+        """Count ``amount`` units done; print a line if ``every`` seconds passed since the last."""
+        with self._lock:
+            self.done = min(self.done + int(amount), self.total)
+            now = time.perf_counter()
+            if not self.enabled or now - self._last < self.every or self.done >= self.total:
+                return
+            self._last = now
+            self.stream.write(self._line(self.done, now))
+            self.stream.flush()
+
+    def close(self, message: str = "") -> float:
+        """Print the final line (all work done, with ``message`` appended); returns the seconds."""
+        now = time.perf_counter()
+        with self._lock:
+            self.done = self.total
+            if self.enabled:
+                line = self._line(self.total, now)
+                self.stream.write(line[:-1] + (f"; {message}" if message else "") + "\n")
+                self.stream.flush()
+        return now - self.start
+
+
+# ------------------------------------------------------------------------------------- reporting
+
+
+def mean_std(values: Iterable[float], *, ddof: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation of per-restart values: (x̄, √(Σ(x − x̄)²/(n − ddof))).
+
+    Args:
+        values: one value per restart (seed), at least one.
+        ddof: 0 for the population std (what Colored MNIST and two-moons report), 1 for the
+            sample std; with a single value the std is 0.
+
+    Returns:
+        ``(mean, std)`` as Python floats.
+
+    Raises:
+        ValueError: if ``values`` is empty.
+    """
+    arr = np.asarray(list(values) if not hasattr(values, "__array__") else values, np.float64)
+    if arr.size == 0:
+        raise ValueError("values: expected at least one value, got none")
+    std = float(arr.std(ddof=ddof)) if arr.size > ddof else 0.0
+    return float(arr.mean()), std
+
+
+def pool_mean_std(parts: Iterable[tuple[int, float, float]]) -> tuple[float, float]:
+    """Mean and population std of the union of groups known by (count, mean, std) only.
+
+    μ = Σ n_g μ_g / N and σ² = Σ n_g (σ_g² + μ_g²) / N − μ², with N = Σ n_g: exact for population
+    stds (ddof 0), so pooled results equal those of one run over all the restarts.
+
+    Args:
+        parts: ``(n_g, mean_g, std_g)`` per group, n_g ≥ 1.
+
+    Returns:
+        ``(mean, std)`` of the union.
+
+    Raises:
+        ValueError: if there is no group or a count is below 1.
+    """
+    parts = list(parts)
+    if not parts or any(n < 1 for n, _, _ in parts):
+        raise ValueError(f"parts: expected groups with counts >= 1, got {parts!r}")
+    total = sum(n for n, _, _ in parts)
+    mean = sum(n * m for n, m, _ in parts) / total
+    second = sum(n * (sd**2 + m**2) for n, m, sd in parts) / total
+    return mean, math.sqrt(max(second - mean**2, 0.0))
+
+
+def format_mean_std(
+    mean: float | None, std: float | None = None, *, scale: float = 100.0, digits: int = 1
+) -> str:
+    """``"70.1 ± 0.6"``: mean (and std) times ``scale`` (percent by default); ``"—"`` if missing.
+
+    Args:
+        mean: the value; ``None`` or NaN give ``"—"``.
+        std: its standard deviation, or ``None`` to print the mean alone.
+        scale: factor applied to both (100: fractions as percent; 1: as they are).
+        digits: decimals.
+    """
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    text = f"{scale * mean:.{digits}f}"
+    return text + (f" ± {scale * std:.{digits}f}" if std is not None else "")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A Markdown table as lines: the header, the rule and one line per row.
+
+    Args:
+        header: column titles.
+        rows: cells (converted with ``str``), as many per row as there are titles.
+
+    Raises:
+        ValueError: naming the row whose cell count differs from the header's.
+    """
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for i, row in enumerate(rows):
+        cells = [str(c) for c in row]
+        if len(cells) != len(header):
+            raise ValueError(
+                f"rows: row {i} has {len(cells)} cells, the header {len(header)}; "
+                "give every row one cell per column"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+# --------------------------------------------------------------------------------------- merging
+
+
+class RunPart(NamedTuple):
+    """One run joined by :func:`merge_runs`: its directory, files and restart range.
+
+    Attributes:
+        path: the run directory.
+        config: its config.json.
+        results: its results.json.
+        first: the first restart it trained.
+        count: how many restarts it trained.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    results: dict[str, Any]
+    first: int
+    count: int
+
+
+class MergedRun(NamedTuple):
+    """What :func:`merge_runs` wrote.
+
+    Attributes:
+        run_dir: the merged :class:`RunDir` (add figures and a summary to it).
+        config: the merged config.json.
+        results: the merged results.json.
+        parts: the joined runs in restart order.
+    """
+
+    run_dir: RunDir
+    config: dict[str, Any]
+    results: dict[str, Any]
+    parts: list[RunPart]
+
+
+def _lookup(tree: Mapping[str, Any], path: str) -> Any:
+    for part in path.split("/"):
+        if not isinstance(tree, Mapping):
+            return None
+        tree = tree.get(part)
+    return tree
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _merge_tree(nodes: list[Any], counts: list[int], concat: frozenset[str]) -> Any:
+    """Merge one results subtree of every run (the rules of :func:`merge_runs`)."""
+    first = nodes[0]
+    if not all(isinstance(n, Mapping) for n in nodes):
+        return first
+    out: dict[str, Any] = {}
+    for key in first:
+        if key in out:  # the *_mean/*_std partner of a key merged before
+            continue
+        if key in concat and all(isinstance(n.get(key), list) for n in nodes):
+            out[key] = [v for n in nodes for v in n[key]]
+            if f"{key}_mean" in first and f"{key}_std" in first and out[key]:
+                out[f"{key}_mean"], out[f"{key}_std"] = mean_std(out[key])
+            continue
+        base = key[: -len("_mean")] if key.endswith("_mean") else key
+        std_key = f"{base}_std"
+        pairs = [(n.get(key), n.get(std_key)) for n in nodes]
+        if (
+            key != std_key
+            and base not in concat
+            and all(_number(m) and _number(s) for m, s in pairs)
+        ):
+            out[key], out[std_key] = pool_mean_std(
+                (c, m, s) for c, (m, s) in zip(counts, pairs, strict=True)
+            )
+            continue
+        out[key] = _merge_tree([n.get(key) for n in nodes], counts, concat)
+    return out
+
+
+def _merge_records(parts: list[RunPart], record_keys: Sequence[str]) -> list[dict[str, Any]]:
+    sums: dict[tuple, dict[str, float]] = {}
+    weights: dict[tuple, int] = {}
+    for part in parts:
+        path = part.path / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            rec = json.loads(line)
+            key = tuple(rec.get(k) for k in record_keys)
+            acc = sums.setdefault(key, {})
+            for k, v in rec.items():
+                if k not in record_keys and isinstance(v, (int, float)) and v is not None:
+                    acc[k] = acc.get(k, 0.0) + part.count * v
+            weights[key] = weights.get(key, 0) + part.count
+    return [
+        {
+            **dict(zip(record_keys, key, strict=True)),
+            **{k: v / weights[key] for k, v in acc.items()},
+        }
+        for key, acc in sums.items()
+    ]
+
+
+def merge_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    concat: Sequence[str],
+    match: Sequence[str] = (),
+    record_keys: Sequence[str] = ("step",),
+    copy: Sequence[str] = (),
+    check: Callable[[Path, dict[str, Any]], None] | None = None,
+    first_key: str = "first_restart",
+    count_key: str = "restarts",
+    command: str = "ntkdyn",
+) -> MergedRun:
+    """Join runs of one protocol over disjoint, contiguous restart ranges into one run directory.
+
+    A protocol of R restarts may be trained as several runs, each over restarts
+    ``first … first + count − 1`` (``config.json``'s ``first_key`` and ``count_key``) with the keys
+    those restarts get in one long run. Merging gives the numbers of that long run:
+
+    * a list under a key in ``concat`` (one value per restart) is concatenated in restart order,
+      and its sibling ``KEY_mean``/``KEY_std`` recomputed (population std);
+    * any other scalar ``X`` (or ``X_mean``) with a sibling ``X_std`` is pooled exactly from each
+      run's count, mean and std (:func:`pool_mean_std`);
+    * everything else is taken from the run whose restarts come first;
+    * ``metrics.jsonl`` records that share the values of ``record_keys`` are averaged, weighted by
+      restart count.
+
+    Every check runs before anything is written, so a refused merge leaves no output directory.
+
+    Args:
+        run_dirs: two or more finished run directories (each with config.json and results.json).
+        out: the merged run directory (not one of ``run_dirs``).
+        concat: results keys holding one value per restart.
+        match: config.json entries (``/``-separated paths, e.g. ``"seed"``, ``"data/source"``) the
+            runs must share to be parts of one protocol.
+        record_keys: the fields that identify a metrics.jsonl record (e.g. ``("method", "step")``).
+        copy: files copied from the first run (e.g. a figure of one restart).
+        check: ``check(path, config)`` raising ``ValueError`` for a run that cannot be merged.
+        first_key, count_key: the config.json entries of the restart range.
+        command: the command named in errors (``"ntkdyn cmnist"``).
+
+    Returns:
+        :class:`MergedRun`; config.json records the total restarts and ``merged_from``.
+
+    Raises:
+        ValueError: beginning ``merge:``, when fewer than two runs are given, ``out`` is one of
+            them, a run lacks config.json/results.json or fails ``check``, the runs differ in a
+            ``match`` entry, or their restart ranges overlap or leave a gap.
+    """
+    dirs = [Path(d) for d in run_dirs]
+    if len(dirs) < 2:
+        raise ValueError(f"merge: expected two or more run directories, got {len(dirs)}")
+    if any(Path(out).resolve() == d.resolve() for d in dirs):
+        raise ValueError(
+            f"merge: --out {out} is one of the runs being merged; choose a new directory"
+        )
+    parts = []
+    for d in dirs:
+        try:
+            cfg = json.loads((d / "config.json").read_text())
+            res = json.loads((d / "results.json").read_text())
+        except FileNotFoundError as exc:
+            raise ValueError(
+                f"merge: {d} is not a finished `{command}` run (missing {Path(exc.filename).name})"
+            ) from exc
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"merge: {d}: unreadable run file ({exc})") from exc
+        if check is not None:
+            check(d, cfg)
+        parts.append(RunPart(d, cfg, res, int(cfg.get(first_key, 0)), int(cfg[count_key])))
+    parts.sort(key=lambda p: p.first)
+    p0 = parts[0]
+    for p in parts[1:]:
+        for key in match:
+            a, b = _lookup(p.config, key), _lookup(p0.config, key)
+            if a != b:
+                raise ValueError(
+                    f"merge: {p.path} and {p0.path} differ in {key} ({a!r} vs {b!r}); "
+                    "merge only runs of one protocol"
+                )
+    for a, b in zip(parts, parts[1:], strict=False):
+        if b.first != a.first + a.count:
+            end = a.first + a.count
+            what = "overlap" if b.first < end else f"leave restarts {end}–{b.first - 1} out"
+            raise ValueError(
+                f"merge: {a.path} (restarts {a.first}–{end - 1}) and {b.path} (restarts "
+                f"{b.first}–{b.first + b.count - 1}) {what}; merge runs whose restart ranges "
+                "follow each other"
+            )
+    counts = [p.count for p in parts]
+    # Settings that may differ between the parts (e.g. the compiler options of each machine).
+    differing = sorted(
+        k
+        for k in p0.config
+        if k not in (first_key, count_key, "out")
+        and any(p.config.get(k) != p0.config.get(k) for p in parts)
+    )
+    results = _merge_tree([p.results for p in parts], counts, frozenset(concat))
+    records = _merge_records(parts, tuple(record_keys))
+    config = {
+        **p0.config,
+        count_key: sum(counts),
+        first_key: p0.first,
+        "out": str(out),
+        "merged_from": [
+            {
+                "dir": str(p.path),
+                first_key: p.first,
+                count_key: p.count,
+                **{k: p.config.get(k) for k in differing},
+            }
+            for p in parts
+        ],
+    }
+    run_dir = RunDir(out)
+    run_dir.write_config(config)
+    run_dir.write_metrics(records)
+    run_dir.write_results(results)
+    for name in copy:
+        if (p0.path / name).is_file():
+            shutil.copyfile(p0.path / name, run_dir.file(name))
+    return MergedRun(run_dir, config, results, parts)

@@ -57,3 +57,131 @@ def test_rundir_rejects_a_file(tmp_path):
     f.write_text("")
     with pytest.raises(ValueError, match="out"):
         RunDir(f)
+
+
+# ---------------------------------------------------------------------------------- reporting
+
+
+def test_mean_std_and_pooling_match_the_union():
+    from ntkdyn.runs import mean_std, pool_mean_std
+
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(size=n) for n in (3, 1, 5)]
+    union = np.concatenate(groups)
+    assert mean_std(union) == pytest.approx((union.mean(), union.std()), rel=1e-12)
+    assert mean_std([2.0, 4.0], ddof=1) == pytest.approx((3.0, np.sqrt(2.0)))
+    assert mean_std([2.0], ddof=1) == (2.0, 0.0)
+    pooled = pool_mean_std((len(g), g.mean(), g.std()) for g in groups)
+    assert pooled == pytest.approx((union.mean(), union.std()), rel=1e-12)
+    with pytest.raises(ValueError, match="values"):
+        mean_std([])
+    with pytest.raises(ValueError, match="parts"):
+        pool_mean_std([(0, 1.0, 0.0)])
+
+
+def test_format_and_markdown_table():
+    from ntkdyn.runs import format_mean_std, markdown_table
+
+    assert format_mean_std(0.7012, 0.0061) == "70.1 ± 0.6"
+    assert format_mean_std(0.7012) == "70.1"
+    assert format_mean_std(None) == "—" and format_mean_std(float("nan"), 0.1) == "—"
+    assert format_mean_std(1.23456, 0.5, scale=1, digits=2) == "1.23 ± 0.50"
+    lines = markdown_table(["a", "b"], [[1, "x"], ["y", 2.5]])
+    assert lines == ["| a | b |", "| --- | --- |", "| 1 | x |", "| y | 2.5 |"]
+    with pytest.raises(ValueError, match="row 0 has 1 cells"):
+        markdown_table(["a", "b"], [[1]])
+
+
+def test_step_progress_prints_whole_lines():
+    import io
+
+    from ntkdyn.runs import StepProgress
+
+    stream = io.StringIO()
+    bar = StepProgress("job", 10, unit="steps", stream=stream, enabled=True, every=0.0)
+    for _ in range(4):
+        bar.advance(2)
+    bar.close("done")
+    lines = stream.getvalue().splitlines()
+    assert stream.getvalue().endswith("\n") and "\r" not in stream.getvalue()
+    assert lines[0].startswith("job: 2/10 steps (20 %)")
+    assert lines[-1].startswith("job: 10/10 steps (100 %)") and lines[-1].endswith("; done")
+    quiet = io.StringIO()
+    StepProgress("job", 3, stream=quiet, enabled=False).close()
+    assert quiet.getvalue() == ""
+    with pytest.raises(ValueError, match="total"):
+        StepProgress("job", 0)
+
+
+def _fake_run(path, first, values, probe, *, seed=0):
+    run = RunDir(path)
+    run.write_config({"seed": seed, "first_restart": first, "restarts": len(values)})
+    acc = np.asarray(values)
+    run.write_results(
+        {
+            "data": {"n": 10},
+            "methods": {
+                "a": {
+                    "acc": list(acc),
+                    "acc_mean": acc.mean(),
+                    "acc_std": acc.std(),
+                    "probe": {"p": probe[0], "p_std": probe[1]},
+                    "label": "A",
+                }
+            },
+        }
+    )
+    run.write_metrics([{"method": "a", "step": s, "loss": float(acc.mean() + s)} for s in (0, 10)])
+    (run.path / "figure.png").write_bytes(b"png")
+    return run.path
+
+
+def test_merge_runs_concatenates_pools_and_weights(tmp_path):
+    from ntkdyn.runs import merge_runs
+
+    b = _fake_run(tmp_path / "b", 2, [0.5], (0.4, 0.0))
+    a = _fake_run(tmp_path / "a", 0, [0.1, 0.3], (0.2, 0.1))
+    merged = merge_runs(
+        [b, a],
+        tmp_path / "m",
+        concat=("acc",),
+        match=("seed",),
+        record_keys=("method", "step"),
+        copy=("figure.png",),
+    )
+    m = json.loads((tmp_path / "m" / "results.json").read_text())["methods"]["a"]
+    assert m["acc"] == [0.1, 0.3, 0.5] and m["label"] == "A"
+    assert (m["acc_mean"], m["acc_std"]) == pytest.approx((0.3, np.std([0.1, 0.3, 0.5])))
+    # probe: two restarts at 0.2 ± 0.1 ({0.1, 0.3}) and one at 0.4 → {0.1, 0.3, 0.4}
+    assert (m["probe"]["p"], m["probe"]["p_std"]) == pytest.approx(
+        (np.mean([0.1, 0.3, 0.4]), np.std([0.1, 0.3, 0.4]))
+    )
+    records = [json.loads(x) for x in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["step"]) for r in records] == [("a", 0), ("a", 10)]
+    assert records[0]["loss"] == pytest.approx((2 * 0.2 + 1 * 0.5) / 3)
+    assert merged.config["restarts"] == 3 and merged.config["first_restart"] == 0
+    assert [p["first_restart"] for p in merged.config["merged_from"]] == [0, 2]
+    assert (tmp_path / "m" / "figure.png").read_bytes() == b"png"
+
+
+def test_merge_runs_refuses_before_writing(tmp_path):
+    from ntkdyn.runs import merge_runs
+
+    a = _fake_run(tmp_path / "a", 0, [0.1, 0.3], (0.2, 0.1))
+    gap = _fake_run(tmp_path / "gap", 3, [0.5], (0.4, 0.0))
+    over = _fake_run(tmp_path / "over", 1, [0.5], (0.4, 0.0))
+    other = _fake_run(tmp_path / "other", 2, [0.5], (0.4, 0.0), seed=1)
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([a], "two or more"),
+        ([a, gap], "leave restarts 2–2 out"),
+        ([a, over], "overlap"),
+        ([a, other], "differ in seed"),
+        ([a, tmp_path / "empty"], "missing config.json"),
+    ]
+    for dirs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            merge_runs(dirs, tmp_path / "out", concat=("acc",), match=("seed",))
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="--out"):
+        merge_runs([a, gap], a, concat=("acc",))
