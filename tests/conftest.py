@@ -1,4 +1,8 @@
-"""Shared test configuration: float64 on for the theory checks, tolerances by dtype in one place."""
+"""Shared test configuration: float64 on for the theory checks, tolerances by dtype in one place.
+
+``NTKDYN_TEST_X64=0`` runs a session with float64 off, as a user gets by default: CI runs the
+float32-path tests (``-m float32``) that way too.
+"""
 
 import os
 
@@ -8,7 +12,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_enable_x64", os.environ.get("NTKDYN_TEST_X64", "1") == "1")
 
 # Tolerances by dtype, the one place tests take them from.
 TOL = {
