@@ -104,6 +104,8 @@ from ntkdyn.models.mlp import (
     ModuleApply,
     he_normal,
     init_mlp,
+    init_mlp_uniform,
+    mlp_apply,
     pure,
     shallow_relu,
     xavier_uniform,

@@ -12,6 +12,8 @@ from ntkdyn.models.mlp import (
     DenseApply,
     ModuleApply,
     init_mlp,
+    init_mlp_uniform,
+    mlp_apply,
     pure,
     shallow_relu,
     xavier_uniform,
@@ -210,3 +212,90 @@ def test_shallow_relu_names_the_argument_of_a_wrong_shape(change, name):
     )
     with pytest.raises(ValueError, match=name):
         shallow_relu(args["W1"], args["b1"], args["w2"], args["b2"], args["x"])
+
+
+# --------------------------------------------------------------------------------------------------
+# mlp_apply / init_mlp_uniform: the MLP as a pure function with explicit batch-norm state
+
+
+def test_init_mlp_uniform_is_pytorch_default_in_the_mlp_layout(key):
+    params, stats = init_mlp_uniform(key, 2, [16, 8])
+    assert stats is None and sorted(params["linears"]) == [0, 1, 2]
+    for i, fan_in in enumerate((2, 16, 8)):
+        W, b = params["linears"][i]["kernel"], params["linears"][i]["bias"]
+        bound = 1 / np.sqrt(fan_in)
+        assert float(jnp.abs(W).max()) <= bound and float(jnp.abs(b).max()) <= bound
+    assert float(jnp.abs(params["linears"][0]["kernel"]).max()) > 0.8 / np.sqrt(2)
+    x = jax.random.normal(jax.random.PRNGKey(1), (7, 2))
+    out, same = mlp_apply(params, x, train=True)
+    assert same is None
+    np.testing.assert_allclose(out, DenseApply()(params, x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out, _manual_mlp(params, x), rtol=1e-5, atol=1e-6)
+    params_bn, stats_bn = init_mlp_uniform(key, 2, [16, 8], batch_norm=True)
+    np.testing.assert_array_equal(params_bn["linears"][0]["kernel"], params["linears"][0]["kernel"])
+    assert stats_bn["norms"][1]["var"].shape == (8,)
+
+
+def test_mlp_apply_equals_the_nnx_mlp_in_train_and_eval_mode(key):
+    model = MLP(3, [12, 6], 1, rngs=nnx.Rngs(key), batch_norm=True)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    x = jax.random.normal(jax.random.PRNGKey(2), (16, 3))
+    model.train()
+    out, new_stats = mlp_apply(params, x, batch_stats=stats, train=True)
+    np.testing.assert_allclose(out, model(x), rtol=1e-5, atol=1e-5)
+    want = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))  # updated by the call
+    for a, b in zip(jax.tree.leaves(new_stats), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    model.eval()
+    out_eval, kept = mlp_apply(params, x, batch_stats=new_stats)
+    np.testing.assert_allclose(out_eval, model(x), rtol=1e-5, atol=1e-5)
+    assert kept is new_stats
+
+
+def test_mlp_apply_pytorch_running_variance(key):
+    params, stats = init_mlp_uniform(key, 2, [4], batch_norm=True)
+    x = jax.random.normal(jax.random.PRNGKey(3), (10, 2))
+    _, new = mlp_apply(
+        params, x, batch_stats=stats, train=True, momentum=0.9, unbiased_running_var=True
+    )
+    pre = x @ params["linears"][0]["kernel"] + params["linears"][0]["bias"]
+    np.testing.assert_allclose(new["norms"][0]["mean"], 0.1 * pre.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        new["norms"][0]["var"], 0.9 + 0.1 * np.var(pre, axis=0, ddof=1), rtol=1e-5
+    )
+
+
+def test_mlp_apply_dropout_masks_come_from_the_key(key):
+    params, _ = init_mlp_uniform(key, 2, [256])
+    x = jax.random.normal(jax.random.PRNGKey(4), (8, 2))
+    k = jax.random.PRNGKey(5)
+    a, _ = mlp_apply(params, x, train=True, key=k, dropout_rate=0.7)
+    b, _ = mlp_apply(params, x, train=True, key=k, dropout_rate=0.7)
+    c, _ = mlp_apply(params, x, train=True, key=jax.random.PRNGKey(6), dropout_rate=0.7)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    # Eval mode ignores dropout; the mask keeps about 30 % of the units, scaled by 1/0.3.
+    np.testing.assert_array_equal(
+        mlp_apply(params, x, dropout_rate=0.7)[0], mlp_apply(params, x)[0]
+    )
+    W, b1 = params["linears"][0]["kernel"], params["linears"][0]["bias"]
+    h = jax.nn.relu(x @ W + b1)
+    keep = jax.random.bernoulli(jax.random.fold_in(k, 0), 0.3, h.shape)
+    expected = jnp.where(keep, h / 0.3, 0.0) @ params["linears"][1]["kernel"]
+    np.testing.assert_allclose(a, expected + params["linears"][1]["bias"], rtol=1e-5, atol=1e-5)
+    assert 0.2 < float(keep.mean()) < 0.4
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"train": True, "dropout_rate": 0.5}, "key"),
+        ({"dropout_rate": 1.0}, "dropout_rate"),
+        ({"batch_norm": True}, "batch_stats"),
+    ],
+)
+def test_mlp_apply_names_the_missing_argument(key, kwargs, match):
+    params, _ = init_mlp_uniform(key, 2, [4], batch_norm=kwargs.pop("batch_norm", False))
+    with pytest.raises(ValueError, match=match):
+        mlp_apply(params, jnp.ones((3, 2)), **kwargs)

@@ -10,6 +10,10 @@ The theory sees a network only as a pure function ``apply_fn(params, x)`` over a
 * :class:`DenseApply`: the pure forward pass of a dense network whose layers can be read from the
   params; it implements the :class:`ntkdyn.tangent.DenseStructure` protocol (``activation`` and
   ``layers(params)``), which the structured empirical NTK (:class:`ntkdyn.NTKMethod`) needs;
+* :func:`mlp_apply` and :func:`init_mlp_uniform`: the :class:`MLP` forward pass in training or
+  evaluation mode as a pure function of ``params``, explicit batch-norm statistics and a dropout
+  key (for loops that train the params PyTree themselves, e.g. ``jax.lax.scan`` over steps), and
+  PyTorch's default initialisation in the same layout;
 * :func:`init_mlp`: key → ``(apply_fn, params)``, cheap and functional, so seeds are batched with
   ``jax.vmap``::
 
@@ -24,6 +28,7 @@ The theory sees a network only as a pure function ``apply_fn(params, x)`` over a
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +43,8 @@ __all__ = [
     "ModuleApply",
     "pure",
     "init_mlp",
+    "init_mlp_uniform",
+    "mlp_apply",
     "shallow_relu",
     "he_normal",
     "xavier_uniform",
@@ -328,6 +335,161 @@ def init_mlp(
         ``(apply_fn, params)`` as from :func:`pure`.
     """
     return pure(MLP(in_features, hidden, out_features, rngs=nnx.Rngs(key), **kwargs))
+
+
+# --------------------------------------------------------------------------------------------------
+# The MLP as a pure function of params, batch-norm statistics and a dropout key
+
+
+def init_mlp_uniform(
+    key: PRNGKeyArray,
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int = 1,
+    *,
+    batch_norm: bool = False,
+    dtype: Any = jnp.float32,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """PyTorch's default ``nn.Linear`` initialisation in the :class:`MLP` layout.
+
+    Every kernel and bias of layer l is U(±1/√fan_inₗ) (``torch.nn.Linear``'s default, the
+    initialisation of the two-moons code of Pezeshki et al. 2021). All of them are slices of one
+    uniform draw of Σₗ (fan_inₗ + 1)·fan_outₗ numbers (one random-bits kernel to compile, not one
+    per array); layer l's block is [kernel; bias], (fan_inₗ + 1, fan_outₗ). Batch norm starts at
+    scale 1, bias 0, running mean 0 and running variance 1.
+
+    Args:
+        key: PRNG key.
+        in_features, hidden, out_features: the architecture (see :class:`MLP`).
+        batch_norm: include batch-norm parameters and running statistics for each hidden layer.
+        dtype: parameter dtype.
+
+    Returns:
+        ``(params, batch_stats)``: ``params`` ``{"linears": {l: {"kernel", "bias"}}}`` (kernels
+        (fan_in, fan_out)) plus ``"norms": {l: {"scale", "bias"}}`` with batch norm, the layout of
+        the :class:`MLP` Param state; ``batch_stats`` ``{"norms": {l: {"mean", "var"}}}`` (the layout
+        of its batch statistics) or ``None`` without batch norm.
+
+    Raises:
+        ValueError: naming ``in_features``, ``hidden`` or ``out_features`` when out of range.
+    """
+    hidden = [int(h) for h in hidden]
+    if int(in_features) < 1:
+        raise ValueError(f"in_features: must be >= 1, got {in_features}")
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden: every width must be >= 1, got {hidden}")
+    if int(out_features) < 1:
+        raise ValueError(f"out_features: must be >= 1, got {out_features}")
+    widths = [int(in_features), *hidden, int(out_features)]
+    sizes = list(zip(widths[:-1], widths[1:], strict=True))
+    u = jax.random.uniform(key, (sum((a + 1) * b for a, b in sizes),), dtype, -1.0, 1.0)
+    linears, offset = {}, 0
+    for i, (fan_in, fan_out) in enumerate(sizes):
+        block = u[offset : offset + (fan_in + 1) * fan_out].reshape(fan_in + 1, fan_out)
+        block = block / math.sqrt(fan_in)
+        linears[i] = {"kernel": block[:fan_in], "bias": block[fan_in]}
+        offset += (fan_in + 1) * fan_out
+    params: dict[str, Any] = {"linears": linears}
+    if not batch_norm:
+        return params, None
+    params["norms"] = {
+        i: {"scale": jnp.ones((h,), dtype), "bias": jnp.zeros((h,), dtype)}
+        for i, h in enumerate(hidden)
+    }
+    stats = {
+        "norms": {
+            i: {"mean": jnp.zeros((h,), dtype), "var": jnp.ones((h,), dtype)}
+            for i, h in enumerate(hidden)
+        }
+    }
+    return params, stats
+
+
+def mlp_apply(
+    params: Any,
+    x: Float[Array, "n ..."],
+    *,
+    batch_stats: Any = None,
+    train: bool = False,
+    key: PRNGKeyArray | None = None,
+    dropout_rate: float = 0.0,
+    activation: Callable[[Array], Array] = jax.nn.relu,
+    momentum: float = 0.99,
+    epsilon: float = 1e-5,
+    unbiased_running_var: bool = False,
+) -> tuple[Float[Array, "n out"], Any]:
+    """The :class:`MLP` forward pass as a pure function, with explicit batch-norm state.
+
+    Hidden layer l: h ← drop(φ(BN(h Wₗ + bₗ))), the output layer linear. Batch norm, train mode:
+    BN(a) = γ·(a − μ_B)/√(σ²_B + ε) + β with the batch mean μ_B and biased variance σ²_B, and the
+    running statistics updated as r ← m·r + (1 − m)·s (s = μ_B, and σ²_B, or σ²_B·n/(n − 1) with
+    ``unbiased_running_var``); eval mode uses the running statistics (Ioffe & Szegedy 2015). Dropout
+    (train mode only) keeps each unit with probability 1 − p and scales it by 1/(1 − p); layer l's
+    mask is drawn from ``fold_in(key, l)``. Flax's conventions are the defaults (momentum 0.99,
+    biased running variance); PyTorch's ``BatchNorm1d`` is ``momentum=0.9,
+    unbiased_running_var=True``. Since φ = ReLU is positively homogeneous and the mask is ≥ 0,
+    dropout before or after the activation is the same function.
+
+    Args:
+        params: :class:`MLP` Param state or the dicts of :func:`init_mlp_uniform`; with
+            ``"norms"`` batch norm is applied.
+        x: (n, ...) inputs.
+        batch_stats: ``{"norms": {l: {"mean", "var"}}}``; required with batch norm.
+        train: training mode (batch statistics, dropout on).
+        key: PRNG key of this step's dropout masks; required when ``train`` and ``dropout_rate``
+            > 0.
+        dropout_rate: dropout probability p after each hidden activation, in [0, 1).
+        activation: φ.
+        momentum: decay m of the running statistics.
+        epsilon: ε of batch norm.
+        unbiased_running_var: update the running variance with the unbiased batch variance.
+
+    Returns:
+        ``(outputs (n, out), new_batch_stats)``; ``new_batch_stats`` is ``batch_stats`` outside
+        train mode.
+
+    Raises:
+        ValueError: naming ``dropout_rate``, ``key`` or ``batch_stats`` when missing or out of
+            range, or ``params``/``x`` as :class:`DenseApply` does.
+    """
+    if not 0.0 <= float(dropout_rate) < 1.0:
+        raise ValueError(f"dropout_rate: must be in [0, 1), got {dropout_rate}")
+    dropping = train and dropout_rate > 0
+    if dropping and key is None:
+        raise ValueError("key: required for dropout in train mode; pass this step's PRNG key")
+    norms = params["norms"] if "norms" in params else None
+    if norms is not None and batch_stats is None:
+        raise ValueError(
+            "batch_stats: params have batch norm ('norms') but no running statistics were given; "
+            "pass the batch_stats of init_mlp_uniform or of the previous step"
+        )
+    layers = _linear_layers({"linears": params["linears"]})
+    h = _flatten_input(x, layers[0][0].shape[0])
+    new_norms = {}
+    for i, (W, b) in enumerate(layers[:-1]):
+        h = h @ W if b is None else h @ W + b
+        if norms is not None:
+            stats = batch_stats["norms"][i]
+            if train:
+                mean, var = jnp.mean(h, axis=0), jnp.var(h, axis=0)
+                n = h.shape[0]
+                running_var = var * n / (n - 1) if unbiased_running_var else var
+                new_norms[i] = {
+                    "mean": momentum * stats["mean"] + (1 - momentum) * mean,
+                    "var": momentum * stats["var"] + (1 - momentum) * running_var,
+                }
+            else:
+                mean, var = stats["mean"], stats["var"]
+            norm = norms[i]
+            h = (h - mean) * jax.lax.rsqrt(var + epsilon) * norm["scale"] + norm["bias"]
+        h = activation(h)
+        if dropping:
+            keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - dropout_rate, h.shape)
+            h = jnp.where(keep, h / (1.0 - dropout_rate), 0.0)
+    W, b = layers[-1]
+    out = h @ W if b is None else h @ W + b
+    new_stats = {"norms": new_norms} if (train and norms is not None) else batch_stats
+    return out, new_stats
 
 
 # --------------------------------------------------------------------------------------------------
