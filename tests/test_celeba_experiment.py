@@ -281,7 +281,7 @@ def test_settings_presets_and_flags():
     cfg = resolve(parser.parse_args(["--quick", "--balanced", "--selection", "val_worst"]))
     assert cfg.recipe("erm").balanced and cfg.recipe("erm").selection == "val_worst"
     real = resolve(parser.parse_args(["--preset", "real-10k", "--data-dir", ".", "--epochs", "2"]))
-    assert real.epochs == 2 and real.dro_epochs == 15 and not real.fixture
+    assert real.epochs == 2 and real.dro_epochs == 20 and not real.fixture
 
 
 def test_sgd_matches_pytorch_coupled_weight_decay():
