@@ -205,7 +205,7 @@ def run_theory(config: TheoryConfig) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
-    from ntkdyn.commands.starvation import starvation_table
+    from ntkdyn.analysis import starvation_table
     from ntkdyn.dynamics import ce_field, dual_field, dual_to_z, gd, integrate, sd_field
     from ntkdyn.fixed_points import fixed_points_batch, sd_square_margin
     from ntkdyn.systems import rotation_system

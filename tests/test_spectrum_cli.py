@@ -134,6 +134,11 @@ def test_mnist_cnn_runs(tmp_path):
         (["--dataset", "cifar"], "--dataset"),
         (["--train-steps", "30", "--save-every", "7"], "--save-every"),
         (["--eta", "0"], "--eta"),
+        (["--dataset", "mnist", "--model", "cnn", "--method", "structured"], "--method"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--noise", "-1"], "--noise"),
+        (["--seed", "-1"], "--seed"),
+        (["--dataset", "mnist", "--n", "100000"], "--n"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, match):
@@ -155,3 +160,42 @@ def test_spectrum_figure_marks_sqrt_n_not_sqrt_d():
     assert ys == [4.0]
     with pytest.raises(ValueError, match="n: the number of examples"):
         spectrum_figure(s, np.ones(3), n=2)
+
+
+def test_quick_writes_every_output_and_reports_the_ntk_method(tmp_path, capsys):
+    out = tmp_path / "quick"
+    assert main(["spectrum", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "results.json",
+        "metrics.jsonl",
+        "spectrum.npz",
+        "spectrum.png",
+        "spectrum.pdf",
+        "summary.md",
+    }
+    res = json.loads((out / "results.json").read_text())
+    assert res["n"] == 40 and len(res["top"]["s"]) == 5
+    assert res["ntk_method"] == "structured"
+    assert res["ntk_method_chosen_by"] == "default for --model mlp"
+    summary = (out / "summary.md").read_text()
+    assert "NTK method: structured (default for --model mlp)" in summary
+    assert "NTK method: structured" in printed
+
+
+def test_explicit_method_is_reported(tmp_path):
+    _, out = _run(tmp_path, "--method", "vector-products")
+    res = json.loads((out / "results.json").read_text())
+    assert res["ntk_method"] == "vector-products" and res["ntk_method_chosen_by"] == "--method"
+
+
+def test_cnn_default_method_is_jacobian_not_a_silent_swap():
+    import argparse
+
+    from ntkdyn.commands.spectrum import _resolve, configure
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    args = _resolve(parser.parse_args(["--dataset", "mnist", "--model", "cnn"]))
+    assert args.method == "jacobian" and args.method_chosen_by == "default for --model cnn"

@@ -15,7 +15,12 @@ Example::
     ntkdyn spectrum --dataset moons --n 300 --seed 0 --out runs/spectrum_moons
 
 writes config.json, results.json, metrics.jsonl (one record per direction), spectrum.npz,
-spectrum.png/.pdf and summary.md. Measured on the moons (seed 0, float64 Gram): 276 of 300
+spectrum.png/.pdf and summary.md (``--quick``: n = 40, hidden 32, top 5, a few seconds). The
+empirical NTK method is the structured (layer-wise) one for the MLP and the Jacobian contraction
+for the CNN unless ``--method`` says otherwise; the choice is printed and recorded in results.json
+(``ntk_method``), and ``--method structured`` with ``--model cnn`` is an error. The computation is
+:func:`ntkdyn.analysis.analyse` (spectrum, fixed points, starvation) and, with ``--train-steps``,
+:func:`ntkdyn.analysis.predict` beside the measured responses of real and linearized training. Measured on the moons (seed 0, float64 Gram): 276 of 300
 directions above the n·ε cut-off, s₁ ≈ 160, s₂ ≈ 151, s₅ ≈ 36, s₁₀ ≈ 2.4 (a steep decay); the
 label-aligned directions are j = 2 and 3 (|u_jᵀ1| ≈ 14.8 and 6.2 of √300 ≈ 17.3); under CE
 (λ = 0.06) the top direction starves 128 of the other 275 (∂z_j*/∂s₁ < 0), under SD every
@@ -43,6 +48,7 @@ _METHODS = {
     "vector-products": "NTK_VECTOR_PRODUCTS",
 }
 _DEFAULT_HIDDEN = {"moons": [500], "mnist": [300, 300]}
+_QUICK = {"n": 40, "hidden": {"moons": [32], "mnist": [16]}, "top": 5}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +62,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         default=None,
-        help="MLP hidden widths (default: 500 for moons, 300 300 for mnist); CNN channels",
+        help="MLP hidden widths (default: 500 for moons, 300 300 for mnist; --quick: 32 for "
+        "moons, 16 for mnist); CNN channels (default 16 32)",
     )
-    parser.add_argument("--n", type=int, default=300, help="number of training examples")
+    parser.add_argument(
+        "--n", type=int, default=None, help="number of training examples (default 300; --quick: 40)"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the data sample and the initialisation"
     )
@@ -70,12 +79,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sd-coef", type=float, default=0.003, help="SD coefficient c of c*mean(f^2)"
     )
-    parser.add_argument("--top", type=int, default=10, help="number of leading directions reported")
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=None,
+        help="number of leading directions reported (default 10; --quick: 5)",
+    )
     parser.add_argument(
         "--method",
         choices=sorted(_METHODS),
-        default="structured",
-        help="empirical NTK method (structured needs the MLP; others fall back to jacobian)",
+        default=None,
+        help="empirical NTK method (default: structured for --model mlp, jacobian for --model cnn; "
+        "structured needs the dense ReLU MLP)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="NTK batch size (memory bound)"
@@ -97,9 +112,45 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--save-every", type=int, default=50, help="record z(t) every this many steps"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/spectrum"), help="output directory")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small run of a few seconds: n = 40, hidden 32 (moons) or 16 (mnist), top 5 "
+        "(explicit --n, --hidden, --top win)",
+    )
+
+
+def _resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the defaults that depend on --quick, --dataset and --model; record the NTK method."""
+    quick = bool(getattr(args, "quick", False))
+    if args.n is None:
+        args.n = _QUICK["n"] if quick else 300
+    if args.top is None:
+        args.top = _QUICK["top"] if quick else 10
+    if args.hidden is None and args.model == "mlp":
+        args.hidden = list((_QUICK["hidden"] if quick else _DEFAULT_HIDDEN)[args.dataset])
+    if args.method is None:
+        args.method = "structured" if args.model == "mlp" else "jacobian"
+        args.method_chosen_by = f"default for --model {args.model}"
+    else:
+        args.method_chosen_by = "--method"
+    return args
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.method == "structured" and args.model != "mlp":
+        raise ValueError(
+            f"--method: structured needs a dense ReLU MLP (--model mlp), got --model {args.model}; "
+            "use --method jacobian or --method vector-products"
+        )
+    if args.seed < 0:
+        raise ValueError(f"--seed: must be >= 0, got {args.seed}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    if not math.isfinite(args.delta):
+        raise ValueError(f"--delta: must be a finite number, got {args.delta}")
+    if not math.isfinite(args.noise) or args.noise < 0:
+        raise ValueError(f"--noise: must be a finite number >= 0, got {args.noise}")
     if args.n < 2:
         raise ValueError(f"--n: need at least 2 examples, got {args.n}")
     if args.top < 1:
@@ -187,8 +238,10 @@ def build_model(model: str, dataset: str, hidden: list[int] | None, seed: int):
 
 def analyse(
     apply_fn, params, x, y, *, lam_ce: float, lam_sd: float, top: int, method, batch_size=None
-) -> dict[str, Any]:
-    """Spectrum, alignment, fixed points and starvation by the top direction.
+) -> tuple[dict[str, Any], Any]:
+    """Spectrum, alignment, fixed points and starvation by the top direction, as arrays to write.
+
+    The work is :func:`ntkdyn.analysis.analyse` with a CE and an SD prediction on one spectrum.
 
     Args:
         apply_fn, params: the network at θ₀.
@@ -196,44 +249,49 @@ def analyse(
         lam_ce: λ of the CE system (sum-form weight decay).
         lam_sd: λ of the SD system (sum-form logit penalty).
         top: number of leading directions in the summary.
-        method: :class:`ntkdyn.NTKMethod` (``STRUCTURED`` falls back to the Jacobian contraction
-            for models it does not cover).
+        method: :class:`ntkdyn.NTKMethod` (``STRUCTURED`` needs a dense network: no fallback).
         batch_size: NTK batch size.
 
     Returns:
-        ``(arrays, spectrum)``: a dict of NumPy arrays ``s``, ``alignment``, ``U_top`` (n, top),
+        ``(arrays, analysis)``: a dict of NumPy arrays ``s``, ``alignment``, ``U_top`` (n, top),
         ``z_ce``, ``z_sd``, ``dz_ds1_ce`` (∂z_j*/∂s₁ for all j), ``dz_ds1_sd``, ``starvation_top_ce``
-        (top × top block of ∂z_j*/∂s_i), and the :class:`ntkdyn.FeatureSpectrum`.
+        (top × top block of ∂z_j*/∂s_i), and the :class:`ntkdyn.analysis.SpectrumAnalysis`.
     """
     import numpy as np
 
+    from ntkdyn.analysis import analyse as analyse_spectrum
     from ntkdyn.dynamics import ce_field, sd_field
-    from ntkdyn.fixed_points import fixed_point_and_jacobian_s
-    from ntkdyn.models.mlp import DenseApply
-    from ntkdyn.tangent import NTKMethod, feature_spectrum
 
-    if method is NTKMethod.STRUCTURED and not isinstance(apply_fn, DenseApply):
-        method = NTKMethod.JACOBIAN_CONTRACTION
-    spec = feature_spectrum(apply_fn, params, x, y, method=method, batch_size=batch_size)
-    ce, sd = spec.to_system(lam_ce), spec.to_system(lam_sd)
-    z_ce, M_ce = (np.asarray(a) for a in fixed_point_and_jacobian_s(ce_field, ce))
-    z_sd, M_sd = (np.asarray(a) for a in fixed_point_and_jacobian_s(sd_field, sd))
-    k = min(top, spec.s.shape[0])
+    result = analyse_spectrum(
+        apply_fn,
+        params,
+        x,
+        y,
+        predictions={"ce": (ce_field, lam_ce), "sd": (sd_field, lam_sd)},
+        method=method,
+        batch_size=batch_size,
+    )
+    ce, sd = result.predictions["ce"], result.predictions["sd"]
+    M_ce, M_sd = np.asarray(ce.starvation), np.asarray(sd.starvation)
+    k = min(top, result.spectrum.s.shape[0])
     return {
-        "s": np.asarray(spec.s),
-        "alignment": np.asarray(spec.label_alignment()),
-        "U_top": np.asarray(spec.U[:, :k]),
-        "z_ce": z_ce,
-        "z_sd": z_sd,
+        "s": np.asarray(result.spectrum.s),
+        "alignment": np.asarray(result.alignment),
+        "U_top": np.asarray(result.spectrum.U[:, :k]),
+        "z_ce": np.asarray(ce.z_star),
+        "z_sd": np.asarray(sd.z_star),
         "dz_ds1_ce": M_ce[:, 0],
         "dz_ds1_sd": M_sd[:, 0],
         "starvation_top_ce": M_ce[:k, :k],
-    }, spec
+    }, result
 
 
 def run(args: argparse.Namespace) -> int:
     """Compute the spectrum and write the run directory; prints a short summary."""
+    args = _resolve(args)
     _check(args)
+    import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from ntkdyn.plots.spectrum import spectrum_figure
@@ -244,13 +302,10 @@ def run(args: argparse.Namespace) -> int:
     apply_fn, params = build_model(args.model, args.dataset, args.hidden, args.seed)
     # The float32 initialisation is evaluated in float64: a float32 Gram only resolves s_j/s_1 down
     # to ≈ √(n·ε₃₂), which would truncate most of the spectrum.
-    import jax
-    import jax.numpy as jnp
-
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
     x = x.astype(np.float64)
     lam_ce, lam_sd = args.n * args.weight_decay, 2.0 * args.sd_coef
-    res, spec = analyse(
+    res, analysis = analyse(
         apply_fn,
         params,
         x,
@@ -286,6 +341,8 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model,
         "n": args.n,
         "d": d,
+        "ntk_method": args.method,
+        "ntk_method_chosen_by": args.method_chosen_by,
         "lam_ce": lam_ce,
         "lam_sd": lam_sd,
         "s": res["s"].tolist(),
@@ -320,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     summary = (
         f"# Tangent-feature spectrum: {args.dataset}, {args.model}, n = {args.n}, seed {args.seed}\n\n"
+        f"NTK method: {args.method} ({args.method_chosen_by}).\n"
         f"d = {d} directions; s1/s2 = {results['s1_over_s2']}; lambda_CE = {lam_ce:.4g}, lambda_SD = {lam_sd:.4g}.\n"
         f"Under CE the strongest feature starves {len(starved)} of the other {d - 1} directions "
         f"(dz_j*/ds_1 < 0); under SD max |dz*/ds_1| = {results['max_abs_dz_ds1_sd']:.1e}.\n\n"
@@ -328,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.train_steps:
         summary += _track(
-            args, out, apply_fn, params, x, y, spec, lam_ce if args.loss == "ce" else lam_sd
+            args, out, apply_fn, params, x, y, analysis, lam_ce if args.loss == "ce" else lam_sd
         )
     out.write_text("summary.md", summary)
     print(summary)
@@ -340,7 +398,7 @@ def track_responses(
     params,
     x,
     y,
-    spec,
+    analysis,
     *,
     loss: str,
     lam: float,
@@ -350,15 +408,17 @@ def track_responses(
 ) -> dict[str, Any]:
     """z(t) of real training, of linearized training and of the theory's GD, on the same (U, s, λ).
 
-    All three use full-batch GD with step η on Σ softplus(−y g) plus the regulariser (CE: (λ/2)‖θ − θ₀‖²;
-    SD: (λ/2)‖g‖²) with centred outputs g = f − f(θ₀) (Pezeshki et al. 2021, Sec. 3; see
-    :mod:`ntkdyn.linearized`). Linearized training and the theory agree up to the truncated
-    directions; real training departs from them as the tangent features move.
+    All three use full-batch GD with step η on Σ softplus(−y g) plus the regulariser (CE:
+    (λ/2)‖θ − θ₀‖²; SD: (λ/2)‖g‖²) with centred outputs g = f − f(θ₀) (Pezeshki et al. 2021,
+    Sec. 3; see :mod:`ntkdyn.linearized`). The prediction is :func:`ntkdyn.analysis.predict`, the
+    measurements :meth:`ntkdyn.analysis.SpectrumAnalysis.measure`. Linearized training and the
+    theory agree up to the truncated directions; real training departs from them as the tangent
+    features move.
 
     Args:
         apply_fn, params: the network at θ₀.
         x, y: training inputs and ±1 labels.
-        spec: the :class:`ntkdyn.FeatureSpectrum` at θ₀.
+        analysis: the :class:`ntkdyn.analysis.SpectrumAnalysis` at θ₀.
         loss: ``"ce"`` or ``"sd"``.
         lam: λ of that loss (sum form).
         eta, num_steps, save_every: GD settings.
@@ -368,26 +428,32 @@ def track_responses(
     """
     import numpy as np
 
-    from ntkdyn.dynamics import ce_field, gd, sd_field
+    from ntkdyn.analysis import predict
+    from ntkdyn.dynamics import ce_field, sd_field
     from ntkdyn.linearized import train_gd
 
     field, reg = (ce_field, {"weight_decay": lam}) if loss == "ce" else (sd_field, {"sd": lam})
     kw = dict(eta=eta, num_steps=num_steps, save_every=save_every, center=True, **reg)
     net = train_gd(apply_fn, params, x, y, **kw)
     lin = train_gd(apply_fn, params, x, y, linearized=True, **kw)
-    system = spec.to_system(lam)
-    theory = gd(
-        field, system, np.zeros(system.d), eta=eta, num_steps=num_steps, save_every=save_every
+    theory = predict(
+        analysis.spectrum,
+        lam,
+        field,
+        starvation=False,
+        eta=eta,
+        num_steps=num_steps,
+        save_every=save_every,
     )
     return {
         "t": np.asarray(theory.t),
-        "z_network": np.asarray(net.responses(y, spec.U)),
-        "z_linearized": np.asarray(lin.responses(y, spec.U)),
+        "z_network": analysis.measure(net.outputs, f0=net.f0, steps=net.steps).z,
+        "z_linearized": analysis.measure(lin.outputs, f0=lin.f0, steps=lin.steps).z,
         "z_theory": np.asarray(theory.z),
     }
 
 
-def _track(args, out, apply_fn, params, x, y, spec, lam) -> str:
+def _track(args, out, apply_fn, params, x, y, analysis, lam) -> str:
     import numpy as np
 
     from ntkdyn.plots.spectrum import responses_figure
@@ -397,7 +463,7 @@ def _track(args, out, apply_fn, params, x, y, spec, lam) -> str:
         params,
         x,
         y,
-        spec,
+        analysis,
         loss=args.loss,
         lam=lam,
         eta=args.eta,

@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from collections.abc import Sequence
 from typing import Any
+
+from ntkdyn.analysis import DECOUPLED_ATOL, starvation_table
 
 HELP = __doc__.split("\n\n")[0] + (
     "\n\nFloat64. Expected (lam 0.01, delta 0.5, s2 2): z2* falls from 1.64 (s1 = 2) to 0.92 (s1 = 8), "
     "dz2*/ds1 = 0 at s1 = s2 and < 0 above; SD: z* = (6.373, 1.708) for every s1."
 )
 X64 = True
-
-# Tolerance below which an SD derivative counts as zero (float64 Newton at rtol 1e-12).
-DECOUPLED_ATOL = 1e-8
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -56,103 +53,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object and nothing else"
     )
-
-
-def _check(name: str, value: float, *, positive: bool = True) -> None:
-    if not math.isfinite(value) or (positive and value <= 0):
-        raise ValueError(f"{name}: must be a finite number > 0, got {value}")
-
-
-def starvation_table(
-    s1: Sequence[float],
-    s2: float = 2.0,
-    delta: float = 0.5,
-    lam: float = 0.01,
-    sd_lam: float = 0.002,
-    fd_h: float = 1e-4,
-) -> dict[str, Any]:
-    """Fixed points and ∂z₂*/∂s₁ of the two-feature system for each s₁, under CE and SD.
-
-    CE: λz* = S²Uᵀσ(−Uz*); SD: Uᵀσ(−Uz*) = λ_SD z* (paper Sec. 3 and 4). Derivatives by implicit
-    differentiation through the Newton solver (one batched solve); CE's also by central differences.
-
-    Args:
-        s1: values of s₁ (> 0).
-        s2: s₂ > 0.
-        delta: coupling, |δ| < 1.
-        lam: CE weight decay λ > 0.
-        sd_lam: SD penalty λ_SD > 0.
-        fd_h: finite-difference step, 0 < h < min(s).
-
-    Returns:
-        A JSON-ready dict with keys ``s1``, ``s2``, ``delta``, ``ce``, ``sd``, ``starvation`` (CE's
-        ∂z₂*/∂s₁ < 0 at every s₁ > s₂, and at least one such s₁), ``sd_decoupled`` (every SD
-        |∂z*/∂s₁| < 1e-8) and ``fd_max_abs_error`` (implicit vs finite differences).
-
-    Raises:
-        ValueError: naming ``s1``, ``s2``, ``delta``, ``lam``, ``sd_lam`` or ``fd_h``.
-    """
-    import numpy as np
-
-    from ntkdyn.dynamics import ce_field, sd_field
-    from ntkdyn.fixed_points import fixed_points_batch
-    from ntkdyn.systems import rotation_system, stack_systems
-
-    s1 = [float(v) for v in s1]
-    if not s1:
-        raise ValueError("s1: give at least one value")
-    for v in s1:
-        _check("s1", v)
-    _check("s2", s2)
-    _check("lam", lam)
-    _check("sd_lam", sd_lam)
-    if not math.isfinite(delta) or abs(delta) >= 1:
-        raise ValueError(f"delta: must satisfy |delta| < 1, got {delta}")
-    if not (math.isfinite(fd_h) and 0 < fd_h < min(min(s1), s2)):
-        raise ValueError(
-            f"fd_h: must satisfy 0 < fd_h < min(s1, s2) = {min(min(s1), s2)}, got {fd_h}"
-        )
-
-    k = len(s1)
-    # One batch per loss: the k systems, then (CE only) their s₁ ± h neighbours for the differences.
-    ce_systems = [rotation_system([v, s2], delta, lam) for v in s1]
-    ce_systems += [
-        rotation_system([v + sign * fd_h, s2], delta, lam) for sign in (1, -1) for v in s1
-    ]
-    sd_systems = [rotation_system([v, s2], delta, sd_lam) for v in s1]
-    z_all, J_all = fixed_points_batch(ce_field, stack_systems(ce_systems))
-    z_ce, J_ce = z_all[:k], J_all[:k]
-    fd = np.asarray((z_all[k : 2 * k, 1] - z_all[2 * k :, 1]) / (2 * fd_h))
-    z_sd, J_sd = fixed_points_batch(sd_field, stack_systems(sd_systems))
-
-    dz2 = np.asarray(J_ce[:, 1, 0])
-    above = np.array(s1) > s2
-    starvation = bool(above.any() and np.all(dz2[above] < 0))
-    sd_decoupled = bool(np.all(np.abs(np.asarray(J_sd[:, :, 0])) < DECOUPLED_ATOL))
-    return {
-        "s1": s1,
-        "s2": float(s2),
-        "delta": float(delta),
-        "ce": {
-            "lam": float(lam),
-            "z1": np.asarray(z_ce[:, 0]).tolist(),
-            "z2": np.asarray(z_ce[:, 1]).tolist(),
-            "dz1_ds1": np.asarray(J_ce[:, 0, 0]).tolist(),
-            "dz2_ds1": dz2.tolist(),
-            "dz2_ds1_fd": fd.tolist(),
-        },
-        "sd": {
-            "lam": float(sd_lam),
-            "z1": np.asarray(z_sd[:, 0]).tolist(),
-            "z2": np.asarray(z_sd[:, 1]).tolist(),
-            "dz1_ds1": np.asarray(J_sd[:, 0, 0]).tolist(),
-            "dz2_ds1": np.asarray(J_sd[:, 1, 0]).tolist(),
-        },
-        "starvation": starvation,
-        "sd_decoupled": sd_decoupled,
-        "fd_max_abs_error": float(np.max(np.abs(fd - dz2))),
-        "fd_h": float(fd_h),
-    }
 
 
 def format_table(table: dict[str, Any]) -> str:

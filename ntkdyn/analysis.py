@@ -1,0 +1,487 @@
+"""The practice journey: model + data → spectrum at θ₀ → the theory's prediction → measured z(t).
+
+For a network f(x; θ) at initialisation θ₀ on n training examples (Pezeshki et al. 2021, Sec. 2–4):
+
+1. the spectrum of the label-signed tangent features YΦ = U S Vᵀ at θ₀
+   (:func:`ntkdyn.feature_spectrum`) and the label alignment |u_jᵀ1| of each direction;
+2. for a loss and its λ, the :class:`ntkdyn.FeatureSystem` (U, s, λ) and what the theory predicts
+   on it: the fixed point z* (field(z*) = 0), the starvation matrix M[j, i] = ∂z_j*/∂s_i (feature i
+   starves feature j when M[j, i] < 0), and, given a step, the trajectory z(t) of gradient descent
+   in feature space (:func:`ntkdyn.gd`, exactly GD on the linearized model) or of the flow
+   (:func:`ntkdyn.integrate`);
+3. the measured responses of real training, z(t) = Uᵀ Y (f(X; θ_t) − f(X; θ₀)) with U from θ₀
+   (:func:`ntkdyn.responses_from_outputs`), from outputs recorded during training.
+
+Everything comes back as plain data (NamedTuples of arrays) for plots and tables:
+:func:`analyse` → :class:`SpectrumAnalysis` (spectrum, alignment, f(X; θ₀), ±1 labels and one
+:class:`Prediction` per named loss); :func:`predict` → :class:`Prediction`;
+:meth:`SpectrumAnalysis.measure` / :func:`measured_responses` → :class:`Measurement`.
+
+The functions take the theory's λ and field explicitly, in the theory's sum form
+Σᵢ ℓᵢ + (λ/2)‖θ‖² (CE, :func:`ntkdyn.ce_field`) or Σᵢ ℓᵢ + (λ/2)‖ŷ‖² (SD, :func:`ntkdyn.sd_field`).
+A training objective's coefficient becomes that λ in one place,
+:func:`ntkdyn.objectives.theory_lam` (mean-form SD coefficient c → λ = 2c; coupled weight decay wd on
+a mean loss over n examples → λ = n·wd). Time: GD with learning rate lr on a mean-form loss is GD
+with step η = lr / n on the sum form, so ``predict(..., eta=lr / n, num_steps=K)`` is the theory of
+K such steps.
+
+Float64 is advised for the prediction (enable ``jax_enable_x64``; the CLI does for ``ntkdyn
+spectrum``): the spectrum is always decomposed in float64, but the fixed points sit at margins
+where σ(−m) ~ 1e-3.
+
+How the three callers use it::
+
+    # ntkdyn spectrum (ntkdyn/commands/spectrum.py): CE and SD on one spectrum, then z(t)
+    a = analyse(apply_fn, params, x, y, method=NTKMethod.STRUCTURED,
+                predictions={"ce": (ce_field, n * wd), "sd": (sd_field, 2 * c)})
+    a.predictions["ce"].starvation[:, 0]          # ∂z_j*/∂s_1 for every j
+    theory = predict(a.spectrum, lam, field, eta=eta, num_steps=K, save_every=50)
+    trace = train_gd(apply_fn, params, x, y, eta=eta, num_steps=K, save_every=50, ...)
+    a.measure(trace.outputs, f0=trace.f0, steps=trace.steps).z   # vs theory.z
+
+    # experiments/moons.py (feature_responses_over_training): each seed's own U, seed-mean z(t)
+    zs = []
+    for s in range(S):
+        p0 = jax.tree.map(lambda a: a[s], trained.params0)
+        a = analyse(DenseApply(), p0, trained.X[s], trained.y[s])
+        m = a.measure(trained.history["outputs"][s], steps=trained.epochs, top=k,
+                      start_at_zero=True)
+        zs.append(m.z)
+    epochs, z = m.steps, np.mean(zs, axis=0)                     # (R + 1,), (R + 1, k)
+
+    # experiments/colored_mnist.py (feature_response_curves): one seed, structured NTK
+    a = analyse(run.apply_fn, params0, xz, yz, method=NTKMethod.STRUCTURED)
+    m = a.measure(run.history["f_z"][seed], steps=run.steps, top=top, start_at_zero=True)
+    curves = {"steps": m.steps, "z": m.z, "s": np.asarray(a.spectrum.s[:top]), ...}
+    # with the theory beside it, the objective's coefficient converted in its one place:
+    field, lam = theory_lam(SpectralDecoupling(coef=c), num_examples=n)
+    p = predict(a.spectrum, lam, field, eta=lr / n, num_steps=steps, save_every=log_every)
+
+:func:`starvation_table` is the theory's two-feature version of the same question (Sec. 3.2):
+z* and ∂z₂*/∂s₁ of U(δ), s = (s₁, s₂) for a range of s₁, under CE and SD.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from ntkdyn._checks import check_outputs, check_x
+from ntkdyn.dynamics import ce_field, gd, integrate, sd_field
+from ntkdyn.fixed_points import fixed_point, fixed_point_and_jacobian_s, fixed_points_batch
+from ntkdyn.systems import FeatureSystem, rotation_system, stack_systems
+from ntkdyn.tangent import (
+    FeatureSpectrum,
+    NTKMethod,
+    feature_spectrum,
+    responses_from_outputs,
+    signed_labels,
+)
+from ntkdyn.tangent.features import ApplyFn, apply_outputs
+
+__all__ = [
+    "Prediction",
+    "Measurement",
+    "SpectrumAnalysis",
+    "analyse",
+    "predict",
+    "measured_responses",
+    "starvation_table",
+    "DECOUPLED_ATOL",
+]
+
+Field = Callable[[Array, FeatureSystem], Array]
+
+#: Tolerance below which an SD derivative counts as zero (float64 Newton at rtol 1e-12).
+DECOUPLED_ATOL = 1e-8
+
+
+class Prediction(NamedTuple):
+    """What the theory predicts on one feature system (U, s, λ) (Pezeshki et al. 2021, Sec. 3–4).
+
+    Attributes:
+        lam: the theory's λ (sum form).
+        z_star: (d,) fixed point, field(z*, system) = 0.
+        starvation: (d, d) M[j, i] = ∂z_j*/∂s_i (``None`` when not requested); M[j, i] < 0 means
+            feature i starves feature j. Equal to :func:`ntkdyn.starvation_matrix`.
+        t: (T,) times of the predicted trajectory in gradient-flow units (η × steps), or ``None``.
+        z: (T, d) predicted z(t) from z(0) = 0, or ``None``.
+    """
+
+    lam: float
+    z_star: Float[Array, " d"]
+    starvation: Float[Array, "d d"] | None
+    t: Float[Array, " T"] | None
+    z: Float[Array, "T d"] | None
+
+
+class Measurement(NamedTuple):
+    """Measured feature responses of real training, z(t) = Uᵀ Y (f(X; θ_t) − f(X; θ₀)) (Sec. 4).
+
+    Attributes:
+        steps: (T,) the training step (or epoch) of each row.
+        z: (T, k) responses of the k leading directions, NumPy float64.
+    """
+
+    steps: Int[np.ndarray, " T"]
+    z: Float[np.ndarray, "T k"]
+
+
+def _check_lam(lam: float, name: str = "lam") -> float:
+    try:
+        value = float(lam)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number λ >= 0, got {lam!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{name}: the theory's λ must be finite and >= 0, got {lam}; convert a training "
+            "coefficient with ntkdyn.objectives.theory_lam"
+        )
+    return value
+
+
+def predict(
+    spectrum: FeatureSpectrum,
+    lam: float,
+    field: Field,
+    *,
+    starvation: bool = True,
+    eta: float | None = None,
+    num_steps: int | None = None,
+    save_every: int = 1,
+    t1: float | None = None,
+    num_points: int = 101,
+) -> Prediction:
+    """The theory's fixed point, starvation matrix and z(t) on the system (U, s, λ) of a spectrum.
+
+    Fixed point: field(z*, system) = 0 by Newton; with ``starvation`` the same solve also gives
+    M[j, i] = ∂z_j*/∂s_i by implicit differentiation (:func:`ntkdyn.fixed_point_and_jacobian_s`).
+    Trajectory from z(0) = 0: with ``eta`` and ``num_steps``, gradient descent in feature space
+    z_{k+1} = z_k + η·field(z_k) (:func:`ntkdyn.gd`, exactly GD with step η on the linearized
+    model's sum-form loss); with ``t1``, the flow ż = field(z) on [0, t₁] (:func:`ntkdyn.integrate`,
+    η = 1, so t is gradient-flow time as for GD).
+
+    Args:
+        spectrum: (U, s) at θ₀ (:func:`ntkdyn.feature_spectrum`).
+        lam: the theory's λ ≥ 0 (sum form; see the module docstring for the conversion).
+        field: :func:`ntkdyn.ce_field`, :func:`ntkdyn.sd_field` or another primal field.
+        starvation: also compute the (d, d) starvation matrix (one Jacobian, d forward passes
+            through the solver).
+        eta: GD step η > 0 of the predicted trajectory (with ``num_steps``).
+        num_steps: number of GD steps (with ``eta``).
+        save_every: sample every this many GD steps; must divide ``num_steps``.
+        t1: end time of the flow instead of GD (excludes ``eta``/``num_steps``).
+        num_points: samples of the flow on [0, t₁].
+
+    Returns:
+        :class:`Prediction`.
+
+    Raises:
+        ValueError: naming ``spectrum``, ``lam``, ``eta``/``num_steps`` (one without the other, or
+            both with ``t1``) or the arguments of :func:`ntkdyn.gd` / :func:`ntkdyn.integrate`.
+        SolverError: Newton or the trajectory failed (divergence: lower ``eta``).
+    """
+    if not isinstance(spectrum, FeatureSpectrum):
+        raise ValueError(
+            f"spectrum: expected an ntkdyn.FeatureSpectrum (from feature_spectrum), got "
+            f"{type(spectrum).__name__}"
+        )
+    lam = _check_lam(lam)
+    if (eta is None) != (num_steps is None):
+        raise ValueError(
+            f"eta, num_steps: give both for a GD trajectory or neither, got eta={eta}, "
+            f"num_steps={num_steps}"
+        )
+    if t1 is not None and eta is not None:
+        raise ValueError(
+            "t1: a flow trajectory (t1) and a GD trajectory (eta, num_steps) exclude each other; "
+            "pass one of them"
+        )
+    system = spectrum.to_system(lam)
+    if starvation:
+        z_star, M = fixed_point_and_jacobian_s(field, system)
+    else:
+        z_star, M = fixed_point(field, system), None
+    t = z = None
+    z0 = jnp.zeros(system.d, system.s.dtype)
+    if eta is not None:
+        traj = gd(field, system, z0, eta=eta, num_steps=num_steps, save_every=save_every)
+        t, z = traj.t, traj.z
+    elif t1 is not None:
+        traj = integrate(field, system, z0, t1=t1, num_points=num_points)
+        t, z = traj.t, traj.z
+    return Prediction(lam, z_star, M, t, z)
+
+
+def measured_responses(
+    outputs: ArrayLike,
+    f0: ArrayLike,
+    y: ArrayLike,
+    U: ArrayLike,
+    *,
+    steps: ArrayLike | None = None,
+    top: int | None = None,
+    start_at_zero: bool = False,
+) -> Measurement:
+    """Measured z(t) = Uᵀ Y (f(X; θ_t) − f(X; θ₀)) of the k leading directions (Sec. 4, Fig. 5).
+
+    Args:
+        outputs: (T, n) outputs f(X; θ_t) recorded during training on the n examples of U.
+        f0: (n,) outputs f(X; θ₀).
+        y: (n,) labels in {−1, +1} or {0, 1}.
+        U: (n, d) left singular vectors at θ₀.
+        steps: (T,) the step (or epoch) of each row of ``outputs`` (default 0, 1, …, T − 1).
+        top: keep the k = ``top`` leading directions (default all d).
+        start_at_zero: prepend the row z = 0 at step 0 (for records that start after θ₀).
+
+    Returns:
+        :class:`Measurement` with (T,) or (T + 1,) steps and z of shape (T[+1], k).
+
+    Raises:
+        ValueError: naming ``outputs`` (not (T, n)), ``steps`` (wrong length), ``top`` (< 1), or as
+            :func:`ntkdyn.responses_from_outputs`.
+    """
+    outputs = jnp.asarray(outputs)
+    if outputs.ndim != 2:
+        raise ValueError(
+            f"outputs: expected (T, n) outputs, one row per record, got shape {outputs.shape}; "
+            "loop over seeds (each seed has its own U)"
+        )
+    U = jnp.asarray(U)
+    if top is not None:
+        if int(top) < 1:
+            raise ValueError(f"top: must be >= 1, got {top}")
+        if U.ndim == 2:
+            U = U[:, : int(top)]
+    z = np.asarray(responses_from_outputs(outputs, f0, y, U), np.float64)
+    T = outputs.shape[0]
+    steps = np.arange(T) if steps is None else np.asarray(steps)
+    if steps.shape != (T,):
+        raise ValueError(
+            f"steps: expected ({T},) steps, one per row of outputs, got shape {steps.shape}"
+        )
+    if start_at_zero:
+        steps = np.concatenate([np.zeros(1, steps.dtype), steps])
+        z = np.concatenate([np.zeros((1, z.shape[1])), z], axis=0)
+    return Measurement(steps, z)
+
+
+class SpectrumAnalysis(NamedTuple):
+    """The spectrum of YΦ at θ₀ and the theory's predictions on it (:func:`analyse`).
+
+    Attributes:
+        spectrum: (U, s) of YΦ = U S Vᵀ at θ₀, U (n, d), s (d,).
+        alignment: (d,) label alignment |u_jᵀ1|.
+        f0: (n,) outputs f(X; θ₀) on the analysed examples.
+        y: (n,) labels as ±1 (float64).
+        method: the :class:`ntkdyn.NTKMethod` the Gram matrix was computed with.
+        predictions: name → :class:`Prediction`, one per requested (field, λ).
+    """
+
+    spectrum: FeatureSpectrum
+    alignment: Float[Array, " d"]
+    f0: Float[Array, " n"]
+    y: Float[np.ndarray, " n"]
+    method: NTKMethod
+    predictions: dict[str, Prediction]
+
+    def measure(
+        self,
+        outputs: ArrayLike,
+        *,
+        f0: ArrayLike | None = None,
+        steps: ArrayLike | None = None,
+        top: int | None = None,
+        start_at_zero: bool = False,
+    ) -> Measurement:
+        """Measured z(t) of outputs recorded on the analysed examples (:func:`measured_responses`).
+
+        Args:
+            outputs: (T, n) outputs f(X; θ_t) on the examples of :func:`analyse`.
+            f0: (n,) outputs at θ₀ (default :attr:`f0`; pass the training loop's own when it
+                computes the forward pass differently).
+            steps, top, start_at_zero: as in :func:`measured_responses`.
+
+        Returns:
+            :class:`Measurement`.
+
+        Raises:
+            ValueError: as :func:`measured_responses`.
+        """
+        return measured_responses(
+            outputs,
+            self.f0 if f0 is None else f0,
+            self.y,
+            self.spectrum.U,
+            steps=steps,
+            top=top,
+            start_at_zero=start_at_zero,
+        )
+
+
+def analyse(
+    apply_fn: ApplyFn,
+    params0: Any,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    predictions: Mapping[str, tuple[Field, float]] | None = None,
+    method: NTKMethod = NTKMethod.JACOBIAN_CONTRACTION,
+    batch_size: int | None = None,
+    tol: float | None = None,
+    starvation: bool = True,
+) -> SpectrumAnalysis:
+    """Spectrum of YΦ at θ₀ and, for each named (field, λ), the theory's fixed point and starvation.
+
+    Model + data → :func:`ntkdyn.feature_spectrum` (YΘY = U S² Uᵀ in float64) →
+    :class:`ntkdyn.FeatureSystem` (U, s, λ) per prediction → :func:`predict` (z*,
+    M[j, i] = ∂z_j*/∂s_i). Measured z(t) of a training run then come from
+    :meth:`SpectrumAnalysis.measure`, predicted z(t) from :func:`predict` with a step.
+
+    Args:
+        apply_fn: pure scalar-output ``apply_fn(params, x)``.
+        params0: θ₀, the parameters at initialisation.
+        x: (n, ...) training inputs.
+        y: (n,) labels in {−1, +1} or {0, 1}.
+        predictions: name → (field, λ), e.g. ``{"ce": (ce_field, n * wd), "sd": (sd_field, 2 * c)}``
+            (λ in the theory's sum form; :func:`ntkdyn.objectives.theory_lam` converts). Default none.
+        method: :class:`ntkdyn.NTKMethod` of the Gram matrix (``STRUCTURED`` needs an ``apply_fn``
+            implementing :class:`ntkdyn.tangent.DenseStructure`; no fallback).
+        batch_size: NTK batch size (memory bound).
+        tol: relative eigenvalue cut-off of :func:`ntkdyn.feature_spectrum`.
+        starvation: compute each prediction's starvation matrix.
+
+    Returns:
+        :class:`SpectrumAnalysis`.
+
+    Raises:
+        ValueError: naming ``predictions`` (not name → (field, λ)), ``lam`` (negative) or the
+            arguments of :func:`ntkdyn.feature_spectrum`.
+        SolverError: a fixed point was not found.
+    """
+    x = check_x(x, "x")
+    check_outputs(apply_fn, params0, x, None)
+    yv = signed_labels(y, x.shape[0])
+    predictions = {} if predictions is None else predictions
+    if not isinstance(predictions, Mapping) or not all(
+        isinstance(v, (tuple, list)) and len(v) == 2 and callable(v[0])
+        for v in predictions.values()
+    ):
+        raise ValueError(
+            "predictions: expected a mapping name -> (field, lam), e.g. "
+            f"{{'ce': (ntkdyn.ce_field, 0.06)}}, got {predictions!r}"
+        )
+    checked = {
+        name: _check_lam(lam, f"predictions[{name!r}]") for name, (_, lam) in predictions.items()
+    }
+    spectrum = feature_spectrum(
+        apply_fn, params0, x, yv, method=method, batch_size=batch_size, tol=tol
+    )
+    f0 = apply_outputs(apply_fn, params0, x, None)
+    preds = {
+        name: predict(spectrum, checked[name], field, starvation=starvation)
+        for name, (field, _) in predictions.items()
+    }
+    return SpectrumAnalysis(spectrum, spectrum.label_alignment(), f0, yv, method, preds)
+
+
+# --------------------------------------------------------------------------------------------------
+# The two-feature system of the theory
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: must be a finite number > 0, got {value}")
+
+
+def starvation_table(
+    s1: Sequence[float],
+    s2: float = 2.0,
+    delta: float = 0.5,
+    lam: float = 0.01,
+    sd_lam: float = 0.002,
+    fd_h: float = 1e-4,
+) -> dict[str, Any]:
+    """Fixed points and ∂z₂*/∂s₁ of the two-feature system for each s₁, under CE and SD.
+
+    U(δ) = [[√(1−δ²), −δ], [δ, √(1−δ²)]], y = (1, 1), s = (s₁, s₂). CE: λz* = S²Uᵀσ(−Uz*);
+    SD: Uᵀσ(−Uz*) = λ_SD z* (paper Sec. 3 and 4). Derivatives by implicit differentiation through
+    the Newton solver (one batched solve); CE's also by central differences.
+
+    Args:
+        s1: values of s₁ (> 0).
+        s2: s₂ > 0.
+        delta: coupling, |δ| < 1.
+        lam: CE weight decay λ > 0.
+        sd_lam: SD penalty λ_SD > 0.
+        fd_h: finite-difference step, 0 < h < min(s).
+
+    Returns:
+        A JSON-ready dict with keys ``s1``, ``s2``, ``delta``, ``ce``, ``sd``, ``starvation`` (CE's
+        ∂z₂*/∂s₁ < 0 at every s₁ > s₂, and at least one such s₁), ``sd_decoupled`` (every SD
+        |∂z*/∂s₁| < :data:`DECOUPLED_ATOL`) and ``fd_max_abs_error`` (implicit vs finite
+        differences).
+
+    Raises:
+        ValueError: naming ``s1``, ``s2``, ``delta``, ``lam``, ``sd_lam`` or ``fd_h``.
+    """
+    s1 = [float(v) for v in s1]
+    if not s1:
+        raise ValueError("s1: give at least one value")
+    for v in s1:
+        _check_positive("s1", v)
+    _check_positive("s2", s2)
+    _check_positive("lam", lam)
+    _check_positive("sd_lam", sd_lam)
+    if not math.isfinite(delta) or abs(delta) >= 1:
+        raise ValueError(f"delta: must satisfy |delta| < 1, got {delta}")
+    if not (math.isfinite(fd_h) and 0 < fd_h < min(min(s1), s2)):
+        raise ValueError(
+            f"fd_h: must satisfy 0 < fd_h < min(s1, s2) = {min(min(s1), s2)}, got {fd_h}"
+        )
+
+    k = len(s1)
+    # One batch per loss: the k systems, then (CE only) their s₁ ± h neighbours for the differences.
+    ce_systems = [rotation_system([v, s2], delta, lam) for v in s1]
+    ce_systems += [
+        rotation_system([v + sign * fd_h, s2], delta, lam) for sign in (1, -1) for v in s1
+    ]
+    sd_systems = [rotation_system([v, s2], delta, sd_lam) for v in s1]
+    z_all, J_all = fixed_points_batch(ce_field, stack_systems(ce_systems))
+    z_ce, J_ce = z_all[:k], J_all[:k]
+    fd = np.asarray((z_all[k : 2 * k, 1] - z_all[2 * k :, 1]) / (2 * fd_h))
+    z_sd, J_sd = fixed_points_batch(sd_field, stack_systems(sd_systems))
+
+    dz2 = np.asarray(J_ce[:, 1, 0])
+    above = np.array(s1) > s2
+    starvation = bool(above.any() and np.all(dz2[above] < 0))
+    sd_decoupled = bool(np.all(np.abs(np.asarray(J_sd[:, :, 0])) < DECOUPLED_ATOL))
+    return {
+        "s1": s1,
+        "s2": float(s2),
+        "delta": float(delta),
+        "ce": {
+            "lam": float(lam),
+            "z1": np.asarray(z_ce[:, 0]).tolist(),
+            "z2": np.asarray(z_ce[:, 1]).tolist(),
+            "dz1_ds1": np.asarray(J_ce[:, 0, 0]).tolist(),
+            "dz2_ds1": dz2.tolist(),
+            "dz2_ds1_fd": fd.tolist(),
+        },
+        "sd": {
+            "lam": float(sd_lam),
+            "z1": np.asarray(z_sd[:, 0]).tolist(),
+            "z2": np.asarray(z_sd[:, 1]).tolist(),
+            "dz1_ds1": np.asarray(J_sd[:, 0, 0]).tolist(),
+            "dz2_ds1": np.asarray(J_sd[:, 1, 0]).tolist(),
+        },
+        "starvation": starvation,
+        "sd_decoupled": sd_decoupled,
+        "fd_max_abs_error": float(np.max(np.abs(fd - dz2))),
+        "fd_h": float(fd_h),
+    }

@@ -1,0 +1,154 @@
+"""The practice journey: spectrum → prediction → measurement, against closed forms and the theory core."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ntkdyn import (
+    ce_field,
+    fixed_point,
+    sd_field,
+    sd_square_margin,
+    starvation_matrix,
+    train_gd,
+)
+from ntkdyn.analysis import (
+    Measurement,
+    Prediction,
+    SpectrumAnalysis,
+    analyse,
+    measured_responses,
+    predict,
+    starvation_table,
+)
+from ntkdyn.tangent import NTKMethod, feature_spectrum
+
+F64 = dict(rtol=1e-9, atol=1e-10)
+
+
+def _linear(key, n=6, p=8):
+    """A model linear in θ with p > n (so U is square and nothing is truncated)."""
+    k1, k2 = jax.random.split(key)
+    x = jax.random.normal(k1, (n, p))
+    y = jnp.array([1, 1, -1, 1, -1, -1][:n])
+    params0 = {"w": 0.1 * jax.random.normal(k2, (p,))}
+    return (lambda q, x: x @ q["w"]), params0, x, y
+
+
+@pytest.mark.parametrize("field, reg", [(ce_field, "weight_decay"), (sd_field, "sd")])
+def test_predicted_z_of_linear_model_equals_measured_gd(key, field, reg):
+    """GD on a model linear in θ is GD in z: the prediction equals the measurement exactly."""
+    f, p0, x, y = _linear(key)
+    lam, eta, K = 0.05, 0.05, 60
+    a = analyse(f, p0, x, y, predictions={"loss": (field, lam)})
+    assert a.spectrum.s.shape == (6,)
+    trace = train_gd(f, p0, x, y, eta=eta, num_steps=K, save_every=10, **{reg: lam})
+    measured = a.measure(trace.outputs, f0=trace.f0, steps=trace.steps)
+    theory = predict(a.spectrum, lam, field, eta=eta, num_steps=K, save_every=10)
+    assert isinstance(measured, Measurement) and isinstance(theory, Prediction)
+    np.testing.assert_array_equal(measured.steps, np.arange(0, K + 1, 10))
+    np.testing.assert_allclose(theory.t, eta * measured.steps, **F64)
+    np.testing.assert_allclose(measured.z, theory.z, **F64)
+    np.testing.assert_allclose(measured.z[0], 0.0, atol=0)
+    # a's own f0 is the same forward pass as the training loop's
+    np.testing.assert_allclose(a.measure(trace.outputs).z, measured.z, **F64)
+
+
+def test_fixed_point_and_starvation_equal_the_theory_core(key):
+    f, p0, x, y = _linear(key)
+    a = analyse(f, p0, x, y, predictions={"ce": (ce_field, 0.1), "sd": (sd_field, 0.02)})
+    for name, field, lam in (("ce", ce_field, 0.1), ("sd", sd_field, 0.02)):
+        system = a.spectrum.to_system(lam)
+        pred = a.predictions[name]
+        assert pred.lam == lam and pred.t is None and pred.z is None
+        np.testing.assert_allclose(pred.z_star, fixed_point(field, system), **F64)
+        np.testing.assert_allclose(pred.starvation, starvation_matrix(field, system), **F64)
+    # SD with square U: every margin equals a with σ(−a) = λa, so z* = a Uᵀ1 (closed form)
+    margin = sd_square_margin(0.02)
+    np.testing.assert_allclose(
+        a.predictions["sd"].z_star, margin * a.spectrum.U.sum(axis=0), rtol=1e-8
+    )
+    np.testing.assert_allclose(a.predictions["sd"].starvation, 0.0, atol=1e-8)
+    np.testing.assert_allclose(a.alignment, np.abs(a.spectrum.U.sum(0)), **F64)
+    np.testing.assert_array_equal(a.y, np.asarray(y, np.float64))
+    assert a.method is NTKMethod.JACOBIAN_CONTRACTION
+
+
+def test_analyse_matches_feature_spectrum_and_skips_starvation_on_request(key):
+    f, p0, x, y = _linear(key)
+    a = analyse(f, p0, x, (y + 1) // 2, predictions={"ce": (ce_field, 0.1)}, starvation=False)
+    spec = feature_spectrum(f, p0, x, y)
+    np.testing.assert_allclose(a.spectrum.s, spec.s, **F64)
+    np.testing.assert_allclose(a.spectrum.U, spec.U, **F64)
+    assert a.predictions["ce"].starvation is None and a.predictions["ce"].z_star.shape == (6,)
+    assert analyse(f, p0, x, y).predictions == {}
+
+
+def test_flow_prediction_starts_at_zero_and_tends_to_the_fixed_point(key):
+    f, p0, x, y = _linear(key)
+    spec = feature_spectrum(f, p0, x, y)
+    pred = predict(spec, 0.5, ce_field, t1=200.0, num_points=5)
+    assert pred.t.shape == (5,) and pred.z.shape == (5, 6)
+    np.testing.assert_allclose(pred.z[0], 0.0, atol=0)
+    np.testing.assert_allclose(pred.z[-1], pred.z_star, rtol=1e-5, atol=1e-6)
+
+
+def test_measured_responses_keep_top_and_start_at_zero(key):
+    f, p0, x, y = _linear(key)
+    spec = feature_spectrum(f, p0, x, y)
+    ckpts = [{"w": p0["w"] + 0.1 * i} for i in range(1, 4)]
+    outs = jnp.stack([f(c, x) for c in ckpts])
+    m = measured_responses(outs, f(p0, x), y, spec.U, steps=[5, 10, 15], top=2, start_at_zero=True)
+    np.testing.assert_array_equal(m.steps, [0, 5, 10, 15])
+    assert m.z.shape == (4, 2) and m.z.dtype == np.float64
+    np.testing.assert_allclose(m.z[0], 0.0, atol=0)
+    full = measured_responses(outs, f(p0, x), y, spec.U)
+    np.testing.assert_array_equal(full.steps, [0, 1, 2])
+    np.testing.assert_allclose(m.z[1:], full.z[:, :2], **F64)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda s, o, f0, y: predict(s, -1.0, ce_field), "lam"),
+        (lambda s, o, f0, y: predict(s.U, 0.1, ce_field), "spectrum"),
+        (lambda s, o, f0, y: predict(s, 0.1, ce_field, eta=0.1), "eta, num_steps"),
+        (
+            lambda s, o, f0, y: predict(s, 0.1, ce_field, eta=0.1, num_steps=2, t1=1.0),
+            "t1",
+        ),
+        (lambda s, o, f0, y: measured_responses(o[0], f0, y, s.U), "outputs"),
+        (lambda s, o, f0, y: measured_responses(o, f0, y, s.U, steps=[1]), "steps"),
+        (lambda s, o, f0, y: measured_responses(o, f0, y, s.U, top=0), "top"),
+        (lambda s, o, f0, y: measured_responses(o, f0[:3], y, s.U), "outputs"),
+    ],
+)
+def test_bad_input_names_argument(key, call, match):
+    f, p0, x, y = _linear(key)
+    spec = feature_spectrum(f, p0, x, y)
+    outs = jnp.stack([f(p0, x)] * 2)
+    with pytest.raises(ValueError, match=match):
+        call(spec, outs, f(p0, x), y)
+
+
+def test_analyse_names_bad_predictions_and_method(key):
+    f, p0, x, y = _linear(key)
+    with pytest.raises(ValueError, match="predictions"):
+        analyse(f, p0, x, y, predictions={"ce": ce_field})
+    with pytest.raises(ValueError, match=r"predictions\['ce'\]"):
+        analyse(f, p0, x, y, predictions={"ce": (ce_field, -0.1)})
+    with pytest.raises(ValueError, match="method: NTKMethod.STRUCTURED"):
+        analyse(f, p0, x, y, method=NTKMethod.STRUCTURED)
+    assert isinstance(analyse(f, p0, x, y), SpectrumAnalysis)
+
+
+def test_starvation_table_lives_in_analysis_and_the_command_uses_it():
+    import ntkdyn.commands.starvation as command
+
+    assert command.starvation_table is starvation_table
+    table = starvation_table([2.0, 6.0])
+    assert table["starvation"] and table["sd_decoupled"]
+    assert table["fd_max_abs_error"] < 1e-7
+    with pytest.raises(ValueError, match="delta"):
+        starvation_table([2.0], delta=1.0)
