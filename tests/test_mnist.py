@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import pickle
 import struct
 import threading
 import warnings
@@ -233,19 +234,51 @@ def test_corrupt_download_leaves_nothing(tmp_path, server, arrays):
     assert sorted(p.name for p in cache.iterdir()) == sorted(sums)
 
 
-def test_auto_prefers_files_then_download_then_embedded(tmp_path, server, arrays, monkeypatch):
+def test_auto_takes_local_files_else_the_embedded_subset_never_the_network(
+    tmp_path, server, arrays, monkeypatch
+):
     monkeypatch.delenv(M.DATA_DIR_ENV, raising=False)
     root, url = server
     sums = _serve(root, arrays, "good", "md5")
-    ds = M.load_mnist(cache_dir=tmp_path / "c1", mirrors=[url + "good/"], files=sums)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("source='auto' must not download")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default source is no fallback: no warning
+        with monkeypatch.context() as m:
+            m.setattr(M.urllib.request, "urlopen", no_network)
+            ds = M.load_mnist(cache_dir=tmp_path / "c1", mirrors=[url + "good/"], files=sums)
+    assert ds.source == "embedded" and ds.n_images == 5000
+    assert not (tmp_path / "c1").exists()
+    # downloading is an explicit choice; afterwards the cached files are local files
+    ds = M.load_mnist(
+        source="download", cache_dir=tmp_path / "c1", mirrors=[url + "good/"], files=sums
+    )
     assert ds.source == "download"
     ds = M.load_mnist(cache_dir=tmp_path / "c1", mirrors=[url + "nothing/"], files=sums)
-    assert ds.source == "files"  # now cached
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ds = M.load_mnist(
-            cache_dir=tmp_path / "c2", mirrors=[url + "nothing/"], files=sums, timeout=2
-        )
-    assert ds.source == "embedded" and ds.n_images == 5000
-    assert any("embedded" in str(w.message) for w in caught)
-    assert not (tmp_path / "c2").exists() or list((tmp_path / "c2").iterdir()) == []
+    assert ds.source == "files"
+    # $NTKDYN_DATA_DIR counts as local files
+    _write_idx(tmp_path / "env", arrays, gz=True)
+    monkeypatch.setenv(M.DATA_DIR_ENV, str(tmp_path / "env"))
+    assert M.load_mnist(cache_dir=tmp_path / "c2").source == "files"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"this is not an archive at all", pickle.dumps({"x_train": [1, 2, 3]})],
+    ids=["garbage", "pickle"],
+)
+def test_garbage_npz_says_what_is_wrong_and_never_suggests_unpickling(tmp_path, payload):
+    (tmp_path / "mnist.npz").write_bytes(payload)
+    with pytest.raises(ValueError, match="not a NumPy .npz archive") as info:
+        M.load_mnist(tmp_path)
+    assert "mnist.npz" in str(info.value) and "pickle" not in str(info.value).lower()
+
+
+def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path):
+    images = np.empty(3, dtype=object)
+    np.savez(tmp_path / "mnist.npz", x_train=images, y_train=np.zeros(3, np.uint8))
+    with pytest.raises(ValueError, match="object arrays") as info:
+        M.load_mnist(tmp_path)
+    assert "allow_pickle" not in str(info.value)

@@ -15,8 +15,10 @@ Three sources, one result type (:class:`MNIST`):
   file is sorted by digit; it is returned interleaved digit by digit (0, 1, …, 9, 0, 1, …) so that
   every prefix is class-balanced and the proportional splits of Colored MNIST stay representative.
 
-``"auto"`` takes local files if present, else tries the download, else falls back to the embedded
-subset with a warning; the result always records which (:attr:`MNIST.source`, :meth:`MNIST.describe`).
+``"auto"`` (the default) takes local files if present (``data_dir``, ``$NTKDYN_DATA_DIR`` or an
+earlier download in the cache) and otherwise the embedded subset; it never touches the network:
+downloading is an explicit choice (``source="download"``, ``ntkdyn cmnist --data-source
+download``). The result always records which (:attr:`MNIST.source`, :meth:`MNIST.describe`).
 
 Reference: LeCun, Cortes, Burges, *The MNIST database of handwritten digits* (CC BY-SA 3.0).
 """
@@ -30,7 +32,6 @@ import os
 import struct
 import urllib.error
 import urllib.request
-import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -208,6 +209,49 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
+#: The first bytes of a zip archive (an ``.npz`` file is a zip of ``.npy`` arrays).
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _read_npz(npz: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels of ``split`` from a Keras-layout ``mnist.npz``, read without pickle.
+
+    Raises:
+        ValueError: naming the file when it is not a zip of ``.npy`` arrays, is corrupt or
+            truncated, lacks the split's arrays, or holds object arrays (which only unpickling
+            could read; ntkdyn never unpickles data files).
+    """
+    xk, yk = _NPZ_KEYS[split]
+    try:
+        with npz.open("rb") as fh:
+            head = fh.read(len(_ZIP_MAGIC))
+    except OSError as exc:
+        raise ValueError(f"{npz}: cannot read ({exc}); {_HOW_TO_GET}") from exc
+    if head != _ZIP_MAGIC:
+        raise ValueError(
+            f"{npz}: not a NumPy .npz archive (expected a zip of .npy arrays, as Keras' "
+            f"mnist.npz; the file starts with {head!r}) — delete it and {_HOW_TO_GET}"
+        )
+    try:
+        with np.load(npz, allow_pickle=False) as f:
+            if xk not in f or yk not in f:
+                raise ValueError(
+                    f"{npz}: arrays {xk!r}/{yk!r} missing (has {sorted(f.files)}); expected the "
+                    f"Keras layout — {_HOW_TO_GET}"
+                )
+            try:
+                return np.asarray(f[xk]), np.asarray(f[yk])
+            except ValueError as exc:  # numpy refuses object arrays without unpickling
+                raise ValueError(
+                    f"{npz}: {xk!r}/{yk!r} are object arrays, not plain uint8 arrays; re-save "
+                    f"them as uint8 arrays (np.savez) — {_HOW_TO_GET}"
+                ) from exc
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(
+            f"{npz}: cannot read ({exc}); corrupt or truncated — delete it and {_HOW_TO_GET}"
+        ) from exc
+
+
 def _load_dir(directory: Path, split: str) -> MNIST | None:
     """MNIST from ``directory``; ``None`` if it holds no MNIST file at all."""
     img_stem, lab_stem = _SPLITS[split]
@@ -224,18 +268,7 @@ def _load_dir(directory: Path, split: str) -> MNIST | None:
         return MNIST(images, labels, "files", split, f"{img.parent}")
     npz = directory / "mnist.npz"
     if npz.is_file():
-        xk, yk = _NPZ_KEYS[split]
-        try:
-            with np.load(npz, allow_pickle=False) as f:
-                if xk not in f or yk not in f:
-                    raise ValueError(
-                        f"{npz}: arrays {xk!r}/{yk!r} missing (has {sorted(f.files)}); expected the Keras layout — {_HOW_TO_GET}"
-                    )
-                images, labels = np.asarray(f[xk]), np.asarray(f[yk])
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise ValueError(
-                f"{npz}: cannot read ({exc}); corrupt or truncated — delete it and {_HOW_TO_GET}"
-            ) from exc
+        images, labels = _read_npz(npz, split)
         if images.dtype != np.uint8 or labels.dtype != np.uint8:
             raise ValueError(
                 f"{npz}: expected uint8 arrays, got {images.dtype}/{labels.dtype}; {_HOW_TO_GET}"
@@ -347,8 +380,9 @@ def load_mnist(
 
     Args:
         data_dir: a directory with the IDX files (optionally under ``raw/`` or ``MNIST/raw/``) or ``mnist.npz``.
-        source: ``"auto"`` (files → download → embedded, with a warning on each fallback),
-            ``"files"``, ``"download"`` or ``"embedded"``.
+        source: ``"auto"`` (local files if there are any, else the embedded subset; never the
+            network), ``"files"`` (local files or an error), ``"download"`` (fetch into the cache,
+            or reuse verified files there) or ``"embedded"``.
         split: ``"train"`` (60,000 images in full MNIST) or ``"test"`` (10,000).
         mirrors, files, timeout: passed to :func:`download_mnist`.
         cache_dir: the download cache (default :func:`default_cache_dir`).
@@ -399,13 +433,4 @@ def load_mnist(
         raise FileNotFoundError(
             f"no MNIST files in {where} (set data_dir or ${DATA_DIR_ENV}); {_HOW_TO_GET}"
         )
-    try:
-        download_mnist(cache, mirrors=mirrors, files=files, timeout=timeout)
-    except OSError as exc:
-        warnings.warn(
-            f"MNIST download failed ({exc}); using the embedded 5,000-image subset", stacklevel=2
-        )
-        return _load_embedded(split)
-    found = _load_dir(cache, split)
-    assert found is not None
-    return dataclasses.replace(found, source="download")
+    return _load_embedded(split)
