@@ -63,6 +63,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--atol", type=float, default=1e-10, help="ODE absolute tolerance")
     parser.add_argument("--max-steps", type=int, default=16_384, help="ODE step budget")
     parser.add_argument("--out", type=Path, default=Path("runs/simulate"), help="output directory")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test: 200 GD steps (or 21 ODE samples) unless --steps/--num-points is given",
+    )
 
 
 def load_matrix(path: Path):
@@ -181,7 +186,9 @@ def run(args: argparse.Namespace) -> int:
     field = fields[args.loss]
     z0 = jnp.full(system.n, args.alpha_start) if args.loss == "dual" else jnp.zeros(system.d)
     mode = "ode" if args.t1 is not None else "gd"
-    steps = args.steps if args.steps is not None else 2000
+    steps = args.steps if args.steps is not None else (200 if args.quick else 2000)
+    if args.quick and mode == "ode" and args.num_points == 101:
+        args.num_points = 21
     try:
         if mode == "gd":
             if steps < 1:
@@ -260,9 +267,37 @@ def run(args: argparse.Namespace) -> int:
         "success": bool(traj.success),
     }
     rd.write_results(results)
+    rd.write_text("summary.md", _summary(args, mode, steps, z, z_star, M, traj))
     sys.stdout.write(
         f"final z = {np.array2string(z[-1], precision=4)}; fixed point z* = "
         f"{'none (no finite fixed point)' if z_star is None else np.array2string(z_star, precision=4)}; "
         f"wrote {rd.path}\n"
     )
     return 0
+
+
+def _summary(args, mode, steps, z, z_star, M, traj) -> str:
+    """The run as a short Markdown table."""
+    import numpy as np
+
+    def vec(a):
+        return "—" if a is None else "(" + ", ".join(f"{v:.4f}" for v in np.ravel(a)) + ")"
+
+    horizon = f"{steps} GD steps, η = {args.eta:g}" if mode == "gd" else f"ODE to t = {args.t1:g}"
+    lines = [
+        f"# ntkdyn simulate: {args.loss.upper()}",
+        "",
+        f"s = {vec(args.s)}, λ = {args.lam:g}, {horizon}.",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| final z | {vec(z[-1])} |",
+        f"| fixed point z* | {vec(z_star) if z_star is not None else 'none (no finite fixed point)'} |",
+        f"| max abs(z − z*) at the end | "
+        f"{'—' if z_star is None else f'{float(np.max(np.abs(z[-1] - z_star))):.3g}'} |",
+    ]
+    if M is not None:
+        rows = "; ".join(vec(row) for row in np.asarray(M))
+        lines.append(f"| ∂z*/∂s (row j: ∂z_j*/∂s_i) | {rows} |")
+    lines.append(f"| solver steps, success | {int(traj.num_steps)}, {bool(traj.success)} |")
+    return "\n".join(lines) + "\n"
