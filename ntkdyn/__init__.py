@@ -21,9 +21,6 @@ from ntkdyn.systems import (
 from ntkdyn.losses import (
     binary_accuracy,
     binary_cross_entropy,
-    class_conditional_sd_penalty,
-    group_dro_init,
-    group_dro_update,
     irm_penalty,
     logistic_loss,
     sd_penalty,

@@ -5,12 +5,11 @@ All functions take logits ``f`` shaped (n,) and labels ``y`` shaped (n,) — nev
 shapes are checked. Labels are ±1 (``signed``) or {0, 1} (``binary``) as documented per function.
 
 References: Pezeshki et al. 2021 (Gradient Starvation / Spectral Decoupling); Arjovsky et al. 2019
-(IRMv1); Krueger et al. 2021 (V-REx); Sagawa et al. 2020 (Group DRO).
+(IRMv1); Krueger et al. 2021 (V-REx). The training objectives built from them (SD with its
+schedules, class-conditional SD, IRMv1, V-REx, Group DRO) are in :mod:`ntkdyn.objectives`.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,12 +20,8 @@ __all__ = [
     "binary_cross_entropy",
     "binary_accuracy",
     "sd_penalty",
-    "class_conditional_sd_penalty",
     "irm_penalty",
     "vrex_penalty",
-    "GroupDROState",
-    "group_dro_init",
-    "group_dro_update",
     "to_signed",
 ]
 
@@ -121,34 +116,6 @@ def sd_penalty(logits: Float[Array, " n"]) -> Array:
     return jnp.mean(logits**2)
 
 
-def class_conditional_sd_penalty(
-    logits: Float[Array, " n"],
-    y01: Float[Array, " n"],
-    *,
-    lam: tuple[float, float] = (0.1, 0.1),
-    gamma: tuple[float, float] = (0.44, 2.5),
-) -> Array:
-    """Class-conditional SD (the paper's CelebA variant): Σ_c λ_c · mean_{y=c}(ŷ − γ_c)².
-
-    Defaults are the paper's CelebA values: 0.1·mean_{y=1}(ŷ − 2.5)² + 0.1·mean_{y=0}(ŷ − 0.44)².
-    A class absent from the batch contributes 0.
-
-    Args:
-        logits: (n,) outputs.
-        y01: (n,) labels in {0, 1}.
-        lam: (λ₀, λ₁), per-class coefficients.
-        gamma: (γ₀, γ₁), per-class logit targets.
-    """
-    _check_pair(logits, y01, name_y="y01")
-    total = jnp.zeros((), logits.dtype)
-    for c in (0, 1):
-        mask = (y01 == c).astype(logits.dtype)
-        count = jnp.sum(mask)
-        mean_sq = jnp.sum(mask * (logits - gamma[c]) ** 2) / jnp.maximum(count, 1.0)
-        total = total + lam[c] * mean_sq
-    return total
-
-
 def irm_penalty(logits: Float[Array, " n"], y01: Float[Array, " n"]) -> Array:
     """IRMv1 penalty of one environment: ‖∇_w R(w · f)|_{w=1}‖² with R the mean BCE.
 
@@ -172,70 +139,3 @@ def vrex_penalty(risks: Float[Array, " e"]) -> Array:
             f"risks: expected a 1-D array of >= 2 environment risks, got shape {risks.shape}"
         )
     return jnp.var(risks)
-
-
-class GroupDROState(NamedTuple):
-    """Online group weights q (sum to 1) of Group DRO."""
-
-    q: Float[Array, " g"]
-
-
-def group_dro_init(num_groups: int, dtype=jnp.float32) -> GroupDROState:
-    """Uniform initial Group DRO weights q_g = 1/g.
-
-    Args:
-        num_groups: number of groups g ≥ 1.
-        dtype: floating dtype of q.
-
-    Returns:
-        The initial :class:`GroupDROState`.
-    """
-    if num_groups < 1:
-        raise ValueError(f"num_groups: must be >= 1, got {num_groups}")
-    return GroupDROState(jnp.full((num_groups,), 1.0 / num_groups, dtype))
-
-
-def group_dro_update(
-    state: GroupDROState,
-    per_example_loss: Float[Array, " n"],
-    groups: Array,
-    *,
-    step_size: float = 0.01,
-    adjustment: Float[ArrayLike, " g"] | None = None,
-    group_counts: Float[ArrayLike, " g"] | None = None,
-) -> tuple[Array, GroupDROState]:
-    """One online Group DRO step (Sagawa et al. 2020, Algorithm 1, with generalisation adjustment).
-
-    Per-group mean losses L_g (adjusted: L_g + C/√n_g), weights q_g ← q_g · exp(η L_g), renormalised;
-    the robust loss is Σ_g q_g L_g with the *unadjusted* group losses and q held constant.
-    Groups absent from the batch keep their weight and contribute 0.
-
-    Args:
-        state: current weights.
-        per_example_loss: (n,) losses.
-        groups: (n,) integer group ids in [0, g).
-        step_size: η_q.
-        adjustment: C (scalar or per group) of the generalisation adjustment; needs ``group_counts``.
-        group_counts: training-set size n_g of each group.
-
-    Returns:
-        (robust loss, new state).
-    """
-    g = state.q.shape[0]
-    onehot = jax.nn.one_hot(groups, g, dtype=per_example_loss.dtype)
-    counts = onehot.sum(0)
-    group_loss = (onehot * per_example_loss[:, None]).sum(0) / jnp.maximum(counts, 1.0)
-    adjusted = group_loss
-    if adjustment is not None:
-        if group_counts is None:
-            raise ValueError(
-                "group_counts: required when adjustment is given (the C/sqrt(n_g) term)"
-            )
-        adjusted = group_loss + jnp.asarray(adjustment) / jnp.sqrt(
-            jnp.asarray(group_counts, group_loss.dtype)
-        )
-    present = counts > 0
-    q = state.q * jnp.where(present, jnp.exp(step_size * jax.lax.stop_gradient(adjusted)), 1.0)
-    q = q / q.sum()
-    q = jax.lax.stop_gradient(q)
-    return jnp.sum(q * group_loss), GroupDROState(q)

@@ -208,3 +208,17 @@ def test_bad_input():
         ob.theory_lam(ob.IRMv1(), num_examples=4)
     with pytest.raises(ValueError, match="num_examples"):
         ob.theory_lam(ob.ERM(), num_examples=0)
+
+
+def test_group_dro_by_hand_with_an_absent_group():
+    obj = ob.GroupDRO(num_groups=3, step_size=0.5)
+    f = jnp.array([1.0, -2.0, 0.5, 3.0])
+    y = jnp.array([1.0, 0.0, 1.0, 0.0])
+    groups = jnp.array([0, 0, 1, 1])  # group 2 absent
+    per = _softplus(-(2 * np.asarray(y) - 1) * np.asarray(f))
+    gl = np.array([per[:2].mean(), per[2:].mean(), 0.0])
+    robust, (state, _) = obj.loss(f, y, state=obj.init(jnp.float64), groups=groups)
+    q = np.exp(0.5 * gl) / 3
+    q /= q.sum()
+    np.testing.assert_allclose(state.q, q, rtol=1e-12)
+    np.testing.assert_allclose(robust, np.sum(q * gl), rtol=1e-12)
