@@ -107,3 +107,45 @@ def test_bad_input():
         C.make_environment(jax.random.PRNGKey(0), np.zeros((4, 28, 28), np.uint8), np.zeros(4), 1.5)
     with pytest.raises(ValueError, match="images"):
         C.grayscale(jnp.zeros((3, 392)))
+
+
+@pytest.fixture(scope="module")
+def stacked(mnist):
+    keys = jax.random.split(jax.random.PRNGKey(5), 2)
+    return jax.vmap(lambda k: C.colored_mnist(k, mnist.images[:240], mnist.labels[:240]))(keys)
+
+
+def test_environment_batches(stacked):
+    b = C.environment_batches(stacked)
+    assert b["x1"].shape == (2, 100, 392) and b["y2"].shape == (2, 100)
+    assert b["xt"].shape == (2, 40, 392) and "xv" not in b and "xz" not in b
+    np.testing.assert_allclose(b["x1"], stacked.train[0].flat, rtol=1e-6)
+    np.testing.assert_array_equal(b["yt"], stacked.test.labels)
+    gray = C.environment_batches(stacked, grayscale=True)
+    np.testing.assert_allclose(gray["x2"], C.grayscale(stacked.train[1].images), rtol=1e-6)
+    # validation: the last 10 % of each environment; feature-response examples alternate
+    v = C.environment_batches(stacked, val_frac=0.1, n_z=7)
+    assert v["x1"].shape == (2, 90, 392) and v["xv"].shape == (2, 20, 392)
+    np.testing.assert_array_equal(v["xv"][:, :10], b["x1"][:, 90:])
+    np.testing.assert_array_equal(v["xz"][:, 0], b["x1"][:, 0])
+    np.testing.assert_array_equal(v["xz"][:, 1], b["x2"][:, 0])
+    np.testing.assert_array_equal(v["yz"][:, 6], b["y1"][:, 3])
+    assert v["xz"].shape == (2, 7, 392)
+    with pytest.raises(ValueError, match="val_frac"):
+        C.environment_batches(stacked, val_frac=0.6)
+    with pytest.raises(ValueError, match="n_z: 201 .* at most 200"):
+        C.environment_batches(stacked, n_z=201)
+
+
+def test_probe_batches_and_examples(stacked):
+    p = C.probe_batches(stacked)
+    raw = jax.vmap(C.probe_inputs)(stacked.test)
+    assert set(p) == set(raw) and p["digit_color"].shape == (2, 40, 392)
+    np.testing.assert_allclose(p["digit_color"], stacked.test.flat, rtol=1e-6)
+    g = C.probe_batches(stacked, grayscale=True)
+    # colour removed: the gray and the coloured digit are the same grayscale input
+    np.testing.assert_allclose(g["digit_gray"], g["digit_color"], atol=1e-6)
+    ex = C.probe_examples(stacked, restart=1)
+    assert ex is not None and ex["digit_color"].shape == (4, 2, 14, 14)
+    lit = ex["digit_color"].sum(axis=(2, 3)) > 0  # (4, 2): which channel each example lights
+    assert lit[:2, 1].all() and lit[2:, 0].all()

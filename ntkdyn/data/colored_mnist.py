@@ -15,6 +15,11 @@ The construction, per restart (one PRNG key):
 So colour predicts the training label with 85 % accuracy and the digit shape with 75 %; at test time the
 colour correlation is reversed. The grayscale view (the two channels summed) removes the colour.
 Everything is a pure JAX function of the key, so restarts vmap.
+
+For training, :func:`environment_batches` turns stacked restarts into the flat model inputs (with a
+held-out validation part and the examples whose outputs are recorded for the feature responses),
+:func:`probe_batches` gives the four probe inputs of Fig. 4 in the same form, and
+:func:`probe_examples` picks two test images of each colour for the probe figure.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 __all__ = [
@@ -36,6 +42,9 @@ __all__ = [
     "colored_mnist",
     "grayscale",
     "probe_inputs",
+    "environment_batches",
+    "probe_batches",
+    "probe_examples",
 ]
 
 #: Colour-flip probabilities of the two training environments and of the test environment.
@@ -233,3 +242,110 @@ def probe_inputs(env: Environment) -> dict[str, Float[Array, "n 2 14 14"]]:
         "blank_gray": blank * jnp.full_like(lit, 0.5),
         "blank_color": blank * lit,
     }
+
+
+_channel_sum = grayscale  # the arguments below named ``grayscale`` shadow the function
+
+
+def environment_batches(
+    envs: ColoredMNIST,
+    *,
+    grayscale: bool = False,
+    val_frac: float = 0.0,
+    n_z: int = 0,
+    dtype=jnp.float32,
+) -> dict[str, Array]:
+    """Flat model inputs of stacked restarts: the two training environments, test, validation.
+
+    Args:
+        envs: :class:`ColoredMNIST` with a leading restart axis R on every leaf (``jax.vmap`` of
+            :func:`colored_mnist` over keys).
+        grayscale: channel-summed (R, n, 196) inputs (:func:`grayscale`) instead of (R, n, 392).
+        val_frac: fraction of each training environment held out (its last images) as
+            training-domain validation data, in [0, 0.5].
+        n_z: number of training examples (the first of each environment, alternating) on which
+            outputs are recorded for the feature responses; 0 for none.
+        dtype: input dtype.
+
+    Returns:
+        dict of arrays with a leading R axis: ``x1``, ``y1``, ``x2``, ``y2`` (training
+        environments), ``xt``, ``yt`` (test), ``xv``, ``yv`` (validation, if ``val_frac`` > 0),
+        ``xz``, ``yz`` (feature-response examples, if ``n_z`` > 0); labels in {0, 1}.
+
+    Raises:
+        ValueError: if ``val_frac`` is not in [0, 0.5], or ``n_z`` is negative or exceeds the
+            training data.
+    """
+    if not 0.0 <= val_frac <= 0.5:
+        raise ValueError(f"val_frac: expected a fraction in [0, 0.5], got {val_frac}")
+    if n_z < 0:
+        raise ValueError(f"n_z: expected a count >= 0, got {n_z}")
+
+    def inputs(env):
+        x = _channel_sum(env.images) if grayscale else env.flat
+        return x.astype(dtype)
+
+    out: dict[str, Array] = {}
+    xs_v, ys_v = [], []
+    for i, env in enumerate(envs.train, start=1):
+        x, y = inputs(env), env.labels.astype(dtype)
+        n = x.shape[1]
+        n_val = int(round(val_frac * n))
+        if n_val:
+            xs_v.append(x[:, n - n_val :])
+            ys_v.append(y[:, n - n_val :])
+            x, y = x[:, : n - n_val], y[:, : n - n_val]
+        out[f"x{i}"], out[f"y{i}"] = x, y
+    out["xt"], out["yt"] = inputs(envs.test), envs.test.labels.astype(dtype)
+    if xs_v:
+        out["xv"], out["yv"] = jnp.concatenate(xs_v, axis=1), jnp.concatenate(ys_v, axis=1)
+    if n_z:
+        half = (n_z + 1) // 2
+        per_env = min(out["x1"].shape[1], out["x2"].shape[1])
+        if half > per_env:
+            raise ValueError(
+                f"n_z: {n_z} feature-response examples exceed the training data ({per_env} per "
+                f"environment, so at most {2 * per_env}); record fewer"
+            )
+        R = out["x1"].shape[0]
+        xz = jnp.stack([out["x1"][:, :half], out["x2"][:, :half]], axis=2).reshape(R, 2 * half, -1)
+        yz = jnp.stack([out["y1"][:, :half], out["y2"][:, :half]], axis=2).reshape(R, 2 * half)
+        out["xz"], out["yz"] = xz[:, :n_z], yz[:, :n_z]
+    return out
+
+
+def probe_batches(
+    envs: ColoredMNIST, *, grayscale: bool = False, dtype=jnp.float32
+) -> dict[str, Array]:
+    """The four probe inputs (:func:`probe_inputs`) of stacked test environments, as model inputs.
+
+    Args:
+        envs: :class:`ColoredMNIST` with a leading restart axis R.
+        grayscale: channel-summed (R, n, 196) inputs instead of (R, n, 392).
+        dtype: input dtype.
+
+    Returns:
+        probe name → (R, n, 392) (or (R, n, 196)) inputs; labels are those of ``envs.test``.
+    """
+    raw = jax.vmap(probe_inputs)(envs.test)
+    if grayscale:
+        return {k: _channel_sum(v).astype(dtype) for k, v in raw.items()}
+    return {k: v.reshape(*v.shape[:-3], 2 * 14 * 14).astype(dtype) for k, v in raw.items()}
+
+
+def probe_examples(envs: ColoredMNIST, restart: int = 0) -> dict[str, np.ndarray] | None:
+    """Two test images of each colour as the four probe inputs, for the probe figure.
+
+    Args:
+        envs: :class:`ColoredMNIST` with a leading restart axis.
+        restart: which restart's test environment to draw from.
+
+    Returns:
+        probe name → (4, 2, 14, 14) images (colour 1, colour 1, colour 0, colour 0), or ``None``
+        when the test environment has fewer than two images of a colour.
+    """
+    test = jax.tree_util.tree_map(lambda a: a[restart], envs.test)
+    raw = probe_inputs(test)
+    colors = np.asarray(test.colors)
+    idx = list(np.flatnonzero(colors == 1)[:2]) + list(np.flatnonzero(colors == 0)[:2])
+    return {k: np.asarray(v)[idx] for k, v in raw.items()} if len(idx) == 4 else None
