@@ -1,55 +1,72 @@
 """Two-moons toy: ERM vs Spectral Decoupling decision boundaries, nine regularizers, feature responses.
 
-Pezeshki et al. 2021, §3 and Fig. 1–3 (appendix: the regularizer comparison). A 2 → 500 → 1 ReLU
-network is trained full batch on 300 two-moons points (:func:`ntkdyn.data.moons.two_moons`) with
-SGD (lr 1e-2, momentum 0.9, weight decay 2e-4 — PyTorch-style, added to the gradient before the
-momentum), the mean logistic loss softplus(−yŷ) and, for SD, the penalty 0.003·mean(ŷ²); 10 seeds
-(seed s draws the data with seed s and its own initialisation), 10,000 epochs. Initialisation is
-PyTorch's ``nn.Linear`` default, W, b ~ U(±1/√fan_in), as in the authors' code. The decision
-function is averaged over the seeds on a 100 × 100 grid over [−2, 2]².
+Pezeshki et al. 2021, §3, Fig. 1–2 and the appendix's regularizer figure, as the authors' code runs
+them (``Figure_2/moon_fig_2.py`` and ``Figure_3/moon_fig_3.py`` of mpezeshki/Gradient_Starvation).
+A 2 → 500 → 1 ReLU network is trained full batch on 300 two-moons points
+(:func:`ntkdyn.data.moons.two_moons`) with the mean logistic loss (:class:`ntkdyn.ERM`) or Spectral
+Decoupling, mean softplus(−yŷ) + 0.003·mean(ŷ²) (:class:`ntkdyn.SpectralDecoupling`), for 10,000
+epochs on 10 seeds (seed s draws the data with seed s and its own initialisation). Initialisation
+is PyTorch's ``nn.Linear`` default, W, b ~ U(±1/√fan_in) (:func:`ntkdyn.init_mlp_uniform`). The
+decision function is averaged over the seeds on a 100 × 100 grid over [−2, 2]².
 
-Configurations (``--config NAME``, repeatable; all by default):
+Configurations (``--config NAME``, repeatable or comma-separated; all by default):
 
-===================  =========================================================================
-``erm_delta_minus``  Δ = −0.1 (overlapping classes), ERM
-``erm``              Δ = +0.1, ERM (the "no regularization" panel)
-``sd``               Spectral Decoupling, 0.003·mean(ŷ²)
-``weight_decay``     weight decay 0.01 instead of 2e-4
-``train_longer``     10× the epochs
-``adam_small_lr``    Adam, lr 1e-4 (with the same coupled weight decay 2e-4)
-``adam_large_lr``    Adam, lr 3e-3
-``rotation_45``      the data rotated by 45°
-``dropout``          dropout 0.7 on the hidden layer (off at evaluation)
-``batch_norm``       batch normalisation of the hidden pre-activations (running stats at evaluation)
-``five_layers``      2 → 500 → 500 → 500 → 500 → 1
-===================  =========================================================================
+=====================  =======================================================================
+main figure            SGD lr 1e-2, momentum 0.9, weight decay 2e-4 (coupled, as PyTorch's)
+``erm_delta_minus``    Δ = −0.1 (overlapping classes), ERM
+``erm``                Δ = +0.1, ERM
+``sd``                 Δ = +0.1, Spectral Decoupling
+regularizer panels     Δ = +0.1; SGD lr 1e-2, momentum 0.9, *no* weight decay unless stated
+``no_regularization``  ERM
+``weight_decay``       ERM, weight decay 0.01
+``train_longer``       ERM, 10× the epochs
+``adam_small_lr``      ERM, Adam lr 1e-4
+``adam_large_lr``      ERM, Adam lr 3e-3
+``rotation_45``        ERM, the data rotated by 45°
+``dropout``            ERM, dropout 0.7 on the hidden layer (off at evaluation)
+``batch_norm``         ERM, batch norm of the hidden pre-activations (PyTorch's ``BatchNorm1d``)
+``five_layers``        ERM, 2 → 500 → 500 → 500 → 500 → 1
+``sd_no_decay``        Spectral Decoupling
+=====================  =======================================================================
+
+The panels follow the authors' ``moon_fig_3.py`` where it differs from the SPEC's summary: no
+panel has weight decay except the weight-decay panel itself (its "no regularization" is plain SGD
+with momentum, its Adam has no decay, its SD no decay), so ``no_regularization`` and
+``sd_no_decay`` are the panels' own entries, distinct from the main figure's ``erm`` and ``sd``.
+The file's latest revision trains 10,000 epochs (100,000 for "train longer"; an earlier revision
+had 1,000). Its dropout sits before the ReLU (fc2(relu(dropout(fc1 x)))); ours after it, the same
+function because ReLU is positively homogeneous and the mask is ≥ 0. Its "deeper network" has five
+linear layers, four hidden. Its rotation is X ← X·R(θ), as ours.
 
 Metrics per configuration (mean and std over seeds, each seed's own boundary against its own data;
 definitions in :mod:`ntkdyn.boundary`): train accuracy, ``boundary_min_distance``,
 ``boundary_mean10_distance``, ``boundary_line_residual``. The same metrics of the seed-averaged
-decision function (the figures' boundary) against seed 0's data are under ``averaged``.
+decision function (the figures' boundary) against seed 0's data are under ``averaged``. The
+feature responses z_j(t) of the main figure come from :func:`ntkdyn.analysis.analyse` (each seed's
+spectrum at θ₀) and its ``measure`` of the outputs recorded during training.
 
 Command::
 
-    ntkdyn moons --out runs/moons            # the paper's protocol (all 11 configurations)
+    ntkdyn moons --out runs/moons            # the paper's protocol (all 13 configurations)
     ntkdyn moons --quick --out /tmp/moons    # 2 seeds, 200 epochs, width 64: a smoke test
     ntkdyn moons --out runs/moons --replot   # redraw the figures from decision_functions.npz
 
 Expected (paper, Fig. 1–3): ERM at Δ = +0.1 draws a nearly straight boundary close to the data
 (small ``boundary_line_residual``, ``boundary_min_distance`` near the margin Δ); SD's boundary is
 curved around the moons and farther from the data — larger ``boundary_min_distance`` and
-``boundary_line_residual`` than ERM and every other regularizer. Δ = −0.1 ERM is curved too (the
-overlap forces it). Outputs: ``config.json``, ``metrics.jsonl``, ``results.json``, ``summary.md``,
-``decision_functions.npz``, ``moons_main.{png,pdf}``, ``moons_regularizers.{png,pdf}``.
+``boundary_line_residual`` than ERM and every other regularizer panel. Δ = −0.1 ERM is curved too
+(the overlap forces it). Outputs: ``config.json``, ``metrics.jsonl``, ``results.json``,
+``summary.md``, ``decision_functions.npz``, ``moons_main.{png,pdf}``,
+``moons_regularizers.{png,pdf}``.
 
-The network is trained as a pure function of the :class:`ntkdyn.models.MLP` parameter PyTree (the
-same layout, ``{"linears": {i: {"kernel", "bias"}}, "norms": …}``), not through the stateful
-module: dropout masks come from ``fold_in(key, step)`` and batch-norm statistics are carried as
-explicit state by the trainer (:func:`ntkdyn.train.fullbatch.train_fullbatch`). A single hidden
-layer without dropout or batch norm trains through :func:`ntkdyn.models.mlp.shallow_relu` (the same
-function, with a gradient that needs only the activation pattern). The seeds are split over all
-local devices (``--no-shard`` keeps one); on a CPU, expose the cores as devices with
-``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
+Training is one compiled call per configuration (:func:`ntkdyn.train.fullbatch.train_fullbatch`) on
+the :class:`ntkdyn.MLP` parameter layout as a pure function: the plain 2 → 500 → 1 net through
+:func:`ntkdyn.shallow_relu`, the others through :func:`ntkdyn.mlp_apply` (batch-norm statistics as
+explicit state, dropout masks from ``fold_in(key, step)``). The seeds are laid out by
+``--seed-layout`` (:class:`ntkdyn.train.layout.SeedLayout`; by default vmapped over all local
+devices; on a CPU, expose the cores as devices with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``). Each configuration prints a progress
+line to stderr every tenth of its epochs.
 """
 
 from __future__ import annotations
@@ -60,11 +77,15 @@ import functools
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from ntkdyn.objectives import ERM, Objective, SpectralDecoupling
+from ntkdyn.settings import ConfigError, add_arguments, from_arguments
 
 HELP = (
     __doc__.split("\n\n")[0]
@@ -75,6 +96,11 @@ GRID_SIZE = 100  # the figures' grid: 100 × 100 over [−2, 2]²
 METRIC_GRID_SIZE = 201  # a finer grid for the boundary metrics (spacing 0.02)
 GRID_LIM = 2.0
 RESPONSE_DIRECTIONS = 8  # feature responses kept for the top directions
+PROGRESS_LINES = 10  # progress lines per configuration
+
+
+# --------------------------------------------------------------------------------------------------
+# The configurations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +110,14 @@ class Setting:
     Attributes:
         name: key in results.json.
         title: panel title.
+        objective: the training objective (:class:`ntkdyn.ERM` or
+            :class:`ntkdyn.SpectralDecoupling`).
         delta: the gap Δ of the data.
         rotation_deg: rotation of the data in degrees.
-        adam: Adam instead of SGD with momentum.
+        adam: Adam instead of SGD with momentum 0.9.
         lr: learning rate (``None``: the command's ``--lr``, SGD's 1e-2 by default).
         weight_decay: coupled weight decay (added to the gradient, as PyTorch's ``weight_decay``).
         epoch_factor: multiple of the command's ``--epochs``.
-        sd_coef: Spectral Decoupling coefficient c in c·mean(ŷ²).
         dropout: dropout probability on the hidden layers.
         batch_norm: batch normalisation before each hidden activation.
         hidden_layers: number of hidden layers of width ``--hidden``.
@@ -98,24 +125,41 @@ class Setting:
 
     name: str
     title: str
+    objective: Objective = ERM()
     delta: float = 0.1
     rotation_deg: float = 0.0
     adam: bool = False
     lr: float | None = None
-    weight_decay: float = 2e-4
+    weight_decay: float = 0.0
     epoch_factor: int = 1
-    sd_coef: float = 0.0
     dropout: float = 0.0
     batch_norm: bool = False
     hidden_layers: int = 1
 
+    @property
+    def shallow(self) -> bool:
+        """One hidden layer without dropout or batch norm: trained through ``shallow_relu``."""
+        return self.hidden_layers == 1 and not self.batch_norm and not self.dropout
 
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able record of the setting (for config.json)."""
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        record["objective"] = {
+            "name": type(self.objective).__name__,
+            **dataclasses.asdict(self.objective),
+        }
+        return record
+
+
+_SD = SpectralDecoupling(coef=0.003)
+_MAIN_DECAY = 2e-4
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in (
-        Setting("erm_delta_minus", "Δ = −0.1, ERM", delta=-0.1),
-        Setting("erm", "No regularization"),
-        Setting("sd", "Spectral Decoupling", sd_coef=0.003),
+        Setting("erm_delta_minus", "Δ = −0.1, ERM", delta=-0.1, weight_decay=_MAIN_DECAY),
+        Setting("erm", "Δ = +0.1, ERM", weight_decay=_MAIN_DECAY),
+        Setting("sd", "Δ = +0.1, SD", objective=_SD, weight_decay=_MAIN_DECAY),
+        Setting("no_regularization", "No regularization"),
         Setting("weight_decay", "Weight decay 0.01", weight_decay=0.01),
         Setting("train_longer", "Train 10× longer", epoch_factor=10),
         Setting("adam_small_lr", "Adam, lr 1e-4", adam=True, lr=1e-4),
@@ -124,136 +168,117 @@ SETTINGS: dict[str, Setting] = {
         Setting("dropout", "Dropout 0.7", dropout=0.7),
         Setting("batch_norm", "Batch norm", batch_norm=True),
         Setting("five_layers", "Deeper network (5 layers)", hidden_layers=4),
+        Setting("sd_no_decay", "Spectral Decoupling", objective=_SD),
     )
 }
 MAIN_FIGURE = ("erm_delta_minus", "erm", "sd")
-MAIN_TITLES = {"erm_delta_minus": "Δ = −0.1, ERM", "erm": "Δ = +0.1, ERM", "sd": "Δ = +0.1, SD"}
-REGULARIZERS = (
-    "erm",
-    "weight_decay",
-    "train_longer",
-    "adam_small_lr",
-    "adam_large_lr",
-    "rotation_45",
-    "dropout",
-    "batch_norm",
-    "five_layers",
-    "sd",
-)
+REGULARIZERS = tuple(c for c in SETTINGS if c not in MAIN_FIGURE)
+PANEL_SD = "sd_no_decay"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of a two-moons run; the defaults are the paper's protocol.
+
+    Attributes:
+        config: configurations to run (repeatable or comma-separated), in the order of the module docstring.
+        seeds: number of seeds (paper: 10).
+        epochs: full-batch epochs (paper: 10000; train_longer runs 10 times as many).
+        lr: SGD learning rate (the Adam panels keep their own).
+        n: number of training points.
+        noise: make_moons noise.
+        hidden: hidden width (paper: 500).
+        seed: base seed (seed s uses seed + s).
+        unroll: training steps per scan iteration.
+        seed_layout: how the seeds are laid out, AXIS[:CHUNK][@DEVICES] (vmap, vmap:2, map@1, vmap@all).
+    """
+
+    config: tuple[str, ...] = tuple(SETTINGS)
+    seeds: int = 10
+    epochs: int = 10000
+    lr: float = 1e-2
+    n: int = 300
+    noise: float = 0.1
+    hidden: int = 500
+    seed: int = 0
+    unroll: int = 1
+    seed_layout: str = "vmap@all"
+
+    def __post_init__(self):
+        names = []
+        for item in (self.config,) if isinstance(self.config, str) else self.config:
+            names.extend(part.strip() for part in str(item).split(",") if part.strip())
+        unknown = [c for c in names if c not in SETTINGS]
+        if unknown or not names:
+            what = f"unknown configuration {unknown[0]!r}" if unknown else "no configuration given"
+            raise ConfigError("config", f"{what}; choose from {', '.join(SETTINGS)}")
+        object.__setattr__(self, "config", tuple(c for c in SETTINGS if c in names))
+        checks = [
+            ("seeds", self.seeds >= 1, "an integer >= 1"),
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+            ("n", self.n >= 2, "an integer >= 2"),
+            ("noise", math.isfinite(self.noise) and self.noise >= 0, "a finite number >= 0"),
+            ("hidden", self.hidden >= 1, "an integer >= 1"),
+            ("unroll", self.unroll >= 1, "an integer >= 1"),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                raise ConfigError(name, f"expected {what}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> Config:
+        """``--quick``: 2 seeds, 200 epochs, width 64 (a smoke test, under a minute)."""
+        return dataclasses.replace(cls(seeds=2, epochs=200, hidden=64), **overrides)
+
+    def layout(self):
+        """The :class:`~ntkdyn.train.layout.SeedLayout` of ``seed_layout``.
+
+        Raises:
+            ConfigError: naming ``seed_layout`` when the text cannot be read.
+        """
+        from ntkdyn.train.layout import SeedLayout
+
+        flag = "seed_layout"
+        try:
+            return SeedLayout.parse(self.seed_layout, flag=flag)
+        except ValueError as exc:
+            raise ConfigError(flag, str(exc).removeprefix(f"{flag}: ")) from None
 
 
 # --------------------------------------------------------------------------------------------------
-# Model: the MLP's parameter PyTree trained as a pure function
+# Model, objective and optimizer of one setting
 
 
-def init_params(key, *, hidden: int, hidden_layers: int, batch_norm: bool) -> tuple[Any, Any]:
-    """Initial (params, batch-norm state) of 2 → hidden^hidden_layers → 1, PyTorch's default init.
+def logits(setting: Setting, params, stats, x, *, train: bool = False, key=None):
+    """``(f (n,), new_stats)``: the setting's network on ``x``, in train or eval mode.
 
-    Every weight and bias of layer l is U(±1/√fan_inₗ), as ``torch.nn.Linear``. All of them come
-    from one uniform draw, sliced per layer (one random-bits kernel to compile, not one per array).
-
-    Args:
-        key: PRNG key.
-        hidden: width of the hidden layers.
-        hidden_layers: number of hidden layers.
-        batch_norm: include batch-norm scale/shift params and running statistics.
-
-    Returns:
-        ``(params, stats)``: ``params`` in the layout of the :class:`ntkdyn.models.MLP` Param state
-        (``{"linears": {l: {"kernel", "bias"}}, "norms": {l: {"scale", "bias"}}}``, kernels
-        (fan_in, fan_out)); ``stats`` ``{"mean": {l: 0}, "var": {l: 1}}`` or ``None``.
+    The plain one-hidden-layer net goes through :func:`ntkdyn.shallow_relu` (the same function,
+    with a gradient that needs only the activation pattern); the others through
+    :func:`ntkdyn.mlp_apply`, batch norm with PyTorch's ``BatchNorm1d`` conventions (running
+    statistics with momentum 0.1 and the unbiased batch variance), as the authors' code.
     """
-    import jax
-    import jax.numpy as jnp
+    from ntkdyn.models.mlp import mlp_apply, shallow_relu
 
-    widths = [2] + [hidden] * hidden_layers + [1]
-    sizes = [(fan_in, fan_out) for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True)]
-    u = jax.random.uniform(key, (sum((a + 1) * b for a, b in sizes),), jnp.float32, -1.0, 1.0)
-    linears, offset = {}, 0
-    for i, (fan_in, fan_out) in enumerate(sizes):
-        block = u[offset : offset + (fan_in + 1) * fan_out].reshape(
-            fan_in + 1, fan_out
-        ) / math.sqrt(fan_in)
-        linears[i] = {"kernel": block[:fan_in], "bias": block[fan_in]}
-        offset += (fan_in + 1) * fan_out
-    params: dict[str, Any] = {"linears": linears}
-    stats = None
-    if batch_norm:
-        params["norms"] = {
-            i: {
-                "scale": jnp.ones((hidden,), jnp.float32),
-                "bias": jnp.zeros((hidden,), jnp.float32),
-            }
-            for i in range(hidden_layers)
-        }
-        stats = {
-            "mean": {i: jnp.zeros((hidden,), jnp.float32) for i in range(hidden_layers)},
-            "var": {i: jnp.ones((hidden,), jnp.float32) for i in range(hidden_layers)},
-        }
-    return params, stats
-
-
-def forward(
-    params,
-    stats,
-    x,
-    *,
-    train: bool,
-    key=None,
-    dropout: float = 0.0,
-    bn_momentum: float = 0.1,
-    bn_eps: float = 1e-5,
-):
-    """Logits (n,) of the MLP and the updated batch-norm statistics.
-
-    Hidden layer: h ← relu(BN(W h + b)), then dropout (train mode only; inverted scaling 1/(1 − p)).
-    Batch norm (PyTorch semantics): train mode normalises with the batch mean and biased variance
-    and updates running stats with momentum 0.1 (unbiased variance); eval mode uses running stats.
-
-    Args:
-        params: pure-dict MLP params (see :func:`init_params`).
-        stats: batch-norm running statistics or ``None``.
-        x: (n, 2) inputs.
-        train: training mode (dropout on, batch statistics).
-        key: PRNG key for dropout (train mode with dropout > 0).
-        dropout: dropout probability.
-        bn_momentum, bn_eps: batch-norm momentum and epsilon.
-
-    Returns:
-        ``(logits (n,), new_stats)``.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    layers = [params["linears"][i] for i in sorted(params["linears"])]
-    h = x
-    new_stats = None if stats is None else {"mean": {}, "var": {}}
-    for i, layer in enumerate(layers[:-1]):
-        h = h @ layer["kernel"] + layer["bias"]
-        if stats is not None:
-            if train:
-                mean = jnp.mean(h, axis=0)
-                var = jnp.var(h, axis=0)
-                n = h.shape[0]
-                new_stats["mean"][i] = (1 - bn_momentum) * stats["mean"][i] + bn_momentum * mean
-                new_stats["var"][i] = (1 - bn_momentum) * stats["var"][
-                    i
-                ] + bn_momentum * var * n / (n - 1)
-            else:
-                mean, var = stats["mean"][i], stats["var"][i]
-                new_stats["mean"][i], new_stats["var"][i] = mean, var
-            norm = params["norms"][i]
-            h = (h - mean) * jax.lax.rsqrt(var + bn_eps) * norm["scale"] + norm["bias"]
-        h = jax.nn.relu(h)
-        if train and dropout > 0:
-            keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - dropout, h.shape)
-            h = jnp.where(keep, h / (1.0 - dropout), 0.0)
-    out = h @ layers[-1]["kernel"] + layers[-1]["bias"]
+    if setting.shallow and train:
+        hidden, out = params["linears"][0], params["linears"][1]
+        f = shallow_relu(hidden["kernel"], hidden["bias"], out["kernel"], out["bias"], x)
+        return f, stats
+    out, new_stats = mlp_apply(
+        params,
+        x,
+        batch_stats=stats,
+        train=train,
+        key=key,
+        dropout_rate=setting.dropout,
+        momentum=0.9,
+        unbiased_running_var=True,
+    )
     return out[:, 0], new_stats
 
 
 def make_optimizer(setting: Setting, lr: float):
-    """PyTorch-style coupled weight decay followed by SGD with momentum 0.9 or Adam.
+    """PyTorch-style coupled weight decay (when > 0) followed by SGD with momentum 0.9 or Adam.
 
     Args:
         setting: the configuration (its own ``lr`` wins over ``lr``).
@@ -266,38 +291,25 @@ def make_optimizer(setting: Setting, lr: float):
 
     lr = setting.lr if setting.lr is not None else lr
     base = optax.adam(lr) if setting.adam else optax.sgd(lr, momentum=0.9)
+    if not setting.weight_decay:
+        return base
     return optax.chain(optax.add_decayed_weights(setting.weight_decay), base)
 
 
 def make_loss(setting: Setting):
-    """``loss_fn(params, stats, batch, step, key)`` of the trainer: mean softplus(−yŷ) + c·mean(ŷ²).
+    """``loss_fn(params, stats, batch, step, key)`` of the trainer: the setting's objective.
 
-    Args:
-        setting: the configuration (SD coefficient, dropout).
-
-    Returns:
-        The loss function for :func:`ntkdyn.train.fullbatch.train_fullbatch`.
+    ``batch`` is ``(x, y01)`` with labels in {0, 1}; the metrics are the objective's (``nll``,
+    SD's ``penalty``) and the training accuracy ``acc``.
     """
     import jax.numpy as jnp
 
-    from ntkdyn.losses import logistic_loss, sd_penalty
-    from ntkdyn.models.mlp import shallow_relu
-
-    shallow = setting.hidden_layers == 1 and not setting.batch_norm and not setting.dropout
-
     def loss_fn(params, stats, batch, step, key):
-        x, y = batch
-        if shallow:  # the same function, with the activation-pattern gradient of shallow_relu
-            hidden, out = params["linears"][0], params["linears"][1]
-            f, new_stats = (
-                shallow_relu(hidden["kernel"], hidden["bias"], out["kernel"], out["bias"], x),
-                stats,
-            )
-        else:
-            f, new_stats = forward(params, stats, x, train=True, key=key, dropout=setting.dropout)
-        nll = logistic_loss(f, y)
-        loss = nll + setting.sd_coef * sd_penalty(f) if setting.sd_coef else nll
-        return loss, (new_stats, {"nll": nll, "acc": jnp.mean((f * y) > 0)})
+        x, y01 = batch
+        f, new_stats = logits(setting, params, stats, x, train=True, key=key)
+        value, (_, metrics) = setting.objective.loss(f, y01, step=step)
+        acc = jnp.mean(jnp.where(y01 > 0.5, f > 0, f < 0))
+        return value, (new_stats, {**metrics, "acc": acc})
 
     return loss_fn
 
@@ -310,12 +322,14 @@ def make_loss(setting: Setting):
 def _initial_state(seeds: int, hidden: int, hidden_layers: int, batch_norm: bool):
     """Compiled ``key -> (train keys, params0, stats0)`` of ``seeds`` seeds, one per architecture.
 
-    Seed s initialises from ``fold_in(fold_in(key, s), 0)`` and trains with ``fold_in(fold_in(key, s), 1)``.
-    One compiled call rather than many small vmapped ops, shared by every configuration of the same
-    shape.
+    Seed s initialises from ``fold_in(fold_in(key, s), 0)`` and trains with
+    ``fold_in(fold_in(key, s), 1)``. One compiled call rather than many small vmapped ops, shared by
+    every configuration of the same shape.
     """
     import jax
     import jax.numpy as jnp
+
+    from ntkdyn.models.mlp import init_mlp_uniform
 
     @jax.jit
     def initial(base):
@@ -323,13 +337,42 @@ def _initial_state(seeds: int, hidden: int, hidden_layers: int, batch_norm: bool
         init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
         train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
         params0, stats0 = jax.vmap(
-            lambda k: init_params(
-                k, hidden=hidden, hidden_layers=hidden_layers, batch_norm=batch_norm
-            )
+            lambda k: init_mlp_uniform(k, 2, [hidden] * hidden_layers, batch_norm=batch_norm)
         )(init_keys)
         return train_keys, params0, stats0
 
     return initial
+
+
+class _Progress:
+    """Counts the records of one training call on the host and prints a line every tenth.
+
+    Called through ``jax.debug.callback`` once per seed and record (per padded seed when the seeds
+    are split over devices), so ``calls / calls_per_record`` records are done.
+    """
+
+    def __init__(self, name: str, total: int, records: int, per_record: int, stream=None):
+        self.name, self.total, self.records, self.per_record = name, total, records, per_record
+        self.stream = sys.stderr if stream is None else stream
+        self.calls, self.shown = 0, 0
+        self.lock = threading.Lock()
+        self.start = time.perf_counter()
+
+    def __call__(self, _anchor) -> None:
+        with self.lock:
+            self.calls += 1
+            fraction = self.calls / (self.records * self.per_record)
+            tenth = min(PROGRESS_LINES, int(fraction * PROGRESS_LINES + 1e-9))
+            if tenth <= self.shown:
+                return
+            self.shown = tenth
+            done = round(fraction * self.total)
+            elapsed = time.perf_counter() - self.start
+            print(
+                f"  {self.name}: {done:,}/{self.total:,} epochs, {elapsed:.0f} s",
+                file=self.stream,
+                flush=True,
+            )
 
 
 class Trained(NamedTuple):
@@ -337,7 +380,7 @@ class Trained(NamedTuple):
 
     setting: Setting
     X: np.ndarray  # (S, n, 2)
-    y: np.ndarray  # (S, n)
+    y: np.ndarray  # (S, n), labels in {−1, +1}
     params0: Any
     params: Any
     stats: Any
@@ -348,34 +391,27 @@ class Trained(NamedTuple):
 
 def train_setting(
     setting: Setting,
+    config: Config,
     *,
-    seeds: int,
-    epochs: int,
-    lr: float,
-    n: int,
-    noise: float,
-    hidden: int,
-    seed: int,
+    layout=None,
     records: int = 200,
     record_outputs: bool = False,
-    unroll: int = 1,
-    seed_axis: str = "vmap",
-    devices: Sequence[Any] | None = None,
+    progress: bool = False,
 ) -> Trained:
-    """Train one configuration on ``seeds`` seeds at once (one compiled call).
+    """Train one configuration on ``config.seeds`` seeds at once (one compiled call).
 
-    Seed s trains on ``two_moons(seed=seed + s)`` from the key ``fold_in(key(seed), s)``.
+    Seed s trains on ``two_moons(seed=config.seed + s)`` (labels converted once to {0, 1} for the
+    objective) from the key ``fold_in(key(config.seed), s)``.
 
     Args:
         setting: the configuration.
-        seeds, epochs, lr, n, noise, hidden, seed: the protocol (``epochs`` before ``epoch_factor``).
+        config: the protocol (``epochs`` before the setting's ``epoch_factor``, seeds, data,
+            width, ``unroll``).
+        layout: :class:`~ntkdyn.train.layout.SeedLayout` of the seeds (``None``: all seeds vmapped
+            on the default device).
         records: about how many metric records to keep.
         record_outputs: also record f(X; θ_t) on the training set (for feature responses).
-        unroll: steps per scan iteration.
-        seed_axis: ``"vmap"`` (all seeds in every step) or ``"map"`` (seeds one after another).
-        devices: devices to split the seeds over (``None``: the default device). On a CPU, expose
-            the cores as devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set
-            before JAX starts.
+        progress: print a line to stderr every tenth of the epochs (epochs done/total, elapsed).
 
     Returns:
         :class:`Trained`.
@@ -385,42 +421,53 @@ def train_setting(
 
     from ntkdyn.data.moons import two_moons
     from ntkdyn.train.fullbatch import train_fullbatch
-    from ntkdyn.train.layout import SeedAxis, SeedLayout
+    from ntkdyn.train.layout import SeedLayout
 
-    num_steps = epochs * setting.epoch_factor
+    layout = SeedLayout() if layout is None else layout
+    seeds = config.seeds
+    num_steps = config.epochs * setting.epoch_factor
     data = [
         two_moons(
-            n=n, noise=noise, delta=setting.delta, rotation_deg=setting.rotation_deg, seed=seed + s
+            n=config.n,
+            noise=config.noise,
+            delta=setting.delta,
+            rotation_deg=setting.rotation_deg,
+            seed=config.seed + s,
         )
         for s in range(seeds)
     ]
     X = np.stack([d[0] for d in data])
     y = np.stack([d[1] for d in data])
+    y01 = ((y + 1) / 2).astype(np.float32)
 
-    initial = _initial_state(seeds, hidden, setting.hidden_layers, setting.batch_norm)
-    train_keys, params0, stats0 = initial(jax.random.key(seed))
-
-    eval_fn = None
-    if record_outputs:
-
-        def eval_fn(params, stats, batch):
-            return {"outputs": forward(params, stats, batch[0], train=False)[0]}
+    initial = _initial_state(seeds, config.hidden, setting.hidden_layers, setting.batch_norm)
+    train_keys, params0, stats0 = initial(jax.random.key(config.seed))
 
     log_every = max(1, num_steps // records)
+    devices = len(layout.devices) if layout.devices else 1
+    counter = _Progress(setting.name, num_steps, num_steps // log_every, seeds + (-seeds) % devices)
+
+    def eval_fn(params, stats, batch):
+        if progress:  # anchored on the chunk's parameters, so it runs when the chunk is done
+            jax.debug.callback(counter, params["linears"][0]["bias"][0])
+        if not record_outputs:
+            return {}
+        return {"outputs": logits(setting, params, stats, batch[0])[0]}
+
     start = time.perf_counter()
     result = train_fullbatch(
         make_loss(setting),
-        make_optimizer(setting, lr),
+        make_optimizer(setting, config.lr),
         params0,
-        (jnp.asarray(X), jnp.asarray(y)),
+        (jnp.asarray(X), jnp.asarray(y01)),
         keys=train_keys,
         num_steps=num_steps,
         model_state=stats0,
         log_every=log_every,
         eval_fn=eval_fn,
         batch_axis=0,
-        layout=SeedLayout(SeedAxis(seed_axis), None, devices),
-        unroll=min(unroll, log_every),
+        layout=layout,
+        unroll=min(config.unroll, log_every),
     )
     jax.block_until_ready(result.state.params)
     seconds = time.perf_counter() - start
@@ -450,7 +497,8 @@ def decision_functions(trained: Trained, points: np.ndarray) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    fn = jax.jit(jax.vmap(lambda p, s: forward(p, s, jnp.asarray(points), train=False)[0]))
+    pts = jnp.asarray(points)
+    fn = jax.jit(jax.vmap(lambda p, s: logits(trained.setting, p, s, pts)[0]))
     return np.asarray(fn(trained.params, trained.stats), dtype=np.float64)
 
 
@@ -467,7 +515,7 @@ def evaluate(trained: Trained) -> tuple[dict[str, Any], np.ndarray]:
 
     S = trained.X.shape[0]
     train_logits = np.asarray(
-        jax.vmap(lambda p, s, x: forward(p, s, x, train=False)[0])(
+        jax.vmap(lambda p, s, x: logits(trained.setting, p, s, x)[0])(
             trained.params, trained.stats, jnp.asarray(trained.X)
         )
     )
@@ -498,139 +546,43 @@ def feature_responses_over_training(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seed-mean z_j(t) = u_jᵀ Y (f(X; θ_t) − f(X; θ₀)) of the top-k NTK directions at θ₀.
 
-    U is each seed's own (:func:`ntkdyn.tangent.feature_spectrum` of the initial network on its
-    training set, signs fixed by u_jᵀ1 ≥ 0); f(X; θ_t) are the outputs recorded during training.
+    Each seed's spectrum at θ₀ (:func:`ntkdyn.analysis.analyse` of the initial network on its
+    training set) and its measure of the outputs f(X; θ_t) recorded during training.
 
     Returns:
         ``(epochs (R + 1,), z (R + 1, k))`` starting at epoch 0 (z = 0).
     """
     import jax
-    import jax.numpy as jnp
 
+    from ntkdyn.analysis import analyse
     from ntkdyn.models.mlp import DenseApply
-    from ntkdyn.tangent import feature_spectrum, responses_from_outputs
 
-    S = trained.X.shape[0]
     zs = []
-    for s in range(S):
-        p0 = jax.tree_util.tree_map(lambda a, s=s: a[s], trained.params0)
-        spec = feature_spectrum(
-            DenseApply(), p0, jnp.asarray(trained.X[s]), jnp.asarray(trained.y[s])
+    for s in range(trained.X.shape[0]):
+        p0 = jax.tree.map(lambda a, s=s: a[s], trained.params0)
+        a = analyse(DenseApply(), p0, trained.X[s], trained.y[s])
+        m = a.measure(
+            trained.history["outputs"][s], steps=trained.epochs, top=k, start_at_zero=True
         )
-        f0 = forward(p0, None, jnp.asarray(trained.X[s]), train=False)[0]
-        z = responses_from_outputs(
-            trained.history["outputs"][s], f0, trained.y[s], spec.U[:, :k]
-        )  # (R, k)
-        zs.append(np.asarray(z, np.float64))
-    z = np.mean(zs, axis=0)
-    return np.concatenate([[0], trained.epochs]), np.concatenate([np.zeros((1, z.shape[1])), z])
+        zs.append(m.z)
+    return m.steps, np.mean(zs, axis=0)
 
 
 # --------------------------------------------------------------------------------------------------
-# Command line
+# Report
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``ntkdyn moons`` (the paper's protocol by default)."""
-    parser.add_argument("--out", default="runs/moons", help="output directory")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke test: 2 seeds, 200 epochs, width 64 (under a minute)",
-    )
-    parser.add_argument(
-        "--replot",
-        action="store_true",
-        help="redraw the figures of the run in --out from its decision_functions.npz (no training)",
-    )
-    parser.add_argument(
-        "--config",
-        action="append",
-        metavar="NAME",
-        help=f"configuration(s) to run (repeatable; default all): {', '.join(SETTINGS)}",
-    )
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (paper: 10)")
-    parser.add_argument("--epochs", type=int, default=None, help="full-batch epochs (paper: 10000)")
-    parser.add_argument(
-        "--lr", type=float, default=1e-2, help="SGD learning rate (Adam settings keep their own)"
-    )
-    parser.add_argument("--n", type=int, default=300, help="number of training points")
-    parser.add_argument("--noise", type=float, default=0.1, help="make_moons noise")
-    parser.add_argument("--hidden", type=int, default=None, help="hidden width (paper: 500)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed (seed s uses seed + s)")
-    parser.add_argument("--unroll", type=int, default=1, help="training steps per scan iteration")
-    parser.add_argument(
-        "--no-shard",
-        action="store_true",
-        help="do not split the seeds over the local devices (on a CPU there is one device unless "
-        "XLA_FLAGS=--xla_force_host_platform_device_count=N is set before the command)",
-    )
-    parser.add_argument(
-        "--seed-axis",
-        choices=("map", "vmap"),
-        default="vmap",
-        help="seeds batched into every step (vmap; measured fastest on a 2-core CPU for every "
-        "configuration here) or one after another in the same compiled call (map)",
-    )
-
-
-def _resolve(args: argparse.Namespace) -> dict[str, Any]:
-    names = []
-    for item in args.config or list(SETTINGS):
-        names.extend(part for part in item.split(",") if part)
-    unknown = [c for c in names if c not in SETTINGS]
-    if unknown:
-        raise ValueError(
-            f"--config: unknown configuration {unknown[0]!r}; choose from {', '.join(SETTINGS)}"
-        )
-    names = [c for c in SETTINGS if c in names]  # canonical order, no duplicates
-    seeds = args.seeds if args.seeds is not None else (2 if args.quick else 10)
-    epochs = args.epochs if args.epochs is not None else (200 if args.quick else 10000)
-    hidden = args.hidden if args.hidden is not None else (64 if args.quick else 500)
-    checks = [
-        ("--seeds", seeds, seeds >= 1, "an integer >= 1"),
-        ("--epochs", epochs, epochs >= 1, "an integer >= 1"),
-        ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a finite number > 0"),
-        ("--n", args.n, args.n >= 2, "an integer >= 2"),
-        (
-            "--noise",
-            args.noise,
-            math.isfinite(args.noise) and args.noise >= 0,
-            "a finite number >= 0",
-        ),
-        ("--hidden", hidden, hidden >= 1, "an integer >= 1"),
-        ("--unroll", args.unroll, args.unroll >= 1, "an integer >= 1"),
-    ]
-    for name, value, ok, what in checks:
-        if not ok:
-            raise ValueError(f"{name}: expected {what}, got {value!r}")
-    return dict(
-        configs=names,
-        seeds=seeds,
-        epochs=epochs,
-        lr=args.lr,
-        n=args.n,
-        noise=args.noise,
-        hidden=hidden,
-        seed=args.seed,
-        unroll=args.unroll,
-        seed_axis=args.seed_axis,
-        shard=not args.no_shard,
-        quick=bool(args.quick),
-        grid=dict(size=GRID_SIZE, lim=GRID_LIM),
-        metric_grid_size=METRIC_GRID_SIZE,
-        settings={c: dataclasses.asdict(SETTINGS[c]) for c in names},
-    )
-
-
-def _summary(config: dict[str, Any], results: dict[str, Any]) -> str:
+def _summary(config: Config, results: dict[str, Any]) -> str:
     lines = [
         "# Two moons: decision boundaries of ERM, nine regularizers and Spectral Decoupling",
         "",
-        f"{config['seeds']} seeds, {config['epochs']} epochs (×10 for train_longer), n = {config['n']}, "
-        f"noise = {config['noise']}, width {config['hidden']}; mean ± std over seeds.",
+        f"{config.seeds} seeds, {config.epochs} epochs (×10 for train_longer), n = {config.n}, "
+        f"noise = {config.noise}, width {config.hidden}; mean ± std over seeds. Main figure: "
+        "erm_delta_minus, erm, sd (weight decay 2e-4); regularizer panels: the others (no weight "
+        "decay but the weight_decay panel's).",
         "",
-        "| configuration | train acc | boundary_min_distance | boundary_mean10_distance | boundary_line_residual |",
+        "| configuration | train acc | boundary_min_distance | boundary_mean10_distance "
+        "| boundary_line_residual |",
         "| --- | --- | --- | --- | --- |",
     ]
 
@@ -640,7 +592,7 @@ def _summary(config: dict[str, Any], results: dict[str, Any]) -> str:
             return "–"
         return f"{v:.{digits}f} ± {sd:.{digits}f}"
 
-    for name in config["configs"]:
+    for name in config.config:
         r = results["configs"].get(name)
         if r is not None:
             lines.append(
@@ -649,22 +601,21 @@ def _summary(config: dict[str, Any], results: dict[str, Any]) -> str:
             )
     verdict = results.get("verdict")
     if verdict:
-        lines += ["", "SD against ERM and the other regularizers (Δ = +0.1):", ""]
+        lines += ["", f"SD ({PANEL_SD}) against the other regularizer panels (Δ = +0.1):", ""]
         for key, value in verdict.items():
             lines.append(f"* {key}: {value}")
     return "\n".join(lines) + "\n"
 
 
 def _verdict(results: dict[str, Any]) -> dict[str, Any]:
+    """Whether the SD panel's boundary is farther and more curved than every other panel's."""
     configs = results["configs"]
-    if "sd" not in configs:
+    others = [c for c in REGULARIZERS if c != PANEL_SD and c in configs]
+    if PANEL_SD not in configs or not others:
         return {}
-    others = [c for c in REGULARIZERS if c != "sd" and c in configs]
-    if not others:
-        return {}
-    out = {"compared_with": others}
+    out: dict[str, Any] = {"compared_with": others}
     for key in ("boundary_min_distance", "boundary_line_residual"):
-        sd = configs["sd"][key]
+        sd = configs[PANEL_SD][key]
         out[f"sd_largest_{key.removeprefix('boundary_')}"] = bool(
             all(sd > configs[c][key] for c in others)
         )
@@ -705,7 +656,7 @@ def _draw(out, values, data, responses) -> None:
 
     xs, ys, _ = grid(GRID_SIZE)
     if all(c in values for c in MAIN_FIGURE):
-        panels = [DecisionPanel(MAIN_TITLES[c], values[c], *data[c]) for c in MAIN_FIGURE]
+        panels = [DecisionPanel(SETTINGS[c].title, values[c], *data[c]) for c in MAIN_FIGURE]
         resp = {
             ("ERM" if c == "erm" else "SD"): responses[c] for c in ("erm", "sd") if c in responses
         }
@@ -716,12 +667,64 @@ def _draw(out, values, data, responses) -> None:
         out.save_figure(moons_regularizer_figure(xs, ys, panels), "moons_regularizers")
 
 
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``ntkdyn moons``: one flag per :class:`Config` field, plus the run's own."""
+    parser.add_argument("--out", default="runs/moons", help="output directory")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 2 seeds, 200 epochs, width 64 (under a minute); flags override it",
+    )
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="redraw the figures of the run in --out from its decision_functions.npz (no training)",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        metavar="NAME",
+        default=argparse.SUPPRESS,
+        help=f"configuration(s) to run (repeatable or comma-separated; default all): "
+        f"{', '.join(SETTINGS)}",
+    )
+    add_arguments(parser, Config(), skip=("config",))
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    """The :class:`Config` of parsed arguments: the paper's (or ``quick()``), then the flags given.
+
+    Raises:
+        ConfigError: naming the field of a bad value (printed as its flag).
+    """
+    base = Config.quick() if args.quick else Config()
+    return from_arguments(base, args)
+
+
+def _record(config: Config, layout) -> dict[str, Any]:
+    record = dataclasses.asdict(config)
+    record.update(
+        layout=layout.describe(),
+        grid=dict(size=GRID_SIZE, lim=GRID_LIM),
+        metric_grid_size=METRIC_GRID_SIZE,
+        settings={c: SETTINGS[c].describe() for c in config.config},
+    )
+    return record
+
+
 def run(args: argparse.Namespace) -> int:
     """Train the selected configurations, write metrics, results, summary and figures.
 
+    Every setting is checked before the output folder is created.
+
     Raises:
-        ValueError: naming the argument on bad input (unknown configuration, lr ≤ 0, epochs ≤ 0,
-            n < 2, noise < 0, ...).
+        ConfigError: naming the flag of a bad value (unknown configuration, lr ≤ 0, epochs ≤ 0,
+            n < 2, noise < 0, an unreadable --seed-layout, ...).
+        FileNotFoundError: ``--replot`` of a folder without a finished run.
     """
     from ntkdyn.runs import RunDir
 
@@ -734,38 +737,29 @@ def run(args: argparse.Namespace) -> int:
         _draw(out, *_read_arrays(out))
         print(f"redrew the figures in {out.path}", file=sys.stderr)
         return 0
-    from ntkdyn.train.layout import SeedLayout
-
-    config = _resolve(args)
-    devices = SeedLayout.local().devices if config["shard"] else None
-    config["devices"] = len(devices) if devices else 1
+    config = resolve(args)
+    layout = config.layout()
+    quick = bool(args.quick)
     out = RunDir(args.out)
-    out.write_config(config)
+    out.write_config({**_record(config, layout), "quick": quick})
     results: dict[str, Any] = {"configs": {}}
     metrics_records: list[dict[str, Any]] = []
     values: dict[str, np.ndarray] = {}
     data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     responses: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in config["configs"]:
+    for name in config.config:
         setting = SETTINGS[name]
         trained = train_setting(
             setting,
-            seeds=config["seeds"],
-            epochs=config["epochs"],
-            lr=config["lr"],
-            n=config["n"],
-            noise=config["noise"],
-            hidden=config["hidden"],
-            seed=config["seed"],
+            config,
+            layout=layout,
             record_outputs=name in MAIN_FIGURE,
             records=500 if name in MAIN_FIGURE else 200,
-            unroll=config["unroll"],
-            seed_axis=config["seed_axis"],
-            devices=devices,
+            progress=True,
         )
         metrics, values[name] = evaluate(trained)
         data[name] = (trained.X[0], trained.y[0])
-        if name in MAIN_FIGURE and setting.hidden_layers == 1 and not setting.batch_norm:
+        if name in MAIN_FIGURE and setting.shallow:
             responses[name] = feature_responses_over_training(trained)
         results["configs"][name] = metrics
         for r, epoch in enumerate(trained.epochs):
@@ -776,16 +770,16 @@ def run(args: argparse.Namespace) -> int:
                     rec[f"{key}_std"] = float(hist[:, r].std())
             metrics_records.append(rec)
         print(
-            f"{name}: {trained.epochs[-1] if len(trained.epochs) else 0} epochs x {config['seeds']} seeds in "
-            f"{trained.seconds:.1f} s; train acc {metrics['train_accuracy']:.3f}, "
-            f"min dist {metrics['boundary_min_distance']:.3f}, line residual {metrics['boundary_line_residual']:.3f}",
+            f"{name}: {trained.epochs[-1] if len(trained.epochs) else 0} epochs x "
+            f"{config.seeds} seeds in {trained.seconds:.1f} s; train acc "
+            f"{metrics['train_accuracy']:.3f}, min dist {metrics['boundary_min_distance']:.3f}, "
+            f"line residual {metrics['boundary_line_residual']:.3f}",
             file=sys.stderr,
             flush=True,
         )
         results["verdict"] = _verdict(results)
-        _write_arrays(
-            out, values, data, responses
-        )  # after every configuration: --replot works on partial runs
+        # After every configuration, so that --replot works on a partial run.
+        _write_arrays(out, values, data, responses)
         out.write_metrics(metrics_records)
         out.write_results(results)
         out.write_text("summary.md", _summary(config, results))

@@ -9,26 +9,29 @@ import pytest
 from ntkdyn.experiments import moons
 
 from ntkdyn import cli
-from ntkdyn.models.mlp import DenseApply
+from ntkdyn.models.mlp import DenseApply, init_mlp_uniform, mlp_apply
+from ntkdyn.objectives import SpectralDecoupling
 
 
 def _one_seed(tree, s=0):
     return jax.tree_util.tree_map(lambda a: a[s], tree)
 
 
-@pytest.mark.parametrize("batch_norm", [False, True])
-def test_forward_matches_mlp_layout(batch_norm):
-    params, stats = moons.init_params(
-        jax.random.key(1), hidden=16, hidden_layers=2, batch_norm=batch_norm
-    )
-    x = jax.random.normal(jax.random.key(2), (7, 2))
-    f, _ = moons.forward(params, stats, x, train=False)
-    if not batch_norm:
-        np.testing.assert_allclose(f, DenseApply()(params, x)[:, 0], rtol=1e-6, atol=1e-6)
-    # PyTorch's default nn.Linear init: W, b ~ U(±1/sqrt(fan_in)).
-    W0, b1 = params["linears"][0]["kernel"], params["linears"][1]["bias"]
-    assert float(jnp.abs(W0).max()) <= 1 / np.sqrt(2) and float(jnp.abs(W0).max()) > 0.5
-    assert float(jnp.abs(b1).max()) <= 1 / np.sqrt(16)
+def test_settings_follow_the_authors_files():
+    """Main figure (moon_fig_2.py): weight decay 2e-4; panels (moon_fig_3.py): none but its own."""
+    for name in moons.MAIN_FIGURE:
+        assert moons.SETTINGS[name].weight_decay == 2e-4 and not moons.SETTINGS[name].adam
+    assert moons.REGULARIZERS[0] == "no_regularization" and moons.REGULARIZERS[-1] == "sd_no_decay"
+    assert len(moons.REGULARIZERS) == 10
+    for name in moons.REGULARIZERS:
+        s = moons.SETTINGS[name]
+        assert s.weight_decay == (0.01 if name == "weight_decay" else 0.0), name
+        assert s.delta == 0.1
+    assert moons.SETTINGS["sd_no_decay"].objective == SpectralDecoupling(coef=0.003)
+    assert moons.SETTINGS["sd"].objective == SpectralDecoupling(coef=0.003)
+    assert moons.SETTINGS["five_layers"].hidden_layers == 4
+    assert moons.SETTINGS["train_longer"].epoch_factor == 10
+    assert [moons.SETTINGS[c].lr for c in ("adam_small_lr", "adam_large_lr")] == [1e-4, 3e-3]
 
 
 @pytest.mark.parametrize("name", ["sd", "adam_large_lr", "batch_norm"])
@@ -37,18 +40,8 @@ def test_training_matches_a_pytorch_loop(name):
     torch = pytest.importorskip("torch")
     setting = moons.SETTINGS[name]
     steps, hidden = 30, 32
-    tr = moons.train_setting(
-        setting,
-        seeds=1,
-        epochs=steps,
-        lr=1e-2,
-        n=60,
-        noise=0.1,
-        hidden=hidden,
-        seed=3,
-        records=3,
-        unroll=4,
-    )
+    config = moons.Config(seeds=1, epochs=steps, n=60, hidden=hidden, seed=3, unroll=4)
+    tr = moons.train_setting(setting, config, records=3)
     p0 = _one_seed(tr.params0)
     torch.manual_seed(0)
     lin1, lin2 = torch.nn.Linear(2, hidden).double(), torch.nn.Linear(hidden, 1).double()
@@ -74,7 +67,8 @@ def test_training_matches_a_pytorch_loop(name):
     )
     for _ in range(steps):
         out = net(X)[:, 0]
-        loss = torch.nn.functional.softplus(-out * y).mean() + setting.sd_coef * (out**2).mean()
+        coef = getattr(setting.objective, "coef", 0.0)
+        loss = torch.nn.functional.softplus(-out * y).mean() + coef * (out**2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -88,10 +82,10 @@ def test_training_matches_a_pytorch_loop(name):
     if setting.batch_norm:
         bn = layers[1]
         np.testing.assert_allclose(
-            _one_seed(tr.stats)["mean"][0], bn.running_mean.numpy(), rtol=2e-4, atol=2e-5
+            _one_seed(tr.stats)["norms"][0]["mean"], bn.running_mean.numpy(), rtol=2e-4, atol=2e-5
         )
         np.testing.assert_allclose(
-            _one_seed(tr.stats)["var"][0], bn.running_var.numpy(), rtol=2e-4, atol=2e-5
+            _one_seed(tr.stats)["norms"][0]["var"], bn.running_var.numpy(), rtol=2e-4, atol=2e-5
         )
     net.eval()
     with torch.no_grad():
@@ -103,18 +97,8 @@ def test_training_matches_a_pytorch_loop(name):
 def test_feature_responses_match_the_tangent_library():
     from ntkdyn.tangent import feature_responses, feature_spectrum
 
-    tr = moons.train_setting(
-        moons.SETTINGS["sd"],
-        seeds=2,
-        epochs=40,
-        lr=1e-2,
-        n=40,
-        noise=0.1,
-        hidden=24,
-        seed=0,
-        records=4,
-        record_outputs=True,
-    )
+    config = moons.Config(seeds=2, epochs=40, n=40, hidden=24)
+    tr = moons.train_setting(moons.SETTINGS["sd"], config, records=4, record_outputs=True)
     epochs, z = moons.feature_responses_over_training(tr, k=5)
     np.testing.assert_array_equal(epochs, [0, 10, 20, 30, 40])
     assert z.shape == (5, 5) and np.all(z[0] == 0)
@@ -146,6 +130,10 @@ def test_command_writes_a_complete_run(tmp_path, capsys):
         "sd",
         "--config",
         "dropout",
+        "--config",
+        "sd_no_decay",
+        "--seed-layout",
+        "map@1",
     ]
     assert cli.main(argv) == 0
     for name in (
@@ -161,7 +149,11 @@ def test_command_writes_a_complete_run(tmp_path, capsys):
     ):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
-    assert set(results["configs"]) == {"erm_delta_minus", "erm", "dropout", "sd"}
+    assert set(results["configs"]) == {"erm_delta_minus", "erm", "dropout", "sd", "sd_no_decay"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["layout"] == {"axis": "map", "chunk": None, "devices": 1}
+    assert config["seed_layout"] == "map@1" and config["seeds"] == 2 and not config["quick"]
+    assert config["config"] == ["erm_delta_minus", "erm", "sd", "dropout", "sd_no_decay"]
     for r in results["configs"].values():
         for key in (
             "train_accuracy",
@@ -171,14 +163,14 @@ def test_command_writes_a_complete_run(tmp_path, capsys):
         ):
             assert isinstance(r[key], float), key
         assert r["boundary_mean10_distance"] >= r["boundary_min_distance"] >= 0
-    assert results["verdict"]["compared_with"] == ["erm", "dropout"]
+    assert results["verdict"]["compared_with"] == ["dropout"]
     summary = (out / "summary.md").read_text()
     assert "| sd |" in summary and "boundary_line_residual" in summary
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["config"] for r in records} == set(results["configs"])
     npz = np.load(out / "decision_functions.npz")
     assert (
-        npz["values"].shape == (4, 100, 100) and npz["z_sd"].shape[1] == moons.RESPONSE_DIRECTIONS
+        npz["values"].shape == (5, 100, 100) and npz["z_sd"].shape[1] == moons.RESPONSE_DIRECTIONS
     )
     # The figures can be redrawn from the saved arrays, without training.
     before = (out / "moons_main.png").read_bytes()
@@ -204,6 +196,10 @@ def test_command_writes_a_complete_run(tmp_path, capsys):
         (["--lr", "-1e-2"], "--lr"),
         (["--epochs", "0"], "--epochs"),
         (["--seeds", "0"], "--seeds"),
+        (["--config", ","], "--config"),
+        (["--seed-layout", "diagonal"], "--seed-layout"),
+        (["--seed-layout", "vmap:0"], "--seed-layout"),
+        (["--hidden", "0"], "--hidden"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_argument(tmp_path, capsys, extra, match):
@@ -233,19 +229,17 @@ def test_quick_mode_runs_all_configurations(tmp_path):
 def test_training_loss_gradient_equals_the_generic_forward(name):
     """One hidden layer without dropout/batch norm trains through shallow_relu: same loss and gradient."""
     setting = moons.SETTINGS[name]
-    params, stats = moons.init_params(
-        jax.random.key(0), hidden=64, hidden_layers=1, batch_norm=False
-    )
+    params, _ = init_mlp_uniform(jax.random.key(0), 2, [64])
     x = jax.random.normal(jax.random.key(1), (40, 2))
-    y = jnp.sign(x[:, 1] + 0.2)
+    y01 = (x[:, 1] + 0.2 > 0).astype(jnp.float32)
 
     def generic(params):
-        f, _ = moons.forward(params, stats, x, train=True)
-        return jnp.mean(jax.nn.softplus(-y * f)) + setting.sd_coef * jnp.mean(f**2)
+        f = mlp_apply(params, x, train=True)[0][:, 0]
+        return setting.objective.loss(f, y01)[0]
 
     loss_fn = moons.make_loss(setting)
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, stats, (x, y), jnp.int32(0), jax.random.key(2)
+        params, None, (x, y01), jnp.int32(0), jax.random.key(2)
     )
     ref_loss, ref_grads = jax.value_and_grad(generic)(params)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
@@ -253,3 +247,31 @@ def test_training_loss_gradient_equals_the_generic_forward(name):
         jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_progress_lines_do_not_change_the_numbers(capsys):
+    config = moons.Config(seeds=3, epochs=50, n=40, hidden=16)
+    setting = moons.SETTINGS["dropout"]
+    quiet = moons.train_setting(setting, config, records=10)
+    assert capsys.readouterr().err == ""
+    loud = moons.train_setting(setting, config, records=10, progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == moons.PROGRESS_LINES
+    assert lines[0].strip().startswith("dropout: 5/50 epochs,") and "50/50 epochs" in lines[-1]
+    for a, b in zip(jax.tree.leaves(quiet.params), jax.tree.leaves(loud.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(quiet.history["loss"], loud.history["loss"])
+
+
+def test_config_names_the_field_and_quick_keeps_given_flags():
+    from ntkdyn.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="^lr: "):
+        moons.Config(lr=0.0)
+    with pytest.raises(ConfigError, match="seed_layout"):
+        moons.Config(seed_layout="sideways").layout()
+    assert moons.Config(config=("sd,erm", "erm")).config == ("erm", "sd")
+    quick = moons.resolve(
+        cli.build_parser("moons").parse_args(["moons", "--quick", "--seeds", "3"])
+    )
+    assert (quick.seeds, quick.epochs, quick.hidden) == (3, 200, 64)

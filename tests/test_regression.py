@@ -35,6 +35,31 @@ CHANGED: dict[tuple[str, str], str] = {
         "Group DRO as its authors run it: group-balanced sampling, SGD momentum 0.9 with coupled "
         "weight decay, epoch selected by validation worst-group accuracy"
     ),
+    ("moons", "/configs/train_longer"): (
+        "regularizer panels as in the authors' moon_fig_3.py: no weight decay"
+    ),
+    ("moons", "/configs/adam_small_lr"): (
+        "regularizer panels as in the authors' moon_fig_3.py: no weight decay"
+    ),
+    ("moons", "/configs/adam_large_lr"): (
+        "regularizer panels as in the authors' moon_fig_3.py: no weight decay"
+    ),
+    ("moons", "/configs/rotation_45"): (
+        "regularizer panels as in the authors' moon_fig_3.py: no weight decay"
+    ),
+    ("moons", "/configs/dropout"): (
+        "regularizer panels as in the authors' moon_fig_3.py: no weight decay"
+    ),
+    ("moons", "/configs/batch_norm"): (
+        "regularizer panels as in the authors' moon_fig_3.py: no weight decay"
+    ),
+    ("moons", "/configs/five_layers"): (
+        "regularizer panels as in the authors' moon_fig_3.py: no weight decay"
+    ),
+    ("moons", "/verdict"): (
+        "regularizer panels as in the authors' moon_fig_3.py: no weight decay; the verdict "
+        "compares their SD panel with the other panels"
+    ),
 }
 
 
