@@ -36,7 +36,8 @@ How the three callers use it::
                 predictions={"ce": (ce_field, n * wd), "sd": (sd_field, 2 * c)})
     a.predictions["ce"].starvation[:, 0]          # ∂z_j*/∂s_1 for every j
     theory = predict(a.spectrum, lam, field, eta=eta, num_steps=K, save_every=50)
-    trace = train_gd(apply_fn, params, x, y, eta=eta, num_steps=K, save_every=50, ...)
+    trace = train_gd(apply_fn, params, x, y, eta=eta, num_steps=K, save_every=50,
+                     objective=ntkdyn.ERM(), weight_decay=lam / n)  # λ = n·wd
     a.measure(trace.outputs, f0=trace.f0, steps=trace.steps).z   # vs theory.z
 
     # experiments/moons.py (feature_responses_over_training): each seed's own U, seed-mean z(t)

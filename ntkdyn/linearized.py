@@ -7,14 +7,19 @@ full-batch gradient descent on the real network (``linearized=False``) or on its
 (``linearized=True``) and records the outputs on the training set, so that measured z(t) of real
 training, z(t) of linearized training and the prediction of the theory can be drawn together.
 
-The loss is the one the theory's fields are derived from (sums, not means):
+The training objective is an :mod:`ntkdyn.objectives` object (``ERM()`` or
+``SpectralDecoupling(coef=c)``) with coupled weight decay ``wd``, as the experiments train; the
+descent runs on its *sum* form, the loss the theory's fields are derived from:
 
-    L(θ) = Σᵢ log(1 + exp(−yᵢ gᵢ(θ))) + (wd/2)‖θ − θ₀‖² + (sd/2)‖g(θ)‖²,
+    L(θ) = n·L_obj(g(θ)) + (n·wd/2)‖θ − θ₀‖²
+         = Σᵢ log(1 + exp(−yᵢ gᵢ(θ))) + (λ_CE/2)‖θ − θ₀‖² + (λ_SD/2)‖g(θ)‖²,
 
-with g(θ) = f(X; θ) − f(X; θ₀) when ``center=True`` (the theory's margins m = Yg = Uz start at
-zero) or g(θ) = f(X; θ) otherwise. Weight decay pulls towards θ₀, which is what the theory's
-(λ/2)‖θ‖² means for a linearization about θ₀. Then for the linearized model with ``center=True``,
-``wd = λ`` reproduces :func:`ntkdyn.dynamics.ce_field` and ``sd = λ`` :func:`ntkdyn.dynamics.sd_field`.
+with λ_CE = n·wd and λ_SD = 2c (:func:`ntkdyn.objectives.theory_lam`), g(θ) = f(X; θ) − f(X; θ₀)
+when ``center=True`` (the theory's margins m = Yg = Uz start at zero) or g(θ) = f(X; θ) otherwise.
+Weight decay pulls towards θ₀, which is what the theory's (λ/2)‖θ‖² means for a linearization
+about θ₀. Then for the linearized model with ``center=True``, the run equals
+:func:`ntkdyn.dynamics.gd` with ``theory_lam(objective, num_examples=n, weight_decay=wd)``'s field
+and λ, with the same η.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from ntkdyn._checks import check_outputs, check_x
+from ntkdyn.objectives import ERM, Objective, theory_lam
 from ntkdyn.tangent import ApplyFn, responses_from_outputs, signed_labels
 from ntkdyn.tangent.features import apply_outputs
 
@@ -94,9 +100,12 @@ class GDTrace(NamedTuple):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("apply_fn", "linearized", "center", "num_blocks", "save_every")
+    jax.jit,
+    static_argnames=("apply_fn", "objective", "linearized", "center", "num_blocks", "save_every"),
 )
-def _run(apply_fn, params0, x, y, eta, wd, sd, *, linearized, center, num_blocks, save_every):
+def _run(
+    apply_fn, params0, x, y, eta, wd, *, objective, linearized, center, num_blocks, save_every
+):
     n = x.shape[0]
     if linearized:
         f0, jvp = jax.linearize(lambda p: apply_outputs(apply_fn, p, x, None), params0)
@@ -114,7 +123,8 @@ def _run(apply_fn, params0, x, y, eta, wd, sd, *, linearized, center, num_blocks
         g = out - f0 if center else out
         dp = jax.tree.map(lambda a, b: a - b, p, params0)
         l2 = sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(dp))
-        return jnp.sum(jax.nn.softplus(-y * g)) + 0.5 * wd * l2 + 0.5 * sd * jnp.sum(g**2), out
+        value, _ = objective.loss(g, (y + 1) / 2)
+        return n * value + 0.5 * (n * wd) * l2, out
 
     def step(p, _):
         grads, _ = jax.grad(loss, has_aux=True)(p)
@@ -138,8 +148,8 @@ def train_gd(
     eta: float,
     num_steps: int,
     save_every: int = 1,
+    objective: Objective = ERM(),
     weight_decay: float = 0.0,
-    sd: float = 0.0,
     center: bool = True,
     linearized: bool = False,
 ) -> GDTrace:
@@ -147,9 +157,9 @@ def train_gd(
 
     One jitted ``lax.scan``. With ``linearized=True`` the model is f_lin (:func:`linearize`, via
     one ``jax.linearize`` at θ₀) and the run is exact: its feature responses equal
-    :func:`ntkdyn.dynamics.gd` on ``feature_spectrum(...).to_system(λ)`` (``ce_field`` with
-    ``weight_decay = λ``, ``sd_field`` with ``sd = λ``) up to rounding, when ``center=True`` and
-    U spans the rows of YΦ (no truncated directions).
+    :func:`ntkdyn.dynamics.gd` with ``field, λ = theory_lam(objective, num_examples=n,
+    weight_decay=weight_decay)`` on ``feature_spectrum(...).to_system(λ)`` up to rounding, when
+    ``center=True`` and U spans the rows of YΦ (no truncated directions).
 
     Args:
         apply_fn: pure scalar-output ``apply_fn(params, x)``.
@@ -159,8 +169,10 @@ def train_gd(
         eta: step size η > 0.
         num_steps: number of steps K ≥ 1.
         save_every: record the outputs every this many steps; must divide ``num_steps``.
-        weight_decay: wd ≥ 0 on θ − θ₀.
-        sd: Spectral Decoupling strength ≥ 0 on ‖g‖².
+        objective: ``ERM()`` or ``SpectralDecoupling(coef=c)`` (:mod:`ntkdyn.objectives`), the
+            objectives the theory covers.
+        weight_decay: coupled weight decay wd ≥ 0 on θ − θ₀ (of the mean-form objective; the
+            theory's λ is n·wd).
         center: train g = f − f(θ₀) (the theory's convention) instead of f.
         linearized: train the linearized model instead of the network.
 
@@ -168,16 +180,16 @@ def train_gd(
         :class:`GDTrace`.
 
     Raises:
-        ValueError: naming ``eta``, ``num_steps``, ``save_every``, ``weight_decay``, ``sd``, ``x``,
-            ``y`` or ``params0`` on bad input.
+        ValueError: naming ``eta``, ``num_steps``, ``save_every``, ``weight_decay``,
+            ``objective``, ``x``, ``y`` or ``params0`` on bad input.
     """
     x = check_x(x, "x")
     check_outputs(apply_fn, params0, x, None)
     if not (np.isfinite(eta) and eta > 0):
         raise ValueError(f"eta: must be a finite step size > 0, got {eta}")
-    for name, value in (("weight_decay", weight_decay), ("sd", sd)):
-        if not (np.isfinite(value) and value >= 0):
-            raise ValueError(f"{name}: must be finite and >= 0, got {value}")
+    if not (np.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay: must be finite and >= 0, got {weight_decay}")
+    theory_lam(objective, num_examples=x.shape[0], weight_decay=weight_decay)  # checks objective
     if int(num_steps) != num_steps or num_steps < 1:
         raise ValueError(f"num_steps: must be a positive integer, got {num_steps}")
     if int(save_every) != save_every or save_every < 1 or num_steps % save_every:
@@ -193,7 +205,7 @@ def train_gd(
         yv,
         jnp.asarray(eta, dtype),
         jnp.asarray(weight_decay, dtype),
-        jnp.asarray(sd, dtype),
+        objective=objective,
         linearized=bool(linearized),
         center=bool(center),
         num_blocks=int(num_steps) // int(save_every),

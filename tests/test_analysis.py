@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 from ntkdyn import (
+    ERM,
+    SpectralDecoupling,
     ce_field,
     fixed_point,
     sd_field,
     sd_square_margin,
     starvation_matrix,
+    theory_lam,
     train_gd,
 )
 from ntkdyn.analysis import (
@@ -36,14 +39,19 @@ def _linear(key, n=6, p=8):
     return (lambda q, x: x @ q["w"]), params0, x, y
 
 
-@pytest.mark.parametrize("field, reg", [(ce_field, "weight_decay"), (sd_field, "sd")])
-def test_predicted_z_of_linear_model_equals_measured_gd(key, field, reg):
+@pytest.mark.parametrize("name", ["ce", "sd"])
+def test_predicted_z_of_linear_model_equals_measured_gd(key, name):
     """GD on a model linear in θ is GD in z: the prediction equals the measurement exactly."""
     f, p0, x, y = _linear(key)
-    lam, eta, K = 0.05, 0.05, 60
+    eta, K = 0.05, 60
+    objective, wd = (ERM(), 0.05 / 6) if name == "ce" else (SpectralDecoupling(coef=0.025), 0.0)
+    field, lam = theory_lam(objective, num_examples=6, weight_decay=wd)
+    assert field is (ce_field if name == "ce" else sd_field) and lam == pytest.approx(0.05)
     a = analyse(f, p0, x, y, predictions={"loss": (field, lam)})
     assert a.spectrum.s.shape == (6,)
-    trace = train_gd(f, p0, x, y, eta=eta, num_steps=K, save_every=10, **{reg: lam})
+    trace = train_gd(
+        f, p0, x, y, eta=eta, num_steps=K, save_every=10, objective=objective, weight_decay=wd
+    )
     measured = a.measure(trace.outputs, f0=trace.f0, steps=trace.steps)
     theory = predict(a.spectrum, lam, field, eta=eta, num_steps=K, save_every=10)
     assert isinstance(measured, Measurement) and isinstance(theory, Prediction)

@@ -9,6 +9,7 @@ from jax.flatten_util import ravel_pytree
 from ntkdyn.dynamics import ce_field, gd, sd_field
 from ntkdyn.linearized import linearize, train_gd
 from ntkdyn.models.mlp import init_mlp
+from ntkdyn.objectives import ERM, ClassConditionalSD, SpectralDecoupling, theory_lam
 from ntkdyn.tangent import feature_spectrum, tangent_features
 
 
@@ -31,11 +32,19 @@ def test_linearize_is_first_order_taylor(problem):
     np.testing.assert_allclose(f_lin(params, x), apply_fn(params, x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("field, kw", [(ce_field, "weight_decay"), (sd_field, "sd")])
-def test_linearized_training_equals_theory_gd(problem, field, kw):
-    """center=True removes f(θ₀): margins Y(f_lin − f(θ₀)) = YΦ(θ − θ₀) = Uz, as in the theory."""
+@pytest.mark.parametrize(
+    "objective, wd, field",
+    [(ERM(), 0.005, ce_field), (SpectralDecoupling(coef=0.025), 0.0, sd_field)],
+)
+def test_linearized_training_equals_theory_gd(problem, objective, wd, field):
+    """center=True removes f(θ₀): margins Y(f_lin − f(θ₀)) = YΦ(θ − θ₀) = Uz, as in the theory.
+
+    The objective's theory λ: n·wd for weight decay, 2·coef for SD (theory_lam), 0.05 both here.
+    """
     apply_fn, params, x, y = problem
-    lam, eta, steps, every = 0.05, 0.05, 200, 20
+    eta, steps, every = 0.05, 200, 20
+    got_field, lam = theory_lam(objective, num_examples=x.shape[0], weight_decay=wd)
+    assert got_field is field and lam == pytest.approx(0.05)
     spec = feature_spectrum(apply_fn, params, x, y)
     assert spec.s.shape == (10,)  # full rank: U spans the margins
     trace = train_gd(
@@ -47,7 +56,8 @@ def test_linearized_training_equals_theory_gd(problem, field, kw):
         num_steps=steps,
         save_every=every,
         linearized=True,
-        **{kw: lam},
+        objective=objective,
+        weight_decay=wd,
     )
     z_tracked = trace.responses(y, spec.U)
     theory = gd(
@@ -89,7 +99,7 @@ def test_uncentered_training_uses_raw_outputs(problem):
         (dict(num_steps=0), "num_steps"),
         (dict(save_every=3), "save_every"),
         (dict(weight_decay=-1.0), "weight_decay"),
-        (dict(sd=float("nan")), "sd"),
+        (dict(objective=ClassConditionalSD()), "objective"),
     ],
 )
 def test_bad_input_names_argument(problem, kw, match):

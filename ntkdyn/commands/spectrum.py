@@ -429,11 +429,20 @@ def track_responses(
     import numpy as np
 
     from ntkdyn.analysis import predict
-    from ntkdyn.dynamics import ce_field, sd_field
     from ntkdyn.linearized import train_gd
+    from ntkdyn.objectives import ERM, SpectralDecoupling, theory_lam
 
-    field, reg = (ce_field, {"weight_decay": lam}) if loss == "ce" else (sd_field, {"sd": lam})
-    kw = dict(eta=eta, num_steps=num_steps, save_every=save_every, center=True, **reg)
+    n = x.shape[0]  # the objective of the theory's λ: mean-form SD coef λ/2, weight decay λ/n
+    objective, wd = (ERM(), lam / n) if loss == "ce" else (SpectralDecoupling(coef=lam / 2), 0.0)
+    field, lam = theory_lam(objective, num_examples=n, weight_decay=wd)
+    kw = dict(
+        eta=eta,
+        num_steps=num_steps,
+        save_every=save_every,
+        center=True,
+        objective=objective,
+        weight_decay=wd,
+    )
     net = train_gd(apply_fn, params, x, y, **kw)
     lin = train_gd(apply_fn, params, x, y, linearized=True, **kw)
     theory = predict(
