@@ -19,7 +19,7 @@ Prints one JSON line: seconds for both, the extrapolation, and the speed-up rati
 compilation included, and peer / ours steady state).
 
     python benchmarks/moons.py [--epochs 10000] [--seeds 10] [--peer-epochs 1000] [--peer-seeds 2]
-                               [--host-devices N]
+                               [--host-devices N] [--seed-layout vmap@all]
 """
 
 from __future__ import annotations
@@ -32,27 +32,13 @@ import sys
 import time
 
 
-def _ours(seeds: int, epochs: int, seed_axis: str, unroll: int) -> float:
-    import jax
-    from ntkdyn.experiments.moons import SETTINGS, _initial_state, train_setting
+def _ours(seeds: int, epochs: int, seed_layout: str, unroll: int) -> float:
+    from ntkdyn.experiments.moons import SETTINGS, Config, _initial_state, train_setting
 
     _initial_state.cache_clear()  # every timed call compiles its initialisation too
-    devices = jax.local_devices() if jax.local_device_count() > 1 else None
+    config = Config(seeds=seeds, epochs=epochs, unroll=unroll, seed_layout=seed_layout)
     start = time.perf_counter()
-    trained = train_setting(
-        SETTINGS["erm"],
-        seeds=seeds,
-        epochs=epochs,
-        lr=1e-2,
-        n=300,
-        noise=0.1,
-        hidden=500,
-        seed=0,
-        records=10,
-        unroll=unroll,
-        seed_axis=seed_axis,
-        devices=devices,
-    )
+    trained = train_setting(SETTINGS["erm"], config, layout=config.layout(), records=10)
     seconds = time.perf_counter() - start
     assert trained.history["loss"].shape[0] == seeds
     return seconds
@@ -93,7 +79,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10000)
     parser.add_argument("--peer-seeds", type=int, default=2)
     parser.add_argument("--peer-epochs", type=int, default=1000)
-    parser.add_argument("--seed-axis", choices=("map", "vmap"), default="vmap")
+    parser.add_argument(
+        "--seed-layout",
+        default="vmap@all",
+        help="AXIS[:CHUNK][@DEVICES] of the seeds (vmap, vmap:2, map@1, vmap@all)",
+    )
     parser.add_argument("--unroll", type=int, default=1)
     parser.add_argument(
         "--host-devices",
@@ -116,9 +106,11 @@ def main() -> None:
 
         torch.set_num_threads(args.peer_threads)
 
-    _ours(2, 10, args.seed_axis, args.unroll)  # warm-up: JAX start-up, not compilation of this run
-    ours = _ours(args.seeds, args.epochs, args.seed_axis, args.unroll)
-    ours_double = _ours(args.seeds, 2 * args.epochs, args.seed_axis, args.unroll)
+    _ours(
+        2, 10, args.seed_layout, args.unroll
+    )  # warm-up: JAX start-up, not compilation of this run
+    ours = _ours(args.seeds, args.epochs, args.seed_layout, args.unroll)
+    ours_double = _ours(args.seeds, 2 * args.epochs, args.seed_layout, args.unroll)
     steady = max(ours_double - ours, 1e-9)
     peer_timed = _peer(args.peer_seeds, args.peer_epochs)
     scale = (args.seeds * args.epochs) / (args.peer_seeds * args.peer_epochs)
@@ -131,7 +123,7 @@ def main() -> None:
             {
                 "benchmark": "moons_training",
                 "workload": f"{args.seeds} seeds x {args.epochs} epochs, 2-500-1 ReLU, 300 points, SGD momentum",
-                "ours": f"ntkdyn train_fullbatch (seed_axis={args.seed_axis}, unroll={args.unroll}, "
+                "ours": f"ntkdyn train_fullbatch (seed_layout={args.seed_layout}, unroll={args.unroll}, "
                 f"{jax.local_device_count()} devices), init and compile included",
                 "ours_seconds": round(ours, 3),
                 "ours_seed_epochs_per_s": round(args.seeds * args.epochs / ours, 1),
