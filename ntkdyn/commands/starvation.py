@@ -28,6 +28,7 @@ HELP = __doc__.split("\n\n")[0] + (
     "dz2*/ds1 = 0 at s1 = s2 and < 0 above; SD: z* = (6.373, 1.708) for every s1."
 )
 X64 = True
+DEFAULT_S1 = [2.0, 3.0, 4.0, 5.0, 6.0, 8.0]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--s1",
         type=float,
         nargs="+",
-        default=[2.0, 3.0, 4.0, 5.0, 6.0, 8.0],
+        default=DEFAULT_S1,
         help="singular values s1 of the strong feature (one row each)",
     )
     parser.add_argument(
@@ -52,6 +53,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object and nothing else"
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="also write a run directory: config.json, results.json (the table) and summary.md",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke test: s1 in {2, 8} unless --s1 is given"
     )
 
 
@@ -92,7 +101,17 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0.
     """
-    table = starvation_table(args.s1, args.s2, args.delta, args.lam, args.sd_lam, args.fd_h)
+    s1 = [2.0, 8.0] if args.quick and args.s1 == DEFAULT_S1 else args.s1
+    table = starvation_table(s1, args.s2, args.delta, args.lam, args.sd_lam, args.fd_h)
+    if args.out is not None:
+        from ntkdyn.runs import RunDir
+
+        rd = RunDir(args.out)
+        rd.write_config({k: v for k, v in vars(args).items() if not k.startswith("_")} | {"s1": s1})
+        rd.write_results(table)
+        rd.write_text(
+            "summary.md", "# ntkdyn starvation\n\n```\n" + format_table(table) + "\n```\n"
+        )
     if args.json:
         sys.stdout.write(json.dumps(table, allow_nan=False) + "\n")
     else:
