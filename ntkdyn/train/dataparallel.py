@@ -71,9 +71,10 @@ def initialize_multihost(
 ) -> bool:
     """Join a multi-host run through ``jax.distributed.initialize`` when one is configured.
 
-    Call it once per process before touching any device. Arguments fall back to ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``;
-    on clusters JAX detects (SLURM, TPU pods) ``jax.distributed.initialize()`` with no arguments works,
-    which is what ``NTKDYN_MULTIHOST=1`` asks for.
+    Call it in every process before touching any device; later calls return at once. Arguments
+    fall back to ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; on
+    clusters JAX detects (SLURM, TPU pods) ``jax.distributed.initialize()`` with no arguments
+    works, which is what ``NTKDYN_MULTIHOST=1`` asks for. On CPUs the collectives go through gloo.
 
     Args:
         coordinator_address: ``host:port`` of process 0.
@@ -90,6 +91,8 @@ def initialize_multihost(
         process_id = int(os.environ["JAX_PROCESS_ID"])
     if coordinator_address is None and os.environ.get("NTKDYN_MULTIHOST") != "1":
         return False
+    if jax.distributed.is_initialized():  # a second call (e.g. a command, then its experiment)
+        return True
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
