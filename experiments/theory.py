@@ -36,6 +36,8 @@ import sys
 import time
 from typing import Any
 
+from ntkdyn.settings import ConfigError, add_arguments, from_arguments
+
 HELP = (
     __doc__.split("\n\n")[0]
     + "\n\nPaper settings by default (see the module docstring); --quick for a smoke test."
@@ -44,7 +46,7 @@ X64 = True
 
 
 @dataclasses.dataclass(frozen=True)
-class TheoryConfig:
+class Config:
     """Settings of the theory experiment (defaults: the paper's two-feature system).
 
     Attributes:
@@ -89,73 +91,65 @@ class TheoryConfig:
     dual_points: int = 300
     fd_h: float = 1e-4
 
-    def validate(self) -> None:
-        """Check every setting.
+    def __post_init__(self) -> None:
+        """Check every setting before anything runs.
 
         Raises:
-            ValueError: naming the setting at fault.
+            ConfigError: naming the setting at fault (the flag, on the command line).
         """
         for name in ("s2", "lam_ce", "lam_sd", "eta", "dual_t1", "fd_h"):
             v = getattr(self, name)
             if not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name}: must be a finite number > 0, got {v}")
+                raise ConfigError(name, f"must be a finite number > 0, got {v}")
         if not math.isfinite(self.delta) or abs(self.delta) >= 1:
-            raise ValueError(f"delta: must satisfy |delta| < 1, got {self.delta}")
+            raise ConfigError("delta", f"must satisfy |delta| < 1, got {self.delta}")
         if not 0 < self.dual_alpha0 < 1:
-            raise ValueError(f"dual_alpha0: must be in (0, 1), got {self.dual_alpha0}")
+            raise ConfigError("dual_alpha0", f"must be in (0, 1), got {self.dual_alpha0}")
         for name in ("steps", "figure_steps", "save_every", "dual_points"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.steps % self.save_every or self.figure_steps % self.save_every:
-            raise ValueError(
-                f"save_every: must divide steps={self.steps} and figure_steps={self.figure_steps}, got {self.save_every}"
+            raise ConfigError(
+                "save_every",
+                f"must divide steps={self.steps} and figure_steps={self.figure_steps}, got {self.save_every}",
             )
         if self.figure_save_every < 1 or self.save_every % self.figure_save_every:
-            raise ValueError(
-                f"figure_save_every: must divide save_every={self.save_every}, got {self.figure_save_every}"
+            raise ConfigError(
+                "figure_save_every",
+                f"must divide save_every={self.save_every}, got {self.figure_save_every}",
             )
         if self.figure_steps < self.steps:
-            raise ValueError(
-                f"figure_steps: must be >= steps={self.steps}, got {self.figure_steps}"
+            raise ConfigError(
+                "figure_steps", f"must be >= steps={self.steps}, got {self.figure_steps}"
             )
         for name in ("figure_s1", "slider_s1", "table_s1"):
             vals = getattr(self, name)
             if not vals or any(not math.isfinite(v) or v <= 0 for v in vals):
-                raise ValueError(f"{name}: needs values > 0, got {vals}")
+                raise ConfigError(name, f"needs values > 0, got {vals}")
         for name in ("sweep", "map_s1", "map_s2"):
             lo, hi, num = getattr(self, name)
             if not (0 < lo < hi) or num < 2:
-                raise ValueError(
-                    f"{name}: needs 0 < start < stop and num >= 2, got {(lo, hi, num)}"
-                )
+                raise ConfigError(name, f"needs 0 < start < stop and num >= 2, got {(lo, hi, num)}")
 
-
-QUICK = dict(
-    steps=400,
-    figure_steps=600,
-    save_every=20,
-    sweep=(1.0, 8.0, 8),
-    map_s1=(1.0, 8.0, 5),
-    map_s2=(1.0, 8.0, 4),
-    dual_points=60,
-)
+    def quick(self) -> Config:
+        """Short runs and small grids (tests, ``--quick``)."""
+        return dataclasses.replace(
+            self,
+            steps=400,
+            figure_steps=600,
+            save_every=20,
+            sweep=(1.0, 8.0, 8),
+            map_s1=(1.0, 8.0, 5),
+            map_s2=(1.0, 8.0, 4),
+            dual_points=60,
+        )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the command's arguments to ``parser``."""
+    """Add the command's arguments to ``parser``: ``--out``, ``--quick`` and one flag per setting."""
     parser.add_argument("--out", default="runs/theory", help="output directory")
     parser.add_argument("--quick", action="store_true", help="short runs and small grids (tests)")
-    parser.add_argument(
-        "--s2", type=float, default=TheoryConfig.s2, help="weak feature's singular value"
-    )
-    parser.add_argument(
-        "--delta", type=float, default=TheoryConfig.delta, help="coupling delta, |delta| < 1"
-    )
-    parser.add_argument("--lam", type=float, default=TheoryConfig.lam_ce, help="CE weight decay")
-    parser.add_argument(
-        "--sd-lam", type=float, default=TheoryConfig.lam_sd, help="SD logit penalty"
-    )
-    parser.add_argument("--eta", type=float, default=TheoryConfig.eta, help="GD step")
+    add_arguments(parser, Config())
 
 
 def rotation_grid(pairs, delta: float, lam: float):
@@ -187,7 +181,7 @@ def rotation_grid(pairs, delta: float, lam: float):
     )
 
 
-def run_theory(config: TheoryConfig) -> dict[str, Any]:
+def run_theory(config: Config) -> dict[str, Any]:
     """Run every computation of the experiment and return the arrays and scalars (no file I/O).
 
     Args:
@@ -210,7 +204,6 @@ def run_theory(config: TheoryConfig) -> dict[str, Any]:
     from ntkdyn.fixed_points import fixed_points_batch, sd_square_margin
     from ntkdyn.systems import rotation_system
 
-    config.validate()
     c = config
     timings = {}
     start = time.perf_counter()
@@ -331,7 +324,7 @@ def _verdict(out: dict[str, Any]) -> dict[str, Any]:
     return {"starvation": starving, "sd_decoupled": decoupled, "text": text}
 
 
-def _summary(config: TheoryConfig, out: dict[str, Any], verdict: dict[str, Any]) -> str:
+def _summary(config: Config, out: dict[str, Any], verdict: dict[str, Any]) -> str:
     table, checks = out["table"], out["checks"]
     lines = [
         "# Gradient starvation: two-feature theory",
@@ -360,7 +353,7 @@ def _summary(config: TheoryConfig, out: dict[str, Any], verdict: dict[str, Any])
     return "\n".join(lines)
 
 
-def _metrics(config: TheoryConfig, out: dict[str, Any]):
+def _metrics(config: Config, out: dict[str, Any]):
     records = []
     for loss in ("ce", "sd"):
         for i, s1 in enumerate(out["traj_s1"]):
@@ -379,7 +372,7 @@ def _metrics(config: TheoryConfig, out: dict[str, Any]):
     return records
 
 
-def write_outputs(config: TheoryConfig, out: dict[str, Any], path) -> dict[str, Any]:
+def write_outputs(config: Config, out: dict[str, Any], path) -> dict[str, Any]:
     """Write config, results, summary, metrics, trajectories and the four figures to ``path``.
 
     Args:
@@ -503,10 +496,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0.
     """
-    overrides = dict(QUICK) if args.quick else {}
-    config = TheoryConfig(
-        s2=args.s2, delta=args.delta, lam_ce=args.lam, lam_sd=args.sd_lam, eta=args.eta, **overrides
-    )
+    config = from_arguments(Config().quick() if args.quick else Config(), args)
     if config.s2 not in config.table_s1:
         config = dataclasses.replace(config, table_s1=tuple(sorted({config.s2, *config.table_s1})))
     out = run_theory(config)

@@ -113,6 +113,14 @@ def _parser_for(tp: Any, optional: bool):
     return parse
 
 
+def _convert(tp: Any, value: Any, name: str) -> Any:
+    if tp is int:
+        if float(value) != int(float(value)):
+            raise ConfigError(name, f"expected an integer in this position, got {value}")
+        return int(float(value))
+    return tp(value) if tp in (float, str) else value
+
+
 def add_arguments(
     parser: argparse.ArgumentParser,
     defaults: Any,
@@ -161,9 +169,13 @@ def add_arguments(
         origin = typing.get_origin(tp)
         if origin in (tuple, list) or isinstance(value, (tuple, list)):
             args = typing.get_args(tp)
+            fixed = bool(args) and Ellipsis not in args and len(args) > 1
             item = args[0] if args and args[0] is not Ellipsis else str
             item, _ = _base_type(item)
-            kw.update(nargs="+", type=item if item in (int, float, str) else str)
+            if fixed:  # e.g. (start, stop, num): one value per position, converted by position
+                kw.update(nargs=len(args), type=float if float in args else str)
+            else:
+                kw.update(nargs="+", type=item if item in (int, float, str) else str)
             shown = " ".join(str(v) for v in value) if value else "none"
         elif isinstance(tp, type) and issubclass(tp, enum.Enum):
             kw.update(type=tp, choices=list(tp), metavar="{" + ",".join(m.value for m in tp) + "}")
@@ -192,7 +204,12 @@ def from_arguments(base: Any, args: argparse.Namespace, *, skip: Iterable[str] =
         for f in dataclasses.fields(base)
         if f.init and f.name not in skip and hasattr(args, f.name)
     }
+    hints = typing.get_type_hints(type(base))
     for name, value in given.items():
         if isinstance(value, list):
+            tp, _ = _base_type(hints.get(name, tuple))
+            args = typing.get_args(tp)
+            if args and Ellipsis not in args and len(args) == len(value):
+                value = [_convert(a, v, name) for a, v in zip(args, value, strict=True)]
             given[name] = tuple(value)
     return dataclasses.replace(base, **given)

@@ -27,6 +27,7 @@ class Config:
         methods: methods to run.
         shard: split seeds over devices.
         mode: how fast.
+        grid: (start, stop, num).
         out: set by the command.
     """
 
@@ -36,6 +37,7 @@ class Config:
     methods: tuple[str, ...] = ("erm", "sd")
     shard: bool = True
     mode: Mode = Mode.FAST
+    grid: tuple[float, float, int] = (1.0, 8.0, 71)
     out: str = ""
 
     def __post_init__(self):
@@ -56,7 +58,7 @@ def test_field_help_reads_the_attributes_section():
     h = field_help(Config)
     assert h["steps"] == "number of steps, continued on a second line."
     assert h["max_images"] == "images used (None: all)."
-    assert "out" in h and len(h) == 7
+    assert "out" in h and len(h) == 8
 
 
 def test_only_given_flags_override_the_base():
@@ -68,6 +70,10 @@ def test_only_given_flags_override_the_base():
     )
     assert cfg == Config(lr=0.5, max_images=30, methods=("sd",), shard=False, mode=Mode.SLOW)
     assert _parse(["--max-images", "none"]).max_images is None
+    grid = _parse(["--grid", "0.5", "2", "11"]).grid
+    assert grid == (0.5, 2.0, 11) and isinstance(grid[2], int)
+    with pytest.raises(ConfigError, match="grid: expected an integer"):
+        _parse(["--grid", "0.5", "2", "1.5"])
 
 
 def test_skipped_fields_get_no_flag():
