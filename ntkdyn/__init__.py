@@ -70,6 +70,7 @@ from ntkdyn.fixed_points import (
 # Tangent features, empirical NTK, spectrum, linearized model
 # (tangent.py, linearized.py)
 from ntkdyn.tangent import (
+    DenseStructure,
     FeatureResponseTracker,
     FeatureSpectrum,
     NTKMethod,
@@ -82,6 +83,15 @@ from ntkdyn.tangent import (
     tangent_features,
 )
 from ntkdyn.linearized import GDTrace, linearize, train_gd
+from ntkdyn.analysis import (
+    Measurement,
+    Prediction,
+    SpectrumAnalysis,
+    analyse,
+    measured_responses,
+    predict,
+    starvation_table,
+)
 from ntkdyn.linalg import (
     BlockOperator,
     OnUnconverged,
@@ -120,7 +130,8 @@ from ntkdyn.data.colored_mnist import (
 
 # Two moons, full-batch multi-seed training, decision-boundary metrics
 from ntkdyn.data.moons import make_moons, two_moons
-from ntkdyn.train.fullbatch import SeedAxis, TrainResult, TrainState, train_fullbatch
+from ntkdyn.train.fullbatch import TrainResult, TrainState, train_fullbatch
+from ntkdyn.train.layout import SeedAxis, SeedLayout, cpu_restart_layout, eigen_matmul_options
 from ntkdyn.boundary import boundary_distances, boundary_metrics, line_residual, zero_level_set
 
 # CelebA: data, ResNets, pretrained-weight import, data-parallel training, checkpoints
