@@ -66,7 +66,8 @@ explicit state, dropout masks from ``fold_in(key, step)``). The seeds are laid o
 ``--seed-layout`` (:class:`ntkdyn.train.layout.SeedLayout`; by default vmapped over all local
 devices; on a CPU, expose the cores as devices with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``). Each configuration prints a progress
-line to stderr every tenth of its epochs.
+line to stderr at most every 10 s
+(epochs done/total, elapsed).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ntkdyn.objectives import ERM, Objective, SpectralDecoupling
+from ntkdyn.runs import StepProgress, format_mean_std, markdown_table, mean_std
 from ntkdyn.settings import ConfigError, add_arguments, from_arguments
 
 HELP = (
@@ -96,7 +98,7 @@ GRID_SIZE = 100  # the figures' grid: 100 × 100 over [−2, 2]²
 METRIC_GRID_SIZE = 201  # a finer grid for the boundary metrics (spacing 0.02)
 GRID_LIM = 2.0
 RESPONSE_DIRECTIONS = 8  # feature responses kept for the top directions
-PROGRESS_LINES = 10  # progress lines per configuration
+PROGRESS_SECONDS = 10.0  # least time between two progress lines of a configuration
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,35 +346,23 @@ def _initial_state(seeds: int, hidden: int, hidden_layers: int, batch_norm: bool
     return initial
 
 
-class _Progress:
-    """Counts the records of one training call on the host and prints a line every tenth.
+class _RecordCounter:
+    """Counts a training call's records on the host and advances a :class:`ntkdyn.runs.StepProgress`.
 
     Called through ``jax.debug.callback`` once per seed and record (per padded seed when the seeds
-    are split over devices), so ``calls / calls_per_record`` records are done.
+    are split over devices), so every ``per_record`` calls the epochs of one record are done.
     """
 
-    def __init__(self, name: str, total: int, records: int, per_record: int, stream=None):
-        self.name, self.total, self.records, self.per_record = name, total, records, per_record
-        self.stream = sys.stderr if stream is None else stream
-        self.calls, self.shown = 0, 0
+    def __init__(self, bar, per_record: int, epochs_per_record: int):
+        self.bar, self.per_record, self.epochs_per_record = bar, per_record, epochs_per_record
+        self.calls = 0
         self.lock = threading.Lock()
-        self.start = time.perf_counter()
 
     def __call__(self, _anchor) -> None:
         with self.lock:
             self.calls += 1
-            fraction = self.calls / (self.records * self.per_record)
-            tenth = min(PROGRESS_LINES, int(fraction * PROGRESS_LINES + 1e-9))
-            if tenth <= self.shown:
-                return
-            self.shown = tenth
-            done = round(fraction * self.total)
-            elapsed = time.perf_counter() - self.start
-            print(
-                f"  {self.name}: {done:,}/{self.total:,} epochs, {elapsed:.0f} s",
-                file=self.stream,
-                flush=True,
-            )
+            if self.calls % self.per_record == 0:
+                self.bar.advance(self.epochs_per_record)
 
 
 class Trained(NamedTuple):
@@ -396,7 +386,7 @@ def train_setting(
     layout=None,
     records: int = 200,
     record_outputs: bool = False,
-    progress: bool = False,
+    progress_every: float | None = None,
 ) -> Trained:
     """Train one configuration on ``config.seeds`` seeds at once (one compiled call).
 
@@ -411,7 +401,9 @@ def train_setting(
             on the default device).
         records: about how many metric records to keep.
         record_outputs: also record f(X; θ_t) on the training set (for feature responses).
-        progress: print a line to stderr every tenth of the epochs (epochs done/total, elapsed).
+        progress_every: print a progress line to stderr (epochs done/total, elapsed) at most
+            every this many seconds, and one at the end (:class:`ntkdyn.runs.StepProgress`);
+            ``None``: silent.
 
     Returns:
         :class:`Trained`.
@@ -445,10 +437,17 @@ def train_setting(
 
     log_every = max(1, num_steps // records)
     devices = len(layout.devices) if layout.devices else 1
-    counter = _Progress(setting.name, num_steps, num_steps // log_every, seeds + (-seeds) % devices)
+    bar = StepProgress(
+        f"  {setting.name}",
+        num_steps,
+        unit="epochs",
+        enabled=progress_every is not None,
+        every=progress_every or 0.0,
+    )
+    counter = _RecordCounter(bar, seeds + (-seeds) % devices, log_every)
 
     def eval_fn(params, stats, batch):
-        if progress:  # anchored on the chunk's parameters, so it runs when the chunk is done
+        if progress_every is not None:  # anchored on the chunk's params: runs when it is done
             jax.debug.callback(counter, params["linears"][0]["bias"][0])
         if not record_outputs:
             return {}
@@ -471,6 +470,7 @@ def train_setting(
     )
     jax.block_until_ready(result.state.params)
     seconds = time.perf_counter() - start
+    bar.close()
     history = {k: np.asarray(v) for k, v in result.history.items()}
     return Trained(
         setting,
@@ -523,14 +523,10 @@ def evaluate(trained: Trained) -> tuple[dict[str, Any], np.ndarray]:
     mxs, mys, mpts = grid(METRIC_GRID_SIZE)
     fine = decision_functions(trained, mpts).reshape(S, METRIC_GRID_SIZE, METRIC_GRID_SIZE)
     per_seed = [boundary_metrics(mxs, mys, fine[s], trained.X[s]) for s in range(S)]
-    metrics: dict[str, Any] = {
-        "train_accuracy": float(acc.mean()),
-        "train_accuracy_std": float(acc.std()),
-    }
+    metrics: dict[str, Any] = {}
+    metrics["train_accuracy"], metrics["train_accuracy_std"] = mean_std(acc)
     for key in per_seed[0]:
-        vals = np.array([m[key] for m in per_seed])
-        metrics[key] = float(np.mean(vals))
-        metrics[f"{key}_std"] = float(np.std(vals))
+        metrics[key], metrics[f"{key}_std"] = mean_std([m[key] for m in per_seed])
     metrics["averaged"] = boundary_metrics(mxs, mys, fine.mean(0), trained.X[0])
     metrics["final_loss"] = (
         float(trained.history["loss"][:, -1].mean()) if trained.history else None
@@ -581,24 +577,23 @@ def _summary(config: Config, results: dict[str, Any]) -> str:
         "erm_delta_minus, erm, sd (weight decay 2e-4); regularizer panels: the others (no weight "
         "decay but the weight_decay panel's).",
         "",
-        "| configuration | train acc | boundary_min_distance | boundary_mean10_distance "
-        "| boundary_line_residual |",
-        "| --- | --- | --- | --- | --- |",
     ]
+    columns = (
+        "train_accuracy",
+        "boundary_min_distance",
+        "boundary_mean10_distance",
+        "boundary_line_residual",
+    )
 
-    def fmt(r, key, digits=3):
-        v, sd = r.get(key), r.get(f"{key}_std")
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "–"
-        return f"{v:.{digits}f} ± {sd:.{digits}f}"
+    def cell(r, key):
+        return format_mean_std(r.get(key), r.get(f"{key}_std"), scale=1.0, digits=3)
 
-    for name in config.config:
-        r = results["configs"].get(name)
-        if r is not None:
-            lines.append(
-                f"| {name} | {fmt(r, 'train_accuracy')} | {fmt(r, 'boundary_min_distance')} | "
-                f"{fmt(r, 'boundary_mean10_distance')} | {fmt(r, 'boundary_line_residual')} |"
-            )
+    rows = [
+        [name, *(cell(results["configs"][name], key) for key in columns)]
+        for name in config.config
+        if name in results["configs"]
+    ]
+    lines += markdown_table(["configuration", *columns], rows)
     verdict = results.get("verdict")
     if verdict:
         lines += ["", f"SD ({PANEL_SD}) against the other regularizer panels (Δ = +0.1):", ""]
@@ -755,7 +750,7 @@ def run(args: argparse.Namespace) -> int:
             layout=layout,
             record_outputs=name in MAIN_FIGURE,
             records=500 if name in MAIN_FIGURE else 200,
-            progress=True,
+            progress_every=PROGRESS_SECONDS,
         )
         metrics, values[name] = evaluate(trained)
         data[name] = (trained.X[0], trained.y[0])
