@@ -100,6 +100,7 @@ from ntkdyn.linalg import (
     TruncatedSVD,
     truncated_svd,
 )
+from ntkdyn.tangent.spectrum import signed_tangent_operator
 from ntkdyn.analytic import init_ntk_mlp, relu_ntk
 
 # Models

@@ -197,7 +197,7 @@ def truncated_svd(
     tol: float = 1e-4,
     max_iters: int = 30,
     oversampling: int = 10,
-    depth: int = 4,
+    depth: int = 8,
     return_V: bool = False,
     on_unconverged: OnUnconverged = OnUnconverged.WARN,
 ) -> TruncatedSVD:
@@ -310,11 +310,16 @@ def truncated_svd(
         converged = bool(np.all(res[:k] <= tol))
         if converged or iterations >= int(max_iters):
             break
-        room = n - K.shape[1]
-        restart = K.shape[1] + top > m_max
-        if restart:
-            room = n - top
-        new = _orth(resid_vecs, u_top if restart else K, floor=1e-14 * th[0], limit=min(top, room))
+        # Soft locking: Ritz vectors already within tol are not expanded further.
+        active = res > tol
+        restart = K.shape[1] + int(active.sum()) > m_max
+        room = n - (top if restart else K.shape[1])
+        new = _orth(
+            resid_vecs[:, active],
+            u_top if restart else K,
+            floor=1e-14 * th[0],
+            limit=min(int(active.sum()), room),
+        )
         if new.shape[1] == 0:
             # span(K) is invariant under AAᵀ: the Ritz pairs are exact.
             converged = bool(np.all(res[:k] <= tol))

@@ -1,16 +1,21 @@
 """Spectrum of YΦ: reconstruction, truncation, float64 decomposition, the FeatureSystem it gives."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tol
 from flax import nnx
-from tangent_models import F64, inputs, mlp
+from tangent_models import F64, custom, inputs, mlp
 
-from ntkdyn.models.mlp import MLP, pure
+from ntkdyn.linalg import OnUnconverged, SVDNotConvergedError, SVDNotConvergedWarning
+from ntkdyn.models.cnn import init_cnn
+from ntkdyn.models.mlp import MLP, init_mlp, pure
 from ntkdyn.systems import FeatureSystem
 from ntkdyn.tangent import feature_spectrum, signed_labels, tangent_features
+from ntkdyn.tangent.spectrum import signed_tangent_operator
 
 
 @pytest.fixture
@@ -82,3 +87,137 @@ def test_bad_input_names_argument(key, xs, call, match):
     apply_fn, params = mlp(key)
     with pytest.raises(ValueError, match=match):
         call(apply_fn, params, xs[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Matrix-free path (k given): against the dense eigh path
+
+
+def _separated(s, rel=1e-3):
+    """Indices j whose s_j is at least ``rel`` (relatively) away from its neighbours."""
+    s = np.asarray(s)
+    gaps = np.minimum(np.abs(np.diff(s, prepend=np.inf)), np.abs(np.diff(s, append=-np.inf)))
+    return np.flatnonzero(gaps > rel * s)
+
+
+def _compare_to_dense(apply_fn, params, x, y, k, *, key, rtol, residual_tol, **kw):
+    dense, V_dense = feature_spectrum(apply_fn, params, x, y, return_V=True)
+    spec, V, report = feature_spectrum(
+        apply_fn,
+        params,
+        x,
+        y,
+        k=k,
+        key=key,
+        residual_tol=residual_tol,
+        return_V=True,
+        return_report=True,
+        **kw,
+    )
+    assert report.converged and report.residuals.shape == (k,)
+    assert spec.U.shape == (x.shape[0], k) and V.shape == (V_dense.shape[0], k)
+    np.testing.assert_allclose(spec.s, dense.s[:k], rtol=rtol)
+    sep = _separated(dense.s[: k + 1])
+    sep = sep[sep < k]
+    assert len(sep) >= k // 2  # the vector check covers most directions
+    cos_u = np.abs(np.sum(np.asarray(spec.U) * np.asarray(dense.U[:, :k]), axis=0))
+    cos_v = np.abs(np.sum(np.asarray(V, np.float64) * np.asarray(V_dense[:, :k]), axis=0))
+    np.testing.assert_allclose(cos_u[sep], 1.0, atol=50 * rtol)
+    np.testing.assert_allclose(cos_v[sep], 1.0, atol=50 * rtol)
+    assert bool(jnp.all(spec.U.sum(axis=0) >= 0))  # same sign convention as the dense path
+    return spec, V, report
+
+
+def test_matrix_free_matches_dense_mlp(key):
+    x = jax.random.normal(jax.random.PRNGKey(5), (120, 6))
+    y = jnp.where(x[:, 0] + 0.3 * x[:, 1] > 0, 1, -1)
+    apply_fn, params = init_mlp(key, 6, [24, 24], dtype=jnp.float64)
+    _compare_to_dense(
+        apply_fn, params, x, y, 8, key=key, rtol=1e-9, residual_tol=1e-8, batch_size=50
+    )
+
+
+def test_matrix_free_matches_dense_cnn_float32(key):
+    x = jax.random.uniform(jax.random.PRNGKey(6), (64, 6, 6, 2), jnp.float32)
+    y = (jnp.arange(64) % 3 == 0).astype(jnp.int32)  # {0, 1} labels
+    apply_fn, params = init_cnn(key, 2, channels=(4, 6))
+    spec, V, report = _compare_to_dense(
+        apply_fn, params, x, y, 6, key=key, rtol=1e-4, residual_tol=1e-4, batch_size=20
+    )
+    assert V.dtype == jnp.float32  # products in the model's dtype
+
+
+def test_matrix_free_dict_params_and_report(key):
+    x, _ = inputs()
+    x = jnp.concatenate([x, 0.5 * x[::-1] + 0.1])  # 18 examples
+    y = jnp.where(jnp.arange(18) % 2 == 0, 1, -1)
+    apply_fn, params = custom(key)
+    spec, V, report = feature_spectrum(
+        apply_fn,
+        params,
+        x,
+        y,
+        k=4,
+        key=key,
+        residual_tol=0.3,
+        max_iters=1,
+        return_V=True,
+        return_report=True,
+        on_unconverged=OnUnconverged.IGNORE,
+    )
+    # The reported residuals are those of the triplets returned, against the true YΦ.
+    YPhi = np.asarray(y[:, None] * tangent_features(apply_fn, params, x))
+    U, s, V = np.asarray(spec.U), np.asarray(spec.s), np.asarray(V)
+    left = np.linalg.norm(YPhi @ V - U * s, axis=0) / s
+    np.testing.assert_allclose(report.residuals, left, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(YPhi.T @ U, V * s, atol=1e-10)
+    assert report.matvecs > 0 and report.iterations == 1
+
+
+def test_matrix_free_unconverged_is_flagged(key):
+    x = jax.random.normal(jax.random.PRNGKey(7), (80, 5))
+    y = jnp.where(x[:, 1] > 0, 1, -1)
+    apply_fn, params = init_mlp(key, 5, [16], dtype=jnp.float64)
+    kw = dict(k=10, key=key, residual_tol=1e-12, max_iters=1, return_report=True)
+    with pytest.warns(SVDNotConvergedWarning):
+        spec, report = feature_spectrum(apply_fn, params, x, y, **kw)
+    assert not report.converged and report.residuals.max() > 1e-12
+    with pytest.raises(SVDNotConvergedError):
+        feature_spectrum(apply_fn, params, x, y, on_unconverged=OnUnconverged.RAISE, **kw)
+
+
+def test_matrix_free_bad_inputs(key):
+    x = jax.random.normal(jax.random.PRNGKey(8), (20, 3))
+    apply_fn, params = mlp(key)  # p = 3·7 + 7 + 7·5 + 5 + 5 + 1 = 74
+    y = jnp.where(jnp.arange(20) % 2 == 0, 1, -1)
+    call = functools.partial(feature_spectrum, apply_fn, params, x)
+    with pytest.raises(ValueError, match="k: .*got k = 0"):
+        call(y, k=0, key=key)
+    with pytest.raises(ValueError, match=r"k: .*min\(n, p\) = 20.*got k = 21"):
+        call(y, k=21, key=key)
+    with pytest.raises(ValueError, match="y: labels must lie"):
+        call(jnp.arange(20), k=2, key=key)
+    with pytest.raises(ValueError, match="key"):
+        call(y, k=2)
+    with pytest.raises(ValueError, match="tol"):
+        call(y, k=2, key=key, tol=1e-6)
+    with pytest.raises(ValueError, match="return_report"):
+        call(y, return_report=True)
+    with pytest.raises(ValueError, match="batch_size"):
+        call(y, k=2, key=key, batch_size=0)
+    bad = jax.tree.map(lambda a: a * jnp.nan, params)
+    with pytest.raises(ValueError, match="non-finite outputs"):
+        feature_spectrum(apply_fn, bad, x, y, k=2, key=key)
+
+
+def test_signed_tangent_operator_products(key):
+    x, _ = inputs()
+    y = jnp.where(jnp.arange(9) % 3 == 0, 1, -1)
+    apply_fn, params = custom(key)
+    op = signed_tangent_operator(apply_fn, params, x, y, batch_size=4)  # 3 batches, 3 padded rows
+    YPhi = np.asarray(y[:, None] * tangent_features(apply_fn, params, x))
+    V = jax.random.normal(key, (op.shape[1], 5), jnp.float64)
+    U = jax.random.normal(key, (9, 3), jnp.float64)
+    assert op.shape == YPhi.shape
+    np.testing.assert_allclose(op.matmat(V), YPhi @ V, **F64)
+    np.testing.assert_allclose(op.rmatmat(U), YPhi.T @ U, **F64)
