@@ -103,98 +103,176 @@ PRESETS = ("paper", "quick", "real-10k")
 # ---- settings ------------------------------------------------------------------------------------
 
 
-def _f(default: Any, help: str, **cli: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, **cli})
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Settings of a CelebA run; the defaults are the published protocols (module docstring).
 
     ``optimizer`` … ``epochs`` are ERM's and SD's (Pezeshki et al.), ``dro_*`` Group DRO's
     (Sagawa et al.). Weight decay is decoupled (AdamW) for Adam and coupled (gradient + wd·θ, as
-    PyTorch's ``SGD(weight_decay=…)``) for SGD.
+    PyTorch's ``SGD(weight_decay=…)``) for SGD. Values are checked on construction
+    (:class:`ntkdyn.settings.ConfigError` names the field, the command line its flag).
+
+    Attributes:
+        data_dir: CelebA folder (img_align_celeba/, list_attr_celeba.txt|csv, list_eval_partition.txt|csv).
+        methods: methods to run, among erm, sd, groupdro.
+        arch: network, resnet10, resnet18 or resnet50.
+        width: first-stage channels (64 standard).
+        pretrained: ImageNet weights, a torchvision .pth or timm .safetensors file.
+        image_size: input side length in pixels.
+        crop: centre-crop side in image pixels (None: the image width, 178 of 178x218).
+        batch_size: global batch size.
+        eval_batch_size: evaluation batch size.
+        optimizer: ERM and SD optimizer, adam or sgd.
+        lr: ERM and SD learning rate.
+        momentum: ERM and SD SGD momentum.
+        weight_decay: ERM and SD weight decay.
+        epochs: ERM and SD epochs.
+        dro_optimizer: Group DRO optimizer, adam or sgd.
+        dro_lr: Group DRO learning rate.
+        dro_momentum: Group DRO SGD momentum.
+        dro_weight_decay: Group DRO weight decay.
+        dro_epochs: Group DRO epochs.
+        dro_step_size: Group DRO step size of the group weights.
+        dro_adjustment: Group DRO generalisation adjustment C.
+        sd_coef: SD coefficients (class 0, class 1).
+        sd_target: SD logit targets (class 0, class 1).
+        balanced: group-balanced sampling with replacement for every method (None: Group DRO only).
+        selection: headline epoch selection for every method, val_avg or val_worst (None: val_worst
+            for Group DRO, val_avg for the others).
+        seeds: number of seeds.
+        seed: base seed (seed k uses seed + k).
+        target: target attribute.
+        spurious: spurious attribute.
+        bf16: compute in bfloat16 (GPUs); parameters stay float32.
+        cache_images: decode every image once and keep it in memory (8-bit).
+        checkpoint_every: steps between checkpoints (and one per epoch).
+        log_every: steps between training-metric records.
+        workers: image-decoding threads.
+        prefetch: batches decoded ahead.
+        fixture: the data is the synthetic fixture (set by --quick without --data-dir).
     """
 
-    data_dir: str | None = _f(
-        None,
-        "CelebA folder (img_align_celeba/, list_attr_celeba.txt|csv, list_eval_partition.txt|csv)",
-        metavar="DIR",
-    )
-    methods: tuple[str, ...] = _f(
-        METHODS, "method to run (repeatable; default: all three)", flag="--method"
-    )
-    arch: str = _f("resnet50", "network", choices=ARCHS)
-    width: int = _f(64, "first-stage channels (64 standard)")
-    pretrained: str | None = _f(
-        None, "ImageNet weights: torchvision .pth or timm .safetensors", metavar="PATH"
-    )
-    image_size: int = _f(224, "input side length")
-    crop: int | None = _f(
-        None, "centre-crop side in image pixels; auto = the image width (178 of 178x218)"
-    )
-    batch_size: int = _f(128, "global batch size")
-    eval_batch_size: int = _f(256, "evaluation batch size")
-    optimizer: str = _f("adam", "ERM/SD optimizer", choices=OPTIMIZERS)
-    lr: float = _f(1e-5, "ERM/SD learning rate")
-    momentum: float = _f(0.9, "ERM/SD SGD momentum")
-    weight_decay: float = _f(0.0, "ERM/SD weight decay")
-    epochs: int = _f(3, "ERM/SD epochs")
-    dro_optimizer: str = _f("sgd", "Group DRO optimizer", choices=OPTIMIZERS)
-    dro_lr: float = _f(1e-5, "Group DRO learning rate")
-    dro_momentum: float = _f(0.9, "Group DRO SGD momentum")
-    dro_weight_decay: float = _f(0.1, "Group DRO weight decay")
-    dro_epochs: int = _f(50, "Group DRO epochs")
-    dro_step_size: float = _f(0.01, "Group DRO step size of the group weights")
-    dro_adjustment: float = _f(0.0, "Group DRO generalisation adjustment C")
-    sd_coef: tuple[float, float] = _f(
-        (0.1, 0.1), "SD coefficients (class 0, class 1)", metavar=("C0", "C1")
-    )
-    sd_target: tuple[float, float] = _f(
-        (0.44, 2.5), "SD logit targets (class 0, class 1)", metavar=("G0", "G1")
-    )
-    balanced: bool | None = _f(
-        None, "group-balanced sampling with replacement for every method (default: Group DRO only)"
-    )
-    selection: str | None = _f(
-        None,
-        "headline epoch selection for every method (default: val_worst for Group DRO, val_avg else)",
-        choices=SELECTIONS,
-    )
-    seeds: int = _f(5, "number of seeds")
-    seed: int = _f(0, "base seed (seed k uses seed + k)")
-    target: str = _f("Blond_Hair", "target attribute")
-    spurious: str = _f("Male", "spurious attribute")
-    bf16: bool = _f(False, "compute in bfloat16 (GPUs); parameters stay float32")
-    cache_images: bool = _f(False, "decode every image once and keep it in memory (8-bit)")
-    checkpoint_every: int = _f(500, "steps between checkpoints (and one per epoch)")
-    log_every: int = _f(50, "steps between training-metric records")
-    workers: int = _f(8, "image-decoding threads")
-    prefetch: int = _f(2, "batches decoded ahead")
-    fixture: bool = _f(False, "", flag=None)
+    data_dir: str | None = None
+    methods: tuple[str, ...] = METHODS
+    arch: str = "resnet50"
+    width: int = 64
+    pretrained: str | None = None
+    image_size: int = 224
+    crop: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    optimizer: str = "adam"
+    lr: float = 1e-5
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 3
+    dro_optimizer: str = "sgd"
+    dro_lr: float = 1e-5
+    dro_momentum: float = 0.9
+    dro_weight_decay: float = 0.1
+    dro_epochs: int = 50
+    dro_step_size: float = 0.01
+    dro_adjustment: float = 0.0
+    sd_coef: tuple[float, float] = (0.1, 0.1)
+    sd_target: tuple[float, float] = (0.44, 2.5)
+    balanced: bool | None = None
+    selection: str | None = None
+    seeds: int = 5
+    seed: int = 0
+    target: str = "Blond_Hair"
+    spurious: str = "Male"
+    bf16: bool = False
+    cache_images: bool = False
+    checkpoint_every: int = 500
+    log_every: int = 50
+    workers: int = 8
+    prefetch: int = 2
+    fixture: bool = False
+
+    def __post_init__(self):
+        from ntkdyn.data.celeba import CELEBA_ATTRIBUTES
+        from ntkdyn.settings import ConfigError
+
+        def need(name: str, ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(name, f"{what}, got {getattr(self, name)!r}")
+
+        need(
+            "methods",
+            bool(self.methods) and all(m in METHODS for m in self.methods),
+            f"expected some of {', '.join(METHODS)}",
+        )
+        for name in (
+            "width",
+            "image_size",
+            "batch_size",
+            "eval_batch_size",
+            "epochs",
+            "dro_epochs",
+            "seeds",
+            "checkpoint_every",
+            "log_every",
+            "workers",
+        ):
+            need(name, int(getattr(self, name)) >= 1, "must be >= 1")
+        need("prefetch", self.prefetch >= 0, "must be >= 0")
+        need("crop", self.crop is None or self.crop >= 1, "must be >= 1 pixel, or auto")
+        for name in ("lr", "dro_lr", "dro_step_size"):
+            need(
+                name,
+                bool(np.isfinite(getattr(self, name)) and getattr(self, name) > 0),
+                "must be > 0",
+            )
+        for name in ("weight_decay", "dro_weight_decay", "dro_adjustment"):
+            v = getattr(self, name)
+            need(name, bool(np.isfinite(v) and v >= 0), "must be >= 0")
+        for name in ("momentum", "dro_momentum"):
+            need(name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
+        for name in ("optimizer", "dro_optimizer"):
+            need(
+                name, getattr(self, name) in OPTIMIZERS, f"expected one of {', '.join(OPTIMIZERS)}"
+            )
+        need("arch", self.arch in ARCHS, f"expected one of {', '.join(ARCHS)}")
+        need(
+            "selection",
+            self.selection in (None, *SELECTIONS),
+            f"expected one of {', '.join(SELECTIONS)}",
+        )
+        need(
+            "sd_coef",
+            len(self.sd_coef) == 2 and min(self.sd_coef) >= 0,
+            "expected two coefficients >= 0",
+        )
+        need("sd_target", len(self.sd_target) == 2, "expected two logit targets")
+        need("spurious", self.spurious != self.target, "must differ from --target")
+        if self.fixture:
+            for name in ("target", "spurious"):
+                need(name, getattr(self, name) in CELEBA_ATTRIBUTES, "expected a CelebA attribute")
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
-        """``--quick``: the synthetic fixture, 32 px, ResNet-18 of width 8, 1 seed, 4 epochs (CPU)."""
-        return dataclasses.replace(
-            cls(
-                arch="resnet18",
-                width=8,
-                image_size=32,
-                batch_size=32,
-                eval_batch_size=80,
-                lr=1e-3,
-                epochs=4,
-                dro_lr=0.05,
-                dro_weight_decay=1e-4,
-                dro_epochs=4,
-                seeds=1,
-                checkpoint_every=10,
-                log_every=5,
-                fixture=True,
-            ),
-            **overrides,
+        """``--quick``: the synthetic fixture, 32 px, ResNet-18 of width 8, 1 seed, 4 epochs (CPU).
+
+        ERM and SD: Adam lr 1e-3; Group DRO: group-balanced sampling, SGD momentum 0.9, lr 0.05,
+        weight decay 1e-4 (from scratch, a larger step than the pretrained protocol's 1e-5).
+        """
+        settings = dict(
+            arch="resnet18",
+            width=8,
+            image_size=32,
+            batch_size=32,
+            eval_batch_size=80,
+            lr=1e-3,
+            epochs=4,
+            dro_lr=0.05,
+            dro_weight_decay=1e-4,
+            dro_epochs=4,
+            seeds=1,
+            checkpoint_every=10,
+            log_every=5,
+            fixture=True,
         )
+        return cls(**(settings | overrides))
 
     @classmethod
     def real_10k(cls, **overrides: Any) -> Config:
@@ -205,25 +283,23 @@ class Config:
         width 16 and 20 epochs instead of 50: what fits the CPU budget of
         ``docs/results/celeba_10k.md`` (about 10 s of one core per epoch, decoded images in memory).
         """
-        return dataclasses.replace(
-            cls(
-                arch="resnet10",
-                width=16,
-                image_size=64,
-                optimizer="sgd",
-                lr=0.01,
-                weight_decay=1e-4,
-                epochs=20,
-                dro_lr=0.01,
-                dro_weight_decay=1e-4,
-                dro_epochs=20,
-                cache_images=True,
-                checkpoint_every=100,
-                log_every=10,
-                workers=2,
-            ),
-            **overrides,
+        settings = dict(
+            arch="resnet10",
+            width=16,
+            image_size=64,
+            optimizer="sgd",
+            lr=0.01,
+            weight_decay=1e-4,
+            epochs=20,
+            dro_lr=0.01,
+            dro_weight_decay=1e-4,
+            dro_epochs=20,
+            cache_images=True,
+            checkpoint_every=100,
+            log_every=10,
+            workers=2,
         )
+        return cls(**(settings | overrides))
 
     def recipe(self, method: str) -> Recipe:
         """How ``method`` is optimised, sampled and selected under these settings."""
@@ -251,77 +327,22 @@ class Recipe(NamedTuple):
     selection: str
 
 
-def _flag(name: str) -> str:
-    field = {f.name: f for f in dataclasses.fields(Config)}[name]
-    return field.metadata.get("flag", "--" + name.replace("_", "-"))
-
-
-def validate(cfg: Config) -> None:
-    """Check every setting that needs no data; errors name the command-line flag.
+def check_paths(cfg: Config) -> None:
+    """Check the files a run needs exist (no data is read).
 
     Raises:
-        ValueError: a value out of range or unknown.
+        ValueError: ``--data-dir`` missing for a run on real data.
         FileNotFoundError: ``--pretrained`` or ``--data-dir`` does not exist.
     """
-    from ntkdyn.data.celeba import CELEBA_ATTRIBUTES
-
-    def bad(name: str, value: Any, need: str) -> ValueError:
-        return ValueError(f"{_flag(name)}: {need}, got {value!r}")
-
-    if not cfg.methods or any(m not in METHODS for m in cfg.methods):
-        raise bad("methods", cfg.methods, f"expected some of {', '.join(METHODS)}")
-    for name in (
-        "width",
-        "image_size",
-        "batch_size",
-        "eval_batch_size",
-        "epochs",
-        "dro_epochs",
-        "seeds",
-        "checkpoint_every",
-        "log_every",
-        "workers",
-    ):
-        if int(getattr(cfg, name)) < 1:
-            raise bad(name, getattr(cfg, name), "must be >= 1")
-    if cfg.prefetch < 0:
-        raise bad("prefetch", cfg.prefetch, "must be >= 0")
-    if cfg.crop is not None and cfg.crop < 1:
-        raise bad("crop", cfg.crop, "must be >= 1 pixel, or auto (the image width)")
-    for name in ("lr", "dro_lr", "dro_step_size"):
-        if not np.isfinite(getattr(cfg, name)) or getattr(cfg, name) <= 0:
-            raise bad(name, getattr(cfg, name), "must be > 0")
-    for name in ("weight_decay", "dro_weight_decay", "dro_adjustment"):
-        if not np.isfinite(getattr(cfg, name)) or getattr(cfg, name) < 0:
-            raise bad(name, getattr(cfg, name), "must be >= 0")
-    for name in ("momentum", "dro_momentum"):
-        if not 0 <= getattr(cfg, name) < 1:
-            raise bad(name, getattr(cfg, name), "must be in [0, 1)")
-    for name in ("optimizer", "dro_optimizer"):
-        if getattr(cfg, name) not in OPTIMIZERS:
-            raise bad(name, getattr(cfg, name), f"expected one of {', '.join(OPTIMIZERS)}")
-    if cfg.arch not in ARCHS:
-        raise bad("arch", cfg.arch, f"expected one of {', '.join(ARCHS)}")
-    if cfg.selection not in (None, *SELECTIONS):
-        raise bad("selection", cfg.selection, f"expected one of {', '.join(SELECTIONS)}")
-    if len(cfg.sd_coef) != 2 or min(cfg.sd_coef) < 0:
-        raise bad("sd_coef", cfg.sd_coef, "expected two coefficients >= 0")
-    if len(cfg.sd_target) != 2:
-        raise bad("sd_target", cfg.sd_target, "expected two logit targets")
-    if cfg.target == cfg.spurious:
-        raise bad("spurious", cfg.spurious, "must differ from --target")
-    if cfg.fixture:
-        for name in ("target", "spurious"):
-            if getattr(cfg, name) not in CELEBA_ATTRIBUTES:
-                raise bad(name, getattr(cfg, name), "expected a CelebA attribute name")
-    elif cfg.data_dir is None:
-        raise ValueError(
-            "--data-dir: required (the CelebA folder); or use --quick for the synthetic fixture"
-        )
-    elif not Path(cfg.data_dir).is_dir():
-        raise FileNotFoundError(
-            f"--data-dir: {cfg.data_dir} is not a directory; pass the folder of your CelebA copy"
-        )
+    if not cfg.fixture:
+        if cfg.data_dir is None:
+            raise ValueError(
+                "--data-dir: required (the CelebA folder); or use --quick for the synthetic fixture"
+            )
+        if not Path(cfg.data_dir).is_dir():
+            raise FileNotFoundError(
+                f"--data-dir: {cfg.data_dir} is not a directory; pass the folder of your CelebA copy"
+            )
     if cfg.pretrained and not Path(cfg.pretrained).is_file():
         raise FileNotFoundError(
             f"--pretrained: {cfg.pretrained} not found; pass a local .pth or .safetensors file"
@@ -636,27 +657,24 @@ def summary_markdown(results: dict[str, Any], cfg: Config, counts: str) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ntkdyn celeba``: one flag per :class:`Config` field, plus the run's own."""
-    for field in dataclasses.fields(Config):
-        meta = field.metadata
-        flag = meta.get("flag", "--" + field.name.replace("_", "-"))
-        if flag is None:
-            continue
-        kw: dict[str, Any] = {"dest": field.name, "default": None, "help": meta["help"]}
-        for key in ("choices", "metavar"):
-            if key in meta:
-                kw[key] = meta[key]
-        default = field.default
-        if field.name == "methods":
-            kw.update(action="append", choices=METHODS)
-        elif field.name == "crop":
-            kw.update(type=_crop, metavar="PIXELS|auto")
-        elif isinstance(default, bool) or field.name == "balanced":
-            kw.update(action=argparse.BooleanOptionalAction)
-        elif isinstance(default, tuple):
-            kw.update(type=type(default[0]), nargs=len(default))
-        elif isinstance(default, (int, float)):
-            kw.update(type=type(default))
-        parser.add_argument(flag, **kw)
+    from ntkdyn.settings import add_arguments
+
+    add_arguments(parser, Config(), skip=("methods", "crop", "fixture"))
+    parser.add_argument(
+        "--method",
+        dest="methods",
+        action="append",
+        choices=METHODS,
+        default=argparse.SUPPRESS,
+        help="method to run (repeatable; default: all three)",
+    )
+    parser.add_argument(
+        "--crop",
+        type=_crop,
+        metavar="PIXELS|auto",
+        default=argparse.SUPPRESS,
+        help="centre-crop side in image pixels (default: auto, the image width: 178 of 178x218)",
+    )
     parser.add_argument(
         "--preset",
         choices=PRESETS,
@@ -689,9 +707,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _crop(text: str) -> str | int:
+def _crop(text: str) -> int | None:
     if text == "auto":
-        return text
+        return None
     try:
         return int(text)
     except ValueError:
@@ -704,31 +722,24 @@ def resolve(args: argparse.Namespace) -> Config:
     """The :class:`Config` of parsed arguments: a preset's defaults, then the flags given.
 
     Raises:
-        ValueError: conflicting presets or a bad value (names the flag).
+        ConfigError: a bad value (the command line names the flag).
+        ValueError, FileNotFoundError: conflicting presets, a missing path.
     """
+    from ntkdyn.settings import from_arguments
+
     preset = args.preset or ("quick" if args.quick else "paper")
     if args.quick and preset != "quick":
         raise ValueError(f"--quick: conflicts with --preset {args.preset}; pass one of them")
     base = {"paper": Config, "quick": Config.quick, "real-10k": Config.real_10k}[preset]()
-    given = {}
-    for field in dataclasses.fields(Config):
-        value = getattr(args, field.name, None)
-        if value is None:
-            continue
-        if field.name == "methods":
-            value = tuple(dict.fromkeys(value))
-        elif field.name == "crop":
-            value = None if value == "auto" else value
-        elif isinstance(value, list):
-            value = tuple(value)
-        given[field.name] = value
-    fixture = preset == "quick" and given.get("data_dir") is None
-    cfg = dataclasses.replace(base, **given, fixture=fixture)
-    if fixture and args.fixture_size is not None and min(args.fixture_size) < 4:
+    if hasattr(args, "methods"):
+        args.methods = tuple(dict.fromkeys(args.methods))
+    fixture = preset == "quick" and getattr(args, "data_dir", None) is None
+    cfg = dataclasses.replace(from_arguments(base, args, skip=("fixture",)), fixture=fixture)
+    if fixture and min(args.fixture_size) < 4:
         raise ValueError(
             f"--fixture-size: need >= 4 images per split (one per group), got {list(args.fixture_size)}"
         )
-    validate(cfg)
+    check_paths(cfg)
     return cfg
 
 
@@ -743,12 +754,12 @@ def run(args: argparse.Namespace) -> int:
         n_train, n_val, n_test = args.fixture_size
         path = write_celeba_fixture(
             args.make_fixture,
-            seed=args.seed or 0,
+            seed=getattr(args, "seed", 0),
             n_train=n_train,
             n_val=n_val,
             n_test=n_test,
-            target=args.target or "Blond_Hair",
-            spurious=args.spurious or "Male",
+            target=getattr(args, "target", "Blond_Hair"),
+            spurious=getattr(args, "spurious", "Male"),
         )
         print(f"wrote a synthetic CelebA-format fixture to {path}")
         return 0
@@ -815,7 +826,7 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
     """Run every (method, seed) of ``cfg`` into ``out`` and write the reports.
 
     Args:
-        cfg: validated settings (:func:`validate`) with ``data_dir`` set.
+        cfg: the settings, with ``data_dir`` set.
         out: output folder.
         resume: continue from the checkpoints in ``out``.
 
@@ -831,7 +842,7 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
     from ntkdyn.runs import RunDir, to_jsonable
     from ntkdyn.train.dataparallel import data_mesh, initialize_multihost
 
-    validate(cfg)
+    check_paths(cfg)
     initialize_multihost()
     data = load_celeba(cfg.data_dir, target=cfg.target, spurious=cfg.spurious)
     mesh = data_mesh()
