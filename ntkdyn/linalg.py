@@ -28,9 +28,26 @@ The block products run in the operator's dtype (a float32 model stays float32); 
 Rayleigh–Ritz matrix, orthogonalisation and the small eigenproblem are NumPy float64 on the host
 (n × b·(depth + 1) doubles: 144 MB at n = 50,000, b = 60, depth = 5).
 
-Cost model: with a network's tangent features every product is a pass over the data, matrix–matrix
-even for one vector, so the cost is the number of products (``matvecs``); the float64 host
-bookkeeping is O(n·b²·depth²) per iteration, small beside it.
+Cost model and defaults. With a network's tangent features every product is a pass over the data,
+matrix–matrix even for one vector (a JVP of a dense layer is X·dW), so the cost is the number of
+products (``matvecs``); the float64 host bookkeeping, O(n·b·m) per iteration for a basis of m
+columns, is small beside it. Measured on the Colored MNIST MLP 392 → 300 → 300 → 1 (p = 208,501),
+A = YΦ, n = 4,000, k = 20, oversampling 10 (b = 30), products to bring every top-20 residual under
+1e-3 in float32 (under 1e-6 in float64):
+
+    depth 1 (restart every block: a subspace iteration with Ritz residuals)   570   > 1,028
+    depth 2                                                                   450     > 792
+    depth 4                                                                   390       658
+    depth 8                                                                   390       504
+    depth 4, oversampling 20                                                  440       674
+
+Deeper Krylov spaces need fewer products (Musco & Musco 2015), so ``depth = 8``; more oversampling
+costs more per block than it saves in iterations, so ``oversampling = 10``. Converged Ritz vectors
+are locked (their residuals are not expanded), which trims the later blocks. One block product
+ran at 60–80 GFLOP/s in float32 on two cores (30 ms per JVP column, 41 ms per VJP column at
+n = 4,000), i.e. matrix-multiply bound. A float32 operator resolves residuals down to
+≈ 5e-8 on the top directions there, and its singular values agreed with the float64 eigh of the
+Gram matrix to 5e-9 relatively.
 
 References:
     N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness", SIAM Review 53
