@@ -131,15 +131,11 @@ def compile_ours(
 
     seed_axis = SeedAxis.VMAP if seed_axis is None else seed_axis
     apply_fn, params = X.init_params(cfg, keys)
-    hp = {"penalty": jnp.zeros(keys.shape[0]), "l2": jnp.zeros(keys.shape[0])}
-    objective = X.method_loss(cfg)
+    # ERM's hyperparameters travel with the data, as in `ntkdyn cmnist` (l2 = 0: plain ERM)
+    batches = {**batches, "hp": {"l2": jnp.zeros(keys.shape[0], batches["x1"].dtype)}}
+    loss_fn = X.loss_fn("erm", cfg, apply_fn)
 
-    def loss_fn(p, hp, b, step, key):
-        logits = (apply_fn(p, b["x1"])[:, 0], apply_fn(p, b["x2"])[:, 0])
-        loss, _ = objective(logits, (b["y1"], b["y2"]), 0.0, hp, step)
-        return loss, (hp, {})
-
-    def train(params, batches, keys, hp):
+    def train(params, batches, keys):
         return train_fullbatch(
             loss_fn,
             optax.adam(cfg.lr),
@@ -147,14 +143,13 @@ def compile_ours(
             batches,
             keys=keys,
             num_steps=steps,
-            model_state=hp,
             batch_axis=0,
             layout=SeedLayout(seed_axis, seed_chunk if seed_axis is SeedAxis.VMAP else None),
         ).state.params
 
     train = jax.jit(train, compiler_options=compiler_options or None)
-    jax.block_until_ready(train(params, batches, keys, hp))
-    return lambda: jax.block_until_ready(train(params, batches, keys, hp))
+    jax.block_until_ready(train(params, batches, keys))
+    return lambda: jax.block_until_ready(train(params, batches, keys))
 
 
 def interleaved(runs: dict, rounds: int) -> dict:
@@ -228,11 +223,12 @@ def main(argv=None) -> None:
 
     from ntkdyn.experiments import colored_mnist as X
 
+    from ntkdyn.data.colored_mnist import environment_batches
     from ntkdyn.train.layout import SeedAxis, eigen_matmul_options
 
-    cfg = X.DEFAULTS["erm"]
+    cfg = X.PROTOCOL["erm"]
     envs, mnist = _data(args.data_source, args.max_images)
-    batches = X.prepare_batches(envs, grayscale=False)
+    batches = environment_batches(envs)
     keys = jax.random.split(jax.random.PRNGKey(1), 1)
     n = batches["x1"].shape[1] + batches["x2"].shape[1]
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {platform.machine()}"

@@ -1,8 +1,7 @@
-"""Colored MNIST experiment: penalties and objectives by hand, vmapped = sequential, sharding, CLI contract."""
+"""Colored MNIST experiment: objectives by hand, vmapped = sequential, sharding, CLI contract, merge."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -17,10 +16,12 @@ import pytest
 from ntkdyn.experiments import colored_mnist as X
 
 from ntkdyn.cli import main
-from ntkdyn.data.colored_mnist import colored_mnist
+from ntkdyn.data.colored_mnist import colored_mnist, environment_batches
 from ntkdyn.data.mnist import load_mnist
-from ntkdyn.losses import binary_cross_entropy, irm_penalty, sd_penalty, vrex_penalty
-from ntkdyn.train.layout import eigen_matmul_options
+from ntkdyn.losses import binary_cross_entropy
+from ntkdyn.runs import StepProgress
+from ntkdyn.settings import ConfigError
+from ntkdyn.train.layout import SeedLayout, eigen_matmul_options
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,57 +42,51 @@ def fy():
     return f1, f2, y1, y2
 
 
-def test_penalties_by_hand(fy):
-    f, _, y, _ = fy
-    assert float(binary_cross_entropy(jnp.asarray(f), jnp.asarray(y))) == pytest.approx(
-        _bce(f, y), rel=1e-12
-    )
-    # IRMv1: d/dw mean BCE(w f, y) at w = 1 = mean((σ(f) − y) f)
-    sig = 1 / (1 + np.exp(-f))
-    assert float(irm_penalty(jnp.asarray(f), jnp.asarray(y))) == pytest.approx(
-        np.mean((sig - y) * f) ** 2, rel=1e-10
-    )
-    assert float(sd_penalty(jnp.asarray(f))) == pytest.approx(np.mean(f**2), rel=1e-12)
-    assert float(4 * vrex_penalty(jnp.asarray([0.3, 0.8]))) == pytest.approx(0.25, rel=1e-12)
-
-
 @pytest.mark.parametrize("name", X.METHODS)
 @pytest.mark.parametrize("step", [0, 99, 100, 1000])
 def test_objectives_by_hand(fy, name, step):
+    """Each method's objective, with its annealing at step 100, against a transcription in numpy."""
     f1, f2, y1, y2 = fy
-    cfg = dataclasses.replace(
-        X.DEFAULTS[name],
-        anneal_steps=100,
-        penalty=X.DEFAULTS[name].penalty or 3.0,
-        l2=X.DEFAULTS[name].l2 or 0.01,
-    )
-    sq = 2.5
-    loss, _ = X.method_loss(cfg)(
+    params = {"w": jnp.asarray([1.0, -0.5]), "b": jnp.asarray(1.0)}  # Σ‖w‖² = 2.25
+    sq = 2.25
+    hp = {c: 3.0 if c != "l2" else 0.01 for c in X.COEFFICIENTS[name]}
+    obj = X.objective(name, 100, **hp)
+    loss, _ = obj.loss(
         (jnp.asarray(f1), jnp.asarray(f2)),
         (jnp.asarray(y1), jnp.asarray(y2)),
-        sq,
-        {"penalty": cfg.penalty, "l2": cfg.l2},
-        jnp.int32(step),
+        step=jnp.int32(step),
+        params=params,
     )
     f, y = np.concatenate([f1, f2]), np.concatenate([y1, y2])
     r1, r2, nll = _bce(f1, y1), _bce(f2, y2), _bce(f, y)
     after = step >= 100
     if name in ("erm", "oracle"):
-        want = nll + cfg.l2 * sq
+        want = nll + 0.01 * sq
     elif name == "sd":
         sd = np.mean(f**2)
-        want = cfg.penalty * (nll + sd) if after else nll + cfg.penalty * sd
+        want = 3.0 * (nll + sd) if after else nll + 3.0 * sd
     elif name == "irm":
 
         def pen(fe, ye):
             return np.mean((1 / (1 + np.exp(-fe)) - ye) * fe) ** 2
 
-        w = cfg.penalty if after else 1.0
-        want = (0.5 * (r1 + r2) + cfg.l2 * sq + w * 0.5 * (pen(f1, y1) + pen(f2, y2))) / max(w, 1.0)
+        w = 3.0 if after else 1.0
+        want = (0.5 * (r1 + r2) + 0.01 * sq + w * 0.5 * (pen(f1, y1) + pen(f2, y2))) / max(w, 1.0)
     else:
-        b = cfg.penalty if after else 1.0
-        want = (r1 + r2 + cfg.l2 * sq + b * (r1 - r2) ** 2) / max(b, 1.0)
+        b = 3.0 if after else 1.0
+        want = (r1 + r2 + 0.01 * sq + b * (r1 - r2) ** 2) / max(b, 1.0)
     assert float(loss) == pytest.approx(want, rel=1e-9)
+
+
+def _hp(name, n, **values):
+    """Per-seed hyperparameters of ``name`` (published unless given) for ``n`` seeds."""
+    hp = {**X.Config().coefficients(name), **values}
+    return {k: jnp.full((n,), v, jnp.float32) for k, v in hp.items()}
+
+
+def _batches(envs, name, **kw):
+    b = environment_batches(envs, grayscale=X.PROTOCOL[name].grayscale, **kw)
+    return {**b, "hp": _hp(name, b["x1"].shape[0])}
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +104,12 @@ def _assert_params_close(a, b):
 
 def test_vmapped_equals_sequential(small):
     envs, keys = small
-    cfg = dataclasses.replace(X.DEFAULTS["irm"], hidden=16, steps=12, anneal_steps=6, lr=1e-2)
-    batches = X.prepare_batches(envs, grayscale=False, n_z=10)
-    together = X.train_method(cfg, batches, keys, log_every=4)
+    cfg = X.Method(hidden=16, lr=1e-2, steps=12, anneal_steps=6)
+    batches = _batches(envs, "irm", n_z=10)
+    together = X.train("irm", cfg, batches, keys, log_every=4)
     for s in (0, 2):
-        alone = X.train_method(
+        alone = X.train(
+            "irm",
             cfg,
             jax.tree_util.tree_map(lambda a, s=s: a[s : s + 1], batches),
             keys[s : s + 1],
@@ -126,13 +122,23 @@ def test_vmapped_equals_sequential(small):
         np.testing.assert_allclose(
             together.history["test_acc"][s], alone.history["test_acc"][0], atol=1e-6
         )
-    chunked = X.train_method(cfg, batches, keys, log_every=4, seed_chunk=2)  # chunks of 2 and 1
-    _assert_params_close(together.params, chunked.params)
-    # Eigen's products (the CPU default of `ntkdyn cmnist`) change nothing beyond float rounding
-    eigen = X.train_method(
-        cfg, batches, keys, log_every=4, seed_chunk=2, compiler_options=eigen_matmul_options()
+    chunked = X.train("irm", cfg, batches, keys, log_every=4, layout=SeedLayout.parse("vmap:2@1"))
+    _assert_params_close(together.params, chunked.params)  # chunks of 2 and 1
+    # Eigen's products (the CPU default of `ntkdyn cmnist`) change nothing beyond float rounding;
+    # nor does the progress report fired from inside the compiled loop
+    bar = StepProgress("irm", 3 * 12, enabled=False)
+    eigen = X.train(
+        "irm",
+        cfg,
+        batches,
+        keys,
+        log_every=4,
+        layout=SeedLayout.parse("vmap:2@1"),
+        compiler_options=eigen_matmul_options(),
+        progress=bar,
     )
     _assert_params_close(together.params, eigen.params)
+    assert bar.done == 3 * 12
 
 
 def test_training_matches_a_plain_loop(small):
@@ -140,14 +146,13 @@ def test_training_matches_a_plain_loop(small):
     import optax
 
     envs, keys = small
-    cfg = dataclasses.replace(
-        X.DEFAULTS["sd"], hidden=8, steps=6, anneal_steps=3, penalty=0.5, lr=1e-2
-    )
-    batches = jax.tree_util.tree_map(lambda a: a[:1], X.prepare_batches(envs, grayscale=False))
-    run = X.train_method(cfg, batches, keys[:1], log_every=None)
+    cfg = X.Method(hidden=8, lr=1e-2, steps=6, anneal_steps=3)
+    batches = jax.tree_util.tree_map(lambda a: a[:1], _batches(envs, "sd"))
+    batches["hp"] = {"coef": jnp.full((1,), 0.5, jnp.float32)}
+    run = X.train("sd", cfg, batches, keys[:1], log_every=None)
     apply_fn, params = X.init_params(cfg, keys[:1])
     params = jax.tree_util.tree_map(lambda a: a[0], params)
-    b = jax.tree_util.tree_map(lambda a: a[0], batches)
+    b = {k: v[0] for k, v in batches.items() if k != "hp"}
     opt = optax.adam(cfg.lr)
     state = opt.init(params)
     for t in range(cfg.steps):
@@ -171,10 +176,10 @@ def test_feature_responses_match_library(small):
     from ntkdyn.tangent import NTKMethod, feature_responses, feature_spectrum
 
     envs, keys = small
-    cfg = dataclasses.replace(X.DEFAULTS["erm"], hidden=12, steps=8, lr=1e-2)
-    batches = X.prepare_batches(envs, grayscale=False, n_z=20)
-    run = X.train_method(cfg, batches, keys, log_every=4)
-    curves = X.feature_response_curves(run, batches, seed=1, top=5)
+    cfg = X.Method(hidden=12, lr=1e-2, steps=8)
+    batches = _batches(envs, "erm", n_z=20)
+    run = X.train("erm", cfg, batches, keys, log_every=4)
+    curves = X.response_curves(run, batches, seed=1, top=5)
     assert (
         curves["z"].shape == (3, 5)
         and np.all(curves["z"][0] == 0)
@@ -196,18 +201,24 @@ def test_sharded_restarts_match_one_device(tmp_path):
         """
         import os, sys, json
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-        import dataclasses, jax, numpy as np
+        import jax, jax.numpy as jnp, numpy as np
         from ntkdyn.experiments import colored_mnist as X
-        from ntkdyn.data.colored_mnist import colored_mnist
+        from ntkdyn.data.colored_mnist import colored_mnist, environment_batches
         from ntkdyn.data.mnist import load_mnist
+        from ntkdyn.runs import StepProgress
+        from ntkdyn.train.layout import SeedLayout
         assert jax.local_device_count() == 4
         m = load_mnist(source="embedded")
         keys = jax.random.split(jax.random.PRNGKey(0), 3)
         envs = jax.vmap(lambda k: colored_mnist(k, m.images[:240], m.labels[:240]))(keys)
-        cfg = dataclasses.replace(X.DEFAULTS["vrex"], hidden=16, steps=10, anneal_steps=5)
-        b = X.prepare_batches(envs, grayscale=False)
-        one = X.train_method(cfg, b, keys, log_every=5)
-        four = X.train_method(cfg, b, keys, log_every=5, devices=jax.local_devices())
+        cfg = X.Method(hidden=16, lr=1e-3, steps=10, anneal_steps=5)
+        b = environment_batches(envs)
+        b["hp"] = {k: jnp.full((3,), v, jnp.float32) for k, v in X.Config().coefficients("vrex").items()}
+        one = X.train("vrex", cfg, b, keys, log_every=5, layout=SeedLayout.parse("vmap@1"))
+        bar = StepProgress("vrex", 30, enabled=False)
+        four = X.train("vrex", cfg, b, keys, log_every=5, layout=SeedLayout.parse("vmap@all"),
+                       progress=bar)
+        assert bar.done == 30, bar.done
         for a, c in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(four.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(one.history["test_acc"], four.history["test_acc"], atol=1e-6)
@@ -233,11 +244,11 @@ def test_experiment_contract_and_determinism(tmp_path):
         restarts=2,
         data_source="embedded",
         max_images=240,
-        quick=True,
+        step_divisor=20,
         n_z=16,
         log_every=5,
     )
-    res = X.run_experiment(X.resolve_config(**kw), tmp_path / "a", verbose=False)
+    res = X.run_experiment(X.Config(**kw), tmp_path / "a", verbose=False)
     assert res["data"] == {**res["data"], "source": "embedded", "n_images": 240}
     assert set(res["methods"]) == set(X.METHODS)
     for m, r in res["methods"].items():
@@ -261,7 +272,9 @@ def test_experiment_contract_and_determinism(tmp_path):
         "feature_responses.npz",
     ):
         assert (a / f).is_file(), f
-    assert json.loads((a / "config.json").read_text())["compiler_options"] == eigen_matmul_options()
+    config = json.loads((a / "config.json").read_text())
+    assert config["compiler_options"] == eigen_matmul_options()
+    assert config["layout"] == X.Config().layout().describe() and config["seed_layout"] == "auto"
     summary = (a / "summary.md").read_text()
     assert (
         "embedded" in summary
@@ -272,9 +285,7 @@ def test_experiment_contract_and_determinism(tmp_path):
     lines = (a / "metrics.jsonl").read_text().splitlines()
     assert {json.loads(line)["method"] for line in lines} == set(X.METHODS)
     # same seed, same numbers (each method's results do not depend on which others ran)
-    X.run_experiment(
-        X.resolve_config(**{**kw, "methods": ("oracle",)}), tmp_path / "b", verbose=False
-    )
+    X.run_experiment(X.Config(**{**kw, "methods": ("oracle",)}), tmp_path / "b", verbose=False)
     first = json.loads((a / "results.json").read_text())["methods"]["oracle"]
     assert json.loads((tmp_path / "b" / "results.json").read_text())["methods"]["oracle"] == first
 
@@ -285,7 +296,7 @@ def test_split_restarts_merge_into_one_run(tmp_path, capsys):
         methods=("sd", "oracle"),
         data_source="embedded",
         max_images=240,
-        quick=True,
+        step_divisor=20,
         n_z=16,
         log_every=5,
     )
@@ -293,11 +304,9 @@ def test_split_restarts_merge_into_one_run(tmp_path, capsys):
         np.testing.assert_array_equal(
             X.restart_keys(0, stream, 2, 1), X.restart_keys(0, stream, 0, 3)[2:]
         )
-    whole = X.run_experiment(X.resolve_config(restarts=3, **kw), tmp_path / "whole", verbose=False)
-    X.run_experiment(X.resolve_config(restarts=2, **kw), tmp_path / "a", verbose=False)
-    X.run_experiment(
-        X.resolve_config(restarts=1, first_restart=2, **kw), tmp_path / "b", verbose=False
-    )
+    whole = X.run_experiment(X.Config(restarts=3, **kw), tmp_path / "whole", verbose=False)
+    X.run_experiment(X.Config(restarts=2, **kw), tmp_path / "a", verbose=False)
+    X.run_experiment(X.Config(restarts=1, first_restart=2, **kw), tmp_path / "b", verbose=False)
     assert "Restarts: 1 (restarts 2–2)" in (tmp_path / "b" / "summary.md").read_text()
     dirs = [str(tmp_path / "b"), str(tmp_path / "a")]  # any order
     assert main(["cmnist", "--merge", *dirs, "--out", str(tmp_path / "m")]) == 0
@@ -340,17 +349,20 @@ def test_split_restarts_merge_into_one_run(tmp_path, capsys):
 
 def test_merge_bad_input(tmp_path, capsys):
     kw = dict(
-        methods=("oracle",), data_source="embedded", max_images=240, quick=True, n_z=0, log_every=5
+        methods=("oracle",),
+        data_source="embedded",
+        max_images=240,
+        step_divisor=20,
+        n_z=0,
+        log_every=5,
     )
-    X.run_experiment(X.resolve_config(restarts=2, **kw), tmp_path / "a", verbose=False)
+    X.run_experiment(X.Config(restarts=2, **kw), tmp_path / "a", verbose=False)
     X.run_experiment(
-        X.resolve_config(restarts=2, first_restart=1, **kw), tmp_path / "overlap", verbose=False
+        X.Config(restarts=2, first_restart=1, **kw), tmp_path / "overlap", verbose=False
     )
+    X.run_experiment(X.Config(restarts=1, first_restart=3, **kw), tmp_path / "gap", verbose=False)
     X.run_experiment(
-        X.resolve_config(restarts=1, first_restart=3, **kw), tmp_path / "gap", verbose=False
-    )
-    X.run_experiment(
-        X.resolve_config(restarts=1, first_restart=2, seed=1, **kw),
+        X.Config(restarts=1, first_restart=2, seed=1, **kw),
         tmp_path / "seed1",
         verbose=False,
     )
@@ -372,17 +384,17 @@ def test_merge_bad_input(tmp_path, capsys):
         assert "merge" in err and match in err and len(err.strip().splitlines()) == 1, err
         if match != "--out":
             assert not out.exists()  # nothing written
-    with pytest.raises(ValueError, match="first_restart"):
-        X.resolve_config(first_restart=-1)
+    with pytest.raises(ConfigError, match="first_restart"):
+        X.Config(first_restart=-1)
 
 
 def test_sweep_selects_by_validation(tmp_path):
-    cfg = X.resolve_config(
+    cfg = X.Config(
         methods=("oracle",),
         restarts=2,
         data_source="embedded",
         max_images=240,
-        quick=True,
+        step_divisor=20,
         sweep=True,
         n_z=0,
     )
@@ -390,7 +402,10 @@ def test_sweep_selects_by_validation(tmp_path):
     r = res["methods"]["oracle"]
     assert len(r["sweep"]) == len(X.SWEEP_FACTORS)
     best = max(r["sweep"], key=lambda p: p["val_acc_mean"])
-    assert r["selected"]["penalty"] == best["penalty"] and r["val_acc_mean"] == best["val_acc_mean"]
+    assert r["selected"]["l2"] == best["l2"] and r["val_acc_mean"] == best["val_acc_mean"]
+    assert sorted(p["l2"] for p in r["sweep"]) == pytest.approx(
+        sorted(8.6e-4 * f for f in X.SWEEP_FACTORS)
+    )
     assert "training-domain" in r["selection"] and "test_domain_choice" in r
     assert "Sweeps" in (tmp_path / "summary.md").read_text()
 
@@ -400,26 +415,39 @@ def test_cli_bad_input(tmp_path, capsys):
         main(["cmnist", "--restarts", "0", "--data-source", "embedded", "--out", str(tmp_path)])
         == 2
     )
-    assert "restarts" in capsys.readouterr().err
-    assert main(["cmnist", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "--restarts:" in capsys.readouterr().err  # the flag the user typed
+    out = tmp_path / "out"
+    assert main(["cmnist", "--data-dir", str(tmp_path / "missing"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "missing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert main(["cmnist", "--method", "dro"]) == 2
-    assert (
-        main(["cmnist", "--seed-chunk", "0", "--data-source", "embedded", "--out", str(tmp_path)])
-        == 2
-    )
-    assert "seed_chunk" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="cpu_matmul"):
-        X.resolve_config(cpu_matmul="mkl")
+    assert "--data-dir:" in err and "missing" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()  # a refused run leaves no output folder
+    cases = [
+        (["--methods", "dro"], "--methods:"),
+        (["--seed-layout", "vmap:0"], "--seed-layout:"),
+        (["--max-images", "5"], "--max-images:"),
+        (["--n-z", "-1"], "--n-z:"),
+        (["--max-images", "24", "--n-z", "30"], "--n-z:"),  # more than the 20 training images
+        (["--sd-coef", "-1"], "--sd-coef:"),
+        (["--cpu-matmul", "mkl"], "--cpu-matmul:"),
+    ]
+    for flags, want in cases:
+        assert main(["cmnist", "--methods", "sd", *flags, "--out", str(out)]) == 2, flags
+        err = capsys.readouterr().err
+        assert want in err and len(err.strip().splitlines()) == 1, (flags, err)
+        assert not out.exists()
+    with pytest.raises(ConfigError, match="cpu_matmul"):
+        X.Config(cpu_matmul="mkl")
 
 
 def test_cli_help(capsys):
     with pytest.raises(SystemExit):
         main(["cmnist", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--method", "--restarts", "--data-dir", "--out", "--quick"):
+    for flag in ("--methods", "--restarts", "--data-dir", "--out", "--quick", "--seed-layout"):
         assert flag in out
+    for flag in ("--sd-coef", "--irm-penalty-weight", "--vrex-penalty-weight", "--irm-l2"):
+        assert flag in out  # one flag per coefficient, named as the objective's field
 
 
 @pytest.mark.slow
@@ -432,7 +460,7 @@ def test_cli_quick_under_two_minutes(tmp_path):
 @pytest.mark.slow
 def test_sd_beats_erm_on_embedded_subset(tmp_path):
     """Published hyperparameters on the 5k subset: SD's test accuracy is far above ERM's."""
-    cfg = X.resolve_config(methods=("erm", "sd"), restarts=3, data_source="embedded", n_z=0)
+    cfg = X.Config(methods=("erm", "sd"), restarts=3, data_source="embedded", n_z=0)
     res = X.run_experiment(cfg, tmp_path, verbose=False)
     erm, sd = res["methods"]["erm"], res["methods"]["sd"]
     assert erm["test_acc_mean"] < 0.5 and erm["train_acc_mean"] > 0.85
