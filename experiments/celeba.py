@@ -447,7 +447,7 @@ def train_method(
         init_train_state,
         make_eval_step,
         make_train_step,
-        predict,
+        predict_logits,
         replicate,
         shard_batch,
     )
@@ -491,7 +491,7 @@ def train_method(
         result = {}
         for name in ("val", "test"):
             split = data.splits[name]
-            index, logits = predict(
+            index, logits = predict_logits(
                 eval_fn,
                 state,
                 iterate_batches(

@@ -139,6 +139,8 @@ from ntkdyn.boundary import boundary_distances, boundary_metrics, line_residual,
 from ntkdyn.data.celeba import (
     CelebA,
     CelebASplit,
+    centre_crop_box,
+    decode_split,
     epoch_order,
     iterate_batches,
     load_celeba,
@@ -160,10 +162,13 @@ from ntkdyn.train.dataparallel import (
     initialize_multihost,
     make_eval_step,
     make_train_step,
+    predict_logits,
     replicate,
     shard_batch,
 )
 from ntkdyn.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from ntkdyn.train.epochs import train_epochs
+from ntkdyn.train.groups import Selection, group_balanced_order, group_metrics, select_epoch
 
 __all__ = sorted(
     name

@@ -25,7 +25,7 @@ from ntkdyn.train.dataparallel import (
     init_train_state,
     make_eval_step,
     make_train_step,
-    predict,
+    predict_logits,
 )
 
 
@@ -96,7 +96,7 @@ def test_predict_drops_the_padding(tiny):
             "mask": np.array([1, 1, 0], np.float32),
         },
     ]
-    index, logits = predict(make_eval_step(model.apply), state, batches, mesh)
+    index, logits = predict_logits(make_eval_step(model.apply), state, batches, mesh)
     np.testing.assert_array_equal(index, [5, 1, 2, 0, 3, 4])
     direct = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats}, images, train=False

@@ -1,1 +1,1 @@
-"""Training loops (vmapped seeds, sharding), checkpoints and metrics."""
+"""Training loops (vmapped seeds, sharding, epochs with checkpoints), groups and metrics."""

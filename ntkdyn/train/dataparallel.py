@@ -37,7 +37,7 @@ __all__ = [
     "init_train_state",
     "make_train_step",
     "make_eval_step",
-    "predict",
+    "predict_logits",
 ]
 
 DATA_AXIS = "data"
@@ -288,7 +288,7 @@ def make_eval_step(
     return jax.jit(step)
 
 
-def predict(
+def predict_logits(
     eval_step: Callable[[MinibatchState, Array], Array],
     state: MinibatchState,
     batches: Iterable[Mapping[str, np.ndarray]],
