@@ -243,6 +243,17 @@ def test_every_argument_is_checked_before_anything_is_written(tmp_path, capsys):
         assert not out.exists(), args  # nothing written, no empty folder left behind
 
 
+def test_a_run_failing_before_its_first_checkpoint_leaves_no_folder(tmp_path, capsys):
+    fx = tmp_path / "fx"
+    assert main(["celeba", "--make-fixture", str(fx), "--fixture-size", "8", "4", "4"]) == 0
+    (fx / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg")  # a training image
+    out = tmp_path / "out"
+    args = ["celeba", "--quick", "--data-dir", str(fx), "--batch-size", "4", "--workers", "1"]
+    assert main([*args, "--method", "erm", "--out", str(out)]) == 2
+    assert "000003.jpg: cannot be decoded" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_settings_presets_and_flags():
     import argparse
 
