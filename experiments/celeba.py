@@ -735,10 +735,6 @@ def resolve(args: argparse.Namespace) -> Config:
         args.methods = tuple(dict.fromkeys(args.methods))
     fixture = preset == "quick" and getattr(args, "data_dir", None) is None
     cfg = dataclasses.replace(from_arguments(base, args, skip=("fixture",)), fixture=fixture)
-    if fixture and min(args.fixture_size) < 4:
-        raise ValueError(
-            f"--fixture-size: need >= 4 images per split (one per group), got {list(args.fixture_size)}"
-        )
     check_paths(cfg)
     return cfg
 
@@ -750,6 +746,10 @@ def run(args: argparse.Namespace) -> int:
     """
     from ntkdyn.data.celeba_fixture import write_celeba_fixture
 
+    if min(args.fixture_size) < 4:
+        raise ValueError(
+            f"--fixture-size: need >= 4 images per split (one per group), got {list(args.fixture_size)}"
+        )
     if args.make_fixture:
         n_train, n_val, n_test = args.fixture_size
         path = write_celeba_fixture(

@@ -227,6 +227,10 @@ def test_every_argument_is_checked_before_anything_is_written(tmp_path, capsys):
         (["--quick", "--sd-coef", "-1", "0.1"], "--sd-coef: expected two coefficients >= 0"),
         (["--quick", "--batch-size", "1000"], "--batch-size: 1000 exceeds the 600 training"),
         (["--quick", "--fixture-size", "2", "4", "4"], "--fixture-size"),
+        (
+            ["--make-fixture", str(tmp_path / "fx2"), "--fixture-size", "8", "3", "4"],
+            "--fixture-size",
+        ),
         (["--quick", "--preset", "real-10k"], "--quick: conflicts with --preset real-10k"),
         (["--quick", "--target", "Blond"], "--target"),
         (
