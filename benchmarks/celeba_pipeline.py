@@ -61,8 +61,8 @@ def train_rate(arch: str, width: int, size: int, batch: int, steps: int) -> tupl
     import optax
 
     from ntkdyn.models.resnet import RESNET_ARCHS, init_resnet
+    from ntkdyn.objectives import ERM
     from ntkdyn.train.dataparallel import (
-        ERM,
         data_mesh,
         init_train_state,
         make_train_step,

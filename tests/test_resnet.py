@@ -77,7 +77,8 @@ def test_bf16_training_keeps_float32_params_and_tracks_float32(tiny):
     """Mixed precision: bfloat16 compute, float32 parameters and optimizer state, the same descent."""
     import optax
 
-    from ntkdyn.train.dataparallel import ERM, init_train_state, make_train_step
+    from ntkdyn.objectives import ERM
+    from ntkdyn.train.dataparallel import init_train_state, make_train_step
 
     model, variables = tiny
     batch = {
