@@ -70,11 +70,12 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ntkdyn._checks import check_outputs, check_x
 from ntkdyn.dynamics import ce_field, gd, integrate, sd_field
 from ntkdyn.fixed_points import fixed_point, fixed_point_and_jacobian_s, fixed_points_batch
+from ntkdyn.linalg import OnUnconverged, TruncatedSVD
 from ntkdyn.systems import FeatureSystem, rotation_system, stack_systems
 from ntkdyn.tangent import (
     FeatureSpectrum,
@@ -280,8 +281,12 @@ class SpectrumAnalysis(NamedTuple):
         alignment: (d,) label alignment |u_jᵀ1|.
         f0: (n,) outputs f(X; θ₀) on the analysed examples.
         y: (n,) labels as ±1 (float64).
-        method: the :class:`ntkdyn.NTKMethod` the Gram matrix was computed with.
+        method: the :class:`ntkdyn.NTKMethod` the Gram matrix was computed with (dense path; not
+            used when :attr:`report` is set).
         predictions: name → :class:`Prediction`, one per requested (field, λ).
+        report: the matrix-free solver's :class:`ntkdyn.TruncatedSVD` (per-direction residuals
+            r_j, iterations, converged, products) when only the k leading directions were
+            computed; ``None`` for the dense path.
     """
 
     spectrum: FeatureSpectrum
@@ -290,6 +295,13 @@ class SpectrumAnalysis(NamedTuple):
     y: Float[np.ndarray, " n"]
     method: NTKMethod
     predictions: dict[str, Prediction]
+    report: TruncatedSVD | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether U keeps only k < n directions found matrix-free (the dense path keeps all
+        directions above its cut-off, :attr:`report` is ``None`` there)."""
+        return self.report is not None and self.spectrum.U.shape[1] < self.spectrum.U.shape[0]
 
     def measure(
         self,
@@ -336,6 +348,11 @@ def analyse(
     batch_size: int | None = None,
     tol: float | None = None,
     starvation: bool = True,
+    k: int | None = None,
+    key: PRNGKeyArray | None = None,
+    residual_tol: float = 1e-4,
+    max_iters: int = 30,
+    on_unconverged: OnUnconverged = OnUnconverged.WARN,
 ) -> SpectrumAnalysis:
     """Spectrum of YΦ at θ₀ and, for each named (field, λ), the theory's fixed point and starvation.
 
@@ -343,6 +360,14 @@ def analyse(
     :class:`ntkdyn.FeatureSystem` (U, s, λ) per prediction → :func:`predict` (z*,
     M[j, i] = ∂z_j*/∂s_i). Measured z(t) of a training run then come from
     :meth:`SpectrumAnalysis.measure`, predicted z(t) from :func:`predict` with a step.
+
+    With ``k`` only the k leading directions are found, matrix-free (YΦ v and ΦᵀY u by JVPs and
+    VJPs over batches, no n × n matrix: the path for datasets whose Gram matrix does not fit), and
+    the predictions are those of the truncated system (U_k, s_k, λ): margins m = U_k z see only the
+    kept directions, so the prediction is the theory of the k strongest features alone (exact for
+    the first GD step from z = 0, since each u_j is an eigenvector of YΘY; it departs from the
+    full linearized model as the dropped directions' margins grow). The solver's report (r_j,
+    converged) is kept in :attr:`SpectrumAnalysis.report`.
 
     Args:
         apply_fn: pure scalar-output ``apply_fn(params, x)``.
@@ -354,16 +379,25 @@ def analyse(
         method: :class:`ntkdyn.NTKMethod` of the Gram matrix (``STRUCTURED`` needs an ``apply_fn``
             implementing :class:`ntkdyn.tangent.DenseStructure`; no fallback).
         batch_size: NTK batch size (memory bound).
-        tol: relative eigenvalue cut-off of :func:`ntkdyn.feature_spectrum`.
+        tol: relative eigenvalue cut-off of :func:`ntkdyn.feature_spectrum` (dense path only).
         starvation: compute each prediction's starvation matrix.
+        k: ``None`` for the dense path; 1 ≤ k ≤ min(n, p) for the k leading directions,
+            matrix-free (:func:`ntkdyn.feature_spectrum` with ``k``).
+        key: PRNG key of the matrix-free start block (required with ``k``).
+        residual_tol: with ``k``, the residual r_j = ‖YΦv_j − s_j u_j‖ / s_j every direction must
+            reach (a float32 model resolves r_j down to ≈ 1e-6 · s₁² / s_j²).
+        max_iters: with ``k``, the budget of block iterations.
+        on_unconverged: with ``k``, an :class:`ntkdyn.OnUnconverged`.
 
     Returns:
         :class:`SpectrumAnalysis`.
 
     Raises:
         ValueError: naming ``predictions`` (not name → (field, λ)), ``lam`` (negative) or the
-            arguments of :func:`ntkdyn.feature_spectrum`.
+            arguments of :func:`ntkdyn.feature_spectrum` (``k``, ``key``, ``residual_tol``, ...).
         SolverError: a fixed point was not found.
+        ntkdyn.SVDNotConvergedError: with ``k`` and ``OnUnconverged.RAISE``, if the residuals
+            miss ``residual_tol``.
     """
     x = check_x(x, "x")
     check_outputs(apply_fn, params0, x, None)
@@ -380,15 +414,32 @@ def analyse(
     checked = {
         name: _check_lam(lam, f"predictions[{name!r}]") for name, (_, lam) in predictions.items()
     }
-    spectrum = feature_spectrum(
-        apply_fn, params0, x, yv, method=method, batch_size=batch_size, tol=tol
-    )
+    report = None
+    if k is None:
+        spectrum = feature_spectrum(
+            apply_fn, params0, x, yv, method=method, batch_size=batch_size, tol=tol
+        )
+    else:
+        spectrum, report = feature_spectrum(
+            apply_fn,
+            params0,
+            x,
+            yv,
+            batch_size=batch_size,
+            tol=tol,
+            k=k,
+            key=key,
+            residual_tol=residual_tol,
+            max_iters=max_iters,
+            on_unconverged=on_unconverged,
+            return_report=True,
+        )
     f0 = apply_outputs(apply_fn, params0, x, None)
     preds = {
         name: predict(spectrum, checked[name], field, starvation=starvation)
         for name, (field, _) in predictions.items()
     }
-    return SpectrumAnalysis(spectrum, spectrum.label_alignment(), f0, yv, method, preds)
+    return SpectrumAnalysis(spectrum, spectrum.label_alignment(), f0, yv, method, preds, report)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -160,3 +160,49 @@ def test_starvation_table_lives_in_analysis_and_the_command_uses_it():
     assert table["fd_max_abs_error"] < 1e-7
     with pytest.raises(ValueError, match="delta"):
         starvation_table([2.0], delta=1.0)
+
+
+def test_analyse_top_k_matrix_free_is_the_truncated_dense_system(key):
+    """analyse(k=...) keeps the k leading directions of the dense spectrum and predicts on them.
+
+    The first GD step from z = 0 is exact on the truncated system (each u_j is an eigenvector of
+    YΘY, so u_jᵀYΘY1 = s_j² u_jᵀ1); the second is not (the dropped directions' margins feed back).
+    """
+    k1, k2 = jax.random.split(key)
+    n, p, k = 12, 20, 3
+    x = jax.random.normal(k1, (n, p))
+    y = jnp.where(jnp.arange(n) % 3 == 0, -1, 1)
+    p0 = {"w": 0.1 * jax.random.normal(k2, (p,))}
+
+    def f(q, x):
+        return x @ q["w"]
+
+    dense = analyse(f, p0, x, y)
+    assert dense.report is None and not dense.truncated
+    a = analyse(
+        f,
+        p0,
+        x,
+        y,
+        predictions={"ce": (ce_field, 0.1)},
+        k=k,
+        key=jax.random.PRNGKey(1),
+        residual_tol=1e-9,
+    )
+    assert a.truncated and a.report.converged and a.report.residuals.shape == (k,)
+    assert a.spectrum.U.shape == (n, k)
+    np.testing.assert_allclose(a.spectrum.s, dense.spectrum.s[:k], rtol=1e-12)
+    np.testing.assert_allclose(a.spectrum.U, dense.spectrum.U[:, :k], atol=1e-8)
+    np.testing.assert_allclose(a.alignment, dense.alignment[:k], atol=1e-8)
+    truncated = type(dense.spectrum)(dense.spectrum.U[:, :k], dense.spectrum.s[:k])
+    np.testing.assert_allclose(
+        a.predictions["ce"].z_star, fixed_point(ce_field, truncated.to_system(0.1)), rtol=1e-6
+    )
+    objective, wd = ERM(), 0.1 / n
+    trace = train_gd(f, p0, x, y, eta=0.01, num_steps=2, objective=objective, weight_decay=wd)
+    measured = a.measure(trace.outputs, f0=trace.f0, steps=trace.steps).z
+    theory = predict(a.spectrum, 0.1, ce_field, starvation=False, eta=0.01, num_steps=2).z
+    np.testing.assert_allclose(measured[1], theory[1], rtol=1e-7)
+    assert np.max(np.abs(measured[2] - theory[2])) > 1e-6 * np.max(np.abs(theory[2]))
+    with pytest.raises(ValueError, match="key"):
+        analyse(f, p0, x, y, k=k)
