@@ -38,7 +38,7 @@ class SeedAxis(enum.Enum):
             ones: fastest on accelerators and when a step is matrix-multiply bound.
         MAP: seeds trained one after the other (``jax.lax.map``) in the same compiled call. Each
             seed's working set stays in cache, which on some CPUs beats batching for small models;
-            measure (``benchmarks/moons.py --seed-axis``).
+            measure (``benchmarks/moons.py --seed-layout``).
     """
 
     VMAP = "vmap"
