@@ -221,3 +221,21 @@ def test_signed_tangent_operator_products(key):
     assert op.shape == YPhi.shape
     np.testing.assert_allclose(op.matmat(V), YPhi @ V, **F64)
     np.testing.assert_allclose(op.rmatmat(U), YPhi.T @ U, **F64)
+
+
+def test_right_vectors_of_a_float32_model_on_float64_inputs():
+    """V = Φᵀ Y U S⁻¹ when the inputs are float64 and the parameters float32 (cotangent dtype)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ntkdyn.models.mlp import init_mlp
+    from ntkdyn.tangent import feature_spectrum, tangent_features
+
+    f, p = init_mlp(jax.random.PRNGKey(0), 3, [8], dtype=jnp.float32)
+    x = np.random.default_rng(0).normal(size=(10, 3))
+    y = np.where(x[:, 0] > 0, 1.0, -1.0)
+    spec, V = feature_spectrum(f, p, x, y, return_V=True)
+    phi = np.asarray(tangent_features(f, p, x), np.float64)
+    want = phi.T @ (y[:, None] * np.asarray(spec.U)) / np.asarray(spec.s)
+    np.testing.assert_allclose(np.asarray(V, np.float64), want, rtol=2e-3, atol=2e-4)

@@ -105,7 +105,8 @@ class FeatureSpectrum(NamedTuple):
 @functools.partial(jax.jit, static_argnums=0)
 def _right_vectors(apply_fn, params, x, cots):
     """Rows Φᵀc for each cotangent c (VJPs), raveled: (d, p)."""
-    _, vjp = jax.vjp(lambda q: apply_outputs(apply_fn, q, x, None), params)
+    out, vjp = jax.vjp(lambda q: apply_outputs(apply_fn, q, x, None), params)
+    cots = cots.astype(out.dtype)  # the outputs' dtype (float32 params with float64 inputs)
     return jax.vmap(lambda c: ravel_pytree(vjp(c)[0])[0])(cots)
 
 
