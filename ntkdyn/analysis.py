@@ -158,6 +158,8 @@ def predict(
     save_every: int = 1,
     t1: float | None = None,
     num_points: int = 101,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> Prediction:
     """The theory's fixed point, starvation matrix and z(t) on the system (U, s, λ) of a spectrum.
 
@@ -179,6 +181,8 @@ def predict(
         save_every: sample every this many GD steps; must divide ``num_steps``.
         t1: end time of the flow instead of GD (excludes ``eta``/``num_steps``).
         num_points: samples of the flow on [0, t₁].
+        rtol, atol: Newton's tolerances of the fixed point (default 1e-12 in float64; sums over
+            n examples round at ≈ n·ε, so large n needs looser ones, e.g. 1e-9 at n = 50,000).
 
     Returns:
         :class:`Prediction`.
@@ -206,9 +210,9 @@ def predict(
         )
     system = spectrum.to_system(lam)
     if starvation:
-        z_star, M = fixed_point_and_jacobian_s(field, system)
+        z_star, M = fixed_point_and_jacobian_s(field, system, rtol=rtol, atol=atol)
     else:
-        z_star, M = fixed_point(field, system), None
+        z_star, M = fixed_point(field, system, rtol=rtol, atol=atol), None
     t = z = None
     z0 = jnp.zeros(system.d, system.s.dtype)
     if eta is not None:

@@ -419,6 +419,121 @@ def build_model(model: str, dataset: str, hidden: list[int] | None, seed: int):
     return init_mlp(key, 2 if dataset == "moons" else 28 * 28, widths)
 
 
+def newton_tol(n: int) -> float:
+    """Newton's tolerance for the fixed points on n examples: max(1e-12, 2e-14·n).
+
+    The field sums n terms, so it rounds at ≈ n·ε₆₄ relative; at n = 50,000 a 1e-12 step
+    tolerance is below that floor and Newton would stall (1e-9 there).
+    """
+    return max(1e-12, 2e-14 * n)
+
+
+def compute_spectrum(
+    apply_fn,
+    params,
+    x,
+    y,
+    *,
+    method,
+    batch_size=None,
+    k: int | None = None,
+    key=None,
+    residual_tol: float = 1e-4,
+    max_iters: int = 30,
+) -> tuple[Any, float]:
+    """The spectrum of YΦ at θ₀ (:func:`ntkdyn.analysis.analyse` without predictions), timed.
+
+    Args:
+        apply_fn, params: the network at θ₀.
+        x, y: inputs and ±1 labels.
+        method: :class:`ntkdyn.NTKMethod` of the dense path (``STRUCTURED`` needs a dense network).
+        batch_size: NTK batch size (matrix-free: examples per JVP/VJP).
+        k: ``None`` (dense) or the number of leading directions found matrix-free.
+        key: PRNG key of the matrix-free start block (with ``k``).
+        residual_tol, max_iters: matrix-free stopping rule (with ``k``).
+
+    Returns:
+        ``(analysis, seconds)``: the :class:`ntkdyn.analysis.SpectrumAnalysis` (no predictions;
+        ``report`` set on the matrix-free path, which never raises on an unconverged result: the
+        flag and residuals go to results.json) and the wall time (the decomposition and one
+        forward pass for f(X; θ₀)).
+    """
+    import time
+
+    from ntkdyn.analysis import analyse as analyse_spectrum
+    from ntkdyn.linalg import OnUnconverged
+
+    t0 = time.perf_counter()
+    result = analyse_spectrum(
+        apply_fn,
+        params,
+        x,
+        y,
+        method=method,
+        batch_size=batch_size,
+        k=k,
+        key=key,
+        residual_tol=residual_tol,
+        max_iters=max_iters,
+        on_unconverged=OnUnconverged.IGNORE,
+    )
+    return result, time.perf_counter() - t0
+
+
+def spectrum_arrays(analysis, top: int) -> dict[str, Any]:
+    """``s``, ``alignment``, ``U_top`` (n, top) and, matrix-free, ``residuals`` as NumPy arrays."""
+    import numpy as np
+
+    k_top = min(top, analysis.spectrum.s.shape[0])
+    arrays = {
+        "s": np.asarray(analysis.spectrum.s),
+        "alignment": np.asarray(analysis.alignment),
+        "U_top": np.asarray(analysis.spectrum.U[:, :k_top]),
+    }
+    if analysis.report is not None:
+        arrays["residuals"] = np.asarray(analysis.report.residuals)
+    return arrays
+
+
+def predictions(analysis, *, lam_ce: float, lam_sd: float, top: int) -> tuple[dict, Any]:
+    """CE and SD fixed points and starvation on the spectrum (truncated when matrix-free).
+
+    :func:`ntkdyn.analysis.predict` with Newton's tolerance :func:`newton_tol`.
+
+    Args:
+        analysis: the :class:`ntkdyn.analysis.SpectrumAnalysis` at θ₀.
+        lam_ce: λ of the CE system (sum-form weight decay).
+        lam_sd: λ of the SD system (sum-form logit penalty).
+        top: size of the ``starvation_top_ce`` block.
+
+    Returns:
+        ``(arrays, analysis)``: ``z_ce``, ``z_sd``, ``dz_ds1_ce`` (∂z_j*/∂s₁ for all j),
+        ``dz_ds1_sd``, ``starvation_top_ce`` (top × top block of ∂z_j*/∂s_i); the analysis with
+        its ``predictions`` set.
+
+    Raises:
+        SolverError: a fixed point was not found.
+    """
+    import numpy as np
+
+    from ntkdyn.analysis import predict
+    from ntkdyn.dynamics import ce_field, sd_field
+
+    tol = newton_tol(int(analysis.spectrum.U.shape[0]))
+    ce = predict(analysis.spectrum, lam_ce, ce_field, rtol=tol, atol=tol)
+    sd = predict(analysis.spectrum, lam_sd, sd_field, rtol=tol, atol=tol)
+    M_ce, M_sd = np.asarray(ce.starvation), np.asarray(sd.starvation)
+    k_top = min(top, M_ce.shape[0])
+    arrays = {
+        "z_ce": np.asarray(ce.z_star),
+        "z_sd": np.asarray(sd.z_star),
+        "dz_ds1_ce": M_ce[:, 0],
+        "dz_ds1_sd": M_sd[:, 0],
+        "starvation_top_ce": M_ce[:k_top, :k_top],
+    }
+    return arrays, analysis._replace(predictions={"ce": ce, "sd": sd})
+
+
 def analyse(
     apply_fn,
     params,
@@ -437,40 +552,21 @@ def analyse(
 ) -> tuple[dict[str, Any], Any, float]:
     """Spectrum, alignment, fixed points and starvation by the top direction, as arrays to write.
 
-    The spectrum is :func:`ntkdyn.analysis.analyse` (dense, or with ``k`` the k leading
-    directions matrix-free); the CE and SD predictions are :func:`ntkdyn.analysis.predict` on it
-    (on the truncated system (U_k, s_k, λ) when ``k`` is given).
+    :func:`compute_spectrum` then :func:`predictions` (on the truncated system (U_k, s_k, λ)
+    when ``k`` is given).
 
     Args:
         apply_fn, params: the network at θ₀.
         x, y: inputs and ±1 labels.
-        lam_ce: λ of the CE system (sum-form weight decay).
-        lam_sd: λ of the SD system (sum-form logit penalty).
+        lam_ce, lam_sd: λ of the CE and SD systems (sum form).
         top: number of leading directions in the summary.
-        method: :class:`ntkdyn.NTKMethod` (``STRUCTURED`` needs a dense network: no fallback).
-        batch_size: NTK batch size (matrix-free: examples per JVP/VJP).
-        k: ``None`` (dense) or the number of leading directions found matrix-free.
-        key: PRNG key of the matrix-free start block (with ``k``).
-        residual_tol, max_iters: matrix-free stopping rule (with ``k``).
+        method, batch_size, k, key, residual_tol, max_iters: as :func:`compute_spectrum`.
 
     Returns:
-        ``(arrays, analysis, seconds)``: a dict of NumPy arrays ``s``, ``residuals`` (matrix-free
-        only), ``alignment``, ``U_top`` (n, top), ``z_ce``, ``z_sd``, ``dz_ds1_ce`` (∂z_j*/∂s₁
-        for all j), ``dz_ds1_sd``, ``starvation_top_ce`` (top × top block of ∂z_j*/∂s_i); the
-        :class:`ntkdyn.analysis.SpectrumAnalysis`; the wall time of the spectrum in seconds
-        (the decomposition and one forward pass for f(X; θ₀), not the predictions).
+        ``(arrays, analysis, seconds)``: :func:`spectrum_arrays` and :func:`predictions`'s arrays
+        in one dict, the :class:`ntkdyn.analysis.SpectrumAnalysis`, the spectrum's wall time.
     """
-    import time
-
-    import numpy as np
-
-    from ntkdyn.analysis import analyse as analyse_spectrum
-    from ntkdyn.analysis import predict
-    from ntkdyn.dynamics import ce_field, sd_field
-    from ntkdyn.linalg import OnUnconverged
-
-    t0 = time.perf_counter()
-    result = analyse_spectrum(
+    result, seconds = compute_spectrum(
         apply_fn,
         params,
         x,
@@ -481,28 +577,10 @@ def analyse(
         key=key,
         residual_tol=residual_tol,
         max_iters=max_iters,
-        # the report's converged flag and residuals go to results.json and the summary
-        on_unconverged=OnUnconverged.IGNORE,
     )
-    seconds = time.perf_counter() - t0
-    ce = predict(result.spectrum, lam_ce, ce_field)
-    sd = predict(result.spectrum, lam_sd, sd_field)
-    result = result._replace(predictions={"ce": ce, "sd": sd})
-    M_ce, M_sd = np.asarray(ce.starvation), np.asarray(sd.starvation)
-    k_top = min(top, result.spectrum.s.shape[0])
-    arrays = {
-        "s": np.asarray(result.spectrum.s),
-        "alignment": np.asarray(result.alignment),
-        "U_top": np.asarray(result.spectrum.U[:, :k_top]),
-        "z_ce": np.asarray(ce.z_star),
-        "z_sd": np.asarray(sd.z_star),
-        "dz_ds1_ce": M_ce[:, 0],
-        "dz_ds1_sd": M_sd[:, 0],
-        "starvation_top_ce": M_ce[:k_top, :k_top],
-    }
-    if result.report is not None:
-        arrays["residuals"] = np.asarray(result.report.residuals)
-    return arrays, result, seconds
+    arrays = spectrum_arrays(result, top)
+    pred, result = predictions(result, lam_ce=lam_ce, lam_sd=lam_sd, top=top)
+    return {**arrays, **pred}, result, seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -538,14 +616,11 @@ def run(args: argparse.Namespace) -> int:
         f"model in {args.model_dtype}",
         flush=True,
     )
-    res, analysis, seconds = analyse(
+    analysis, seconds = compute_spectrum(
         apply_fn,
         params,
         x,
         y,
-        lam_ce=lam_ce,
-        lam_sd=lam_sd,
-        top=args.top,
         method=NTKMethod[_METHODS[args.method]],
         batch_size=args.batch_size,
         k=args.top if matrix_free else None,
@@ -553,30 +628,17 @@ def run(args: argparse.Namespace) -> int:
         residual_tol=args.residual_tol,
         max_iters=args.max_iters,
     )
+    res = spectrum_arrays(analysis, args.top)
     d, k = res["s"].shape[0], min(args.top, res["s"].shape[0])
     report = analysis.report
+    residuals = res.get("residuals")
     print(f"spectrum: {seconds:.1f} s, s_1 = {res['s'][0]:.6g}", flush=True)
-    starved = [j for j in range(1, d) if res["dz_ds1_ce"][j] < 0]
     out = RunDir(args.out)
     config = {
         k_: v for k_, v in vars(args).items() if not k_.startswith("_")
     }  # write_config turns paths into strings
     config.update(lam_ce=lam_ce, lam_sd=lam_sd)
     out.write_config(config)
-    residuals = res.get("residuals")
-    out.write_metrics(
-        {
-            "j": j + 1,
-            "s": res["s"][j],
-            "residual": None if residuals is None else residuals[j],
-            "alignment": res["alignment"][j],
-            "z_ce": res["z_ce"][j],
-            "z_sd": res["z_sd"][j],
-            "dz_ds1_ce": res["dz_ds1_ce"][j],
-            "dz_ds1_sd": res["dz_ds1_sd"][j],
-        }
-        for j in range(d)
-    )
     results = {
         "dataset": args.dataset,
         "model": args.model,
@@ -597,18 +659,40 @@ def run(args: argparse.Namespace) -> int:
         "lam_sd": lam_sd,
         "s": res["s"].tolist(),
         "alignment": res["alignment"].tolist(),
-        "top": {
-            key: res[key][:k].tolist()
-            for key in ("s", "alignment", "z_ce", "z_sd", "dz_ds1_ce", "dz_ds1_sd")
-        },
         "s1_over_s2": float(res["s"][0] / res["s"][1]) if d > 1 else None,
-        "starved_by_top_ce": len(starved),
-        "starved_by_top_sd": int(np.sum(res["dz_ds1_sd"][1:] < -1e-8)),
-        "max_abs_dz_ds1_sd": float(np.max(np.abs(res["dz_ds1_sd"]))),
     }
     if args.dataset == "cmnist":
         results["mnist"] = "embedded 5k subset" if args.data_dir is None else str(args.data_dir)
         results["examples_per_environment"] = [(args.n + 1) // 2, args.n // 2]
+    # The spectrum is on disk before the theory runs (at n = 50,000 it is the expensive part).
+    out.write_results(results)
+    out.write_npz("spectrum.npz", **res)
+    pred, analysis = predictions(analysis, lam_ce=lam_ce, lam_sd=lam_sd, top=args.top)
+    res.update(pred)
+    starved = [j for j in range(1, d) if res["dz_ds1_ce"][j] < 0]
+    results.update(
+        top={
+            key: res[key][:k].tolist()
+            for key in ("s", "alignment", "z_ce", "z_sd", "dz_ds1_ce", "dz_ds1_sd")
+        },
+        newton_tol=newton_tol(args.n),
+        starved_by_top_ce=len(starved),
+        starved_by_top_sd=int(np.sum(res["dz_ds1_sd"][1:] < -1e-8)),
+        max_abs_dz_ds1_sd=float(np.max(np.abs(res["dz_ds1_sd"]))),
+    )
+    out.write_metrics(
+        {
+            "j": j + 1,
+            "s": res["s"][j],
+            "residual": None if residuals is None else residuals[j],
+            "alignment": res["alignment"][j],
+            "z_ce": res["z_ce"][j],
+            "z_sd": res["z_sd"][j],
+            "dz_ds1_ce": res["dz_ds1_ce"][j],
+            "dz_ds1_sd": res["dz_ds1_sd"][j],
+        }
+        for j in range(d)
+    )
     out.write_results(results)
     out.write_npz("spectrum.npz", **res)
     how = (
