@@ -8,7 +8,10 @@ Same seed, same numbers: JSON is written with sorted keys and a fixed float repr
 
 Reports over restarts (seeds) share a few helpers: :func:`mean_std` and :func:`pool_mean_std`
 (mean ± std of per-restart values, and of groups known only by count, mean and std),
-:func:`format_mean_std` and :func:`markdown_table` for the summaries. :func:`merge_runs` joins runs
+:func:`restart_summary` (a tree of per-restart arrays as means and stds), :func:`format_mean_std`,
+:func:`markdown_table`, :func:`versus_published_table` and :func:`restarts_label` for the
+summaries; :func:`sweep_selection` picks a hyperparameter grid's point by validation and
+:func:`svd_report` records a truncated SVD's convergence. :func:`merge_runs` joins runs
 of one protocol over disjoint restart ranges into one run directory, as if one run had trained all
 the restarts. :class:`StepProgress` reports long compiled work as whole lines (done/total, elapsed).
 """
@@ -43,6 +46,11 @@ __all__ = [
     "pool_mean_std",
     "format_mean_std",
     "markdown_table",
+    "restart_summary",
+    "versus_published_table",
+    "restarts_label",
+    "sweep_selection",
+    "svd_report",
     "RunPart",
     "MergedRun",
     "merge_runs",
@@ -429,6 +437,161 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list
             )
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def restart_summary(
+    values: Mapping[str, Any], *, keep: Sequence[str] = (), ddof: int = 0
+) -> dict[str, Any]:
+    """Mean ± std over restarts of a tree of per-restart arrays, as a run's results report them.
+
+    A top-level array ``KEY`` (one value per restart) becomes ``KEY_mean`` and ``KEY_std`` (and
+    stays as the list ``KEY`` when named in ``keep``); inside a nested mapping a leaf ``STAT``
+    becomes ``STAT`` (the mean) and ``STAT_std``, e.g. ``{"probe": {"digit_gray": {"acc": (R,)}}}``
+    → ``{"probe": {"digit_gray": {"acc": mean, "acc_std": std}}}``.
+
+    Args:
+        values: arrays of shape (R,) at the leaves, R ≥ 1 restarts.
+        keep: top-level keys also kept as per-restart lists.
+        ddof: as :func:`mean_std`.
+
+    Returns:
+        The summary (Python floats and lists).
+
+    Raises:
+        ValueError: from :func:`mean_std` for an empty leaf.
+    """
+
+    def nested(tree):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            if isinstance(v, Mapping):
+                out[k] = nested(v)
+            else:
+                out[k], out[f"{k}_std"] = mean_std(np.asarray(v), ddof=ddof)
+        return out
+
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, Mapping):
+            out[k] = nested(v)
+            continue
+        out[f"{k}_mean"], out[f"{k}_std"] = mean_std(np.asarray(v), ddof=ddof)
+        if k in keep:
+            out[k] = np.asarray(v, np.float64).tolist()
+    return out
+
+
+def versus_published_table(
+    ours: Mapping[str, Mapping[str, Any]],
+    published: Mapping[str, Mapping[str, Any]],
+    columns: Sequence[tuple[str, str, str]],
+    *,
+    labels: Mapping[str, str] | None = None,
+    scale: float = 100.0,
+) -> list[str]:
+    """A Markdown table of our mean ± std beside the published one, one row per method.
+
+    Args:
+        ours: method → results holding ``KEY_mean`` and ``KEY_std``.
+        published: method → ``{PUB_KEY: (mean, std)}``; a missing method or key prints ``—``.
+        columns: ``(KEY, PUB_KEY, title)`` per quantity, e.g. ``("train_acc", "train", "train
+            acc")``; each gives a "title (ours)" and a "title (published)" column.
+        labels: method → row label (default the method's key).
+        scale: as :func:`format_mean_std` (100: fractions as percent).
+
+    Returns:
+        The table's lines (:func:`markdown_table`).
+    """
+    labels = labels or {}
+    header = ["method"] + [f"{t} (ours)" for _, _, t in columns]
+    header += [f"{t} (published)" for _, _, t in columns]
+    rows = []
+    for m, r in ours.items():
+        pub = published.get(m, {})
+        rows.append(
+            [labels.get(m, m)]
+            + [
+                format_mean_std(r.get(f"{k}_mean"), r.get(f"{k}_std"), scale=scale)
+                for k, _, _ in columns
+            ]
+            + [format_mean_std(*pub[k], scale=scale) if k in pub else "—" for _, k, _ in columns]
+        )
+    return markdown_table(header, rows)
+
+
+def restarts_label(first: int, count: int) -> str:
+    """``"10"`` for restarts 0–9 of a protocol, ``"5 (restarts 5–9)"`` for a later range."""
+    return str(count) if first == 0 else f"{count} (restarts {first}–{first + count - 1})"
+
+
+def sweep_selection(
+    points: Sequence[Mapping[str, Any]],
+    grid: Sequence[Mapping[str, float]],
+    *,
+    select: str = "val_acc_mean",
+    compare: str = "test_acc_mean",
+    shown: Sequence[str] = ("train_acc_mean", "test_acc_mean"),
+) -> dict[str, Any]:
+    """The results of a hyperparameter sweep: the point best by ``select`` (training-domain
+    validation), with the point best by ``compare`` (test-domain selection) beside it.
+
+    Ties go to the earlier grid point.
+
+    Args:
+        points: per grid point, its hyperparameters and results summary (:func:`restart_summary`).
+        grid: the hyperparameters of each point, in the order of ``points``.
+        select: the results key the choice maximises.
+        compare: the key of the alternative choice reported beside it.
+        shown: the keys of ``points`` copied into that alternative.
+
+    Returns:
+        The chosen point's results (without its hyperparameters), ``selected`` (its
+        hyperparameters), ``test_domain_choice`` (the other choice's hyperparameters and ``shown``
+        results) and ``sweep`` (every point).
+
+    Raises:
+        ValueError: if ``points`` and ``grid`` differ in length or are empty.
+    """
+    if not points or len(points) != len(grid):
+        raise ValueError(
+            f"points: expected one summary per grid point ({len(grid)}), got {len(points)}"
+        )
+
+    def best(key):
+        return max(range(len(points)), key=lambda g: (points[g][key], -g))
+
+    chosen, other = best(select), best(compare)
+    return {
+        **{k: v for k, v in points[chosen].items() if k not in grid[chosen]},
+        "selected": dict(grid[chosen]),
+        "test_domain_choice": {**grid[other], **{k: points[other][k] for k in shown}},
+        "sweep": list(points),
+    }
+
+
+def svd_report(report: Any, **extra: Any) -> dict[str, Any]:
+    """A truncated SVD's result as a results.json record: s, residuals and convergence.
+
+    Args:
+        report: an :class:`ntkdyn.TruncatedSVD` (``U``, ``s``, ``residuals``, ``iterations``,
+            ``converged``, ``matvecs``).
+        extra: more entries (e.g. ``method``, ``seconds``).
+
+    Returns:
+        ``n`` and ``k`` (the shape of U), ``s``, ``residuals``, ``converged``, ``iterations``,
+        ``matvecs`` and ``extra``.
+    """
+    n, k = np.shape(report.U)
+    return {
+        "n": int(n),
+        "k": int(k),
+        "s": np.asarray(report.s, np.float64),
+        "residuals": np.asarray(report.residuals, np.float64),
+        "converged": bool(report.converged),
+        "iterations": int(report.iterations),
+        "matvecs": int(report.matvecs),
+        **extra,
+    }
 
 
 # --------------------------------------------------------------------------------------- merging

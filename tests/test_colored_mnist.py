@@ -149,3 +149,17 @@ def test_probe_batches_and_examples(stacked):
     assert ex is not None and ex["digit_color"].shape == (4, 2, 14, 14)
     lit = ex["digit_color"].sum(axis=(2, 3)) > 0  # (4, 2): which channel each example lights
     assert lit[:2, 1].all() and lit[2:, 0].all()
+
+
+def test_load_images_and_recorded_probe_examples():
+    images, digits, info = C.load_images(source="embedded", max_images=240)
+    assert images.shape[0] == digits.shape[0] == info["n_images"] == 240
+    assert (info["n_train"], info["n_test"]) == (200, 40) and "first 240 used" in info[
+        "description"
+    ]
+    key = jax.random.PRNGKey(5)
+    envs = jax.vmap(lambda k: C.colored_mnist(k, images, digits))(key[None])
+    rebuilt = C.recorded_probe_examples(info, key)
+    for k, v in C.probe_examples(envs).items():
+        np.testing.assert_array_equal(rebuilt[k], v)
+    assert C.recorded_probe_examples({"source": "files", "origin": "/nonexistent"}, key) is None

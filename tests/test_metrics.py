@@ -30,3 +30,31 @@ def test_binary_entropy_closed_form_and_limits():
     big = binary_entropy(jnp.asarray([80.0, -80.0]))
     assert np.isfinite(float(big)) and float(big) < 1e-30
     assert jax.vmap(binary_entropy)(jnp.zeros((3, 4))).shape == (3,)
+
+
+def test_environment_probe_metrics_and_signed_projection():
+    from ntkdyn.metrics import environment_metrics, probe_metrics, signed_projection
+
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.normal(size=3))
+
+    def logits_of(x):
+        return x @ w
+
+    b = {k: jnp.asarray(rng.normal(size=(n, 3))) for k, n in (("x1", 4), ("x2", 5), ("xt", 6))}
+    b.update(
+        {f"y{k}": jnp.asarray((rng.random(n) < 0.5) * 1.0) for k, n in ((1, 4), (2, 5), ("t", 6))}
+    )
+    out = environment_metrics(logits_of, b)
+    f = np.concatenate([b["x1"] @ w, b["x2"] @ w])
+    y = np.concatenate([b["y1"], b["y2"]])
+    assert float(out["train_acc"]) == pytest.approx(np.mean((f > 0) == y))
+    assert set(out) == {"train_acc", "train_nll", "test_acc", "test_nll"}
+    assert "val_acc" in environment_metrics(logits_of, {**b, "xv": b["xt"], "yv": b["yt"]})
+    p = probe_metrics(logits_of, {"a": b["xt"], "b": -b["xt"]}, b["yt"])
+    acc_a, acc_b = float(p["a"]["acc"]), float(p["b"]["acc"])
+    assert acc_a == pytest.approx(1.0 - acc_b) and float(p["a"]["entropy"]) <= np.log(2)
+    U = jnp.asarray(rng.normal(size=(9, 2)))
+    np.testing.assert_allclose(
+        signed_projection(logits_of, b, U), np.asarray(U).T @ ((2 * y - 1) * f), rtol=1e-6
+    )

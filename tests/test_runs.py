@@ -185,3 +185,61 @@ def test_merge_runs_refuses_before_writing(tmp_path):
         assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="--out"):
         merge_runs([a, gap], a, concat=("acc",))
+
+
+def test_restart_summary_versus_published_and_restarts_label():
+    from ntkdyn.runs import restart_summary, restarts_label, versus_published_table
+
+    ev = {
+        "train_acc": np.array([0.5, 0.7]),
+        "val_acc": np.array([0.2, 0.4]),
+        "probe": {"gray": {"acc": np.array([0.1, 0.3]), "entropy": np.array([0.6, 0.6])}},
+    }
+    out = restart_summary(ev, keep=("train_acc",))
+    assert out["train_acc"] == [0.5, 0.7] and "val_acc" not in out
+    assert out["train_acc_mean"] == pytest.approx(0.6) and out["train_acc_std"] == pytest.approx(
+        0.1
+    )
+    assert out["val_acc_mean"] == pytest.approx(0.3)
+    assert out["probe"]["gray"] == pytest.approx(
+        {"acc": 0.2, "acc_std": 0.1, "entropy": 0.6, "entropy_std": 0.0}
+    )
+    ours = {"a": {"train_acc_mean": 0.6, "train_acc_std": 0.1}, "b": {}}
+    lines = versus_published_table(
+        ours,
+        {"a": {"train": (0.7, 0.01)}},
+        [("train_acc", "train", "train acc")],
+        labels={"a": "A"},
+    )
+    assert lines[0] == "| method | train acc (ours) | train acc (published) |"
+    assert lines[2:] == ["| A | 60.0 ± 10.0 | 70.0 ± 1.0 |", "| b | — | — |"]
+    assert restarts_label(0, 10) == "10" and restarts_label(5, 5) == "5 (restarts 5–9)"
+
+
+def test_sweep_selection_and_svd_report():
+    from ntkdyn.linalg import TruncatedSVD
+    from ntkdyn.runs import svd_report, sweep_selection
+
+    grid = [{"l2": 0.1}, {"l2": 1.0}, {"l2": 10.0}]
+    points = [
+        {**g, "val_acc_mean": v, "test_acc_mean": t, "train_acc_mean": 0.9}
+        for g, v, t in zip(grid, (0.5, 0.7, 0.7), (0.6, 0.2, 0.8), strict=True)
+    ]
+    out = sweep_selection(points, grid)
+    assert out["selected"] == {"l2": 1.0} and out["val_acc_mean"] == 0.7 and "l2" not in out
+    assert out["test_domain_choice"] == {"l2": 10.0, "train_acc_mean": 0.9, "test_acc_mean": 0.8}
+    assert out["sweep"] == points
+    with pytest.raises(ValueError, match="points"):
+        sweep_selection(points[:2], grid)
+    rep = TruncatedSVD(
+        np.eye(4)[:, :2], np.array([3.0, 1.0]), None, np.array([1e-7, 2e-6]), 5, True, 90
+    )
+    rec = svd_report(rep, seconds=1.5)
+    assert (rec["n"], rec["k"], rec["converged"], rec["matvecs"], rec["seconds"]) == (
+        4,
+        2,
+        True,
+        90,
+        1.5,
+    )
+    assert list(rec["s"]) == [3.0, 1.0] and list(rec["residuals"]) == [1e-7, 2e-6]

@@ -20,11 +20,13 @@ For training, :func:`environment_batches` turns stacked restarts into the flat m
 held-out validation part and the examples whose outputs are recorded for the feature responses),
 :func:`probe_batches` gives the four probe inputs of Fig. 4 in the same form, and
 :func:`probe_examples` picks two test images of each colour for the probe figure.
+:func:`load_images` loads the MNIST images of a run and describes them (the ``data`` record of its
+results), and :func:`recorded_probe_examples` rebuilds a restart's probe examples from that record.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +47,8 @@ __all__ = [
     "environment_batches",
     "probe_batches",
     "probe_examples",
+    "load_images",
+    "recorded_probe_examples",
 ]
 
 #: Colour-flip probabilities of the two training environments and of the test environment.
@@ -349,3 +353,65 @@ def probe_examples(envs: ColoredMNIST, restart: int = 0) -> dict[str, np.ndarray
     colors = np.asarray(test.colors)
     idx = list(np.flatnonzero(colors == 1)[:2]) + list(np.flatnonzero(colors == 0)[:2])
     return {k: np.asarray(v)[idx] for k, v in raw.items()} if len(idx) == 4 else None
+
+
+def load_images(
+    data_dir: str | None = None, *, source: str = "auto", max_images: int | None = None
+) -> tuple[Array, Array, dict[str, Any]]:
+    """The MNIST training images of a run, their digits and the record that describes them.
+
+    Args:
+        data_dir: directory with the MNIST files (:func:`ntkdyn.data.mnist.load_mnist`).
+        source: ``auto``, ``files``, ``download`` or ``embedded`` (as ``load_mnist``).
+        max_images: keep only the first N images (``None``: all).
+
+    Returns:
+        ``(images, digits, info)``; ``info`` holds ``source``, ``n_images``, ``origin``,
+        ``description``, ``n_train`` and ``n_test`` (:func:`split_sizes`).
+
+    Raises:
+        FileNotFoundError, ValueError: from ``load_mnist``; ValueError from :func:`split_sizes`.
+    """
+    from ntkdyn.data.mnist import load_mnist
+
+    mnist = load_mnist(data_dir, source=source)
+    images, digits = mnist.images[:max_images], mnist.labels[:max_images]
+    n = int(images.shape[0])
+    n_train, n_test = split_sizes(n)
+    described = mnist.describe() + ("" if n == mnist.n_images else f"; first {n} used")
+    info = {
+        "source": mnist.source,
+        "n_images": n,
+        "origin": mnist.origin,
+        "description": described,
+        "n_train": n_train,
+        "n_test": n_test,
+    }
+    return images, digits, info
+
+
+def recorded_probe_examples(
+    info: dict[str, Any], key: PRNGKeyArray
+) -> dict[str, np.ndarray] | None:
+    """The probe figure's examples of one restart, rebuilt from a run's ``data`` record.
+
+    Args:
+        info: the run's data record (:func:`load_images`: ``source``, ``origin``, ``n_images``).
+        key: the restart's data key (the one :func:`colored_mnist` was given).
+
+    Returns:
+        :func:`probe_examples` of that restart, or ``None`` when the images are no longer where
+        the record says.
+    """
+    from ntkdyn.data.mnist import load_mnist
+
+    try:
+        if info.get("source") == "embedded":
+            mnist = load_mnist(source="embedded")
+        else:
+            mnist = load_mnist(info.get("origin"), source="files")
+    except (OSError, ValueError, TypeError):
+        return None
+    n = info.get("n_images", mnist.n_images)
+    envs = jax.vmap(lambda k: colored_mnist(k, mnist.images[:n], mnist.labels[:n]))(key[None])
+    return probe_examples(envs)
