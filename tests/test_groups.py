@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from ntkdyn.train.groups import Selection, group_balanced_order, group_metrics, select_epoch
+from ntkdyn.train.groups import (
+    Selection,
+    group_balanced_order,
+    group_metrics,
+    select_epoch,
+    summarize_selected,
+)
 
 # CelebA-10k's training split: 2206 / 2068 / 687 / 41 images per group
 GROUPS = np.repeat(np.arange(4), [2206, 2068, 687, 41])
@@ -76,3 +82,37 @@ def test_select_epoch_by_rule_earliest_on_ties():
         select_epoch(epochs, "val_loss")
     with pytest.raises(ValueError, match="epochs"):
         select_epoch([], "val_avg")
+
+
+def _selected(epoch, avg, worst, groups, val=(0.5, 0.25)):
+    test = {"avg_acc": avg, "worst_group_acc": worst, "group_acc": groups}
+    return {"epoch": epoch, "val": {"avg_acc": val[0], "worst_group_acc": val[1]}, "test": test}
+
+
+def test_summarize_selected_is_the_mean_and_sample_std_over_seeds():
+    names = ["a", "b", "c"]
+    chosen = [
+        _selected(2, 0.9, 0.4, {"a": 0.9, "b": 0.4}, val=(0.8, 0.3)),
+        _selected(3, 0.8, 0.6, {"a": 0.7, "b": 0.6, "c": 1.0}, val=(0.6, 0.5)),
+    ]
+    r = summarize_selected(chosen, "val_worst", names)
+    assert r["avg_acc"] == pytest.approx(0.85) and r["worst_group_acc"] == pytest.approx(0.5)
+    # sample std (ddof 1): |x₁ − x₂| / √2
+    assert r["avg_acc_std"] == pytest.approx(0.1 / np.sqrt(2))
+    assert r["worst_group_acc_std"] == pytest.approx(0.2 / np.sqrt(2))
+    # a group's mean runs over the seeds whose split holds it
+    assert r["group_acc"] == pytest.approx({"a": 0.8, "b": 0.5, "c": 1.0})
+    assert r["val_avg_acc"] == pytest.approx(0.7) and r["val_worst_group_acc"] == pytest.approx(0.4)
+    assert r["selection"] == {
+        "rule": "val_worst",
+        "metric": "val worst_group_acc",
+        "epochs": [2, 3],
+    }
+    assert [(p["seed"], p["epoch"]) for p in r["per_seed"]] == [(0, 2), (1, 3)]
+    one = summarize_selected(chosen[:1], Selection.VAL_AVG, names)
+    assert one["avg_acc_std"] == 0.0 and "c" not in one["group_acc"]
+    assert one["selection"]["metric"] == "val avg_acc"
+    with pytest.raises(ValueError, match="chosen"):
+        summarize_selected([], "val_avg", names)
+    with pytest.raises(ValueError, match="rule"):
+        summarize_selected(chosen, "val_best", names)

@@ -7,7 +7,8 @@ Pezeshki et al. 2021, Sec. 5: CelebA's blond hair × male, g = 2y + a). Three pi
   (``--reweight_groups``): draws with replacement, example i with weight 1/n_{g(i)}, an epoch being
   as many draws as there are examples.
 * :func:`group_metrics` — average, per-group and worst-group accuracy.
-* :class:`Selection` and :func:`select_epoch` — which epoch a run reports, chosen on validation.
+* :class:`Selection` and :func:`select_epoch` — which epoch a run reports, chosen on validation;
+  :func:`summarize_selected` — the selected epochs of several seeds as one result (mean ± std).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from typing import Any
 import numpy as np
 from jaxtyping import Int
 
-__all__ = ["Selection", "group_balanced_order", "group_metrics", "select_epoch"]
+from ntkdyn.runs import mean_std
+
+__all__ = [
+    "Selection",
+    "group_balanced_order",
+    "group_metrics",
+    "select_epoch",
+    "summarize_selected",
+]
 
 # Keeps the balanced sampler's stream apart from the shuffling stream of the same (seed, epoch).
 _BALANCED_STREAM = 0x62616C
@@ -152,3 +161,64 @@ def select_epoch(epochs: Sequence[Mapping[str, Any]], rule: Selection | str) -> 
         raise ValueError("epochs: no epoch to select from; train at least one epoch")
     key = rule.metric
     return max(range(len(epochs)), key=lambda i: (epochs[i]["val"][key], -i))
+
+
+def summarize_selected(
+    chosen: Sequence[Mapping[str, Any]], rule: Selection | str, group_names: Sequence[str]
+) -> dict[str, Any]:
+    """One result from the epoch each seed selected under ``rule``: test mean ± std over seeds.
+
+    avg_acc = mean_k avg_acc_k with the sample std √(Σ_k (avg_acc_k − avg_acc)²/(K − 1)) (0 for
+    K = 1), the same for the worst-group accuracy; a group's accuracy is its mean over the seeds
+    whose test split holds it; the validation metrics are means. Pezeshki et al. 2021, Table 2
+    report mean ± std over 5 seeds this way.
+
+    Args:
+        chosen: per seed, the selected epoch ``{"epoch": e, "val": ..., "test": ...}`` (1-based
+            ``e``; ``val`` and ``test`` from :func:`group_metrics`), K ≥ 1 seeds.
+        rule: the :class:`Selection` (or its value) that chose them.
+        group_names: the groups, in the order ``group_acc`` lists them.
+
+    Returns:
+        ``{"avg_acc", "avg_acc_std", "worst_group_acc", "worst_group_acc_std", "group_acc",
+        "val_avg_acc", "val_worst_group_acc", "selection": {"rule", "metric", "epochs"},
+        "per_seed": [{"seed", "epoch", "test", "val"}]}`` (fractions).
+
+    Raises:
+        ValueError: naming ``chosen`` when it is empty, ``rule`` when unknown.
+    """
+    if not chosen:
+        raise ValueError("chosen: no seed to summarize; pass one selected epoch per seed")
+    try:
+        rule = Selection(rule)
+    except ValueError:
+        raise ValueError(
+            f"rule: expected one of {[s.value for s in Selection]}, got {rule!r}"
+        ) from None
+    avg, avg_sd = mean_std([c["test"]["avg_acc"] for c in chosen], ddof=1)
+    worst, worst_sd = mean_std([c["test"]["worst_group_acc"] for c in chosen], ddof=1)
+    group_acc = {
+        g: float(
+            np.mean([c["test"]["group_acc"][g] for c in chosen if g in c["test"]["group_acc"]])
+        )
+        for g in group_names
+        if any(g in c["test"]["group_acc"] for c in chosen)
+    }
+    return {
+        "avg_acc": avg,
+        "avg_acc_std": avg_sd,
+        "worst_group_acc": worst,
+        "worst_group_acc_std": worst_sd,
+        "group_acc": group_acc,
+        "val_avg_acc": float(np.mean([c["val"]["avg_acc"] for c in chosen])),
+        "val_worst_group_acc": float(np.mean([c["val"]["worst_group_acc"] for c in chosen])),
+        "selection": {
+            "rule": rule.value,
+            "metric": f"val {rule.metric}",
+            "epochs": [c["epoch"] for c in chosen],
+        },
+        "per_seed": [
+            {"seed": i, "epoch": c["epoch"], "test": c["test"], "val": c["val"]}
+            for i, c in enumerate(chosen)
+        ],
+    }
