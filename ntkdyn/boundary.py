@@ -27,6 +27,10 @@ Definitions
 
 Quantities that do not exist (no sign change on the grid: the classifier predicts one class
 everywhere) are NaN, written as ``null`` in JSON.
+
+:func:`grid` lays out the square grid the decision function is sampled on, and
+:func:`seed_metrics` reports the metrics of several seeds (each its own boundary against its own
+data) as mean and std.
 """
 
 from __future__ import annotations
@@ -35,7 +39,14 @@ import contourpy
 import numpy as np
 from jaxtyping import Float
 
-__all__ = ["zero_level_set", "boundary_distances", "line_residual", "boundary_metrics"]
+__all__ = [
+    "zero_level_set",
+    "boundary_distances",
+    "line_residual",
+    "boundary_metrics",
+    "grid",
+    "seed_metrics",
+]
 
 
 def _check_grid(xs, ys, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -224,3 +235,76 @@ def boundary_metrics(
         f"boundary_mean{k}_distance": float(d[:k].mean()),
         "boundary_line_residual": line_residual(segs, (points[:, 1].min(), points[:, 1].max())),
     }
+
+
+def grid(
+    size: int, lim: float
+) -> tuple[Float[np.ndarray, " size"], Float[np.ndarray, " size"], Float[np.ndarray, "m 2"]]:
+    """A square evaluation grid over [−lim, lim]²: its axes and its m = size² points.
+
+    ``points[r * size + c] = (xs[c], ys[r])`` (``numpy.meshgrid`` order), so the decision function
+    at ``points`` reshaped to (size, size) is the ``values`` of :func:`boundary_metrics`.
+
+    Args:
+        size: points per axis, ≥ 2.
+        lim: half-width of the square, > 0.
+
+    Returns:
+        ``(xs, ys, points)``: xs = ys = linspace(−lim, lim, size) (float64, separate arrays) and
+        the (size², 2) float32 points.
+
+    Raises:
+        ValueError: naming ``size`` or ``lim`` when out of range.
+    """
+    if int(size) != size or size < 2:
+        raise ValueError(f"size: expected an integer >= 2 points per axis, got {size!r}")
+    if not (np.isfinite(lim) and lim > 0):
+        raise ValueError(f"lim: expected a finite half-width > 0, got {lim!r}")
+    xs = np.linspace(-lim, lim, int(size))
+    gx, gy = np.meshgrid(xs, xs)
+    return xs, xs.copy(), np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
+
+
+def seed_metrics(
+    xs: Float[np.ndarray, " nx"],
+    ys: Float[np.ndarray, " ny"],
+    values: Float[np.ndarray, "S ny nx"],
+    points: Float[np.ndarray, "S n 2"],
+    *,
+    k: int = 10,
+) -> dict[str, float]:
+    """Mean and std over S seeds of :func:`boundary_metrics`, seed s's boundary on seed s's data.
+
+    For every metric m of :func:`boundary_metrics`: ``m`` = (1/S) Σ_s m_s and ``m_std`` =
+    √((1/S) Σ_s (m_s − m)²) (population std); a seed without a boundary makes both NaN.
+
+    Args:
+        xs: (nx,) grid of the first coordinate.
+        ys: (ny,) grid of the second coordinate.
+        values: (S, ny, nx) decision functions, ``values[s, r, c] = f_s(xs[c], ys[r])``.
+        points: (S, n, 2) training points of each seed.
+        k: as :func:`boundary_metrics`.
+
+    Returns:
+        ``{"boundary_min_distance", "boundary_min_distance_std", ...}`` in the order of
+        :func:`boundary_metrics`, each metric followed by its std.
+
+    Raises:
+        ValueError: naming ``values`` or ``points`` when their seed axes differ or are empty, and
+            as :func:`boundary_metrics`.
+    """
+    values = np.asarray(values)
+    points = np.asarray(points)
+    if values.ndim != 3 or points.ndim != 3 or values.shape[0] != points.shape[0]:
+        raise ValueError(
+            f"values, points: expected (S, ny, nx) and (S, n, 2) with one S, got {values.shape} "
+            f"and {points.shape}"
+        )
+    if values.shape[0] == 0:
+        raise ValueError("values: expected at least one seed, got S = 0")
+    per_seed = [boundary_metrics(xs, ys, v, p, k=k) for v, p in zip(values, points, strict=True)]
+    out: dict[str, float] = {}
+    for key in per_seed[0]:
+        arr = np.asarray([m[key] for m in per_seed], np.float64)
+        out[key], out[f"{key}_std"] = float(arr.mean()), float(arr.std())
+    return out

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from ntkdyn.boundary import boundary_distances, boundary_metrics, line_residual, zero_level_set
+from ntkdyn.boundary import (
+    boundary_distances,
+    boundary_metrics,
+    grid,
+    line_residual,
+    seed_metrics,
+    zero_level_set,
+)
 
 G = np.linspace(-2.0, 2.0, 401)
 X1, X2 = np.meshgrid(G, G)  # values[r, c] = f(G[c], G[r])
@@ -86,3 +93,39 @@ def test_bad_input(args, match):
         boundary_metrics(G, G, X1, np.zeros((4, 2)), k=5)
     with pytest.raises(ValueError, match="y_range"):
         line_residual(np.zeros((1, 2, 2)), (1.0, 0.0))
+
+
+def test_grid_is_meshgrid_ordered():
+    xs, ys, pts = grid(5, 2.0)
+    np.testing.assert_array_equal(xs, np.linspace(-2.0, 2.0, 5))
+    np.testing.assert_array_equal(ys, xs)
+    assert xs is not ys and pts.shape == (25, 2) and pts.dtype == np.float32
+    # f evaluated at the points and reshaped (size, size) is values[r, c] = f(xs[c], ys[r])
+    f = pts[:, 0] + 10 * pts[:, 1]
+    np.testing.assert_allclose(f.reshape(5, 5), xs[None, :] + 10 * ys[:, None], atol=1e-6)
+    with pytest.raises(ValueError, match="size"):
+        grid(1, 2.0)
+    with pytest.raises(ValueError, match="lim"):
+        grid(5, 0.0)
+
+
+def test_seed_metrics_are_mean_and_population_std_of_each_seed():
+    """Vertical lines x₁ = c_s: each seed's min distance is minᵢ |x_{s,i,1} − c_s|."""
+    shifts = np.array([-0.3, 0.1, 0.4])
+    values = np.stack([X1 - c for c in shifts])
+    pts = np.stack([_points(s, n=50) for s in range(3)])
+    m = seed_metrics(G, G, values, pts, k=5)
+    mins = np.array([np.abs(p[:, 0] - c).min() for p, c in zip(pts, shifts, strict=True)])
+    assert m["boundary_min_distance"] == pytest.approx(mins.mean(), abs=1e-12)
+    assert m["boundary_min_distance_std"] == pytest.approx(mins.std(), abs=1e-12)
+    assert m["boundary_line_residual"] == pytest.approx(0.0, abs=1e-9)
+    per_seed = [boundary_metrics(G, G, v, p, k=5) for v, p in zip(values, pts, strict=True)]
+    assert list(m) == [k for key in per_seed[0] for k in (key, f"{key}_std")]
+    for key in per_seed[0]:
+        assert m[key] == np.mean([r[key] for r in per_seed])
+    # one seed without a boundary: its metrics are NaN, and so are the means
+    assert np.isnan(
+        seed_metrics(G, G, np.stack([values[0], 1 + 0 * X1]), pts[:2])["boundary_min_distance"]
+    )
+    with pytest.raises(ValueError, match="values, points"):
+        seed_metrics(G, G, values, pts[:2])
