@@ -51,6 +51,9 @@ __all__ = [
     "restarts_label",
     "sweep_selection",
     "svd_report",
+    "seed_records",
+    "check_same_config",
+    "CallCounter",
     "RunPart",
     "MergedRun",
     "merge_runs",
@@ -817,3 +820,110 @@ def merge_runs(
         if (p0.path / name).is_file():
             shutil.copyfile(p0.path / name, run_dir.file(name))
     return MergedRun(run_dir, config, results, parts)
+
+
+# ------------------------------------------------------------------------------- run bookkeeping
+
+
+def seed_records(
+    history: Mapping[str, Any], steps: Sequence[int], *, step_key: str = "step", **tags: Any
+) -> list[dict[str, Any]]:
+    """Metrics records of seeds trained together: per logged step, the mean and std over seeds.
+
+    For every history ``KEY`` of shape (S, R) (S seeds, R records), record r holds ``KEY`` =
+    mean_s KEY[s, r] and ``KEY_std`` = √(mean_s (KEY[s, r] − KEY)²), computed in the history's
+    dtype; histories of another rank (e.g. recorded outputs (S, R, n)) are left out.
+
+    Args:
+        history: name → (S, R) array (as :func:`ntkdyn.train.fullbatch.train_fullbatch` returns).
+        steps: the R logged steps.
+        step_key: the records' name for the step (e.g. ``"epoch"``).
+        **tags: fields every record carries (e.g. ``config="sd"``).
+
+    Returns:
+        R records, ready for :meth:`RunDir.write_metrics`.
+
+    Raises:
+        ValueError: naming ``history`` when a (S, R) entry's R differs from ``len(steps)``.
+    """
+    arrays = {k: np.asarray(v) for k, v in history.items()}
+    for k, v in arrays.items():
+        if v.ndim == 2 and v.shape[1] != len(steps):
+            raise ValueError(
+                f"history: {k!r} has {v.shape[1]} records, steps {len(steps)}; pass the steps "
+                "the history was logged at"
+            )
+    records = []
+    for r, step in enumerate(steps):
+        rec = {**tags, step_key: int(step)}
+        for key, hist in arrays.items():
+            if hist.ndim == 2:
+                rec[key] = float(hist[:, r].mean())
+                rec[f"{key}_std"] = float(hist[:, r].std())
+        records.append(rec)
+    return records
+
+
+def check_same_config(
+    path: str | os.PathLike,
+    config: Any,
+    *,
+    ignore: Iterable[str] = (),
+    flag: str = "--resume",
+) -> None:
+    """Check a run continued in place has the settings it was started with.
+
+    Compares the top-level fields of ``config`` (as :func:`to_jsonable` writes them) with the
+    ``config.json`` at ``path``; nothing to compare when that file does not exist.
+
+    Args:
+        path: the run's ``config.json``.
+        config: the settings of the continuing run.
+        ignore: fields that may change between the two (devices, worker counts, ...).
+        flag: the option named in the error.
+
+    Raises:
+        ValueError: naming ``flag``, the run's folder and the fields that differ.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    skip = set(ignore)
+    diff = [k for k, v in to_jsonable(config).items() if k not in skip and old.get(k) != v]
+    if diff:
+        raise ValueError(
+            f"{flag}: settings differ from the run in {path.parent} ({', '.join(diff)}); "
+            "use the same arguments"
+        )
+
+
+class CallCounter:
+    """Advances a :class:`StepProgress` by ``amount`` once every ``calls`` calls (thread-safe).
+
+    For work counted from inside a compiled loop by ``jax.debug.callback``, fired once per
+    (padded) seed and record: with ``calls`` = the number of seeds and ``amount`` = the steps per
+    record, the progress counts steps of the whole batch of seeds.
+
+    Args:
+        progress: the progress to advance.
+        calls: calls per advance, ≥ 1.
+        amount: units per advance.
+
+    Raises:
+        ValueError: if ``calls`` < 1.
+    """
+
+    def __init__(self, progress: StepProgress, calls: int, amount: int):
+        if calls < 1:
+            raise ValueError(f"calls: expected an integer >= 1, got {calls!r}")
+        self.progress, self.calls, self.amount = progress, int(calls), int(amount)
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, *_: Any) -> None:
+        """Count one call (arguments, e.g. a callback's anchor, are ignored)."""
+        with self._lock:
+            self.count += 1
+            if self.count % self.calls == 0:
+                self.progress.advance(self.amount)

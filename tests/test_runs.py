@@ -243,3 +243,43 @@ def test_sweep_selection_and_svd_report():
         1.5,
     )
     assert list(rec["s"]) == [3.0, 1.0] and list(rec["residuals"]) == [1e-7, 2e-6]
+
+
+def test_seed_records_are_the_mean_and_std_over_seeds():
+    from ntkdyn.runs import seed_records
+
+    loss = np.array([[1.0, 0.5, 0.25], [3.0, 1.5, 0.75]], np.float32)
+    outputs = np.zeros((2, 3, 4))  # recorded outputs: not a per-record scalar, left out
+    recs = seed_records(
+        {"loss": loss, "outputs": outputs}, [10, 20, 30], step_key="epoch", config="sd"
+    )
+    assert [r["epoch"] for r in recs] == [10, 20, 30] and all(r["config"] == "sd" for r in recs)
+    assert recs[1]["loss"] == 1.0 and recs[1]["loss_std"] == 0.5 and "outputs" not in recs[0]
+    with pytest.raises(ValueError, match="history"):
+        seed_records({"loss": loss}, [10, 20])
+
+
+def test_check_same_config_names_the_changed_fields(tmp_path):
+    from ntkdyn.runs import check_same_config
+
+    check_same_config(tmp_path / "config.json", {"lr": 0.1})  # nothing to compare yet
+    RunDir(tmp_path).write_config({"lr": 0.1, "seed": 0, "workers": 8})
+    check_same_config(
+        tmp_path / "config.json", {"lr": 0.1, "seed": 0, "workers": 2}, ignore=["workers"]
+    )
+    with pytest.raises(ValueError, match=r"--resume: settings differ .* \(lr, seed\)"):
+        check_same_config(tmp_path / "config.json", {"lr": 0.2, "seed": 1, "workers": 8})
+
+
+def test_call_counter_advances_once_every_calls():
+    import io
+
+    from ntkdyn.runs import CallCounter, StepProgress
+
+    bar = StepProgress("x", 6, stream=io.StringIO(), enabled=False)
+    counter = CallCounter(bar, 3, 2)
+    for _ in range(7):
+        counter(None)
+    assert bar.done == 4 and counter.count == 7
+    with pytest.raises(ValueError, match="calls"):
+        CallCounter(bar, 0, 1)
