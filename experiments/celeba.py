@@ -58,12 +58,9 @@ batch; process 0 writes the files. Set, per process, ``JAX_COORDINATOR_ADDRESS=h
     srun --nodes=2 --ntasks-per-node=4 --gpus-per-task=1 \\
         env NTKDYN_MULTIHOST=1 ntkdyn celeba --data-dir /data/celeba --pretrained r50.pth --out runs/c
 
-Under SLURM, ``NTKDYN_MULTIHOST=1`` calls ``jax.distributed.initialize()`` without arguments, which
-takes the coordinator (first node of ``SLURM_JOB_NODELIST``), the process count
-(``SLURM_NTASKS``) and the process id (``SLURM_PROCID``) from the environment; elsewhere set the
-three ``JAX_*`` variables on every host (e.g. from ``hostname`` of rank 0, the world size and the
-rank of your launcher). The global ``--batch-size`` must divide over all devices. The results equal
-a one-process run on as many devices (``tests/test_celeba_multiprocess.py``).
+How each variable is read: :func:`ntkdyn.train.dataparallel.initialize_multihost`. The global
+``--batch-size`` must divide over all devices. The results equal a one-process run on as many
+devices (``tests/test_celeba_multiprocess.py``).
 
 Outputs: ``config.json``, ``metrics.jsonl`` (training loss every ``--log-every`` steps and the
 evaluations), ``results.json`` (``{"methods": {m: {"avg_acc", "worst_group_acc", "group_acc",
@@ -75,7 +72,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -399,21 +395,18 @@ def make_objective(method: str, cfg: Config, train_counts: np.ndarray):
 
 
 def make_optimizer(recipe: Recipe):
-    """Adam (decoupled weight decay, AdamW) or SGD with momentum and PyTorch's coupled weight decay.
+    """Adam with decoupled weight decay (AdamW) or SGD with PyTorch's coupled weight decay.
 
     SGD: g ← ∇L + wd·θ, b ← μ·b + g, θ ← θ − lr·b over every parameter, as
-    ``torch.optim.SGD(params, lr, momentum=0.9, weight_decay=wd)`` in Sagawa et al.'s ``train.py``.
+    ``torch.optim.SGD(params, lr, momentum=0.9, weight_decay=wd)`` in Sagawa et al.'s ``train.py``
+    (:func:`ntkdyn.train.optimizers.pytorch_optimizer`).
     """
-    import optax
+    from ntkdyn.train.optimizers import pytorch_optimizer
 
-    if recipe.optimizer == "adam":
-        if recipe.weight_decay:
-            return optax.adamw(recipe.lr, weight_decay=recipe.weight_decay)
-        return optax.adam(recipe.lr)
-    sgd = optax.sgd(recipe.lr, momentum=recipe.momentum or None)
-    if recipe.weight_decay:
-        return optax.chain(optax.add_decayed_weights(recipe.weight_decay), sgd)
-    return sgd
+    name = "adamw" if recipe.optimizer == "adam" else "sgd"
+    return pytorch_optimizer(
+        name, recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -534,43 +527,6 @@ def train_method(
 # ---- aggregation and reports --------------------------------------------------------------------
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
-def _selection_block(chosen: list[dict[str, Any]], rule: str, names: list[str]) -> dict[str, Any]:
-    from ntkdyn.train.groups import Selection
-
-    avg, avg_sd = _mean_std([c["test"]["avg_acc"] for c in chosen])
-    worst, worst_sd = _mean_std([c["test"]["worst_group_acc"] for c in chosen])
-    group_acc = {
-        g: float(
-            np.mean([c["test"]["group_acc"][g] for c in chosen if g in c["test"]["group_acc"]])
-        )
-        for g in names
-        if any(g in c["test"]["group_acc"] for c in chosen)
-    }
-    return {
-        "avg_acc": avg,
-        "avg_acc_std": avg_sd,
-        "worst_group_acc": worst,
-        "worst_group_acc_std": worst_sd,
-        "group_acc": group_acc,
-        "val_avg_acc": float(np.mean([c["val"]["avg_acc"] for c in chosen])),
-        "val_worst_group_acc": float(np.mean([c["val"]["worst_group_acc"] for c in chosen])),
-        "selection": {
-            "rule": rule,
-            "metric": f"val {Selection(rule).metric}",
-            "epochs": [c["epoch"] for c in chosen],
-        },
-        "per_seed": [
-            {"seed": i, "epoch": c["epoch"], "test": c["test"], "val": c["val"]}
-            for i, c in enumerate(chosen)
-        ],
-    }
-
-
 def aggregate(
     runs: dict[str, list[dict[str, Any]]], cfg: Config, group_names: list[str]
 ) -> dict[str, Any]:
@@ -579,11 +535,13 @@ def aggregate(
     The method's headline rule (:meth:`Config.recipe`) fills the top level; ``by_val_avg`` and
     ``by_val_worst`` hold both rules.
     """
+    from ntkdyn.train.groups import summarize_selected
+
     methods = {}
     for method, seed_runs in runs.items():
         recipe = cfg.recipe(method)
         blocks = {
-            rule: _selection_block([r["selected"][rule] for r in seed_runs], rule, group_names)
+            rule: summarize_selected([r["selected"][rule] for r in seed_runs], rule, group_names)
             for rule in SELECTIONS
         }
         entry = dict(blocks[recipe.selection])
@@ -604,6 +562,8 @@ def aggregate(
 
 def summary_markdown(results: dict[str, Any], cfg: Config, counts: str) -> str:
     """summary.md: measured numbers beside the published ones."""
+    from ntkdyn.runs import format_mean_std, markdown_table
+
     init = f"pretrained {cfg.pretrained}" if cfg.pretrained else "random init"
     lines = [
         "# CelebA: blond hair vs gender (Pezeshki et al. 2021, Table 2)",
@@ -628,26 +588,26 @@ def summary_markdown(results: dict[str, Any], cfg: Config, counts: str) -> str:
             "",
         ]
     names = results["group_names"]
+    header = ["method", "test avg acc (%)", "test worst-group acc (%)", *names]
+    header += ["published avg", "published worst"]
     for rule in SELECTIONS:
-        lines += [
-            f"Epoch selected by {rule}:",
-            "",
-            "| method | test avg acc (%) | test worst-group acc (%) | "
-            + " | ".join(names)
-            + " | published avg | published worst |",
-            "| --- | --- | --- |" + " --- |" * len(names) + " --- | --- |",
-        ]
+        rows = []
         for m, res in results["methods"].items():
             r, pub = res[f"by_{rule}"], PUBLISHED[m]
-            groups = " | ".join(
-                f"{100 * r['group_acc'][g]:.1f}" if g in r["group_acc"] else "–" for g in names
+            rows.append(
+                [
+                    m,
+                    format_mean_std(r["avg_acc"], r["avg_acc_std"], digits=2),
+                    format_mean_std(r["worst_group_acc"], r["worst_group_acc_std"], digits=2),
+                    *(
+                        format_mean_std(r["group_acc"].get(g)) if g in r["group_acc"] else "–"
+                        for g in names
+                    ),
+                    format_mean_std(*pub["avg"], scale=1.0, digits=2),
+                    format_mean_std(*pub["worst"], scale=1.0, digits=2),
+                ]
             )
-            lines.append(
-                f"| {m} | {100 * r['avg_acc']:.2f} ± {100 * r['avg_acc_std']:.2f} | "
-                f"{100 * r['worst_group_acc']:.2f} ± {100 * r['worst_group_acc_std']:.2f} | {groups} | "
-                f"{pub['avg'][0]:.2f} ± {pub['avg'][1]:.2f} | {pub['worst'][0]:.2f} ± {pub['worst'][1]:.2f} |"
-            )
-        lines.append("")
+        lines += [f"Epoch selected by {rule}:", "", *markdown_table(header, rows), ""]
     lines += ["Group counts:", "", "```", counts, "```", ""]
     return "\n".join(lines)
 
@@ -839,7 +799,7 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
     from ntkdyn.data.celeba import decode_split, load_celeba
     from ntkdyn.models.resnet import RESNET_ARCHS
     from ntkdyn.plots.celeba import plot_group_accuracy, plot_validation_curves
-    from ntkdyn.runs import RunDir, to_jsonable
+    from ntkdyn.runs import RunDir, check_same_config
     from ntkdyn.train.dataparallel import data_mesh, initialize_multihost
 
     check_paths(cfg)
@@ -856,18 +816,12 @@ def run_experiment(cfg: Config, out: Path, *, resume: bool = False) -> int:
         "devices": len(mesh.devices.flat),
         "processes": jax.process_count(),
     }
-    if resume and rd.file("config.json").is_file():
-        old = json.loads(rd.file("config.json").read_text())
-        keep = {
-            k: v
-            for k, v in to_jsonable(config).items()
-            if k not in ("devices", "processes", "workers", "prefetch", "cache_images")
-        }
-        diff = [k for k, v in keep.items() if old.get(k) != v]
-        if diff:
-            raise ValueError(
-                f"--resume: settings differ from the run in {out} ({', '.join(diff)}); use the same arguments"
-            )
+    if resume:
+        check_same_config(
+            rd.file("config.json"),
+            config,
+            ignore=("devices", "processes", "workers", "prefetch", "cache_images"),
+        )
     counts = data.describe()
     if lead:
         rd.write_config(config)

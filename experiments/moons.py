@@ -78,7 +78,6 @@ import functools
 import math
 import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -86,7 +85,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ntkdyn.objectives import ERM, Objective, SpectralDecoupling
-from ntkdyn.runs import StepProgress, format_mean_std, markdown_table, mean_std
+from ntkdyn.runs import (
+    CallCounter,
+    StepProgress,
+    format_mean_std,
+    markdown_table,
+    mean_std,
+    seed_records,
+)
 from ntkdyn.settings import ConfigError, add_arguments, from_arguments
 
 HELP = (
@@ -249,7 +255,7 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------------
-# Model, objective and optimizer of one setting
+# Model and objective of one setting
 
 
 def logits(setting: Setting, params, stats, x, *, train: bool = False, key=None):
@@ -277,25 +283,6 @@ def logits(setting: Setting, params, stats, x, *, train: bool = False, key=None)
         unbiased_running_var=True,
     )
     return out[:, 0], new_stats
-
-
-def make_optimizer(setting: Setting, lr: float):
-    """PyTorch-style coupled weight decay (when > 0) followed by SGD with momentum 0.9 or Adam.
-
-    Args:
-        setting: the configuration (its own ``lr`` wins over ``lr``).
-        lr: the SGD learning rate.
-
-    Returns:
-        An optax gradient transformation.
-    """
-    import optax
-
-    lr = setting.lr if setting.lr is not None else lr
-    base = optax.adam(lr) if setting.adam else optax.sgd(lr, momentum=0.9)
-    if not setting.weight_decay:
-        return base
-    return optax.chain(optax.add_decayed_weights(setting.weight_decay), base)
 
 
 def make_loss(setting: Setting):
@@ -344,25 +331,6 @@ def _initial_state(seeds: int, hidden: int, hidden_layers: int, batch_norm: bool
         return train_keys, params0, stats0
 
     return initial
-
-
-class _RecordCounter:
-    """Counts a training call's records on the host and advances a :class:`ntkdyn.runs.StepProgress`.
-
-    Called through ``jax.debug.callback`` once per seed and record (per padded seed when the seeds
-    are split over devices), so every ``per_record`` calls the epochs of one record are done.
-    """
-
-    def __init__(self, bar, per_record: int, epochs_per_record: int):
-        self.bar, self.per_record, self.epochs_per_record = bar, per_record, epochs_per_record
-        self.calls = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, _anchor) -> None:
-        with self.lock:
-            self.calls += 1
-            if self.calls % self.per_record == 0:
-                self.bar.advance(self.epochs_per_record)
 
 
 class Trained(NamedTuple):
@@ -414,6 +382,7 @@ def train_setting(
     from ntkdyn.data.moons import two_moons
     from ntkdyn.train.fullbatch import train_fullbatch
     from ntkdyn.train.layout import SeedLayout
+    from ntkdyn.train.optimizers import pytorch_optimizer
 
     layout = SeedLayout() if layout is None else layout
     seeds = config.seeds
@@ -444,7 +413,8 @@ def train_setting(
         enabled=progress_every is not None,
         every=progress_every or 0.0,
     )
-    counter = _RecordCounter(bar, seeds + (-seeds) % devices, log_every)
+    # one callback per padded seed and record: every seed's record done advances log_every epochs
+    counter = CallCounter(bar, seeds + (-seeds) % devices, log_every)
 
     def eval_fn(params, stats, batch):
         if progress_every is not None:  # anchored on the chunk's params: runs when it is done
@@ -456,7 +426,12 @@ def train_setting(
     start = time.perf_counter()
     result = train_fullbatch(
         make_loss(setting),
-        make_optimizer(setting, config.lr),
+        pytorch_optimizer(
+            "adam" if setting.adam else "sgd",
+            config.lr if setting.lr is None else setting.lr,
+            momentum=0.0 if setting.adam else 0.9,
+            weight_decay=setting.weight_decay,
+        ),
         params0,
         (jnp.asarray(X), jnp.asarray(y01)),
         keys=train_keys,
@@ -485,13 +460,6 @@ def train_setting(
     )
 
 
-def grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``xs``, ``ys`` (both linspace(−2, 2, size)) and the (size², 2) points in meshgrid order."""
-    xs = np.linspace(-GRID_LIM, GRID_LIM, size)
-    gx, gy = np.meshgrid(xs, xs)
-    return xs, xs.copy(), np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
-
-
 def decision_functions(trained: Trained, points: np.ndarray) -> np.ndarray:
     """(S, m) eval-mode logits of every seed at ``points`` (m, 2)."""
     import jax
@@ -511,7 +479,7 @@ def evaluate(trained: Trained) -> tuple[dict[str, Any], np.ndarray]:
     import jax
     import jax.numpy as jnp
 
-    from ntkdyn.boundary import boundary_metrics
+    from ntkdyn.boundary import boundary_metrics, grid, seed_metrics
 
     S = trained.X.shape[0]
     train_logits = np.asarray(
@@ -520,19 +488,17 @@ def evaluate(trained: Trained) -> tuple[dict[str, Any], np.ndarray]:
         )
     )
     acc = np.mean(train_logits * trained.y > 0, axis=1)
-    mxs, mys, mpts = grid(METRIC_GRID_SIZE)
+    mxs, mys, mpts = grid(METRIC_GRID_SIZE, GRID_LIM)
     fine = decision_functions(trained, mpts).reshape(S, METRIC_GRID_SIZE, METRIC_GRID_SIZE)
-    per_seed = [boundary_metrics(mxs, mys, fine[s], trained.X[s]) for s in range(S)]
     metrics: dict[str, Any] = {}
     metrics["train_accuracy"], metrics["train_accuracy_std"] = mean_std(acc)
-    for key in per_seed[0]:
-        metrics[key], metrics[f"{key}_std"] = mean_std([m[key] for m in per_seed])
+    metrics.update(seed_metrics(mxs, mys, fine, trained.X))
     metrics["averaged"] = boundary_metrics(mxs, mys, fine.mean(0), trained.X[0])
     metrics["final_loss"] = (
         float(trained.history["loss"][:, -1].mean()) if trained.history else None
     )
     metrics["epochs"] = int(trained.epochs[-1]) if len(trained.epochs) else None
-    xs, ys, pts = grid(GRID_SIZE)
+    _, _, pts = grid(GRID_SIZE, GRID_LIM)
     values = decision_functions(trained, pts).reshape(S, GRID_SIZE, GRID_SIZE).mean(0)
     return metrics, values
 
@@ -618,7 +584,9 @@ def _verdict(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_arrays(out, values, data, responses) -> None:
-    xs, ys, _ = grid(GRID_SIZE)
+    from ntkdyn.boundary import grid
+
+    xs, ys, _ = grid(GRID_SIZE, GRID_LIM)
     arrays = {
         "xs": xs,
         "ys": ys,
@@ -647,9 +615,10 @@ def _read_arrays(out) -> tuple[dict, dict, dict]:
 
 
 def _draw(out, values, data, responses) -> None:
+    from ntkdyn.boundary import grid
     from ntkdyn.plots.moons import DecisionPanel, moons_main_figure, moons_regularizer_figure
 
-    xs, ys, _ = grid(GRID_SIZE)
+    xs, ys, _ = grid(GRID_SIZE, GRID_LIM)
     if all(c in values for c in MAIN_FIGURE):
         panels = [DecisionPanel(SETTINGS[c].title, values[c], *data[c]) for c in MAIN_FIGURE]
         resp = {
@@ -757,13 +726,9 @@ def run(args: argparse.Namespace) -> int:
         if name in MAIN_FIGURE and setting.shallow:
             responses[name] = feature_responses_over_training(trained)
         results["configs"][name] = metrics
-        for r, epoch in enumerate(trained.epochs):
-            rec = {"config": name, "epoch": int(epoch)}
-            for key, hist in trained.history.items():
-                if hist.ndim == 2:
-                    rec[key] = float(hist[:, r].mean())
-                    rec[f"{key}_std"] = float(hist[:, r].std())
-            metrics_records.append(rec)
+        metrics_records += seed_records(
+            trained.history, trained.epochs, step_key="epoch", config=name
+        )
         print(
             f"{name}: {trained.epochs[-1] if len(trained.epochs) else 0} epochs x "
             f"{config.seeds} seeds in {trained.seconds:.1f} s; train acc "
