@@ -828,6 +828,7 @@ def track_responses(
         seconds[name] = time.perf_counter() - t0
         print(f"train ({name}): {num_steps} GD steps in {seconds[name]:.1f} s", flush=True)
         traces[name] = analysis.measure(trace.outputs, f0=trace.f0, steps=trace.steps).z
+    tol = newton_tol(n)
     theory = predict(
         analysis.spectrum,
         lam,
@@ -836,6 +837,8 @@ def track_responses(
         eta=eta,
         num_steps=num_steps,
         save_every=save_every,
+        rtol=tol,
+        atol=tol,
     )
     return {
         "t": np.asarray(theory.t),
