@@ -14,7 +14,7 @@ import pytest
 from conftest import tol
 
 from ntkdyn.train.fullbatch import train_fullbatch
-from ntkdyn.train.layout import SeedAxis, SeedLayout, cpu_restart_layout, eigen_matmul_options
+from ntkdyn.train.layout import SeedAxis, SeedLayout, eigen_matmul_options
 
 N, D, H, S = 24, 3, 16, 3
 
@@ -274,31 +274,6 @@ def test_seed_axis_mismatch(problem):
             num_steps=2,
             batch_axis=0,
         )
-
-
-def test_seed_layout_parse_and_errors():
-    one = jax.local_device_count() == 1
-    assert SeedLayout.parse("vmap") == SeedLayout.local()
-    assert SeedLayout.parse("vmap:2@1") == SeedLayout(SeedAxis.VMAP, 2, None)
-    assert SeedLayout.parse("MAP@1") == SeedLayout(SeedAxis.MAP)
-    assert (SeedLayout.parse("vmap@all").devices is None) == one
-    assert SeedLayout.parse("vmap:3@1").describe() == {"axis": "vmap", "chunk": 3, "devices": 1}
-    for spec, what in (
-        ("pmap", "unknown seed axis"),
-        ("vmap:0", "chunk"),
-        ("map:2", "only vmap"),
-        ("vmap@7", "devices"),
-        ("vmap:x", "chunk"),
-    ):
-        with pytest.raises(ValueError, match=f"--seed-layout: {what}"):
-            SeedLayout.parse(spec)
-    with pytest.raises(ValueError, match="chunk"):
-        SeedLayout(SeedAxis.VMAP, 0)
-    with pytest.raises(ValueError, match="devices"):
-        SeedLayout(devices=[])
-    with pytest.raises(ValueError, match="axis"):
-        SeedLayout("vmap")
-    assert cpu_restart_layout("cpu").chunk == 2 and cpu_restart_layout("gpu").chunk is None
 
 
 def test_eigen_matmul_options(problem):
