@@ -7,8 +7,15 @@ digit shape (75 %) and is reversed at test time; ERM learns the colour, SD learn
 Protocol: an MLP 2·196 → h → h → 1 (Xavier-uniform weights, zero biases), full-batch Adam on the two
 training environments, each method with its published width, learning rate, steps and objective
 (:data:`PROTOCOL`, :class:`Config`; :mod:`ntkdyn.objectives`); 10 restarts (environments and
-initialisations); train/test accuracy, the four-input probe of Fig. 4 and the feature responses
-z(t) of the top NTK directions (:mod:`ntkdyn.analysis`).
+initialisations); train/test accuracy and the four-input probe of Fig. 4. For ERM and SD (one
+restart), the feature responses z_j(t) = u_jᵀY(f(X; θ_t) − f(X; θ₀)) on *all* training examples:
+the k leading directions of YΦ at θ₀ are found matrix-free before training
+(:func:`ntkdyn.feature_spectrum` with ``k``; --spectrum-k), and the compiled loop records only the
+k-vector U_kᵀYf. Beside them, the theory's starvation matrix ∂z_j*/∂s_i of that measured spectrum
+under CE and SD (:func:`ntkdyn.analysis.predict`; λ by :func:`ntkdyn.objectives.theory_lam`).
+The spectrum's cost grows with n·k: about 1.5 min for k = 30 on the embedded subset's 4,166
+training images (7 block iterations to residuals 1e-4) and 6 min for k = 20 on full MNIST's
+50,000, on 2 shared CPU cores; --quick takes k = 8 on 1,000 images, seconds.
 
 Commands::
 
@@ -167,7 +174,8 @@ class Config:
         step_divisor: divide every method's steps and annealing step by this (--quick: 20)
         sweep: sweep each method's coefficient and select by training-domain validation
         val_frac: held-out fraction of each training environment (with --sweep)
-        n_z: training examples for the feature responses (0: off)
+        spectrum_k: leading NTK directions, found matrix-free on all training examples of the first
+            restart, whose responses z(t) and starvation matrix are reported (ERM, SD; 0: off)
         log_every: steps between recorded metrics
         seed_layout: restarts per step and devices, AXIS[:CHUNK][@DEVICES] (vmap:2, map@1, vmap:2@all);
             auto: two restarts per step on a CPU, all at once elsewhere, over all local devices
@@ -191,15 +199,15 @@ class Config:
     step_divisor: int = 1
     sweep: bool = False
     val_frac: float = 0.1
-    n_z: int = 500
+    spectrum_k: int = 20
     log_every: int = 10
     seed_layout: str = "auto"
     cpu_matmul: str = "eigen"
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
-        """``--quick``: 2 restarts, 1,200 images, 1/20 of every method's steps (and annealing)."""
-        base = dict(step_divisor=20, restarts=2, max_images=1200, n_z=100, log_every=5)
+        """``--quick``: 2 restarts, 1,200 images, 1/20 of every method's steps, 8 directions."""
+        base = dict(step_divisor=20, restarts=2, max_images=1200, spectrum_k=8, log_every=5)
         return cls(**{**base, **overrides})
 
     def __post_init__(self):
@@ -210,12 +218,14 @@ class Config:
                 "methods", f"expected some of {' '.join(METHODS)} or all, got {list(self.methods)}"
             )
         object.__setattr__(self, "methods", methods)
-        checks = (("restarts", 1), ("first_restart", 0), ("log_every", 1), ("n_z", 0))
+        checks = (("restarts", 1), ("first_restart", 0), ("log_every", 1), ("spectrum_k", 0))
         for name, low in checks + (("step_divisor", 1),):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
                 raise ConfigError(
                     name, f"expected an integer >= {low}, got {getattr(self, name)!r}"
                 )
+        if self.spectrum_k == 1:
+            raise ConfigError("spectrum_k", "expected 0 (off) or >= 2 (a matrix of pairs), got 1")
         if self.max_images is not None and self.max_images < 12:
             raise ConfigError(
                 "max_images", f"need at least 12 images (three environments), got {self.max_images}"
@@ -293,14 +303,16 @@ def sweep_grid(config: Config, name: str) -> list[dict[str, float]]:
 
 
 def restart_keys(seed: int, stream: str, first: int, count: int):
-    """PRNG keys of restarts ``first`` … ``first + count − 1`` (``stream``: ``"data"`` or ``"init"``).
+    """PRNG keys of restarts ``first`` … ``first + count − 1`` (``stream``: data, init or spectrum).
 
     Restart r's key is entry r of one split over restarts 0 … r, the same in every run that trains
     it, so restarts trained in separate runs (``--first-restart``) are those of one longer run.
     """
     import jax
 
-    root = jax.random.fold_in(jax.random.PRNGKey(seed), {"data": 0, "init": 1}[stream])
+    root = jax.random.fold_in(
+        jax.random.PRNGKey(seed), {"data": 0, "init": 1, "spectrum": 2}[stream]
+    )
     return jax.random.split(root, first + count)[first:]
 
 
@@ -329,20 +341,6 @@ def init_params(method: Method, keys):
     return apply_fn, init(keys)
 
 
-def fit_metrics(logits_of, b) -> dict[str, Any]:
-    """Accuracy and cross-entropy on the pooled training environments and on the test one."""
-    import jax.numpy as jnp
-
-    from ntkdyn.metrics import binary_metrics
-
-    f = jnp.concatenate([logits_of(b["x1"]), logits_of(b["x2"])])
-    y = jnp.concatenate([b["y1"], b["y2"]])
-    return {
-        **binary_metrics(f, y, prefix="train_"),
-        **binary_metrics(logits_of(b["xt"]), b["yt"], prefix="test_"),
-    }
-
-
 def loss_fn(name: str, method: Method, apply_fn):
     """``train_fullbatch``'s loss: the objective of ``name`` on the two training environments.
 
@@ -360,7 +358,7 @@ def loss_fn(name: str, method: Method, apply_fn):
 
 
 def train(
-    name: str,
+    name,
     method: Method,
     batches,
     keys,
@@ -376,9 +374,11 @@ def train(
         name: the method.
         method: its network and optimisation.
         batches: per-seed data (leading axis S; :func:`ntkdyn.data.colored_mnist.environment_batches`)
-            with the objective's hyperparameters under ``"hp"``.
+            with the objective's hyperparameters under ``"hp"`` and, for the feature responses,
+            directions U_k (n × k) under ``"uz"``.
         keys: (S,) initialisation keys.
-        log_every: steps between records (train/test accuracy and loss, outputs on ``xz``).
+        log_every: steps between records (:func:`ntkdyn.metrics.environment_metrics`, and the
+            k-vector U_kᵀ Y f of the whole training set with ``uz``, never the n outputs).
         layout: :class:`~ntkdyn.train.layout.SeedLayout` (``None``: all seeds vmapped).
         compiler_options: XLA options (:func:`~ntkdyn.train.layout.eigen_matmul_options`).
         progress: a :class:`~ntkdyn.runs.StepProgress` counting restart-steps, or ``None``.
@@ -386,23 +386,18 @@ def train(
     import jax
     import optax
 
-    from ntkdyn.metrics import binary_accuracy
+    from ntkdyn.metrics import environment_metrics, signed_projection
     from ntkdyn.train.fullbatch import train_fullbatch
 
     apply_fn, params0 = init_params(method, keys)
-
-    def logits_of(params, x):
-        return apply_fn(params, x)[:, 0]
 
     def eval_fn(params, model_state, batch):
         if progress is not None:  # one tick per seed and record, from inside the compiled loop
             tick = functools.partial(progress.advance, log_every)
             jax.debug.callback(tick, jax.tree_util.tree_leaves(batch["hp"])[0])
-        rec = fit_metrics(lambda x: logits_of(params, x), batch)
-        if "xv" in batch:
-            rec["val_acc"] = binary_accuracy(logits_of(params, batch["xv"]), batch["yv"])
-        if "xz" in batch:
-            rec["f_z"] = logits_of(params, batch["xz"])
+        rec = environment_metrics(lambda x: apply_fn(params, x)[:, 0], batch)
+        if "uz" in batch:
+            rec["uyf"] = signed_projection(lambda x: apply_fn(params, x)[:, 0], batch, batch["uz"])
         return rec
 
     result = train_fullbatch(
@@ -427,124 +422,267 @@ def evaluate(run: Trained, batches, probe) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from ntkdyn.metrics import binary_accuracy, binary_entropy
+    from ntkdyn.metrics import environment_metrics, probe_metrics
 
     def per_seed(params, b, pr):
         def lg(x):
             return run.apply_fn(params, x)[:, 0]
 
-        fit = fit_metrics(lg, b)
-        out = {"train_acc": fit["train_acc"], "test_acc": fit["test_acc"]}
-        if "xv" in b:
-            out["val_acc"] = binary_accuracy(lg(b["xv"]), b["yv"])
-        out["probe"] = {
-            k: {"acc": binary_accuracy(lg(x), b["yt"]), "entropy": binary_entropy(lg(x))}
-            for k, x in pr.items()
-        }
-        return out
+        out = {k: v for k, v in environment_metrics(lg, b).items() if k.endswith("_acc")}
+        return {**out, "probe": probe_metrics(lg, pr, b["yt"])}
 
-    data = {k: v for k, v in batches.items() if k not in ("xz", "yz", "hp")}
+    data = {k: v for k, v in batches.items() if k not in ("uz", "hp")}
     res = jax.jit(jax.vmap(per_seed))(run.params, data, probe)
     return jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float64), res)
 
 
-def response_curves(run: Trained, batches, *, seed: int = 0, top: int = 100) -> dict[str, Any]:
-    """z(t) of the top NTK directions at θ₀ over training for one seed, with its fit curves.
+# ------------------------------------------------------------------------------ feature responses
 
-    :func:`ntkdyn.analysis.analyse` on the ``xz`` examples (structured NTK), then
-    :meth:`~ntkdyn.analysis.SpectrumAnalysis.measure` on the outputs recorded during training.
+
+def response_spectrum(method: Method, batches, init_key, k: int, key):
+    """The k leading directions of YΦ = U S Vᵀ at θ₀ of seed 0 on all its training examples.
+
+    θ₀ is the initialisation :func:`train` draws from ``init_key`` (deterministic), so the spectrum
+    is taken before training, matrix-free (:func:`ntkdyn.feature_spectrum` with ``k``: JVPs and
+    VJPs over batches, no n × n Gram matrix), and U_k goes into the batch (``uz``).
+
+    Returns:
+        ``(spectrum, report, seconds)``: the :class:`~ntkdyn.tangent.FeatureSpectrum`, the solver's
+        :class:`~ntkdyn.linalg.TruncatedSVD` (float64 U, s, residuals) and the wall time.
+    """
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from ntkdyn.tangent import feature_spectrum
+
+    apply_fn, p0 = init_params(method, init_key[None])
+    p0 = jax.tree_util.tree_map(lambda a: a[0], p0)
+    x = jnp.concatenate([batches["x1"][0], batches["x2"][0]])
+    y = jnp.concatenate([batches["y1"][0], batches["y2"][0]])
+    start = time.perf_counter()
+    spectrum, report = feature_spectrum(apply_fn, p0, x, y, k=k, key=key, return_report=True)
+    return spectrum, report, time.perf_counter() - start
+
+
+def response_curves(run: Trained, batches, *, seed: int = 0) -> dict[str, Any]:
+    """Measured z(t) = U_kᵀ Y (f(X; θ_t) − f(X; θ₀)) on all training examples, with the fit curves.
+
+    z(t) is the record U_kᵀ Y f(X; θ_t) of the compiled loop minus the same projection at θ₀;
+    ``captured`` is ‖U_kᵀ Y Δf‖² / ‖Δf‖² of the final Δf = f(X; θ_T) − f(X; θ₀): how much of the
+    change of the outputs the k directions hold (1 in the linearized theory's span).
     """
     import jax
     import numpy as np
 
-    from ntkdyn.analysis import analyse
-    from ntkdyn.tangent import NTKMethod
+    from ntkdyn.metrics import environment_metrics, signed_projection
 
-    p0 = jax.tree_util.tree_map(lambda a: a[seed], run.params0)
+    p0, pT = (jax.tree_util.tree_map(lambda a: a[seed], p) for p in (run.params0, run.params))
     b = {k: v[seed] for k, v in batches.items() if k != "hp"}
-    a = analyse(run.apply_fn, p0, b["xz"], b["yz"], method=NTKMethod.STRUCTURED)
-    m = a.measure(
-        run.history["f_z"][seed],
-        f0=run.apply_fn(p0, b["xz"])[:, 0],
-        steps=np.asarray(run.steps),
-        top=top,
-        start_at_zero=True,
-    )
-    first = fit_metrics(lambda x: run.apply_fn(p0, x)[:, 0], b)
+    z0 = signed_projection(lambda x: run.apply_fn(p0, x)[:, 0], b, b["uz"])
+    z = np.asarray(run.history["uyf"][seed], np.float64) - np.asarray(z0, np.float64)
+    x = np.concatenate([b["x1"], b["x2"]])
+    y = 2.0 * np.concatenate([b["y1"], b["y2"]]).astype(np.float64) - 1.0
+    df = np.asarray(run.apply_fn(pT, x)[:, 0] - run.apply_fn(p0, x)[:, 0], np.float64)
+    captured = np.sum((np.asarray(b["uz"], np.float64).T @ (y * df)) ** 2) / np.sum(df**2)
+    first = environment_metrics(lambda x: run.apply_fn(p0, x)[:, 0], b)
 
     def curve(k):
         return np.concatenate([[float(first[k])], np.asarray(run.history[k][seed], np.float64)])
 
     return {
-        "steps": m.steps,
-        "z": m.z,
-        "s": np.asarray(a.spectrum.s)[:top],
+        "steps": np.concatenate([[0], np.asarray(run.steps)]),
+        "z": np.concatenate([np.zeros((1, z.shape[1])), z]),
+        "captured": np.asarray(captured),
         **{f"{s}_loss": curve(f"{s}_nll") for s in ("train", "test")},
         **{f"{s}_acc": curve(f"{s}_acc") for s in ("train", "test")},
     }
 
 
-# ------------------------------------------------------------------------------------------ driver
+def theory_starvation(report, *, n: int, erm_l2: float, sd_coef: float) -> dict[str, Any]:
+    """The starvation matrix M[j, i] = ∂z_j*/∂s_i of the measured (U_k, s_k) under CE and SD.
 
+    The fixed point and M by implicit differentiation through Newton
+    (:func:`ntkdyn.fixed_point_and_jacobian_s`, what :func:`ntkdyn.analysis.predict` computes) in
+    float64 on the truncated system, to the tolerance 64·n·ε that a field summing n terms allows.
+    λ is converted once by :func:`ntkdyn.objectives.theory_lam`: SD's λ = 2c; CE's λ = n·wd with
+    wd = 2·l2 (ERM's l2·Σ‖θ‖² is coupled weight decay wd/2·‖θ‖²). ERM trains without weight decay
+    here, and at λ = 0 CE has no finite fixed point, so CE is then taken at SD's λ (the same
+    strength, only the penalty's form differs). Feature i starves feature j when
+    M[j, i] < −:data:`ntkdyn.analysis.DECOUPLED_ATOL`.
 
-def _summary(ev: dict[str, Any], sl: slice) -> dict[str, Any]:
-    from ntkdyn.runs import mean_std
+    Returns:
+        JSON-ready ``{"ce": ..., "sd": ...}``: λ, its source, z*, M, the fraction of j > 1 with
+        M[j, 1] < 0 and the least M[j, 1], the same for the column of the largest |z_i*|
+        (``dominant``), and max |M|; ``error`` instead when there is no fixed point.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
 
-    out: dict[str, Any] = {}
-    for k in ("train_acc", "test_acc", "val_acc"):
-        if k in ev:
-            out[f"{k}_mean"], out[f"{k}_std"] = mean_std(ev[k][sl])
-    out["train_acc"], out["test_acc"] = ev["train_acc"][sl], ev["test_acc"][sl]
-    out["probe"] = {}
-    for k, v in ev["probe"].items():
-        cell = out["probe"][k] = {}
-        for stat in ("acc", "entropy"):
-            cell[stat], cell[f"{stat}_std"] = mean_std(v[stat][sl])
+    from ntkdyn.analysis import DECOUPLED_ATOL
+    from ntkdyn.dynamics import SolverError
+    from ntkdyn.fixed_points import fixed_point_and_jacobian_s
+    from ntkdyn.objectives import ERM, SpectralDecoupling, theory_lam
+    from ntkdyn.tangent import FeatureSpectrum
+
+    sd = (*theory_lam(SpectralDecoupling(coef=sd_coef), num_examples=n), "sd_coef: 2c")
+    ce = (*theory_lam(ERM(), num_examples=n, weight_decay=2.0 * erm_l2), "erm_l2: n·2·l2")
+    if ce[1] == 0.0:
+        ce = (ce[0], sd[1], "SD's λ (ERM has no weight decay; CE at λ = 0 has no fixed point)")
+    tol = max(1e-12, 64 * n * float(np.finfo(np.float64).eps))
+    out = {}
+    with jax.enable_x64(True):  # the fixed points sit at margins where σ(−m) ~ 1e-3
+        spectrum = FeatureSpectrum(jnp.asarray(report.U), jnp.asarray(report.s))
+        for name, (field, lam, source) in (("ce", ce), ("sd", sd)):
+            out[name] = {"lam": lam, "lam_source": source}
+            try:
+                if lam == 0.0:
+                    raise SolverError("λ = 0: no finite fixed point")
+                z, M = fixed_point_and_jacobian_s(
+                    field, spectrum.to_system(lam), rtol=tol, atol=tol
+                )
+            except SolverError as exc:  # keep the trained run; report the theory's failure
+                out[name]["error"] = str(exc)
+                continue
+            z, M = np.asarray(z, np.float64), np.asarray(M, np.float64)
+            i = int(np.argmax(np.abs(z)))
+            col = np.delete(M[:, i], i)
+            out[name].update(
+                z_star=z,
+                matrix=M,
+                negative_fraction_col1=float(np.mean(M[1:, 0] < -DECOUPLED_ATOL)),
+                col1_min=float(np.min(M[1:, 0])),
+                dominant=i + 1,
+                negative_fraction_dominant=float(np.mean(col < -DECOUPLED_ATOL)),
+                dominant_min=float(np.min(col)),
+                max_abs=float(np.max(np.abs(M))),
+                newton_tol=tol,
+            )
     return out
 
 
+# ------------------------------------------------------------------------------------------ driver
+
+
 def load_data(config: Config):
-    """MNIST as ``config`` says, checked against the settings that depend on its size.
+    """MNIST as ``config`` says (:func:`ntkdyn.data.colored_mnist.load_images`), checked against
+    the settings that depend on its size; errors name the flag.
 
     Returns:
         ``(images, digits, data_info)``.
-
-    Raises:
-        ConfigError: naming ``n_z`` when it exceeds the training images.
-        FileNotFoundError, ValueError: from :func:`ntkdyn.data.mnist.load_mnist`.
     """
-    from ntkdyn.data.colored_mnist import split_sizes
-    from ntkdyn.data.mnist import load_mnist
+    from ntkdyn.data.colored_mnist import load_images
 
     try:
-        mnist = load_mnist(config.data_dir, source=config.data_source)
+        images, digits, info = load_images(
+            config.data_dir, source=config.data_source, max_images=config.max_images
+        )
     except (FileNotFoundError, ValueError) as exc:  # name the flag that chose the files
         if config.data_dir is None:
             raise
         raise ConfigError("data_dir", str(exc)) from exc
-    images, digits = mnist.images[: config.max_images], mnist.labels[: config.max_images]
-    n = int(images.shape[0])
-    n_train, n_test = split_sizes(n)
-    if config.n_z and not config.sweep and (config.n_z + 1) // 2 > n_train // 2:
+    if config.spectrum_k and not config.sweep and config.spectrum_k > info["n_train"]:
         raise ConfigError(
-            "n_z", f"{config.n_z} examples exceed the {n_train} training images; record fewer"
+            "spectrum_k",
+            f"{config.spectrum_k} directions exceed the {info['n_train']} training images; "
+            "ask for fewer",
         )
-    described = mnist.describe() + ("" if n == mnist.n_images else f"; first {n} used")
-    info = {
-        "source": mnist.source,
-        "n_images": n,
-        "origin": mnist.origin,
-        "description": described,
-        "n_train": n_train,
-        "n_test": n_test,
-    }
     return images, digits, info
 
 
-def _tile(a, G):
-    import jax.numpy as jnp
+def train_method(
+    config: Config, name: str, envs, init_keys, *, spectra, log, progress=None, **train_kw
+):
+    """Train one method on every restart (and grid point with ``--sweep``), then evaluate it.
 
-    return jnp.tile(a, (G,) + (1,) * (a.ndim - 1))
+    ``spectra`` caches the feature-response spectrum per network; ``log`` prints a line;
+    ``progress`` enables the progress lines (``None``: when stderr is a terminal); ``train_kw`` go
+    to :func:`train`.
+
+    Returns:
+        ``(entry, records, curves)``: the method's results, its metrics.jsonl records and its
+        feature-response curves (``None`` when not recorded).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ntkdyn.data.colored_mnist import environment_batches, probe_batches
+    from ntkdyn.runs import StepProgress, restart_summary, sweep_selection
+
+    method, grid, R = config.method(name), sweep_grid(config, name), config.restarts
+    G = len(grid)
+    k = config.spectrum_k if (name in Z_METHODS and not config.sweep) else 0
+    val_frac = config.val_frac if config.sweep else 0.0
+    batches = environment_batches(envs, grayscale=method.grayscale, val_frac=val_frac)
+    probe = probe_batches(envs, grayscale=method.grayscale)
+    if G > 1:  # seed axis = grid point × restart
+        batches, probe = jax.tree_util.tree_map(
+            lambda a: jnp.tile(a, (G,) + (1,) * (a.ndim - 1)), (batches, probe)
+        )
+    dtype = batches["x1"].dtype
+    batches["hp"] = {h: jnp.repeat(jnp.asarray([g[h] for g in grid], dtype), R) for h in grid[0]}
+    if k:  # one spectrum per network: ERM and SD share width and θ₀
+        net = (method.hidden, method.grayscale)
+        if net not in spectra:
+            log(f"cmnist: top-{k} NTK directions at θ₀ on all training examples (matrix-free)")
+            key = restart_keys(config.seed, "spectrum", config.first_restart, 1)[0]
+            spectra[net] = response_spectrum(method, batches, init_keys[0], k, key)
+            log(f"cmnist: spectrum in {spectra[net][2]:.1f} s")
+        U = spectra[net][0].U.astype(dtype)
+        batches["uz"] = jnp.zeros((R,) + U.shape, dtype).at[0].set(U)  # restart 0's only
+    i = config.methods.index(name) + 1
+    bar = StepProgress(
+        f"cmnist {name} [{i}/{len(config.methods)}]",
+        G * R * method.steps,
+        unit="restart-steps",
+        enabled=progress,
+    )
+    run = train(name, method, batches, jnp.tile(init_keys, (G, 1)), progress=bar, **train_kw)
+    done = f"{G * R} runs x {method.steps} steps"
+    seconds = bar.close(done)
+    if not bar.enabled:
+        log(f"cmnist: {name}: {done} in {seconds:.1f} s")
+    ev = evaluate(run, batches, probe)
+    hist = {h: np.asarray(v, np.float64) for h, v in run.history.items() if h != "uyf"}
+    records = [
+        {
+            "method": name,
+            "step": int(step),
+            **(point if G > 1 else {}),
+            **{h: float(v[g * R : (g + 1) * R, r].mean()) for h, v in hist.items()},
+        }
+        for g, point in enumerate(grid)
+        for r, step in enumerate(run.steps)
+    ]
+
+    def summary(g):
+        part = jax.tree_util.tree_map(lambda a: a[g * R : (g + 1) * R], ev)
+        return restart_summary(part, keep=("train_acc", "test_acc"))
+
+    if G == 1:
+        entry = {
+            **summary(0),
+            "selection": "published hyperparameters (tuned on the test "
+            "environment by their authors)",
+        }
+    else:
+        entry = {
+            **sweep_selection([{**grid[g], **summary(g)} for g in range(G)], grid),
+            "selection": "training-domain validation (held-out part of the training environments)",
+        }
+    hp = config.coefficients(name)
+    # "penalty" and "l2" keep the results format of earlier versions beside the objective's names.
+    entry["config"] = {
+        "name": name,
+        **method._asdict(),
+        "l2": hp.get("l2", 0.0),
+        "penalty": hp.get("coef", hp.get("penalty_weight", 0.0)),
+        **hp,
+    }
+    return entry, records, (response_curves(run, batches) if k else None)
 
 
 def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[str, Any]:
@@ -562,20 +700,12 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
         The results dictionary (as written to results.json).
     """
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    from ntkdyn.data.colored_mnist import (
-        colored_mnist,
-        environment_batches,
-        probe_batches,
-        probe_examples,
-    )
-    from ntkdyn.runs import RunDir, StepProgress
+    from ntkdyn.data.colored_mnist import colored_mnist, probe_examples
+    from ntkdyn.runs import RunDir, svd_report
     from ntkdyn.train.layout import eigen_matmul_options
 
-    out_path = Path(out)
-    if out_path.exists() and not out_path.is_dir():
+    if Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out: {out} exists and is not a directory; choose another --out")
     images, digits, data_info = load_data(config)
     layout = config.layout()
@@ -590,88 +720,23 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
     data_keys = restart_keys(config.seed, "data", config.first_restart, R)
     init_keys = restart_keys(config.seed, "init", config.first_restart, R)
     envs = jax.jit(jax.vmap(lambda k: colored_mnist(k, images, digits)))(data_keys)
-
-    records: list[dict[str, Any]] = []
-    methods_out: dict[str, Any] = {}
-    curves: dict[str, Any] = {}
-    for i, name in enumerate(config.methods, start=1):
-        method, grid = config.method(name), sweep_grid(config, name)
-        G = len(grid)
-        n_z = config.n_z if (name in Z_METHODS and not config.sweep) else 0
-        batches = environment_batches(
-            envs,
-            grayscale=method.grayscale,
-            n_z=n_z,
-            val_frac=config.val_frac if config.sweep else 0.0,
-        )
-        probe = probe_batches(envs, grayscale=method.grayscale)
-        if G > 1:  # seed axis = grid point × restart
-            batches, probe = jax.tree_util.tree_map(functools.partial(_tile, G=G), (batches, probe))
-        dtype = batches["x1"].dtype
-        batches["hp"] = {
-            k: jnp.repeat(jnp.asarray([g[k] for g in grid], dtype), R) for k in grid[0]
-        }
-        bar = StepProgress(
-            f"cmnist {name} [{i}/{len(config.methods)}]",
-            G * R * method.steps,
-            unit="restart-steps",
-            enabled=None if verbose else False,
-        )
-        run = train(
+    records, methods_out, curves, spectra = [], {}, {}, {}
+    for name in config.methods:
+        entry, recs, curve = train_method(
+            config,
             name,
-            method,
-            batches,
-            jnp.tile(init_keys, (G, 1)),
+            envs,
+            init_keys,
+            spectra=spectra,
+            log=log,
             log_every=config.log_every,
             layout=layout,
             compiler_options=compiler_options,
-            progress=bar,
+            progress=None if verbose else False,
         )
-        done = f"{G * R} runs x {method.steps} steps"
-        seconds = bar.close(done)
-        if not bar.enabled:
-            log(f"cmnist: {name}: {done} in {seconds:.1f} s")
-        ev = evaluate(run, batches, probe)
-        hist = {k: np.asarray(v, np.float64) for k, v in run.history.items() if k != "f_z"}
-        for g, point in enumerate(grid):
-            for r_i, step in enumerate(run.steps):
-                rec = {"method": name, "step": int(step), **(point if G > 1 else {})}
-                rec.update({k: float(v[g * R : (g + 1) * R, r_i].mean()) for k, v in hist.items()})
-                records.append(rec)
-        if G == 1:
-            entry = {
-                **_summary(ev, slice(0, R)),
-                "selection": (
-                    "published hyperparameters (tuned on the test environment by their authors)"
-                ),
-            }
-        else:
-            points = [{**grid[g], **_summary(ev, slice(g * R, (g + 1) * R))} for g in range(G)]
-            by_val = max(range(G), key=lambda g: (points[g]["val_acc_mean"], -g))
-            by_test = max(range(G), key=lambda g: (points[g]["test_acc_mean"], -g))
-            entry = {
-                **{k: v for k, v in points[by_val].items() if k not in grid[0]},
-                "selection": "training-domain validation (held-out part of the training environments)",
-                "selected": grid[by_val],
-                "test_domain_choice": {
-                    **grid[by_test],
-                    **{k: points[by_test][k] for k in ("train_acc_mean", "test_acc_mean")},
-                },
-                "sweep": points,
-            }
-        hp = config.coefficients(name)
-        # "penalty" and "l2" keep the results format of earlier versions beside the objective's names.
-        entry["config"] = {
-            "name": name,
-            **method._asdict(),
-            "l2": hp.get("l2", 0.0),
-            "penalty": hp.get("coef", hp.get("penalty_weight", 0.0)),
-            **hp,
-        }
-        methods_out[name] = entry
-        if n_z:
-            curves[LABELS[name]] = response_curves(run, batches, seed=0)
-
+        methods_out[name], records = entry, records + recs
+        if curve is not None:
+            curves[LABELS[name]] = curve
     results = {
         "data": {
             k: data_info[k] for k in ("source", "n_images", "description", "n_train", "n_test")
@@ -684,6 +749,21 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
         "methods": methods_out,
         "published": {m: PUBLISHED[m] for m in config.methods},
     }
+    if spectra:
+        _, report, seconds = next(iter(spectra.values()))
+        n = int(report.U.shape[0])  # every training example of the first restart
+        results["spectrum"] = svd_report(
+            report,
+            method="matrix-free truncated SVD of YΦ at θ₀ (ntkdyn.feature_spectrum, k)",
+            restart=config.first_restart,
+            seconds=seconds,
+        )
+        results["starvation"] = theory_starvation(
+            report, n=n, erm_l2=config.erm_l2, sd_coef=config.sd_coef
+        )
+        results["responses"] = {
+            m: {"z_final": c["z"][-1], "captured": float(c["captured"])} for m, c in curves.items()
+        }
     run_dir = RunDir(out)
     run_dir.write_config(
         {
@@ -701,13 +781,13 @@ def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[st
             "feature_responses.npz",
             **{f"{m}_{k}": v for m, c in curves.items() for k, v in c.items()},
         )
-    _figures(run_dir, methods_out, probe_examples(envs), curves)
+    _figures(run_dir, methods_out, probe_examples(envs), curves, results.get("starvation"))
     run_dir.write_text("summary.md", summary_markdown(results, config))
     return results
 
 
-def _figures(run_dir, methods_out, examples, curves=None) -> None:
-    from ntkdyn.plots.cmnist import feature_response_figure, probe_figure
+def _figures(run_dir, methods_out, examples, curves=None, starvation=None) -> None:
+    from ntkdyn.plots.cmnist import feature_response_figure, probe_figure, starvation_figure
 
     probe = {LABELS[m]: r["probe"] for m, r in methods_out.items()}
     run_dir.save_figure(probe_figure(probe, examples), "cmnist_probe")
@@ -715,24 +795,18 @@ def _figures(run_dir, methods_out, examples, curves=None) -> None:
         run_dir.save_figure(
             feature_response_figure(curves), "cmnist_feature_responses_over_training"
         )
+    if starvation and all("matrix" in v for v in starvation.values()):
+        matrices = {f"{k.upper()}, λ = {v['lam']:.3g}": v["matrix"] for k, v in starvation.items()}
+        run_dir.save_figure(starvation_figure(matrices), "cmnist_starvation_matrix")
 
 
 # ------------------------------------------------------------------------------------------- merging
 
 #: Settings that runs must share to be parts of one protocol.
 MERGE_MATCH = (
-    "seed",
-    "methods",
-    "step_divisor",
-    "sweep",
-    "max_images",
-    "n_z",
-    "log_every",
+    *("seed", "methods", "step_divisor", "sweep", "max_images", "spectrum_k", "log_every"),
     *(f"{m}_{c}" for m in METHODS for c in COEFFICIENTS[m]),
-    "data/source",
-    "data/n_images",
-    "data/n_train",
-    "data/n_test",
+    *("data/source", "data/n_images", "data/n_train", "data/n_test"),
 )
 
 
@@ -740,12 +814,14 @@ def merge(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
     """Join runs over disjoint restarts (``--first-restart``) into the run of all of them.
 
     :func:`ntkdyn.runs.merge_runs` concatenates the per-restart accuracies, pools the probe's mean
-    and std exactly and weights the curves by restart count; the feature responses (restart 0 of
-    the protocol) come from the first run, the probe figure's examples are rebuilt from its data.
+    and std exactly and weights the curves by restart count; the feature responses, spectrum and
+    starvation matrix (the first restart of the protocol) come from the first run, the probe
+    figure's examples are rebuilt from its data.
 
     Raises:
         ValueError: as :func:`ntkdyn.runs.merge_runs`, and for ``--sweep`` runs.
     """
+    from ntkdyn.data.colored_mnist import recorded_probe_examples
     from ntkdyn.runs import merge_runs
 
     def check(path, cfg):
@@ -755,16 +831,15 @@ def merge(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
                 "hyperparameters can be merged"
             )
 
-    files = ["feature_responses.npz"] + [
-        f"cmnist_feature_responses_over_training.{x}" for x in ("png", "pdf")
-    ]
+    figures = ("feature_responses_over_training", "starvation_matrix")
     merged = merge_runs(
         run_dirs,
         out,
         concat=("train_acc", "test_acc"),
         match=MERGE_MATCH,
         record_keys=("method", "step"),
-        copy=files,
+        copy=["feature_responses.npz"]
+        + [f"cmnist_{f}.{x}" for f in figures for x in ("png", "pdf")],
         check=check,
         command="ntkdyn cmnist",
     )
@@ -772,7 +847,8 @@ def merge(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
     recorded = {f.name for f in dataclasses.fields(Config)} - {"data_dir"}  # maybe not here
     config = Config(**{k: v for k, v in cfg0.items() if k in recorded})
     methods = {m: merged.results["methods"][m] for m in config.methods}
-    _figures(merged.run_dir, methods, _recorded_probe_examples(cfg0, config.first_restart))
+    key = restart_keys(cfg0["seed"], "data", config.first_restart, 1)[0]
+    _figures(merged.run_dir, methods, recorded_probe_examples(cfg0.get("data", {}), key))
     parts = ", ".join(
         f"`{p.path}` (restarts {p.first}–{p.first + p.count - 1})" for p in merged.parts
     )
@@ -781,74 +857,27 @@ def merge(run_dirs: Sequence[str], out: str) -> dict[str, Any]:
     return merged.results
 
 
-def _recorded_probe_examples(cfg: dict[str, Any], restart: int):
-    """The probe figure's examples of ``restart`` rebuilt from the run's local data, or ``None``."""
-    import jax
-
-    from ntkdyn.data.colored_mnist import colored_mnist, probe_examples
-    from ntkdyn.data.mnist import load_mnist
-
-    data = cfg.get("data", {})
-    try:
-        embedded = data.get("source") == "embedded"
-        mnist = (
-            load_mnist(source="embedded")
-            if embedded
-            else load_mnist(data.get("origin"), source="files")
-        )
-    except (OSError, ValueError, TypeError):
-        return None
-    n = data.get("n_images", mnist.n_images)
-    key = restart_keys(cfg["seed"], "data", restart, 1)
-    return probe_examples(
-        jax.vmap(lambda k: colored_mnist(k, mnist.images[:n], mnist.labels[:n]))(key)
-    )
-
-
 # ------------------------------------------------------------------------------------------ report
 
 
 def summary_markdown(results: dict[str, Any], config: Config) -> str:
     """The Markdown summary: our accuracies beside the published ones, the probe, data and selection."""
     from ntkdyn.runs import format_mean_std as pct
-    from ntkdyn.runs import markdown_table
+    from ntkdyn.runs import markdown_table, restarts_label, versus_published_table
 
-    d, last = results["data"], config.first_restart + config.restarts - 1
-    restarts = (
-        str(config.restarts)
-        if config.first_restart == 0
-        else (f"{config.restarts} (restarts {config.first_restart}–{last})")
-    )
-    div = config.step_divisor
+    d, methods, div = results["data"], results["methods"], config.step_divisor
     quick = f"; quick mode (1/{div} of the steps)" if div > 1 else ""
-    methods = results["methods"]
+    columns = [(f"{s}_acc", s, f"{s} acc") for s in ("train", "test")]
     lines = [
         "# Colored MNIST (Pezeshki et al. 2021, Table 1)",
         "",
         f"Data: {d['description']} — {d['n_images']} images ({d['n_train']} training, "
         f"{d['n_test']} test); source `{d['source']}`.",
-        f"Restarts: {restarts}; seed {config.seed}{quick}.",
+        f"Restarts: {restarts_label(config.first_restart, config.restarts)}; seed {config.seed}"
+        f"{quick}.",
         f"Model selection: {results['selection']}.",
         "",
-        *markdown_table(
-            [
-                "method",
-                "train acc (ours)",
-                "test acc (ours)",
-                "train acc (published)",
-                "test acc (published)",
-            ],
-            [
-                [
-                    LABELS[m],
-                    pct(r["train_acc_mean"], r["train_acc_std"]),
-                    pct(r["test_acc_mean"], r["test_acc_std"]),
-                    pct(*PUBLISHED[m]["train"]),
-                    pct(*PUBLISHED[m]["test"]),
-                ]
-                for m, r in methods.items()
-            ],
-        ),
+        *versus_published_table(methods, PUBLISHED, columns, labels=LABELS),
         "",
         "Published figures are on full MNIST (60,000 images); accuracies in %, mean ± std over restarts.",
         "",
@@ -867,37 +896,78 @@ def summary_markdown(results: dict[str, Any], config: Config) -> str:
         ["method", "digit, gray", "digit, colour", "blank, gray", "blank, colour"],
         [[LABELS[m]] + [cell(m, i, k) for i, k in enumerate(PROBE_INPUTS)] for m in methods],
     )
-    sweeps = {m: r for m, r in methods.items() if "sweep" in r}
-    if sweeps:
-        rows = []
-        for m, r in sweeps.items():
-            for p in r["sweep"]:
-                hp = {k: p[k] for k in COEFFICIENTS[m]}
-                mark = " (selected)" if hp == {k: r["selected"][k] for k in hp} else ""
-                rows.append(
-                    [
-                        f"{LABELS[m]}{mark}",
-                        ", ".join(f"{k} {v:.4g}" for k, v in hp.items()),
-                        pct(p["train_acc_mean"], p["train_acc_std"]),
-                        pct(p["val_acc_mean"], p["val_acc_std"]),
-                        pct(p["test_acc_mean"], p["test_acc_std"]),
-                    ]
-                )
-        lines += [
-            "",
-            "## Sweeps",
-            "",
-            *markdown_table(
-                ["method", "hyperparameters", "train acc", "validation acc", "test acc"], rows
-            ),
+    rows = [
+        [
+            LABELS[m]
+            + (" (selected)" if all(p[c] == r["selected"][c] for c in COEFFICIENTS[m]) else ""),
+            ", ".join(f"{c} {p[c]:.4g}" for c in COEFFICIENTS[m]),
+            *(pct(p[f"{s}_acc_mean"], p[f"{s}_acc_std"]) for s in ("train", "val", "test")),
         ]
+        for m, r in methods.items()
+        for p in r.get("sweep", [])
+    ]
+    if rows:
+        header = ["method", "hyperparameters", "train acc", "validation acc", "test acc"]
+        lines += ["", "## Sweeps", "", *markdown_table(header, rows)]
+    if "starvation" in results:
+        lines += theory_markdown(results, config)
     lines += [
         "",
-        "Figures: `cmnist_probe.png`, `cmnist_feature_responses_over_training.png` "
-        "(when ERM or SD ran).",
+        "Figures: `cmnist_probe.png`, `cmnist_feature_responses_over_training.png` and "
+        "`cmnist_starvation_matrix.png` (the last two when ERM or SD ran).",
         "",
     ]
     return "\n".join(lines)
+
+
+def theory_markdown(results: dict[str, Any], config: Config) -> list[str]:
+    """Summary lines: the measured spectrum, the starvation matrices and where the theory holds."""
+    sp, st, resp = results["spectrum"], results["starvation"], results["responses"]
+    s = ", ".join(f"{v:.1f}" for v in sp["s"][:5])
+    lines = [
+        "",
+        "## Feature responses and the theory's starvation matrix",
+        "",
+        f"Spectrum of YΦ at θ₀ (restart {sp['restart']}, all {sp['n']} training examples, top "
+        f"{sp['k']} directions matrix-free): s₁…s₅ = {s}; max residual "
+        f"{max(sp['residuals']):.1e} ({'converged' if sp['converged'] else 'NOT converged'}) in "
+        f"{sp['seconds']:.0f} s.",
+        "",
+    ]
+    for m, r in resp.items():
+        top = sorted(range(len(r["z_final"])), key=lambda j: -abs(r["z_final"][j]))[:3]
+        zs = ", ".join(f"z{j + 1} = {r['z_final'][j]:.1f}" for j in top)
+        lines.append(
+            f"* {m}, measured at the end: {zs}; the {sp['k']} directions hold "
+            f"{100 * r['captured']:.0f} % of ‖Δf‖² on the training set."
+        )
+    for name, t in st.items():
+        if "matrix" not in t:
+            lines.append(f"* Theory, {name.upper()} (λ = {t['lam']:.3g}): {t['error'][:160]}")
+            continue
+        zs = sorted(range(len(t["z_star"])), key=lambda j: -abs(t["z_star"][j]))[:3]
+        lines.append(
+            f"* Theory, {name.upper()} (λ = {t['lam']:.3g}, {t['lam_source']}): z* has "
+            + ", ".join(f"z{j + 1}* = {t['z_star'][j]:.1f}" for j in zs)
+            + f"; ∂z_j*/∂s₁ < 0 for {100 * t['negative_fraction_col1']:.0f} % of j > 1 "
+            f"(least {t['col1_min']:.2g}), ∂z_j*/∂s_{t['dominant']} < 0 for "
+            f"{100 * t['negative_fraction_dominant']:.0f} % of j ≠ {t['dominant']} (least "
+            f"{t['dominant_min']:.2g}); max |∂z*/∂s| = {t['max_abs']:.2g}."
+        )
+    anneal = config.method("sd").anneal_steps
+    lines += [
+        "",
+        "Where the theory holds and where it breaks: SD's fixed point does not depend on s "
+        "(its matrix is rounding noise), so SD predicts no starvation on any spectrum; CE's "
+        "coupling is of order λ/s_j², tiny at this λ, and the 25 % label noise keeps the "
+        "fixed point of both losses near the unregularized logistic fit on the k directions. "
+        "The theory is gradient descent on the linearized network from z = 0; the run is Adam "
+        "(per-parameter steps, no fixed kernel) with large steps, and the network leaves the "
+        "linear regime: the share of Δf the directions at θ₀ hold (above) measures how far. "
+        f"SD's published annealing makes its loss c·(ℓ + mean f²) from step {anneal} on, "
+        "the theory's λ = 2 (coefficient 1), not λ = 2c: the responses are pulled back then.",
+    ]
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -105,7 +105,7 @@ def _assert_params_close(a, b):
 def test_vmapped_equals_sequential(small):
     envs, keys = small
     cfg = X.Method(hidden=16, lr=1e-2, steps=12, anneal_steps=6)
-    batches = _batches(envs, "irm", n_z=10)
+    batches = _batches(envs, "irm")
     together = X.train("irm", cfg, batches, keys, log_every=4)
     for s in (0, 2):
         alone = X.train(
@@ -173,26 +173,53 @@ def test_training_matches_a_plain_loop(small):
 
 
 def test_feature_responses_match_library(small):
+    """z(t) recorded as U_kᵀ Y f inside the loop, on every training example, is the library's z(t)
+    of the final parameters; U_k (matrix-free, before training, from the trainer's θ₀) is the dense
+    spectrum's; the starvation matrix is SD's zero and CE's fallback λ."""
     from ntkdyn.tangent import NTKMethod, feature_responses, feature_spectrum
 
     envs, keys = small
     cfg = X.Method(hidden=12, lr=1e-2, steps=8)
-    batches = _batches(envs, "erm", n_z=20)
+    batches = _batches(envs, "erm")
+    spec, report, _ = X.response_spectrum(cfg, batches, keys[0], 5, jax.random.PRNGKey(3))
+    batches["uz"] = jnp.zeros((3,) + spec.U.shape).at[0].set(spec.U)
     run = X.train("erm", cfg, batches, keys, log_every=4)
-    curves = X.response_curves(run, batches, seed=1, top=5)
-    assert (
-        curves["z"].shape == (3, 5)
-        and np.all(curves["z"][0] == 0)
-        and list(curves["steps"]) == [0, 4, 8]
-    )
-    p0 = jax.tree_util.tree_map(lambda a: a[1], run.params0)
-    pT = jax.tree_util.tree_map(lambda a: a[1], run.params)
-    spec = feature_spectrum(
-        run.apply_fn, p0, batches["xz"][1], batches["yz"][1], method=NTKMethod.STRUCTURED
-    )
-    z = feature_responses(run.apply_fn, p0, pT, batches["xz"][1], batches["yz"][1], spec.U[:, :5])
+    curves = X.response_curves(run, batches, seed=0)
+    assert curves["z"].shape == (3, 5) and np.all(curves["z"][0] == 0)
+    assert list(curves["steps"]) == [0, 4, 8] and curves["train_acc"].shape == (3,)
+    p0, pT = (jax.tree_util.tree_map(lambda a: a[0], p) for p in (run.params0, run.params))
+    x = jnp.concatenate([batches["x1"][0], batches["x2"][0]])
+    y = jnp.concatenate([batches["y1"][0], batches["y2"][0]])
+    assert spec.U.shape == (x.shape[0], 5) == (200, 5)  # all training examples
+    z = feature_responses(run.apply_fn, p0, pT, x, y, spec.U)
     np.testing.assert_allclose(curves["z"][-1], np.asarray(z), rtol=1e-3, atol=1e-4)
-    assert curves["train_acc"].shape == (3,) and np.all(np.diff(curves["s"]) <= 0)
+    assert 0.0 < float(curves["captured"]) <= 1.0 + 1e-9
+    dense = feature_spectrum(run.apply_fn, p0, x, y, method=NTKMethod.STRUCTURED)
+    np.testing.assert_allclose(report.s, np.asarray(dense.s[:5]), rtol=1e-3)
+
+    st = X.theory_starvation(report, n=200, erm_l2=0.0, sd_coef=2e-5)
+    assert st["ce"]["lam"] == st["sd"]["lam"] == pytest.approx(4e-5)  # ERM without decay
+    assert st["sd"]["max_abs"] < 1e-8 and st["sd"]["negative_fraction_col1"] == 0.0
+    assert np.asarray(st["ce"]["matrix"]).shape == (5, 5)
+    assert 0.0 <= st["ce"]["negative_fraction_col1"] <= 1.0
+    assert X.theory_starvation(report, n=200, erm_l2=1e-3, sd_coef=2e-5)["ce"]["lam"] == (
+        pytest.approx(200 * 2e-3)
+    )
+
+
+def test_starvation_figure():
+    from ntkdyn.plots.cmnist import starvation_figure
+
+    m = np.array([[1.0, -0.5], [-2.0, 0.3]])
+    fig = starvation_figure({"CE": m, "SD": np.zeros((2, 2))})
+    assert len(fig.axes) == 3  # two panels and one shared colour bar
+    norm = fig.axes[0].images[0].norm
+    assert (norm.vmin, norm.vcenter, norm.vmax) == (-2.0, 0.0, 2.0)
+    for bad, match in (({}, "matrices"), ({"A": np.ones((2, 3))}, "square")):
+        with pytest.raises(ValueError, match=match):
+            starvation_figure(bad)
+    with pytest.raises(ValueError, match="max_abs"):
+        starvation_figure({"A": m}, max_abs=-1.0)
 
 
 def test_sharded_restarts_match_one_device(tmp_path):
@@ -245,7 +272,7 @@ def test_experiment_contract_and_determinism(tmp_path):
         data_source="embedded",
         max_images=240,
         step_divisor=20,
-        n_z=16,
+        spectrum_k=4,
         log_every=5,
     )
     res = X.run_experiment(X.Config(**kw), tmp_path / "a", verbose=False)
@@ -269,9 +296,14 @@ def test_experiment_contract_and_determinism(tmp_path):
         "cmnist_probe.png",
         "cmnist_probe.pdf",
         "cmnist_feature_responses_over_training.png",
+        "cmnist_starvation_matrix.png",
         "feature_responses.npz",
     ):
         assert (a / f).is_file(), f
+    # the feature responses use every training example and the matrix-free top-k spectrum
+    assert res["spectrum"]["n"] == res["data"]["n_train"] == 200 and res["spectrum"]["k"] == 4
+    assert len(res["spectrum"]["residuals"]) == 4 and res["starvation"]["sd"]["max_abs"] < 1e-8
+    assert set(res["responses"]) == {"ERM", "SD"}
     config = json.loads((a / "config.json").read_text())
     assert config["compiler_options"] == eigen_matmul_options()
     assert config["layout"] == X.Config().layout().describe() and config["seed_layout"] == "auto"
@@ -297,7 +329,7 @@ def test_split_restarts_merge_into_one_run(tmp_path, capsys):
         data_source="embedded",
         max_images=240,
         step_divisor=20,
-        n_z=16,
+        spectrum_k=4,
         log_every=5,
     )
     for stream in ("data", "init"):  # restart r keeps its keys whichever run trains it
@@ -342,8 +374,12 @@ def test_split_restarts_merge_into_one_run(tmp_path, capsys):
         "cmnist_probe.png",
         "feature_responses.npz",
         "cmnist_feature_responses_over_training.png",
+        "cmnist_starvation_matrix.png",
     ):
         assert (tmp_path / "m" / f).is_file(), f
+    assert (
+        merged["spectrum"] == json.loads((tmp_path / "a" / "results.json").read_text())["spectrum"]
+    )
     assert "Restarts: 3; seed 0" in (tmp_path / "m" / "summary.md").read_text()
 
 
@@ -353,7 +389,7 @@ def test_merge_bad_input(tmp_path, capsys):
         data_source="embedded",
         max_images=240,
         step_divisor=20,
-        n_z=0,
+        spectrum_k=0,
         log_every=5,
     )
     X.run_experiment(X.Config(restarts=2, **kw), tmp_path / "a", verbose=False)
@@ -396,7 +432,7 @@ def test_sweep_selects_by_validation(tmp_path):
         max_images=240,
         step_divisor=20,
         sweep=True,
-        n_z=0,
+        spectrum_k=0,
     )
     res = X.run_experiment(cfg, tmp_path, verbose=False)
     r = res["methods"]["oracle"]
@@ -426,8 +462,9 @@ def test_cli_bad_input(tmp_path, capsys):
         (["--methods", "dro"], "--methods:"),
         (["--seed-layout", "vmap:0"], "--seed-layout:"),
         (["--max-images", "5"], "--max-images:"),
-        (["--n-z", "-1"], "--n-z:"),
-        (["--max-images", "24", "--n-z", "30"], "--n-z:"),  # more than the 20 training images
+        (["--spectrum-k", "-1"], "--spectrum-k:"),
+        (["--spectrum-k", "1"], "--spectrum-k:"),
+        (["--max-images", "24", "--spectrum-k", "30"], "--spectrum-k:"),  # > 20 training images
         (["--sd-coef", "-1"], "--sd-coef:"),
         (["--cpu-matmul", "mkl"], "--cpu-matmul:"),
     ]
@@ -460,7 +497,7 @@ def test_cli_quick_under_two_minutes(tmp_path):
 @pytest.mark.slow
 def test_sd_beats_erm_on_embedded_subset(tmp_path):
     """Published hyperparameters on the 5k subset: SD's test accuracy is far above ERM's."""
-    cfg = X.Config(methods=("erm", "sd"), restarts=3, data_source="embedded", n_z=0)
+    cfg = X.Config(methods=("erm", "sd"), restarts=3, data_source="embedded", spectrum_k=0)
     res = X.run_experiment(cfg, tmp_path, verbose=False)
     erm, sd = res["methods"]["erm"], res["methods"]["sd"]
     assert erm["test_acc_mean"] < 0.5 and erm["train_acc_mean"] > 0.85

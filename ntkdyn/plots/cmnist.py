@@ -1,4 +1,5 @@
-"""Colored MNIST figures (Pezeshki et al. 2021, Fig. 4 and the feature-response figure): arrays in, figure out."""
+"""Colored MNIST figures (Pezeshki et al. 2021, Fig. 4, the feature responses and the starvation
+matrix of the measured spectrum): arrays in, figure out."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["PROBE_INPUTS", "probe_figure", "feature_response_figure", "render_inputs"]
+__all__ = [
+    "PROBE_INPUTS",
+    "probe_figure",
+    "feature_response_figure",
+    "starvation_figure",
+    "render_inputs",
+]
 
 #: The four probe inputs in figure order: rows digit/blank, columns grayscale/coloured.
 PROBE_INPUTS: tuple[str, ...] = ("digit_gray", "digit_color", "blank_gray", "blank_color")
@@ -184,4 +191,52 @@ def feature_response_figure(
     axes[1, 0].set_ylabel("BCE loss")
     axes[2, 0].set_ylabel("Accuracy")
     fig.tight_layout()
+    return fig
+
+
+def starvation_figure(matrices: Mapping[str, np.ndarray], *, max_abs: float | None = None):
+    """Starvation matrices M[j, i] = ∂z_j*/∂s_i side by side, on one diverging scale centred at 0.
+
+    Feature i starves feature j where M[j, i] < 0 (Pezeshki et al. 2021, Sec. 3.2): blue below 0,
+    red above, white at 0. One colour scale for every panel, so a decoupled loss (SD: M = 0) shows
+    as a blank panel beside a coupled one (CE); each title gives its own max |M|.
+
+    Args:
+        matrices: panel title → (k, k) matrix (rows j, columns i, directions in order of s).
+        max_abs: half-width of the colour scale (default the largest |M| of all panels).
+
+    Returns:
+        The matplotlib figure.
+
+    Raises:
+        ValueError: if ``matrices`` is empty, a matrix is not square or has non-finite entries,
+            or ``max_abs`` is not > 0.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.ticker import MaxNLocator
+
+    if not matrices:
+        raise ValueError("matrices: got no panels; pass {title: (k, k) matrix}")
+    arrays = {t: np.asarray(m, dtype=float) for t, m in matrices.items()}
+    for title, m in arrays.items():
+        if m.ndim != 2 or m.shape[0] != m.shape[1] or not np.all(np.isfinite(m)):
+            raise ValueError(
+                f"matrices[{title!r}]: expected a finite square (k, k) matrix, got shape {m.shape}"
+            )
+    if max_abs is not None and not max_abs > 0:
+        raise ValueError(f"max_abs: expected a number > 0, got {max_abs!r}")
+    scale = max_abs or max(float(np.max(np.abs(m))) for m in arrays.values()) or 1.0
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-scale, vmax=scale)
+    fig, axes = plt.subplots(1, len(arrays), figsize=(4.6 * len(arrays) + 1.0, 4.4), squeeze=False)
+    im = None
+    for ax, (title, m) in zip(axes[0], arrays.items(), strict=True):
+        k = m.shape[0]
+        im = ax.imshow(m, cmap="RdBu_r", norm=norm, extent=(0.5, k + 0.5, k + 0.5, 0.5))
+        ax.set_title(f"{title}\nmax |∂z*/∂s| = {np.max(np.abs(m)):.2g}", fontsize=10)
+        ax.set_xlabel("i (direction whose s_i grows)")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(nbins=6, integer=True, min_n_ticks=1))
+    axes[0, 0].set_ylabel("j (response z_j*)")
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, pad=0.03, label="∂z_j* / ∂s_i")
     return fig
