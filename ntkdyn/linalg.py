@@ -6,53 +6,77 @@ ever forming A (or AᵀA, AAᵀ). It is the solver behind the matrix-free featur
 :func:`ntkdyn.feature_spectrum` (A = YΦ: ``matmat`` is a block of JVPs, ``rmatmat`` a block of
 VJPs), but knows nothing about networks.
 
-Method: thick-restarted randomized block Krylov iteration with Rayleigh–Ritz
-(Halko, Martinsson & Tropp 2011, Alg. 4.4/5.1; Musco & Musco 2015, Alg. 2), run on AAᵀ in the
-n-space with full reorthogonalisation:
+Method: thick-restarted block Lanczos with full reorthogonalisation and Rayleigh–Ritz, run on AAᵀ
+in the n-space from a randomized start (Halko, Martinsson & Tropp 2011, Alg. 4.4/5.1; Musco &
+Musco 2015, Alg. 2; Golub & Van Loan 2013, §10.3; Wu & Simon 2000 for the thick restart). It
+tracks t = k + oversampling Ritz pairs and grows the basis by blocks of b ≤ t vectors:
 
-    Q₀ = orth(A Ω)                    Ω ~ N(0, 1)^{p×b},  b = k + oversampling
+    Q₀ = orth(A Ω)                    Ω ~ N(0, 1)^{p×b}
     K  = [Q₀, Q₁, …],  W = AAᵀK       one ``rmatmat`` then one ``matmat`` per new block
     KᵀAAᵀK = G Θ Gᵀ,  u_j = K g_j,  s_j = √θ_j,  v_j = Aᵀu_j / s_j
-    Q_{i+1} = orth((I − KKᵀ) R),  R = AAᵀ[u_1 … u_b] − [u_1 … u_b] Θ_b   (the Ritz residuals)
+    Q_{i+1} = b dominant directions of (I − KKᵀ) R,  R = AAᵀ[u_1 … u_t] − [u_1 … u_t] Θ_t
 
-Since AAᵀK = W is kept beside K, the Rayleigh–Ritz step and every residual cost no product:
-the residual reported for direction j is
+The Ritz residuals R span (I − KKᵀ) AAᵀ Q_i, so Q_{i+1} is the next block Lanczos block. Since
+AAᵀK = W is kept beside K, the Rayleigh–Ritz step and every residual cost no product: the
+residual reported for direction j is
 
     r_j = ‖A v_j − s_j u_j‖ / s_j = ‖AAᵀu_j − s_j² u_j‖ / s_j²,
 
 with v_j = Aᵀu_j / s_j, for which Aᵀu_j − s_j v_j = 0 holds exactly; so r_j bounds the whole
 residual of the triplet and |s_j² − σ²| ≤ r_j s_j² for some singular value σ of A. V is the same
-combination of the stored blocks Aᵀ Q_i (no extra pass). When the basis reaches
-b·(depth + 1) columns it is restarted from the top-b Ritz vectors, whose products are known.
+combination of the stored blocks Aᵀ Q_i (no extra pass). Converged Ritz vectors are locked (their
+residuals are not expanded; the block shrinks once fewer than b are unconverged). When the basis
+reaches t + b·depth columns it is restarted from the top-t Ritz vectors, whose products are known.
 The block products run in the operator's dtype (a float32 model stays float32); the basis,
 Rayleigh–Ritz matrix, orthogonalisation and the small eigenproblem are NumPy float64 on the host
-(n × b·(depth + 1) doubles: 144 MB at n = 50,000, b = 60, depth = 5).
+(n × (t + b·depth) doubles: 75 MB at n = 50,000, k = 50, b = 8, depth = 16).
 
 Cost model and defaults. With a network's tangent features every product is a pass over the data,
 matrix–matrix even for one vector (a JVP of a dense layer is X·dW), so the cost is the number of
-products (``matvecs``); the float64 host bookkeeping, O(n·b·m) per iteration for a basis of m
-columns, is small beside it. Measured on the Colored MNIST MLP 392 → 300 → 300 → 1 (p = 208,501),
-A = YΦ, n = 4,000, k = 20, oversampling 10 (b = 30), products to bring every top-20 residual under
-1e-3 in float32 (under 1e-6 in float64):
+products (``matvecs``, counted per column); the float64 host bookkeeping, O(n·m·t) per iteration
+for a basis of m columns, is small beside it. Measured on the Colored MNIST MLP
+392 → 300 → 300 → 1 (p = 208,501) at initialisation, A = YΦ, n = 4,000 (the first examples of
+the Colored MNIST training environments from full MNIST), oversampling 10 (t = k + 10), products
+until every top-k residual is under the tolerance; two start keys where both were run:
 
-    depth 1 (restart every block: a subspace iteration with Ritz residuals)   570   > 1,028
-    depth 2                                                                   450     > 792
-    depth 4                                                                   390       658
-    depth 8                                                                   390       504
-    depth 4, oversampling 20                                                  440       674
+    k = 20                                               f32 1e-3   f32 1e-4   f64 1e-6
+    b = t = 30 (previous default), depth 8                 332–344    384–392        456
+    b = 16, depth 8                                        260–264    294–296    356–360
+    b = 12, depth 16                                           228        252        300
+    b = 8, depth 16 (default)                              184–200    200–216        248
+    b = 8, depth 4 (restarts)                              184–200        216    280–296
+    b = 8, depth 2 (restarts)                              200–216    232–248    312–344
+    b = 4, depth 16                                        140–148        156    180–188
+    k = 50 (n = 4,000)
+    b = t = 60 (previous default), depth 8                 650–654    738–740    914–916
+    b = 8, depth 16 (default)                              312–328        344    376–392
+    b = 8, depth 8                                             328    344–360    408–424
 
-Deeper Krylov spaces need fewer products (Musco & Musco 2015), so ``depth = 8``; more oversampling
-costs more per block than it saves in iterations, so ``oversampling = 10``. Converged Ritz vectors
-are locked (their residuals are not expanded), which trims the later blocks. One block product
+For reference ARPACK (``scipy.sparse.linalg.svds``, single-vector implicitly restarted Lanczos)
+needs about 170 products at k = 20, tol 1e-4. Smaller blocks reach a higher Krylov degree for the
+same number of products (block Lanczos with b ≪ k converges like single-vector Lanczos once b
+exceeds the multiplicity of the wanted values), so b = 8 halves the products of b = k + 10;
+b = 4 needs fewer still, but the matrix-free tangent operator pads blocks to multiples of 8
+columns, so there b = 8 does the same work per block. Restarting more often (a smaller depth)
+costs products; keeping more Ritz vectors at a restart (2t instead of t), weighting the residuals
+by 1/θ_j and expanding only the wanted k changed nothing measurable (b = 8: the residuals of any
+b unconverged Ritz vectors span the same Lanczos block until locking sets in). ``block_size=None``
+gives the previous method (b = t). The counts above are on the Gram matrix's symmetric square
+root G^{1/2}, G = YΘY from the float64 dense path (the iteration sees only AAᵀ = G, and a
+Gaussian start has the same law), in float64 and in float32; they reproduce the 456 (float64)
+and 384 (float32) products of the previous default on the network's operator, where the
+default b = 8 took 200, 216 and 248 products (float32 1e-3, 1e-4; float64 1e-6; key 1). One block product
 ran at 60–80 GFLOP/s in float32 on two cores (30 ms per JVP column, 41 ms per VJP column at
-n = 4,000), i.e. matrix-multiply bound. A float32 operator resolves residuals down to
-≈ 5e-8 on the top directions there, and its singular values agreed with the float64 eigh of the
-Gram matrix to 5e-9 relatively.
+n = 4,000), i.e. matrix-multiply bound. A float32 operator resolves residuals down to ≈ 5e-8 on
+the top directions there, and its singular values agreed with the float64 eigh of the Gram matrix
+to 5e-9 relatively.
 
 References:
     N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness", SIAM Review 53
     (2011). C. Musco, C. Musco, "Randomized block Krylov methods for stronger and faster
-    approximate singular value decomposition", NeurIPS 2015.
+    approximate singular value decomposition", NeurIPS 2015. G. H. Golub, C. F. Van Loan,
+    "Matrix Computations", 4th ed. (2013), §10.3 (block Lanczos). K. Wu, H. Simon, "Thick-restart
+    Lanczos method for large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22 (2000).
 """
 
 from __future__ import annotations
@@ -212,16 +236,18 @@ def truncated_svd(
     *,
     key: PRNGKeyArray,
     tol: float = 1e-4,
-    max_iters: int = 30,
+    max_iters: int = 60,
     oversampling: int = 10,
-    depth: int = 8,
+    block_size: int | None = 8,
+    depth: int = 16,
     return_V: bool = False,
     on_unconverged: OnUnconverged = OnUnconverged.WARN,
 ) -> TruncatedSVD:
     """The k largest singular triplets of A = ``op`` by block Krylov iteration (module docstring).
 
     Finds A v_j = s_j u_j, j = 1 … k, s₁ ≥ … ≥ s_k, from products A V and Aᵀ U on blocks of
-    b = min(k + oversampling, n, p) vectors, stopping once every residual
+    b = min(block_size, k + oversampling, n, p) vectors (block Lanczos on AAᵀ tracking the top
+    t = min(k + oversampling, n, p) Ritz pairs, thick-restarted), stopping once every residual
     r_j = ‖A v_j − s_j u_j‖ / s_j ≤ ``tol`` or after ``max_iters`` block applications of AAᵀ
     (Halko, Martinsson & Tropp 2011; Musco & Musco 2015). The singular values are then accurate
     to about r_j² s_j / gap_j relatively, the vectors to an angle of about r_j s_j / gap_j.
@@ -232,11 +258,16 @@ def truncated_svd(
         key: PRNG key of the random start block Ω (p × b, standard normal, in ``op.dtype``).
         tol: residual tolerance for every one of the k triplets (0 < tol < 1). An operator in
             float32 cannot resolve r_j much below ≈ 1e-6 · s₁² / s_j².
-        max_iters: budget of block applications of AAᵀ (each costs 2b products).
-        oversampling: extra block columns beyond k (faster, more robust convergence of s_k).
-        depth: Krylov blocks added before a restart (the basis holds at most b·(depth + 1)
-            columns; depth = 1 is a restarted subspace iteration with Ritz residuals).
-        return_V: also return V (keeps the p × b·(depth + 1) blocks Aᵀ Q in ``op.dtype``).
+        max_iters: budget of block applications of AAᵀ (each costs at most 2b products).
+        oversampling: Ritz pairs tracked beyond k (kept at a restart; their residuals feed the
+            next block, which makes the convergence of s_k more robust).
+        block_size: vectors per block product, b (default 8: half the products of b = t on the
+            measurements in the module docstring); ``None`` for b = t = k + oversampling, the
+            previous method (fewer, wider products).
+        depth: blocks added after a restart before the next one (the basis holds at most
+            t + b·depth columns; with b = t and depth = 1, a restarted subspace iteration with
+            Ritz residuals).
+        return_V: also return V (keeps the p × (t + b·depth) blocks Aᵀ Q in ``op.dtype``).
         on_unconverged: an :class:`OnUnconverged`: what to do if the budget ends first.
 
     Returns:
@@ -244,7 +275,8 @@ def truncated_svd(
 
     Raises:
         ValueError: naming ``k`` (≤ 0, above min(n, p), or above the numerical rank of A),
-            ``tol``, ``max_iters``, ``oversampling``, ``depth``, ``on_unconverged``, ``op`` (bad
+            ``tol``, ``max_iters``, ``oversampling``, ``block_size``, ``depth``, ``on_unconverged``,
+            ``op`` (bad
             shape) or ``op.matmat``/``op.rmatmat`` (a product is non-finite or mis-shaped).
         SVDNotConvergedError: with ``OnUnconverged.RAISE``, when the residuals miss ``tol``.
     """
@@ -265,6 +297,8 @@ def truncated_svd(
         raise ValueError(f"max_iters: must be >= 1 block iteration, got {max_iters}")
     if int(oversampling) < 0:
         raise ValueError(f"oversampling: must be >= 0 extra columns, got {oversampling}")
+    if block_size is not None and (isinstance(block_size, bool) or int(block_size) < 1):
+        raise ValueError(f"block_size: must be a positive integer or None, got {block_size!r}")
     if int(depth) < 1:
         raise ValueError(f"depth: must be >= 1 Krylov block between restarts, got {depth}")
     if not isinstance(on_unconverged, OnUnconverged):
@@ -273,8 +307,9 @@ def truncated_svd(
             f"{on_unconverged!r}"
         )
 
-    b = min(k + int(oversampling), n, p)
-    m_max = min(n, b * (int(depth) + 1))
+    t = min(k + int(oversampling), n, p)
+    b = t if block_size is None else min(int(block_size), t)
+    m_max = min(n, t + int(depth) * b)
     dtype = op.dtype
 
     omega = jax.random.normal(key, (p, b), dtype=dtype)
@@ -287,7 +322,7 @@ def truncated_svd(
         )
     # Directions of AΩ at rounding level (relative to its norm) lie outside the numerical range.
     q = _orth(y0, None, floor=scale0 * 1e-12 * np.sqrt(max(n, p)), limit=b)
-    if q.shape[1] < k:
+    if q.shape[1] < min(k, b):
         raise ValueError(
             f"k: the operator has numerical rank {q.shape[1]} < k = {k}; ask for at most "
             f"{q.shape[1]} triplets"
@@ -311,10 +346,10 @@ def truncated_svd(
         if Z is not None:
             Z = np.concatenate([Z, np.asarray(zb)], axis=1)
 
-        # Rayleigh–Ritz on span(K) for AAᵀ.
+        # Rayleigh–Ritz on span(K) for AAᵀ; the top t Ritz pairs are tracked.
         theta, g = np.linalg.eigh(0.5 * (T + T.T))
         theta, g = theta[::-1], g[:, ::-1]
-        top = min(b, K.shape[1])
+        top = min(t, K.shape[1])
         g_top = g[:, :top]
         u_top = K @ g_top
         w_top = W @ g_top
@@ -324,24 +359,32 @@ def truncated_svd(
             res = np.where(
                 th > 0, np.linalg.norm(resid_vecs, axis=0) / np.where(th > 0, th, 1), np.inf
             )
-        converged = bool(np.all(res[:k] <= tol))
+        converged = top >= k and bool(np.all(res[:k] <= tol))
         if converged or iterations >= int(max_iters):
             break
-        # Soft locking: Ritz vectors already within tol are not expanded further.
+        # Soft locking: Ritz vectors already within tol are not expanded further. The residuals
+        # of the others span the next Krylov block; its b dominant directions are kept.
         active = res > tol
-        restart = K.shape[1] + int(active.sum()) > m_max
+        width = min(b, int(active.sum()))
+        restart = K.shape[1] + width > m_max
         room = n - (top if restart else K.shape[1])
         new = _orth(
             resid_vecs[:, active],
             u_top if restart else K,
             floor=1e-14 * th[0],
-            limit=min(int(active.sum()), room),
+            limit=min(width, room),
         )
         if new.shape[1] == 0:
             # span(K) is invariant under AAᵀ: the Ritz pairs are exact.
+            if top < k:
+                raise ValueError(
+                    f"k: the operator has numerical rank {top} < k = {k}; ask for at most "
+                    f"{top} triplets"
+                )
             converged = bool(np.all(res[:k] <= tol))
             break
         if restart:
+            # Thick restart (Wu & Simon 2000): keep the t tracked Ritz vectors and their products.
             K, W, T = u_top, w_top, np.diag(theta[:top])
             if Z is not None:
                 Z = Z @ g_top.astype(Z.dtype)
