@@ -223,7 +223,7 @@ def feature_spectrum(
     k: int | None = None,
     key: PRNGKeyArray | None = None,
     residual_tol: float = 1e-4,
-    max_iters: int = 30,
+    max_iters: int = 60,
     on_unconverged: OnUnconverged = OnUnconverged.WARN,
     return_report: bool = False,
 ) -> (
@@ -269,7 +269,8 @@ def feature_spectrum(
         key: PRNG key of the random start block (required with ``k``).
         residual_tol: with ``k``, the residual every r_j must reach (float32 models resolve
             r_j down to ≈ 1e-6 · s₁² / s_j²).
-        max_iters: with ``k``, the budget of block iterations (each costs 2(k + 10) products).
+        max_iters: with ``k``, the budget of block iterations (each costs at most 2·8 products:
+            blocks of 8 columns, :func:`ntkdyn.linalg.truncated_svd`).
         on_unconverged: with ``k``, an :class:`ntkdyn.OnUnconverged` (default: warn and return
             the result flagged unconverged in the report).
         return_report: with ``k``, also return the solver's :class:`ntkdyn.TruncatedSVD` (residuals,
