@@ -13,9 +13,9 @@ the k leading directions of YΦ at θ₀ are found matrix-free before training
 (:func:`ntkdyn.feature_spectrum` with ``k``; --spectrum-k), and the compiled loop records only the
 k-vector U_kᵀYf. Beside them, the theory's starvation matrix ∂z_j*/∂s_i of that measured spectrum
 under CE and SD (:func:`ntkdyn.analysis.predict`; λ by :func:`ntkdyn.objectives.theory_lam`).
-The spectrum's cost grows with n·k: about 1.5 min for k = 30 on the embedded subset's 4,166
-training images (7 block iterations to residuals 1e-4) and 6 min for k = 20 on full MNIST's
-50,000, on 2 shared CPU cores; --quick takes k = 8 on 1,000 images, seconds.
+The spectrum's cost grows with n·k: measured 1.5 min for k = 30 on the embedded subset's 4,166
+training images and 6–12 min for k = 20 on full MNIST's 50,000 (2 busy CPU cores, before the
+block-Lanczos solver); --quick takes k = 8 on 1,000 images, seconds.
 
 Commands::
 
