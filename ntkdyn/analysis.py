@@ -355,7 +355,7 @@ def analyse(
     k: int | None = None,
     key: PRNGKeyArray | None = None,
     residual_tol: float = 1e-4,
-    max_iters: int = 30,
+    max_iters: int | None = None,
     on_unconverged: OnUnconverged = OnUnconverged.WARN,
 ) -> SpectrumAnalysis:
     """Spectrum of YΦ at θ₀ and, for each named (field, λ), the theory's fixed point and starvation.
@@ -390,7 +390,8 @@ def analyse(
         key: PRNG key of the matrix-free start block (required with ``k``).
         residual_tol: with ``k``, the residual r_j = ‖YΦv_j − s_j u_j‖ / s_j every direction must
             reach (a float32 model resolves r_j down to ≈ 1e-6 · s₁² / s_j²).
-        max_iters: with ``k``, the budget of block iterations.
+        max_iters: with ``k``, the budget of block iterations (``None``: the default of
+            :func:`ntkdyn.feature_spectrum`).
         on_unconverged: with ``k``, an :class:`ntkdyn.OnUnconverged`.
 
     Returns:
@@ -434,9 +435,9 @@ def analyse(
             k=k,
             key=key,
             residual_tol=residual_tol,
-            max_iters=max_iters,
             on_unconverged=on_unconverged,
             return_report=True,
+            **({} if max_iters is None else {"max_iters": max_iters}),
         )
     f0 = apply_outputs(apply_fn, params0, x, None)
     preds = {

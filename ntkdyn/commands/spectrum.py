@@ -169,8 +169,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-iters",
         type=int,
-        default=30,
-        help="matrix-free: budget of block iterations (each costs about 2(top + 10) products)",
+        default=None,
+        help="matrix-free: budget of block iterations (default: that of ntkdyn.feature_spectrum)",
     )
     parser.add_argument(
         "--train-steps",
@@ -256,7 +256,7 @@ def _check(args: argparse.Namespace) -> None:
         )
     if not (math.isfinite(args.residual_tol) and 0 < args.residual_tol < 1):
         raise ValueError(f"--residual-tol: must lie in (0, 1), got {args.residual_tol}")
-    if args.max_iters < 1:
+    if args.max_iters is not None and args.max_iters < 1:
         raise ValueError(f"--max-iters: must be >= 1, got {args.max_iters}")
     if args.data_dir is not None and args.dataset == "moons":
         raise ValueError(
@@ -439,7 +439,7 @@ def compute_spectrum(
     k: int | None = None,
     key=None,
     residual_tol: float = 1e-4,
-    max_iters: int = 30,
+    max_iters: int | None = None,
 ) -> tuple[Any, float]:
     """The spectrum of YΦ at θ₀ (:func:`ntkdyn.analysis.analyse` without predictions), timed.
 
@@ -548,7 +548,7 @@ def analyse(
     k: int | None = None,
     key=None,
     residual_tol: float = 1e-4,
-    max_iters: int = 30,
+    max_iters: int | None = None,
 ) -> tuple[dict[str, Any], Any, float]:
     """Spectrum, alignment, fixed points and starvation by the top direction, as arrays to write.
 
