@@ -50,10 +50,10 @@ How the three callers use it::
         zs.append(m.z)
     epochs, z = m.steps, np.mean(zs, axis=0)                     # (R + 1,), (R + 1, k)
 
-    # experiments/colored_mnist.py (feature_response_curves): one seed, structured NTK
-    a = analyse(run.apply_fn, params0, xz, yz, method=NTKMethod.STRUCTURED)
-    m = a.measure(run.history["f_z"][seed], steps=run.steps, top=top, start_at_zero=True)
-    curves = {"steps": m.steps, "z": m.z, "s": np.asarray(a.spectrum.s[:top]), ...}
+    # experiments/colored_mnist.py: all n training examples, the top k directions matrix-free;
+    # the compiled loop records only the k-vector U_kᵀYf (metrics.signed_projection), not f
+    spec = feature_spectrum(apply_fn, params0, x, y, k=k, key=key)
+    z = recorded_projections - recorded_projections[0]              # (R + 1, k)
     # with the theory beside it, the objective's coefficient converted in its one place:
     field, lam = theory_lam(SpectralDecoupling(coef=c), num_examples=n)
     p = predict(a.spectrum, lam, field, eta=lr / n, num_steps=steps, save_every=log_every)
