@@ -262,6 +262,22 @@ def _environments(logits, y01, name: str) -> tuple[list[Array], list[Array]]:
     return list(logits), list(y01)
 
 
+def _annealed_environments(obj, name, terms, logits, y01, step, state, params):
+    """[risk + l2·Σ‖w‖² + w(t)·penalty] / max(w(t), 1), the annealed form of IRMv1 and V-REx.
+
+    ``terms(fs, ys, risks) -> (risk, penalty)`` gives each objective's own pooled risk and penalty
+    from the per-environment logits, labels and mean logistic losses R_e.
+    """
+    fs, ys = _environments(logits, y01, name)
+    nll = _nll(jnp.concatenate(fs), jnp.concatenate(ys))
+    risks = jnp.stack([_nll(f, y) for f, y in zip(fs, ys, strict=True)])
+    risk, pen = terms(fs, ys, risks)
+    weight = _value(obj.penalty_weight, step)
+    l2 = _value(obj.l2, step)
+    value = risk + l2 * _sqnorm(params, l2) + weight * pen
+    return value / jnp.maximum(weight, 1.0), (state, {"nll": nll, "penalty": pen})
+
+
 @dataclasses.dataclass(frozen=True)
 class IRMv1(Objective):
     """IRMv1 (Arjovsky et al. 2019), as in the authors' Colored MNIST code.
@@ -284,18 +300,12 @@ class IRMv1(Objective):
 
     def loss(self, logits, y01, *, step=0, state=(), groups=None, params=None):
         """(L, (state, {"nll", "penalty"})); ``logits``/``y01`` are per-environment tuples."""
-        fs, ys = _environments(logits, y01, "IRMv1")
-        nll = _nll(jnp.concatenate(fs), jnp.concatenate(ys))
-        risks = jnp.stack([_nll(f, y) for f, y in zip(fs, ys, strict=True)])
-        pen = jnp.mean(
-            jnp.stack(
-                [irm_penalty(f, jnp.asarray(y, f.dtype)) for f, y in zip(fs, ys, strict=True)]
-            )
-        )
-        weight = _value(self.penalty_weight, step)
-        l2 = _value(self.l2, step)
-        value = jnp.mean(risks) + l2 * _sqnorm(params, l2) + weight * pen
-        return value / jnp.maximum(weight, 1.0), (state, {"nll": nll, "penalty": pen})
+
+        def terms(fs, ys, risks):
+            pens = [irm_penalty(f, jnp.asarray(y, f.dtype)) for f, y in zip(fs, ys, strict=True)]
+            return jnp.mean(risks), jnp.mean(jnp.stack(pens))
+
+        return _annealed_environments(self, "IRMv1", terms, logits, y01, step, state, params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,14 +330,11 @@ class VREx(Objective):
 
     def loss(self, logits, y01, *, step=0, state=(), groups=None, params=None):
         """(L, (state, {"nll", "penalty"})); ``logits``/``y01`` are per-environment tuples."""
-        fs, ys = _environments(logits, y01, "VREx")
-        nll = _nll(jnp.concatenate(fs), jnp.concatenate(ys))
-        risks = jnp.stack([_nll(f, y) for f, y in zip(fs, ys, strict=True)])
-        pen = len(fs) ** 2 * vrex_penalty(risks)  # (R₁ − R₂)² for two environments
-        weight = _value(self.penalty_weight, step)
-        l2 = _value(self.l2, step)
-        value = jnp.sum(risks) + l2 * _sqnorm(params, l2) + weight * pen
-        return value / jnp.maximum(weight, 1.0), (state, {"nll": nll, "penalty": pen})
+
+        def terms(fs, ys, risks):  # (R₁ − R₂)² for two environments
+            return jnp.sum(risks), len(fs) ** 2 * vrex_penalty(risks)
+
+        return _annealed_environments(self, "VREx", terms, logits, y01, step, state, params)
 
 
 class GroupDROState(NamedTuple):
