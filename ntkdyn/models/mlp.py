@@ -100,6 +100,18 @@ def _flatten_input(x: Array, in_features: int) -> Array:
     return flat
 
 
+def _check_widths(in_features: int, hidden: Sequence[int], out_features: int) -> list[int]:
+    """The hidden widths as ints, after checking every layer width is >= 1 (names the argument)."""
+    hidden = [int(h) for h in hidden]
+    if int(in_features) < 1:
+        raise ValueError(f"in_features: must be >= 1, got {in_features}")
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden: every width must be >= 1, got {hidden}")
+    if int(out_features) < 1:
+        raise ValueError(f"out_features: must be >= 1, got {out_features}")
+    return hidden
+
+
 class MLP(nnx.Module):
     """A fully connected network in_features → hidden[0] → … → hidden[-1] → out_features.
 
@@ -140,13 +152,7 @@ class MLP(nnx.Module):
         batch_norm: bool = False,
         dtype: Any = jnp.float32,
     ):
-        hidden = [int(h) for h in hidden]
-        if int(in_features) < 1:
-            raise ValueError(f"in_features: must be >= 1, got {in_features}")
-        if any(h < 1 for h in hidden):
-            raise ValueError(f"hidden: every width must be >= 1, got {hidden}")
-        if int(out_features) < 1:
-            raise ValueError(f"out_features: must be >= 1, got {out_features}")
+        hidden = _check_widths(in_features, hidden, out_features)
         if not 0.0 <= float(dropout_rate) < 1.0:
             raise ValueError(f"dropout_rate: must be in [0, 1), got {dropout_rate}")
         kernel_init = nnx.initializers.lecun_normal() if kernel_init is None else kernel_init
@@ -373,13 +379,7 @@ def init_mlp_uniform(
     Raises:
         ValueError: naming ``in_features``, ``hidden`` or ``out_features`` when out of range.
     """
-    hidden = [int(h) for h in hidden]
-    if int(in_features) < 1:
-        raise ValueError(f"in_features: must be >= 1, got {in_features}")
-    if any(h < 1 for h in hidden):
-        raise ValueError(f"hidden: every width must be >= 1, got {hidden}")
-    if int(out_features) < 1:
-        raise ValueError(f"out_features: must be >= 1, got {out_features}")
+    hidden = _check_widths(in_features, hidden, out_features)
     widths = [int(in_features), *hidden, int(out_features)]
     sizes = list(zip(widths[:-1], widths[1:], strict=True))
     u = jax.random.uniform(key, (sum((a + 1) * b for a, b in sizes),), dtype, -1.0, 1.0)
