@@ -94,6 +94,10 @@ SELECTIONS = ("val_avg", "val_worst")
 ARCHS = ("resnet10", "resnet18", "resnet50")
 OPTIMIZERS = ("adam", "sgd")
 PRESETS = ("paper", "quick", "real-10k")
+COUNTS = (  # settings that count something and need at least one
+    "width", "image_size", "batch_size", "eval_batch_size", "epochs", "dro_epochs", "seeds",
+    "checkpoint_every", "log_every", "workers",
+)  # fmt: skip
 
 
 # ---- settings ------------------------------------------------------------------------------------
@@ -187,63 +191,44 @@ class Config:
 
     def __post_init__(self):
         from ntkdyn.data.celeba import CELEBA_ATTRIBUTES
-        from ntkdyn.settings import ConfigError
+        from ntkdyn.settings import (
+            ConfigError,
+            Rule,
+            check,
+            integer,
+            number,
+            one_of,
+            optional,
+            pair,
+        )
 
-        def need(name: str, ok: bool, what: str) -> None:
-            if not ok:
-                raise ConfigError(name, f"{what}, got {getattr(self, name)!r}")
-
-        need(
-            "methods",
-            bool(self.methods) and all(m in METHODS for m in self.methods),
-            f"expected some of {', '.join(METHODS)}",
-        )
-        for name in (
-            "width",
-            "image_size",
-            "batch_size",
-            "eval_batch_size",
-            "epochs",
-            "dro_epochs",
-            "seeds",
-            "checkpoint_every",
-            "log_every",
-            "workers",
-        ):
-            need(name, int(getattr(self, name)) >= 1, "must be >= 1")
-        need("prefetch", self.prefetch >= 0, "must be >= 0")
-        need("crop", self.crop is None or self.crop >= 1, "must be >= 1 pixel, or auto")
-        for name in ("lr", "dro_lr", "dro_step_size"):
-            need(
-                name,
-                bool(np.isfinite(getattr(self, name)) and getattr(self, name) > 0),
-                "must be > 0",
+        if not self.methods or any(m not in METHODS for m in self.methods):
+            raise ConfigError(
+                "methods", f"expected some of {', '.join(METHODS)}, got {self.methods!r}"
             )
-        for name in ("weight_decay", "dro_weight_decay", "dro_adjustment"):
-            v = getattr(self, name)
-            need(name, bool(np.isfinite(v) and v >= 0), "must be >= 0")
-        for name in ("momentum", "dro_momentum"):
-            need(name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
-        for name in ("optimizer", "dro_optimizer"):
-            need(
-                name, getattr(self, name) in OPTIMIZERS, f"expected one of {', '.join(OPTIMIZERS)}"
-            )
-        need("arch", self.arch in ARCHS, f"expected one of {', '.join(ARCHS)}")
-        need(
-            "selection",
-            self.selection in (None, *SELECTIONS),
-            f"expected one of {', '.join(SELECTIONS)}",
+        rate, decay = number(0, low_open=True), number(0)
+        check(
+            self,
+            {
+                **dict.fromkeys(COUNTS, integer(1)),
+                "seed": integer(),
+                "prefetch": integer(0),
+                "crop": optional(integer(1)),
+                **dict.fromkeys(("lr", "dro_lr", "dro_step_size"), rate),
+                **dict.fromkeys(("weight_decay", "dro_weight_decay", "dro_adjustment"), decay),
+                **dict.fromkeys(("momentum", "dro_momentum"), number(0, 1, high_open=True)),
+                **dict.fromkeys(("optimizer", "dro_optimizer"), one_of(*OPTIMIZERS)),
+                "arch": one_of(*ARCHS),
+                "selection": optional(one_of(*SELECTIONS)),
+                "sd_coef": pair(decay),
+                "sd_target": pair(number()),
+            },
         )
-        need(
-            "sd_coef",
-            len(self.sd_coef) == 2 and min(self.sd_coef) >= 0,
-            "expected two coefficients >= 0",
-        )
-        need("sd_target", len(self.sd_target) == 2, "expected two logit targets")
-        need("spurious", self.spurious != self.target, "must differ from --target")
+        if self.spurious == self.target:
+            raise ConfigError("spurious", f"must differ from --target, got {self.spurious!r}")
         if self.fixture:
-            for name in ("target", "spurious"):
-                need(name, getattr(self, name) in CELEBA_ATTRIBUTES, "expected a CelebA attribute")
+            attribute = Rule(lambda v: v in CELEBA_ATTRIBUTES, "a CelebA attribute name")
+            check(self, dict.fromkeys(("target", "spurious"), attribute))
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:

@@ -78,7 +78,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ntkdyn.settings import ConfigError, add_arguments, from_arguments
+from ntkdyn.settings import (
+    ConfigError,
+    add_arguments,
+    check,
+    from_arguments,
+    integer,
+    number,
+    one_of,
+    optional,
+)
 
 HELP = (
     "Colored MNIST (Pezeshki et al. 2021, Table 1, Fig. 4): ERM, IRMv1, V-REx, Spectral Decoupling and "
@@ -218,37 +227,25 @@ class Config:
                 "methods", f"expected some of {' '.join(METHODS)} or all, got {list(self.methods)}"
             )
         object.__setattr__(self, "methods", methods)
-        checks = (("restarts", 1), ("first_restart", 0), ("log_every", 1), ("spectrum_k", 0))
-        for name, low in checks + (("step_divisor", 1),):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
-                raise ConfigError(
-                    name, f"expected an integer >= {low}, got {getattr(self, name)!r}"
-                )
+        check(
+            self,
+            {
+                **dict.fromkeys(("restarts", "log_every", "step_divisor"), integer(1)),
+                **dict.fromkeys(("first_restart", "spectrum_k"), integer(0)),
+                "max_images": optional(integer(12)),
+                "data_source": one_of("auto", "files", "download", "embedded"),
+                "val_frac": number(0, 0.5, low_open=True),
+                "cpu_matmul": one_of("eigen", "default"),
+                **{f"{m}_{c}": number(0) for m in METHODS for c in COEFFICIENTS[m]},
+            },
+        )
         if self.spectrum_k == 1:
             raise ConfigError("spectrum_k", "expected 0 (off) or >= 2 (a matrix of pairs), got 1")
-        if self.max_images is not None and self.max_images < 12:
-            raise ConfigError(
-                "max_images", f"need at least 12 images (three environments), got {self.max_images}"
-            )
-        if self.data_source not in ("auto", "files", "download", "embedded"):
-            raise ConfigError(
-                "data_source",
-                f"expected auto, files, download or embedded, got {self.data_source!r}",
-            )
         if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
             raise ConfigError(
                 "data_dir",
                 f"{self.data_dir} is not a directory; pass the folder with the MNIST files",
             )
-        if not 0.0 < self.val_frac <= 0.5:
-            raise ConfigError("val_frac", f"expected a fraction in (0, 0.5], got {self.val_frac}")
-        if self.cpu_matmul not in ("eigen", "default"):
-            raise ConfigError("cpu_matmul", f"expected eigen or default, got {self.cpu_matmul!r}")
-        for m in METHODS:
-            for c in COEFFICIENTS[m]:
-                value = getattr(self, f"{m}_{c}")
-                if not value >= 0.0:
-                    raise ConfigError(f"{m}_{c}", f"expected a number >= 0, got {value!r}")
         self.layout()
 
     def layout(self):
@@ -503,27 +500,16 @@ def response_curves(run: Trained, batches, *, seed: int = 0) -> dict[str, Any]:
 def theory_starvation(report, *, n: int, erm_l2: float, sd_coef: float) -> dict[str, Any]:
     """The starvation matrix M[j, i] = ∂z_j*/∂s_i of the measured (U_k, s_k) under CE and SD.
 
-    The fixed point and M by implicit differentiation through Newton
-    (:func:`ntkdyn.fixed_point_and_jacobian_s`, what :func:`ntkdyn.analysis.predict` computes) in
-    float64 on the truncated system, to the tolerance 64·n·ε that a field summing n terms allows.
-    λ is converted once by :func:`ntkdyn.objectives.theory_lam`: SD's λ = 2c; CE's λ = n·wd with
-    wd = 2·l2 (ERM's l2·Σ‖θ‖² is coupled weight decay wd/2·‖θ‖²). ERM trains without weight decay
-    here, and at λ = 0 CE has no finite fixed point, so CE is then taken at SD's λ (the same
-    strength, only the penalty's form differs). Feature i starves feature j when
-    M[j, i] < −:data:`ntkdyn.analysis.DECOUPLED_ATOL`.
+    :func:`ntkdyn.analysis.starvation_summary` on the truncated system, at the λ of
+    :func:`ntkdyn.objectives.theory_lam`: SD's λ = 2c; CE's λ = n·wd with wd = 2·l2 (ERM's
+    l2·Σ‖θ‖² is coupled weight decay wd/2·‖θ‖²). ERM trains without weight decay here, and at
+    λ = 0 CE has no finite fixed point, so CE is then taken at SD's λ (the same strength, only the
+    penalty's form differs).
 
     Returns:
-        JSON-ready ``{"ce": ..., "sd": ...}``: λ, its source, z*, M, the fraction of j > 1 with
-        M[j, 1] < 0 and the least M[j, 1], the same for the column of the largest |z_i*|
-        (``dominant``), and max |M|; ``error`` instead when there is no fixed point.
+        JSON-ready ``{"ce": ..., "sd": ...}``: each a starvation summary with ``lam_source``.
     """
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from ntkdyn.analysis import DECOUPLED_ATOL
-    from ntkdyn.dynamics import SolverError
-    from ntkdyn.fixed_points import fixed_point_and_jacobian_s
+    from ntkdyn.analysis import starvation_summary
     from ntkdyn.objectives import ERM, SpectralDecoupling, theory_lam
     from ntkdyn.tangent import FeatureSpectrum
 
@@ -531,36 +517,11 @@ def theory_starvation(report, *, n: int, erm_l2: float, sd_coef: float) -> dict[
     ce = (*theory_lam(ERM(), num_examples=n, weight_decay=2.0 * erm_l2), "erm_l2: n·2·l2")
     if ce[1] == 0.0:
         ce = (ce[0], sd[1], "SD's λ (ERM has no weight decay; CE at λ = 0 has no fixed point)")
-    tol = max(1e-12, 64 * n * float(np.finfo(np.float64).eps))
-    out = {}
-    with jax.enable_x64(True):  # the fixed points sit at margins where σ(−m) ~ 1e-3
-        spectrum = FeatureSpectrum(jnp.asarray(report.U), jnp.asarray(report.s))
-        for name, (field, lam, source) in (("ce", ce), ("sd", sd)):
-            out[name] = {"lam": lam, "lam_source": source}
-            try:
-                if lam == 0.0:
-                    raise SolverError("λ = 0: no finite fixed point")
-                z, M = fixed_point_and_jacobian_s(
-                    field, spectrum.to_system(lam), rtol=tol, atol=tol
-                )
-            except SolverError as exc:  # keep the trained run; report the theory's failure
-                out[name]["error"] = str(exc)
-                continue
-            z, M = np.asarray(z, np.float64), np.asarray(M, np.float64)
-            i = int(np.argmax(np.abs(z)))
-            col = np.delete(M[:, i], i)
-            out[name].update(
-                z_star=z,
-                matrix=M,
-                negative_fraction_col1=float(np.mean(M[1:, 0] < -DECOUPLED_ATOL)),
-                col1_min=float(np.min(M[1:, 0])),
-                dominant=i + 1,
-                negative_fraction_dominant=float(np.mean(col < -DECOUPLED_ATOL)),
-                dominant_min=float(np.min(col)),
-                max_abs=float(np.max(np.abs(M))),
-                newton_tol=tol,
-            )
-    return out
+    spectrum = FeatureSpectrum(report.U, report.s)
+    return {
+        name: {**starvation_summary(spectrum, lam, field), "lam_source": source}
+        for name, (field, lam, source) in (("ce", ce), ("sd", sd))
+    }
 
 
 # ------------------------------------------------------------------------------------------ driver

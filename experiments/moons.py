@@ -75,7 +75,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import math
 import os
 import sys
 import time
@@ -93,7 +92,7 @@ from ntkdyn.runs import (
     mean_std,
     seed_records,
 )
-from ntkdyn.settings import ConfigError, add_arguments, from_arguments
+from ntkdyn.settings import ConfigError, add_arguments, check, from_arguments, integer, number
 
 HELP = (
     __doc__.split("\n\n")[0]
@@ -221,18 +220,15 @@ class Config:
             what = f"unknown configuration {unknown[0]!r}" if unknown else "no configuration given"
             raise ConfigError("config", f"{what}; choose from {', '.join(SETTINGS)}")
         object.__setattr__(self, "config", tuple(c for c in SETTINGS if c in names))
-        checks = [
-            ("seeds", self.seeds >= 1, "an integer >= 1"),
-            ("epochs", self.epochs >= 1, "an integer >= 1"),
-            ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
-            ("n", self.n >= 2, "an integer >= 2"),
-            ("noise", math.isfinite(self.noise) and self.noise >= 0, "a finite number >= 0"),
-            ("hidden", self.hidden >= 1, "an integer >= 1"),
-            ("unroll", self.unroll >= 1, "an integer >= 1"),
-        ]
-        for name, ok, what in checks:
-            if not ok:
-                raise ConfigError(name, f"expected {what}, got {getattr(self, name)!r}")
+        check(
+            self,
+            {
+                **dict.fromkeys(("seeds", "epochs", "hidden", "unroll"), integer(1)),
+                "n": integer(2),
+                "lr": number(0, low_open=True),
+                "noise": number(0),
+            },
+        )
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:

@@ -36,7 +36,15 @@ import sys
 import time
 from typing import Any
 
-from ntkdyn.settings import ConfigError, add_arguments, from_arguments
+from ntkdyn.settings import (
+    ConfigError,
+    add_arguments,
+    check,
+    each,
+    from_arguments,
+    integer,
+    number,
+)
 
 HELP = (
     __doc__.split("\n\n")[0]
@@ -97,23 +105,29 @@ class Config:
         Raises:
             ConfigError: naming the setting at fault (the flag, on the command line).
         """
-        for name in ("s2", "lam_ce", "lam_sd", "eta", "dual_t1", "fd_h"):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v <= 0:
-                raise ConfigError(name, f"must be a finite number > 0, got {v}")
-        if not math.isfinite(self.delta) or abs(self.delta) >= 1:
-            raise ConfigError("delta", f"must satisfy |delta| < 1, got {self.delta}")
-        if not 0 < self.dual_alpha0 < 1:
-            raise ConfigError("dual_alpha0", f"must be in (0, 1), got {self.dual_alpha0}")
-        for name in ("steps", "figure_steps", "save_every", "dual_points"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        check(
+            self,
+            {
+                **dict.fromkeys(
+                    ("s2", "lam_ce", "lam_sd", "eta", "dual_t1", "fd_h"), number(0, low_open=True)
+                ),
+                "delta": number(-1, 1, low_open=True, high_open=True),
+                "dual_alpha0": number(0, 1, low_open=True, high_open=True),
+                **dict.fromkeys(
+                    ("steps", "figure_steps", "save_every", "dual_points", "figure_save_every"),
+                    integer(1),
+                ),
+                **dict.fromkeys(
+                    ("figure_s1", "slider_s1", "table_s1"), each(number(0, low_open=True))
+                ),
+            },
+        )
         if self.steps % self.save_every or self.figure_steps % self.save_every:
             raise ConfigError(
                 "save_every",
                 f"must divide steps={self.steps} and figure_steps={self.figure_steps}, got {self.save_every}",
             )
-        if self.figure_save_every < 1 or self.save_every % self.figure_save_every:
+        if self.save_every % self.figure_save_every:
             raise ConfigError(
                 "figure_save_every",
                 f"must divide save_every={self.save_every}, got {self.figure_save_every}",
@@ -122,10 +136,6 @@ class Config:
             raise ConfigError(
                 "figure_steps", f"must be >= steps={self.steps}, got {self.figure_steps}"
             )
-        for name in ("figure_s1", "slider_s1", "table_s1"):
-            vals = getattr(self, name)
-            if not vals or any(not math.isfinite(v) or v <= 0 for v in vals):
-                raise ConfigError(name, f"needs values > 0, got {vals}")
         for name in ("sweep", "map_s1", "map_s2"):
             lo, hi, num = getattr(self, name)
             if not (0 < lo < hi) or num < 2:

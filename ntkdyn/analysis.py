@@ -94,6 +94,9 @@ __all__ = [
     "predict",
     "measured_responses",
     "starvation_table",
+    "starvation_summary",
+    "training_responses",
+    "newton_tolerance",
     "DECOUPLED_ATOL",
 ]
 
@@ -101,6 +104,15 @@ Field = Callable[[Array, FeatureSystem], Array]
 
 #: Tolerance below which an SD derivative counts as zero (float64 Newton at rtol 1e-12).
 DECOUPLED_ATOL = 1e-8
+
+
+def newton_tolerance(n: int) -> float:
+    """Newton's float64 tolerance for the fixed points of a system on n examples: max(1e-12, 2e-14·n).
+
+    The field sums n terms, so it rounds at ≈ n·ε₆₄ relative; at n = 50,000 a 1e-12 tolerance is
+    below that floor and Newton would stall (1e-9 there). :func:`predict`'s default.
+    """
+    return max(1e-12, 2e-14 * int(n))
 
 
 class Prediction(NamedTuple):
@@ -181,8 +193,9 @@ def predict(
         save_every: sample every this many GD steps; must divide ``num_steps``.
         t1: end time of the flow instead of GD (excludes ``eta``/``num_steps``).
         num_points: samples of the flow on [0, t₁].
-        rtol, atol: Newton's tolerances of the fixed point (default 1e-12 in float64; sums over
-            n examples round at ≈ n·ε, so large n needs looser ones, e.g. 1e-9 at n = 50,000).
+        rtol, atol: Newton's tolerances of the fixed point (default in float64
+            :func:`newton_tolerance` of the spectrum's n: sums over n examples round at ≈ n·ε;
+            in float32 those of :func:`ntkdyn.fixed_point`).
 
     Returns:
         :class:`Prediction`.
@@ -209,6 +222,9 @@ def predict(
             "pass one of them"
         )
     system = spectrum.to_system(lam)
+    if jnp.dtype(system.s.dtype) == jnp.float64:
+        tol = newton_tolerance(system.U.shape[0])
+        rtol, atol = (tol if rtol is None else rtol), (tol if atol is None else atol)
     if starvation:
         z_star, M = fixed_point_and_jacobian_s(field, system, rtol=rtol, atol=atol)
     else:
@@ -445,6 +461,142 @@ def analyse(
         for name, (field, _) in predictions.items()
     }
     return SpectrumAnalysis(spectrum, spectrum.label_alignment(), f0, yv, method, preds, report)
+
+
+def starvation_summary(spectrum: FeatureSpectrum, lam: float, field: Field) -> dict[str, Any]:
+    """The starvation matrix of one (U, s, λ) and the facts a report states about it.
+
+    :func:`predict` (float64, Newton at :func:`newton_tolerance`) gives z* and
+    M[j, i] = ∂z_j*/∂s_i; feature i starves feature j when M[j, i] < −:data:`DECOUPLED_ATOL`.
+    A theory that has no fixed point (λ = 0, or Newton fails) is reported, not raised, so the
+    trained run that asked keeps its results.
+
+    Args:
+        spectrum: (U, s), e.g. the k leading directions found matrix-free.
+        lam: the theory's λ (sum form; :func:`ntkdyn.objectives.theory_lam` converts).
+        field: :func:`ntkdyn.ce_field` or :func:`ntkdyn.sd_field`.
+
+    Returns:
+        JSON-ready dict: ``lam``, ``z_star``, ``matrix`` (M), ``negative_fraction_col1`` and
+        ``col1_min`` (j > 1 against feature 1), the same for the column of the largest |z_i*|
+        (``dominant`` is its 1-based index, ``negative_fraction_dominant``, ``dominant_min``),
+        ``max_abs`` and ``newton_tol``; or ``lam`` and ``error`` when there is no fixed point.
+    """
+    import jax
+
+    from ntkdyn.dynamics import SolverError
+
+    lam = _check_lam(lam)
+    n = int(spectrum.U.shape[0])
+    out: dict[str, Any] = {"lam": lam}
+    with jax.enable_x64(True):  # the fixed points sit at margins where σ(−m) ~ 1e-3
+        spectrum64 = FeatureSpectrum(
+            jnp.asarray(spectrum.U, jnp.float64), jnp.asarray(spectrum.s, jnp.float64)
+        )
+        try:
+            if lam == 0.0:
+                raise SolverError("λ = 0: no finite fixed point")
+            p = predict(spectrum64, lam, field)
+        except SolverError as exc:
+            return {**out, "error": str(exc)}
+        z, M = np.asarray(p.z_star, np.float64), np.asarray(p.starvation, np.float64)
+    i = int(np.argmax(np.abs(z)))
+    col = np.delete(M[:, i], i)
+    return {
+        **out,
+        "z_star": z,
+        "matrix": M,
+        "negative_fraction_col1": float(np.mean(M[1:, 0] < -DECOUPLED_ATOL)),
+        "col1_min": float(np.min(M[1:, 0])),
+        "dominant": i + 1,
+        "negative_fraction_dominant": float(np.mean(col < -DECOUPLED_ATOL)),
+        "dominant_min": float(np.min(col)),
+        "max_abs": float(np.max(np.abs(M))),
+        "newton_tol": newton_tolerance(n),
+    }
+
+
+def training_responses(
+    apply_fn: ApplyFn,
+    params0: Any,
+    x: ArrayLike,
+    y: ArrayLike,
+    analysis: SpectrumAnalysis,
+    objective: Any,
+    *,
+    weight_decay: float = 0.0,
+    eta: float,
+    num_steps: int,
+    save_every: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """z(t) of real training, of linearized training and of the theory's GD, on one (U, s, λ).
+
+    The last step of the journey: the network and its linearization are trained by full-batch GD
+    (:func:`ntkdyn.linearized.train_gd`, centred outputs g = f − f(θ₀)) with step η on the sum-form
+    ``objective`` plus ``weight_decay``; their recorded outputs are measured on U
+    (:meth:`SpectrumAnalysis.measure`: z(t) = Uᵀ Y (f_t − f₀), never an n × n matrix) and set
+    beside :func:`predict`'s GD in feature space at the λ of
+    :func:`ntkdyn.objectives.theory_lam`. Linearized training and the theory agree when U keeps
+    every direction; with a truncated U they agree at the first step and part as the dropped
+    directions' margins grow. Real training departs from both as the tangent features move.
+
+    Args:
+        apply_fn, params0: the network at θ₀ (trained in the params' dtype).
+        x, y: the analysed training inputs and labels.
+        analysis: :func:`analyse`'s result at θ₀ on the same examples.
+        objective: :class:`ntkdyn.objectives.ERM` or :class:`~ntkdyn.objectives.SpectralDecoupling`.
+        weight_decay: coupled weight decay of the mean-form loss (λ = n·wd for CE).
+        eta, num_steps, save_every: GD step (sum form), steps and record interval.
+        log: called with one line per training run (e.g. ``print``), or ``None``.
+
+    Returns:
+        Dict with NumPy arrays ``t`` (T,), ``z_network``, ``z_linearized``, ``z_theory`` (T, d),
+        the floats ``lam`` and ``seconds_network``, ``seconds_linearized`` (wall time of each run).
+
+    Raises:
+        ValueError: as :func:`ntkdyn.objectives.theory_lam`, :func:`ntkdyn.linearized.train_gd`
+            and :func:`predict`.
+        SolverError: the theory's trajectory failed (lower ``eta``).
+    """
+    import time
+
+    import jax
+
+    from ntkdyn.linearized import train_gd
+    from ntkdyn.objectives import theory_lam
+
+    n = int(analysis.spectrum.U.shape[0])
+    field, lam = theory_lam(objective, num_examples=n, weight_decay=weight_decay)
+    kw = dict(eta=eta, num_steps=num_steps, save_every=save_every, center=True)
+    out: dict[str, Any] = {"lam": float(lam)}
+    for name, linearized in (("network", False), ("linearized", True)):
+        t0 = time.perf_counter()
+        trace = train_gd(
+            apply_fn,
+            params0,
+            x,
+            y,
+            linearized=linearized,
+            objective=objective,
+            weight_decay=weight_decay,
+            **kw,
+        )
+        jax.block_until_ready(trace.outputs)
+        out[f"seconds_{name}"] = time.perf_counter() - t0
+        if log is not None:
+            log(f"train ({name}): {num_steps} GD steps in {out[f'seconds_{name}']:.1f} s")
+        out[f"z_{name}"] = analysis.measure(trace.outputs, f0=trace.f0, steps=trace.steps).z
+    theory = predict(
+        analysis.spectrum,
+        lam,
+        field,
+        starvation=False,
+        eta=eta,
+        num_steps=num_steps,
+        save_every=save_every,
+    )
+    return {**out, "t": np.asarray(theory.t), "z_theory": np.asarray(theory.z)}
 
 
 # --------------------------------------------------------------------------------------------------

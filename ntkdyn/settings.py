@@ -9,6 +9,8 @@ command-line flags and back:
   taken from the default and the help from the dataclass docstring's ``Attributes:`` section;
 * :func:`from_arguments` applies only the flags the user gave on top of a base config (the
   published one, or ``quick()`` with ``--quick``);
+* :func:`check` validates a config against declarative rules (:func:`integer`, :func:`number`,
+  :func:`one_of`, :func:`optional`, :func:`pair`, :func:`each`), one per field, from ``__post_init__``;
 * :class:`ConfigError` is the validation error: in Python it reads ``max_images: …``; the command
   line prints it with the flag the user typed, ``--max-images: …``.
 
@@ -33,13 +35,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import math
+import numbers
 import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "add_arguments", "from_arguments", "flag_name", "field_help"]
+__all__ = [
+    "ConfigError",
+    "Rule",
+    "add_arguments",
+    "check",
+    "each",
+    "field_help",
+    "flag_name",
+    "from_arguments",
+    "integer",
+    "number",
+    "one_of",
+    "optional",
+    "pair",
+]
 
 
 def flag_name(field: str) -> str:
@@ -63,6 +81,106 @@ class ConfigError(ValueError):
     def for_cli(self) -> str:
         """The error as the command line prints it, naming the flag."""
         return f"{flag_name(self.field)}: {self.message}"
+
+
+class Rule(typing.NamedTuple):
+    """One declarative check of a setting: a predicate and what it expects, in words.
+
+    Build rules with :func:`integer`, :func:`number`, :func:`one_of`, :func:`optional`,
+    :func:`pair` and :func:`each`; :func:`check` applies a mapping field → rule and raises :class:`ConfigError`
+    ``"<field>: expected <expects>, got <value>"`` for the first field that fails.
+
+    Attributes:
+        test: ``test(value) -> bool``.
+        expects: what a valid value is, e.g. ``"an integer >= 1"``.
+    """
+
+    test: Callable[[Any], bool]
+    expects: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(low: int | None = None, high: int | None = None) -> Rule:
+    """An integer in [low, high] (either bound optional)."""
+    bounds = [f">= {low}"] * (low is not None) + [f"<= {high}"] * (high is not None)
+    return Rule(
+        lambda v: _is_int(v) and (low is None or v >= low) and (high is None or v <= high),
+        "an integer" + (" " + " and ".join(bounds) if bounds else ""),
+    )
+
+
+def number(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Rule:
+    """A finite number above ``low`` and below ``high`` (closed unless ``*_open``)."""
+
+    def test(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        if low is not None and (v <= low if low_open else v < low):
+            return False
+        return high is None or (v < high if high_open else v <= high)
+
+    if low is not None and high is not None:
+        text = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        text = f"a finite number {'>' if low_open else '>='} {low}"
+    elif high is not None:
+        text = f"a finite number {'<' if high_open else '<='} {high}"
+    else:
+        text = "a finite number"
+    return Rule(test, text)
+
+
+def one_of(*options: Any) -> Rule:
+    """One of ``options``."""
+    return Rule(lambda v: v in options, "one of " + ", ".join(str(o) for o in options))
+
+
+def optional(rule: Rule) -> Rule:
+    """``None`` or a value ``rule`` accepts."""
+    return Rule(lambda v: v is None or rule.test(v), f"{rule.expects}, or none")
+
+
+def pair(rule: Rule) -> Rule:
+    """Two values, each accepted by ``rule`` (e.g. one per class)."""
+
+    def test(v: Any) -> bool:
+        return isinstance(v, (tuple, list)) and len(v) == 2 and all(rule.test(x) for x in v)
+
+    return Rule(test, f"two values, each {rule.expects}")
+
+
+def each(rule: Rule) -> Rule:
+    """One or more values, each accepted by ``rule``."""
+
+    def test(v: Any) -> bool:
+        return isinstance(v, (tuple, list)) and len(v) > 0 and all(rule.test(x) for x in v)
+
+    return Rule(test, f"one or more values, each {rule.expects}")
+
+
+def check(config: Any, rules: Mapping[str, Rule]) -> None:
+    """Apply ``rules`` (field → :class:`Rule`) to ``config``, in order.
+
+    Raises:
+        ConfigError: naming the first field whose value its rule rejects.
+    """
+    for name, rule in rules.items():
+        value = getattr(config, name)
+        if not rule.test(value):
+            raise ConfigError(name, f"expected {rule.expects}, got {value!r}")
 
 
 def field_help(cls: type) -> dict[str, str]:

@@ -206,3 +206,47 @@ def test_analyse_top_k_matrix_free_is_the_truncated_dense_system(key):
     assert np.max(np.abs(measured[2] - theory[2])) > 1e-6 * np.max(np.abs(theory[2]))
     with pytest.raises(ValueError, match="key"):
         analyse(f, p0, x, y, k=k)
+
+
+@pytest.mark.parametrize("name", ["ce", "sd"])
+def test_training_responses_of_a_linear_model_equal_the_theory(key, name):
+    """On a model linear in θ the network, its linearization and the theory's GD coincide."""
+    from ntkdyn.analysis import training_responses
+
+    f, p0, x, y = _linear(key)
+    objective, wd = (ERM(), 0.05 / 6) if name == "ce" else (SpectralDecoupling(coef=0.025), 0.0)
+    lines = []
+    out = training_responses(
+        f, p0, x, y, analyse(f, p0, x, y), objective, weight_decay=wd, eta=0.05,
+        num_steps=40, save_every=10, log=lines.append,
+    )  # fmt: skip
+    assert out["lam"] == pytest.approx(0.05) and len(lines) == 2
+    np.testing.assert_allclose(out["t"], 0.05 * np.arange(0, 41, 10), **F64)
+    for k in ("z_network", "z_linearized"):
+        np.testing.assert_allclose(out[k], out["z_theory"], **F64)
+    assert np.max(np.abs(out["z_theory"][-1])) > 1e-2  # the responses moved
+
+
+def test_starvation_summary_is_predicts_matrix_with_its_facts(key):
+    from ntkdyn.analysis import DECOUPLED_ATOL, newton_tolerance, starvation_summary
+
+    f, p0, x, y = _linear(key)
+    a = analyse(f, p0, x, y)
+    ce = starvation_summary(a.spectrum, 0.1, ce_field)
+    M = np.asarray(predict(a.spectrum, 0.1, ce_field).starvation)
+    np.testing.assert_allclose(ce["matrix"], M, **F64)
+    assert ce["col1_min"] == pytest.approx(M[1:, 0].min())
+    assert ce["negative_fraction_col1"] == pytest.approx(np.mean(M[1:, 0] < -DECOUPLED_ATOL))
+    i = ce["dominant"] - 1
+    assert i == int(np.argmax(np.abs(ce["z_star"])))
+    assert ce["dominant_min"] == pytest.approx(np.delete(M[:, i], i).min())
+    assert ce["max_abs"] == pytest.approx(np.abs(M).max()) and ce["max_abs"] > 1e-3
+    sd = starvation_summary(a.spectrum, 0.1, sd_field)  # SD decouples: ∂z_j*/∂s_i = 0 for i ≠ j
+    off = sd["matrix"] - np.diag(np.diag(sd["matrix"]))
+    assert np.max(np.abs(off)) < DECOUPLED_ATOL and sd["negative_fraction_col1"] == 0.0
+    no_fixed_point = starvation_summary(a.spectrum, 0.0, ce_field)
+    assert set(no_fixed_point) == {"lam", "error"} and "λ = 0" in no_fixed_point["error"]
+    assert ce["newton_tol"] == newton_tolerance(6) == 1e-12
+    assert newton_tolerance(50_000) == pytest.approx(1e-9)
+    with pytest.raises(ValueError, match="lam: the theory's λ must be finite and >= 0"):
+        starvation_summary(a.spectrum, -1.0, ce_field)

@@ -220,11 +220,14 @@ def test_every_argument_is_checked_before_anything_is_written(tmp_path, capsys):
     assert main(["celeba", "--make-fixture", str(fx), "--fixture-size", "8", "4", "4"]) == 0
     capsys.readouterr()
     cases = [
-        (["--quick", "--epochs", "0"], "--epochs: must be >= 1, got 0"),
-        (["--quick", "--dro-epochs", "-1"], "--dro-epochs: must be >= 1"),
-        (["--quick", "--lr", "0"], "--lr: must be > 0"),
-        (["--quick", "--dro-momentum", "1.5"], "--dro-momentum: must be in [0, 1)"),
-        (["--quick", "--sd-coef", "-1", "0.1"], "--sd-coef: expected two coefficients >= 0"),
+        (["--quick", "--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
+        (["--quick", "--dro-epochs", "-1"], "--dro-epochs: expected an integer >= 1"),
+        (["--quick", "--lr", "0"], "--lr: expected a finite number > 0"),
+        (["--quick", "--dro-momentum", "1.5"], "--dro-momentum: expected a number in [0, 1)"),
+        (
+            ["--quick", "--sd-coef", "-1", "0.1"],
+            "--sd-coef: expected two values, each a finite number >= 0",
+        ),
         (["--quick", "--batch-size", "1000"], "--batch-size: 1000 exceeds the 600 training"),
         (["--quick", "--fixture-size", "2", "4", "4"], "--fixture-size"),
         (

@@ -110,3 +110,42 @@ def test_version_matches_the_package_metadata():
 
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert ntkdyn.__version__ == meta["project"]["version"]
+
+
+def test_declarative_rules_accept_reject_and_name_the_field():
+    import dataclasses
+
+    import numpy as np
+
+    from ntkdyn.settings import check, each, integer, number, one_of, optional, pair
+
+    cases = [  # (rule, accepted, rejected, expected text)
+        (integer(1), [1, 7, np.int64(3)], [0, 1.5, True, "2"], "an integer >= 1"),
+        (integer(2, 4), [2, 4], [1, 5], "an integer >= 2 and <= 4"),
+        (number(0, low_open=True), [1e-9, 3], [0, -1, float("nan"), float("inf")], "> 0"),
+        (number(0), [0, 0.5], [-1e-12, float("nan")], "a finite number >= 0"),
+        (number(0, 1, high_open=True), [0, 0.999], [1, -0.1], "a number in [0, 1)"),
+        (one_of("a", "b"), ["a"], ["c", None], "one of a, b"),
+        (optional(integer(1)), [None, 2], [0], "an integer >= 1, or none"),
+        (pair(number(0)), [(0, 1)], [(1,), (1, -1), 3], "two values, each a finite number >= 0"),
+        (each(number(0, low_open=True)), [(1,), [2, 3]], [(), (1, 0)], "one or more values"),
+    ]
+    for rule, good, bad, text in cases:
+        assert text in rule.expects
+        assert all(rule.test(v) for v in good), (rule.expects, good)
+        assert not any(rule.test(v) for v in bad), (rule.expects, bad)
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        steps: int = 1
+        rate: float = 0.1
+
+        def __post_init__(self):
+            check(self, {"steps": integer(1), "rate": number(0, low_open=True)})
+
+    assert Config(steps=3).steps == 3
+    with pytest.raises(ConfigError, match=r"^rate: expected a finite number > 0, got 0$") as info:
+        Config(rate=0)
+    assert info.value.for_cli() == "--rate: expected a finite number > 0, got 0"
+    with pytest.raises(ConfigError, match="^steps: "):  # fields are checked in order
+        Config(steps=0, rate=0)

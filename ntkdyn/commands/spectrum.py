@@ -419,15 +419,6 @@ def build_model(model: str, dataset: str, hidden: list[int] | None, seed: int):
     return init_mlp(key, 2 if dataset == "moons" else 28 * 28, widths)
 
 
-def newton_tol(n: int) -> float:
-    """Newton's tolerance for the fixed points on n examples: max(1e-12, 2e-14·n).
-
-    The field sums n terms, so it rounds at ≈ n·ε₆₄ relative; at n = 50,000 a 1e-12 step
-    tolerance is below that floor and Newton would stall (1e-9 there).
-    """
-    return max(1e-12, 2e-14 * n)
-
-
 def compute_spectrum(
     apply_fn,
     params,
@@ -498,7 +489,7 @@ def spectrum_arrays(analysis, top: int) -> dict[str, Any]:
 def predictions(analysis, *, lam_ce: float, lam_sd: float, top: int) -> tuple[dict, Any]:
     """CE and SD fixed points and starvation on the spectrum (truncated when matrix-free).
 
-    :func:`ntkdyn.analysis.predict` with Newton's tolerance :func:`newton_tol`.
+    :func:`ntkdyn.analysis.predict` (Newton at :func:`ntkdyn.analysis.newton_tolerance`).
 
     Args:
         analysis: the :class:`ntkdyn.analysis.SpectrumAnalysis` at θ₀.
@@ -519,9 +510,8 @@ def predictions(analysis, *, lam_ce: float, lam_sd: float, top: int) -> tuple[di
     from ntkdyn.analysis import predict
     from ntkdyn.dynamics import ce_field, sd_field
 
-    tol = newton_tol(int(analysis.spectrum.U.shape[0]))
-    ce = predict(analysis.spectrum, lam_ce, ce_field, rtol=tol, atol=tol)
-    sd = predict(analysis.spectrum, lam_sd, sd_field, rtol=tol, atol=tol)
+    ce = predict(analysis.spectrum, lam_ce, ce_field)
+    sd = predict(analysis.spectrum, lam_sd, sd_field)
     M_ce, M_sd = np.asarray(ce.starvation), np.asarray(sd.starvation)
     k_top = min(top, M_ce.shape[0])
     arrays = {
@@ -594,6 +584,7 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     import numpy as np
 
+    from ntkdyn.analysis import newton_tolerance
     from ntkdyn.plots.spectrum import spectrum_figure
     from ntkdyn.runs import RunDir
     from ntkdyn.tangent import NTKMethod
@@ -675,7 +666,7 @@ def run(args: argparse.Namespace) -> int:
             key: res[key][:k].tolist()
             for key in ("s", "alignment", "z_ce", "z_sd", "dz_ds1_ce", "dz_ds1_sd")
         },
-        newton_tol=newton_tol(args.n),
+        newton_tol=newton_tolerance(args.n),
         starved_by_top_ce=len(starved),
         starved_by_top_sd=int(np.sum(res["dz_ds1_sd"][1:] < -1e-8)),
         max_abs_dz_ds1_sd=float(np.max(np.abs(res["dz_ds1_sd"]))),
@@ -776,78 +767,29 @@ def track_responses(
     num_steps: int,
     save_every: int,
 ) -> dict[str, Any]:
-    """z(t) of real training, of linearized training and of the theory's GD, on the same (U, s, λ).
+    """:func:`ntkdyn.analysis.training_responses` for the command's ``--loss`` at the theory's λ.
 
-    All three use full-batch GD with step η on Σ softplus(−y g) plus the regulariser (CE:
-    (λ/2)‖θ − θ₀‖²; SD: (λ/2)‖g‖²) with centred outputs g = f − f(θ₀) (Pezeshki et al. 2021,
-    Sec. 3; see :mod:`ntkdyn.linearized`). The prediction is :func:`ntkdyn.analysis.predict`, the
-    measurements :meth:`ntkdyn.analysis.SpectrumAnalysis.measure`: z(t) = Uᵀ Y (f_t − f₀) from
-    the (T, n) outputs and U (n × d), never an n × n matrix. Linearized training and the theory
-    agree when U keeps every direction; with a truncated U (k leading directions) they agree
-    exactly at the first step and part as the dropped directions' margins grow. Real training
-    departs from both as the tangent features move.
-
-    Args:
-        apply_fn, params: the network at θ₀ (trained in the params' dtype).
-        x, y: training inputs and ±1 labels.
-        analysis: the :class:`ntkdyn.analysis.SpectrumAnalysis` at θ₀.
-        loss: ``"ce"`` or ``"sd"``.
-        lam: λ of that loss (sum form).
-        eta, num_steps, save_every: GD settings.
-
-    Returns:
-        Dict of NumPy arrays ``t`` (T,), ``z_network``, ``z_linearized``, ``z_theory`` (T, d),
-        and floats ``seconds_network``, ``seconds_linearized`` (wall time of each training run).
+    The objective of λ (sum form) is ERM with weight decay λ/n (CE) or SD with mean coefficient
+    λ/2; :func:`ntkdyn.objectives.theory_lam` maps either back to λ.
     """
-    import time
+    from ntkdyn.analysis import training_responses
+    from ntkdyn.objectives import ERM, SpectralDecoupling
 
-    import jax
-    import numpy as np
-
-    from ntkdyn.analysis import predict
-    from ntkdyn.linearized import train_gd
-    from ntkdyn.objectives import ERM, SpectralDecoupling, theory_lam
-
-    n = x.shape[0]  # the objective of the theory's λ: mean-form SD coef λ/2, weight decay λ/n
+    n = x.shape[0]
     objective, wd = (ERM(), lam / n) if loss == "ce" else (SpectralDecoupling(coef=lam / 2), 0.0)
-    field, lam = theory_lam(objective, num_examples=n, weight_decay=wd)
-    kw = dict(
-        eta=eta,
-        num_steps=num_steps,
-        save_every=save_every,
-        center=True,
-        objective=objective,
+    return training_responses(
+        apply_fn,
+        params,
+        x,
+        y,
+        analysis,
+        objective,
         weight_decay=wd,
-    )
-    seconds = {}
-    traces = {}
-    for name, linearized in (("network", False), ("linearized", True)):
-        t0 = time.perf_counter()
-        trace = train_gd(apply_fn, params, x, y, linearized=linearized, **kw)
-        jax.block_until_ready(trace.outputs)
-        seconds[name] = time.perf_counter() - t0
-        print(f"train ({name}): {num_steps} GD steps in {seconds[name]:.1f} s", flush=True)
-        traces[name] = analysis.measure(trace.outputs, f0=trace.f0, steps=trace.steps).z
-    tol = newton_tol(n)
-    theory = predict(
-        analysis.spectrum,
-        lam,
-        field,
-        starvation=False,
         eta=eta,
         num_steps=num_steps,
         save_every=save_every,
-        rtol=tol,
-        atol=tol,
+        log=lambda line: print(line, flush=True),
     )
-    return {
-        "t": np.asarray(theory.t),
-        "z_network": traces["network"],
-        "z_linearized": traces["linearized"],
-        "z_theory": np.asarray(theory.z),
-        "seconds_network": seconds["network"],
-        "seconds_linearized": seconds["linearized"],
-    }
 
 
 def _rel_err(z, ref):
@@ -876,7 +818,10 @@ def _track(args, out, apply_fn, params, x, y, analysis, lam, eta) -> tuple[str, 
         num_steps=args.train_steps,
         save_every=args.save_every,
     )
-    out.write_npz("responses.npz", **{k: v for k, v in tr.items() if not k.startswith("seconds")})
+    out.write_npz(
+        "responses.npz",
+        **{k: v for k, v in tr.items() if not k.startswith("seconds") and k != "lam"},
+    )
     # Draw the strongest responses at the end of training (the features the run actually learns).
     order = np.argsort(-np.abs(tr["z_theory"][-1]))[:4]
     d = tr["z_theory"].shape[1]

@@ -15,6 +15,7 @@ def plot_group_accuracy(
     group_names: Sequence[str],
     worst: Mapping[str, float] | None = None,
     title: str = "",
+    std: Mapping[str, Mapping[str, float]] | None = None,
 ) -> plt.Figure:
     """Grouped bars: accuracy of every group for every method (Pezeshki et al. 2021, Table 2).
 
@@ -23,6 +24,7 @@ def plot_group_accuracy(
         group_names: the groups, in display order.
         worst: method → worst-group accuracy, drawn as a dashed line per method.
         title: figure title.
+        std: method → (group name → standard deviation in [0, 1]) over seeds, drawn as error bars.
 
     Returns:
         The figure.
@@ -33,7 +35,10 @@ def plot_group_accuracy(
     x = np.arange(len(group_names))
     for i, m in enumerate(methods):
         vals = [100 * group_acc[m].get(g, np.nan) for g in group_names]
-        bars = ax.bar(x + (i - (len(methods) - 1) / 2) * width, vals, width, label=m)
+        err = None if std is None else [100 * std[m].get(g, np.nan) for g in group_names]
+        bars = ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width, vals, width, label=m, yerr=err, capsize=2
+        )
         if worst is not None and m in worst:
             ax.axhline(100 * worst[m], color=bars[0].get_facecolor(), ls="--", lw=1)
     ax.set_xticks(x, [g.replace(",", "\n") for g in group_names], fontsize=8)
