@@ -142,8 +142,8 @@ def _signed_vjps(apply_fn, params, xb, yb, U):
 def _compiled_products(backend: str):
     """The jitted product functions, with Eigen's matrix products on a CPU (about 10 % faster here
     than the default, measured by ``benchmarks/spectrum.py``; see
-    :func:`ntkdyn.train.layout.eigen_matmul_options`)."""
-    from ntkdyn.train.layout import eigen_matmul_options
+    :func:`ntkdyn.xla.eigen_matmul_options`)."""
+    from ntkdyn.xla import eigen_matmul_options
 
     options = eigen_matmul_options(backend)
     return tuple(

@@ -6,21 +6,22 @@ how many seeds share a step (a *chunk*, the chunks one after another); and which
 axis is split over. :class:`SeedLayout` carries all three; :meth:`SeedLayout.parse` reads the
 command-line form ``AXIS[:CHUNK][@DEVICES]`` (``vmap``, ``vmap:2``, ``map@1``, ``vmap:2@all``).
 
-The backend policy lives here too: :func:`eigen_matmul_options` gives the XLA CPU option that
-computes matrix products with Eigen (measured faster for Colored MNIST's large full-batch steps,
-``benchmarks/cmnist.py``), and :func:`cpu_restart_layout` the measured default layout of those
-restarts on a CPU.
+The backend policy lives here too: :func:`eigen_matmul_options` (from :mod:`ntkdyn.xla`) gives
+the XLA CPU option that computes matrix products with Eigen (measured faster for Colored MNIST's
+large full-batch steps, ``benchmarks/cmnist.py``), and :func:`cpu_restart_layout` the measured
+default layout of those restarts on a CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 from typing import Any
 
 import jax
 import numpy as np
+
+from ntkdyn.xla import eigen_matmul_options
 
 __all__ = [
     "SeedAxis",
@@ -142,40 +143,3 @@ def cpu_restart_layout(backend: str | None = None) -> SeedLayout:
     """
     backend = jax.default_backend() if backend is None else backend
     return SeedLayout.local(SeedAxis.VMAP, 2 if backend == "cpu" else None)
-
-
-#: The XLA option that selects which CPU operations go to the YNNPACK library; empty: none of them.
-_YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-
-
-@functools.cache
-def _cpu_option_accepted(name: str, value: str) -> bool:
-    """Whether this jaxlib's CPU compiler accepts the option (compiles a 2 × 2 product with it)."""
-    try:
-        a = np.ones((2, 2), np.float32)
-        jax.jit(lambda a: a @ a, compiler_options={name: value}).lower(a).compile()
-    except Exception:  # noqa: BLE001 - an unknown or malformed option: the compiler's exception type varies
-        return False
-    return True
-
-
-def eigen_matmul_options(backend: str | None = None) -> dict[str, str]:
-    """XLA compiler options that compute matrix products with Eigen on a CPU; ``{}`` elsewhere.
-
-    Recent XLA CPU backends hand matrix products (and fused elementwise work) to the YNNPACK
-    library. For the large full-batch steps of Colored MNIST on a CPU, Eigen's products are faster,
-    one restart at a time and more so with several restarts batched into each step, whose working
-    set no longer fits in cache (``benchmarks/cmnist.py`` measures both). Pass the result as
-    ``compiler_options`` to :func:`ntkdyn.train.fullbatch.train_fullbatch` or ``jax.jit``.
-
-    Args:
-        backend: the backend the computation runs on (default: ``jax.default_backend()``).
-
-    Returns:
-        ``{"xla_cpu_experimental_ynn_fusion_type": ""}`` on a CPU whose compiler accepts it,
-        otherwise ``{}`` (GPUs and TPUs, or a jaxlib without the option: its default products).
-    """
-    backend = jax.default_backend() if backend is None else backend
-    if backend != "cpu" or not _cpu_option_accepted(_YNN_FUSION_OPTION, ""):
-        return {}
-    return {_YNN_FUSION_OPTION: ""}
