@@ -240,7 +240,8 @@ def test_mlp_apply_equals_the_nnx_mlp_in_train_and_eval_mode(key):
     model = MLP(3, [12, 6], 1, rngs=nnx.Rngs(key), batch_norm=True)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    x = jax.random.normal(jax.random.PRNGKey(2), (16, 3))
+    # the model's dtype: flax's BatchNorm would scatter float64 statistics into float32 ones
+    x = jax.random.normal(jax.random.PRNGKey(2), (16, 3), jnp.float32)
     model.train()
     out, new_stats = mlp_apply(params, x, batch_stats=stats, train=True)
     np.testing.assert_allclose(out, model(x), rtol=1e-5, atol=1e-5)
