@@ -15,7 +15,9 @@ For a network f(x; θ) at initialisation θ₀ on n training examples (Pezeshki 
 Everything comes back as plain data (NamedTuples of arrays) for plots and tables:
 :func:`analyse` → :class:`SpectrumAnalysis` (spectrum, alignment, f(X; θ₀), ±1 labels and one
 :class:`Prediction` per named loss); :func:`predict` → :class:`Prediction`;
-:meth:`SpectrumAnalysis.measure` / :func:`measured_responses` → :class:`Measurement`.
+:meth:`SpectrumAnalysis.measure` / :func:`measured_responses` → :class:`Measurement`;
+:func:`training_responses` trains the network and its linearization and sets their z(t) beside
+the prediction; :func:`starvation_summary` states what a starvation matrix says.
 
 The functions take the theory's λ and field explicitly, in the theory's sum form
 Σᵢ ℓᵢ + (λ/2)‖θ‖² (CE, :func:`ntkdyn.ce_field`) or Σᵢ ℓᵢ + (λ/2)‖ŷ‖² (SD, :func:`ntkdyn.sd_field`).
@@ -39,6 +41,9 @@ How the three callers use it::
     trace = train_gd(apply_fn, params, x, y, eta=eta, num_steps=K, save_every=50,
                      objective=ntkdyn.ERM(), weight_decay=lam / n)  # λ = n·wd
     a.measure(trace.outputs, f0=trace.f0, steps=trace.steps).z   # vs theory.z
+    # the network, its linearization and the theory in one call (what the command runs):
+    r = training_responses(apply_fn, params, x, y, a, ntkdyn.ERM(), weight_decay=wd,
+                           eta=eta, num_steps=K, save_every=50)  # r["z_network"], ...
 
     # experiments/moons.py (feature_responses_over_training): each seed's own U, seed-mean z(t)
     zs = []

@@ -109,7 +109,10 @@ def main() -> int:
             if rule == OWN_RULE[m]:
                 label = METHODS[m]
                 means[label] = {g: np.mean([x["group_acc"][g] for x in rows]) for g in GROUPS}
-                stds[label] = {g: np.std([x["group_acc"][g] for x in rows], ddof=1) for g in GROUPS}
+                ddof = 1 if len(rows) > 1 else 0
+                stds[label] = {
+                    g: np.std([x["group_acc"][g] for x in rows], ddof=ddof) for g in GROUPS
+                }
                 worst[label] = float(np.mean([x["worst_group_acc"] for x in rows]))
     if means:
         import matplotlib
