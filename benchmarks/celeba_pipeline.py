@@ -56,8 +56,11 @@ def sequential_rate(split, size: int) -> float:
     return len(split) / (time.perf_counter() - t)
 
 
-def train_rate(arch: str, width: int, size: int, batch: int, steps: int) -> tuple[float, float]:
+def train_rate(
+    arch: str, width: int, size: int, batch: int, steps: int, bf16: bool = False
+) -> tuple[float, float]:
     import jax
+    import jax.numpy as jnp
     import optax
 
     from ntkdyn.models.resnet import RESNET_ARCHS, init_resnet
@@ -70,7 +73,7 @@ def train_rate(arch: str, width: int, size: int, batch: int, steps: int) -> tupl
         shard_batch,
     )
 
-    model = RESNET_ARCHS[arch](width=width)
+    model = RESNET_ARCHS[arch](width=width, dtype=jnp.bfloat16 if bf16 else jnp.float32)
     opt = optax.adam(1e-5)
     mesh = data_mesh()
     state = replicate(init_train_state(init_resnet(model, jax.random.PRNGKey(0), size), opt), mesh)
@@ -104,6 +107,9 @@ def main() -> None:
         "--train-batch", type=int, default=16, help="ResNet-50 training batch on this CPU"
     )
     parser.add_argument("--train-steps", type=int, default=3, help="timed ResNet-50 steps")
+    parser.add_argument(
+        "--bf16", action="store_true", help="ResNet-50 computes in bfloat16 (GPUs; params float32)"
+    )
     args = parser.parse_args()
 
     from ntkdyn.data.celeba import load_celeba
@@ -117,7 +123,9 @@ def main() -> None:
         ours224 = pipeline_rate(split, 224, args.workers, args.batch)
         seq32 = sequential_rate(split, 32)
         ours32 = pipeline_rate(split, 32, args.workers, args.batch)
-    r50, r50_compile = train_rate("resnet50", 64, 224, args.train_batch, args.train_steps)
+    r50, r50_compile = train_rate(
+        "resnet50", 64, 224, args.train_batch, args.train_steps, bf16=args.bf16
+    )
     r18, r18_compile = train_rate("resnet18", 8, 32, 32, 20)
     print(
         json.dumps(
@@ -134,6 +142,8 @@ def main() -> None:
                 "pipeline_vs_sequential_32": round(ours32 / seq32, 2),
                 "train_resnet50_224_img_s": round(r50, 2),
                 "train_resnet50_batch": args.train_batch,
+                "train_resnet50_dtype": "bfloat16" if args.bf16 else "float32",
+                "backend": __import__("jax").default_backend(),
                 "train_resnet50_compile_s": round(r50_compile, 1),
                 "train_resnet18w8_32_img_s": round(r18, 1),
                 "train_resnet18w8_compile_s": round(r18_compile, 1),

@@ -232,8 +232,9 @@ def speed(n: int, data_dir: str, tol: float) -> dict:
     }
 
 
-def scale_child(n: int, data_dir: str, tol: float, max_iters: int, peer: bool) -> None:
-    k = 50
+def scale_child(n: int, k: int, data_dir: str, tol: float, max_iters: int, peer: bool) -> None:
+    import jax
+
     x, y = _data(n, data_dir)
     secs, _, rep = _ours(x, y, k, np.float32, tol, max_iters=max_iters)
     peak = _rss_gb()  # before the peer runs: ours alone
@@ -242,6 +243,7 @@ def scale_child(n: int, data_dir: str, tol: float, max_iters: int, peer: bool) -
         "n": n,
         "k": k,
         "dtype": "float32",
+        "backend": jax.default_backend(),
         "residual_tol": tol,
         "ntkdyn_s": round(secs, 1),
         "peer_s": None,
@@ -270,6 +272,7 @@ def scale_child(n: int, data_dir: str, tol: float, max_iters: int, peer: bool) -
         "under_4_gb": peak < 4.0,
         "top10_residuals_le_1e-3": bool(rep.residuals[:10].max() <= 1e-3),
         **({"2x_peer": line["speedup_vs_peer"] >= 2.0} if peer else {}),
+        **({"gpu_under_10_s": secs <= 10} if line["backend"] == "gpu" else {}),
     }
     print(json.dumps(line), flush=True)
 
@@ -285,6 +288,7 @@ def main() -> int:
     )
     parser.add_argument("--speed-n", type=int, default=10_000)
     parser.add_argument("--scale-n", type=int, default=50_000)
+    parser.add_argument("--scale-k", type=int, default=50)
     parser.add_argument("--tol", type=float, default=1e-3, help="residual tolerance of speed/scale")
     parser.add_argument("--max-iters", type=int, default=30)
     parser.add_argument(
@@ -298,7 +302,9 @@ def main() -> int:
     if args.data_dir is None:
         parser.error("--data-dir: pass the directory holding the MNIST IDX files")
     if args.scale_child:
-        scale_child(args.scale_n, args.data_dir, args.tol, args.max_iters, args.scale_peer)
+        scale_child(
+            args.scale_n, args.scale_k, args.data_dir, args.tol, args.max_iters, args.scale_peer
+        )
         return 0
     if "accuracy" in args.part:
         for line in accuracy(args.data_dir):
@@ -315,6 +321,8 @@ def main() -> int:
                 args.data_dir,
                 "--scale-n",
                 str(args.scale_n),
+                "--scale-k",
+                str(args.scale_k),
                 "--tol",
                 str(args.tol),
                 "--max-iters",
