@@ -140,7 +140,7 @@ def _signed_vjps(apply_fn, params, xb, yb, U):
 
 @functools.cache
 def _compiled_products(backend: str):
-    """The jitted product functions, with Eigen's matrix products on a CPU (about 10 % faster here
+    """The jitted product functions, with Eigen's matrix products on a CPU (about 8 % faster here
     than the default, measured by ``benchmarks/spectrum.py``; see
     :func:`ntkdyn.xla.eigen_matmul_options`)."""
     from ntkdyn.xla import eigen_matmul_options
