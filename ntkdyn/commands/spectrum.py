@@ -584,7 +584,7 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from ntkdyn.analysis import newton_tolerance
+    from ntkdyn.analysis import DECOUPLED_ATOL, newton_tolerance
     from ntkdyn.plots.spectrum import spectrum_figure
     from ntkdyn.runs import RunDir
     from ntkdyn.tangent import NTKMethod
@@ -668,7 +668,7 @@ def run(args: argparse.Namespace) -> int:
         },
         newton_tol=newton_tolerance(args.n),
         starved_by_top_ce=len(starved),
-        starved_by_top_sd=int(np.sum(res["dz_ds1_sd"][1:] < -1e-8)),
+        starved_by_top_sd=int(np.sum(res["dz_ds1_sd"][1:] < -DECOUPLED_ATOL)),
         max_abs_dz_ds1_sd=float(np.max(np.abs(res["dz_ds1_sd"]))),
     )
     out.write_metrics(

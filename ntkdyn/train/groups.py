@@ -138,6 +138,16 @@ class Selection(enum.Enum):
         return {"val_avg": "avg_acc", "val_worst": "worst_group_acc"}[self.value]
 
 
+def _selection(rule: Selection | str) -> Selection:
+    """``rule`` as a :class:`Selection`; a ValueError naming ``rule`` when it is none of them."""
+    try:
+        return Selection(rule)
+    except ValueError:
+        raise ValueError(
+            f"rule: expected one of {[s.value for s in Selection]}, got {rule!r}"
+        ) from None
+
+
 def select_epoch(epochs: Sequence[Mapping[str, Any]], rule: Selection | str) -> int:
     """Index of the epoch a selection rule picks: argmax of the validation metric, earliest on ties.
 
@@ -151,12 +161,7 @@ def select_epoch(epochs: Sequence[Mapping[str, Any]], rule: Selection | str) -> 
     Raises:
         ValueError: no epochs, or an unknown rule.
     """
-    try:
-        rule = Selection(rule)
-    except ValueError:
-        raise ValueError(
-            f"rule: expected one of {[s.value for s in Selection]}, got {rule!r}"
-        ) from None
+    rule = _selection(rule)
     if not epochs:
         raise ValueError("epochs: no epoch to select from; train at least one epoch")
     key = rule.metric
@@ -189,12 +194,7 @@ def summarize_selected(
     """
     if not chosen:
         raise ValueError("chosen: no seed to summarize; pass one selected epoch per seed")
-    try:
-        rule = Selection(rule)
-    except ValueError:
-        raise ValueError(
-            f"rule: expected one of {[s.value for s in Selection]}, got {rule!r}"
-        ) from None
+    rule = _selection(rule)
     avg, avg_sd = mean_std([c["test"]["avg_acc"] for c in chosen], ddof=1)
     worst, worst_sd = mean_std([c["test"]["worst_group_acc"] for c in chosen], ddof=1)
     group_acc = {

@@ -34,7 +34,7 @@ def script_values() -> tuple[dict[str, list[str]], dict[str, str]]:
     for name in ("GRID", "DEFAULT"):
         line = next(ln for ln in text.splitlines() if ln.startswith(f"declare -A {name}="))
         body = line.split("=(", 1)[1].rstrip(")")
-        pairs = [p for p in body.split("[")[1:]]
+        pairs = body.split("[")[1:]
         out[name] = {p.split("]=")[0]: p.split("]=")[1].strip().strip('"') for p in pairs}
     return {m: v.split() for m, v in out["GRID"].items()}, out["DEFAULT"]
 
