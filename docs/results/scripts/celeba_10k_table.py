@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+from ntkdyn.runs import format_mean_std, mean_std
 
 METHODS = {"erm": "ERM", "sd": "SD", "groupdro": "Group DRO"}
 OWN_RULE = {"erm": "by_val_avg", "sd": "by_val_avg", "groupdro": "by_val_worst"}
@@ -58,8 +58,9 @@ def kept_values(runs: Path) -> dict[str, str]:
 
 
 def pm(values: list[float]) -> str:
-    v = 100 * np.asarray(values)
-    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f}"
+    """Mean ± sample std in percent (the mean alone for one seed)."""
+    mean, std = mean_std(values, ddof=1)
+    return format_mean_std(mean, std if len(values) > 1 else None)
 
 
 def main() -> int:
@@ -108,12 +109,10 @@ def main() -> int:
             )
             if rule == OWN_RULE[m]:
                 label = METHODS[m]
-                means[label] = {g: np.mean([x["group_acc"][g] for x in rows]) for g in GROUPS}
-                ddof = 1 if len(rows) > 1 else 0
-                stds[label] = {
-                    g: np.std([x["group_acc"][g] for x in rows], ddof=ddof) for g in GROUPS
-                }
-                worst[label] = float(np.mean([x["worst_group_acc"] for x in rows]))
+                stats = {g: mean_std([x["group_acc"][g] for x in rows], ddof=1) for g in GROUPS}
+                means[label] = {g: m for g, (m, _) in stats.items()}
+                stds[label] = {g: sd for g, (_, sd) in stats.items()}
+                worst[label] = mean_std([x["worst_group_acc"] for x in rows])[0]
     if means:
         import matplotlib
 
