@@ -178,7 +178,7 @@ def test_pipeline_order_padding_and_sharding(fixture_dir):
 def test_pipeline_decodes_on_worker_threads(fixture_dir):
     split = load_celeba(fixture_dir).splits["train"]
     seen = set()
-    import ntkdyn.data.celeba as mod
+    import ntkdyn.data.images as mod
 
     original = mod.load_image
 
@@ -192,7 +192,7 @@ def test_pipeline_decodes_on_worker_threads(fixture_dir):
             pass
     finally:
         mod.load_image = original
-    assert seen and all(n.startswith("celeba-decode") for n in seen)
+    assert seen and all(n.startswith("image-decode") for n in seen)
 
 
 def test_clear_errors(fixture_dir, tmp_path):

@@ -24,17 +24,26 @@ bounded number of batches in flight, and yields batches in an order fixed by ``(
 from __future__ import annotations
 
 import csv
-import math
 import os
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from jaxtyping import Float, Int, UInt8
-from PIL import Image, UnidentifiedImageError
+from jaxtyping import Int
+
+# The image pipeline lives in ntkdyn.data.images; its names stay importable from here.
+from ntkdyn.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageSplit,
+    centre_crop_box,
+    decode_image,
+    decode_split,
+    epoch_order,
+    iterate_batches,
+    load_image,
+    normalize_images,
+)
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
@@ -66,8 +75,6 @@ CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "Wearing_Necktie", "Young",
 )  # fmt: skip
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 #: Partition ids of ``list_eval_partition``.
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -217,30 +224,8 @@ def _find(data_dir: Path, stem: str) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CelebASplit:
-    """One split: image paths, target ``y``, spurious attribute ``a`` and group ``g = 2y + a``.
-
-    Attributes:
-        name: "train", "val" or "test".
-        paths: absolute image paths, in file order.
-        y: (n,) target labels in {0, 1}.
-        a: (n,) spurious-attribute labels in {0, 1}.
-        group: (n,) group ids 2·y + a in {0, 1, 2, 3}.
-    """
-
-    name: str
-    paths: tuple[str, ...]
-    y: Int[np.ndarray, " n"]
-    a: Int[np.ndarray, " n"]
-    group: Int[np.ndarray, " n"]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def group_counts(self) -> Int[np.ndarray, " 4"]:
-        """Number of images in each of the four groups."""
-        return np.bincount(self.group, minlength=4)
+#: One CelebA split (the generic :class:`ntkdyn.data.images.ImageSplit`).
+CelebASplit = ImageSplit
 
 
 @dataclass(frozen=True)
@@ -354,303 +339,3 @@ def load_celeba(
             group=2 * y_all[idx] + a_all[idx],
         )
     return CelebA(target=target, spurious=spurious, splits=splits)
-
-
-# --------------------------------------------------------------------------------------------
-# Images and batches
-# --------------------------------------------------------------------------------------------
-
-
-def centre_crop_box(width: int, height: int, crop: int | None = None) -> tuple[int, int, int, int]:
-    """The centre square ``(left, top, right, bottom)`` of side ``crop`` in a ``width × height`` image.
-
-    The official CelebA transform is torchvision's ``CenterCrop(min(w, h))`` (Sagawa et al. 2020's
-    ``get_transform_celebA``): on a 178 × 218 aligned image the 178-pixel square, i.e. side = width.
-    ``crop=None`` takes that side, min(width, height), so an aligned image of any resolution gets the
-    same crop geometry, scaled: 89 × 109 → (0, 10, 89, 99), twice that for 178 × 218.
-
-    Args:
-        width: image width in pixels.
-        height: image height in pixels.
-        crop: side of the square in pixels (``None``: min(width, height)).
-
-    Returns:
-        The box, as PIL's ``Image.crop`` takes it (left ≈ (width − crop)/2, rounded).
-
-    Raises:
-        ValueError: ``crop`` < 1 or larger than the image.
-    """
-    side = min(width, height) if crop is None else int(crop)
-    if side < 1:
-        raise ValueError(f"--crop: must be >= 1 pixel (or auto), got {crop}")
-    if side > min(width, height):
-        raise ValueError(
-            f"--crop: {side} px is larger than the {width}x{height} image; pass --crop auto "
-            f"(the central square of side {min(width, height)}) or at most {min(width, height)}"
-        )
-    left = round((width - side) / 2.0)
-    top = round((height - side) / 2.0)
-    return left, top, left + side, top + side
-
-
-def decode_image(
-    path: str | os.PathLike, image_size: int = 224, *, crop: int | None = None
-) -> UInt8[np.ndarray, "h w 3"]:
-    """Decode one image: centre crop ``crop`` × ``crop``, bilinear resize, 8-bit RGB.
-
-    :func:`load_image` without the normalisation; :func:`decode_split` keeps these in memory.
-
-    resize(centre_crop(img)) as torchvision's ``CenterCrop(min(w, h))``, ``Resize(224)``
-    (:func:`centre_crop_box`). When ``image_size ≤ crop / 2`` the JPEG is decoded at a reduced
-    scale first (PIL ``draft``), a fast path for small smoke-run sizes.
-
-    Args:
-        path: image file.
-        image_size: output side length.
-        crop: centre-crop side length in the file's pixels; ``None`` (the default, ``--crop auto``)
-            takes min(width, height): 178 on the official 178 × 218 aligned images, 89 on 89 × 109.
-
-    Returns:
-        (image_size, image_size, 3) uint8 array.
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        ValueError: the file cannot be decoded, or ``crop`` is larger than the image.
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            w0, h0 = img.size
-            try:
-                box = centre_crop_box(w0, h0, crop)
-            except ValueError as exc:
-                raise ValueError(f"image {path}: {exc}") from None
-            side = box[2] - box[0]
-            if image_size * 2 <= side and img.format == "JPEG":
-                img.draft(
-                    "RGB", (math.ceil(w0 * image_size / side), math.ceil(h0 * image_size / side))
-                )
-            img = img.convert("RGB")
-            scale = img.size[0] / w0
-            c = side * scale
-            left = round((img.size[0] - c) / 2.0)
-            top = round((img.size[1] - c) / 2.0)
-            box = (left, top, left + round(c), top + round(c))
-            # crop, then resize (not resize(box=...), which samples outside the box at the edges)
-            img = img.crop(box).resize((image_size, image_size), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"image {path} not found; it is listed in the attribute file — is the image folder complete?"
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(
-            f"image {path}: cannot be decoded ({exc}); re-download or replace it"
-        ) from None
-    return arr
-
-
-def normalize_images(images: UInt8[np.ndarray, "... h w 3"]) -> Float[np.ndarray, "... h w 3"]:
-    """ImageNet normalisation x = (pixels / 255 − mean) / std (torchvision ``ToTensor``, ``Normalize``).
-
-    Args:
-        images: 8-bit RGB, channels last (one image or a batch).
-
-    Returns:
-        float32 array of the same shape.
-    """
-    return (np.asarray(images, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def load_image(
-    path: str | os.PathLike, image_size: int = 224, *, crop: int | None = None
-) -> Float[np.ndarray, "h w 3"]:
-    """Decode one image: centre crop ``crop`` × ``crop``, bilinear resize, ImageNet normalisation.
-
-    x = (resize(centre_crop(img)) / 255 − mean) / std, as torchvision's ``CenterCrop(min(w, h))``,
-    ``Resize(224)``, ``ToTensor()``, ``Normalize(ImageNet)``: :func:`normalize_images` of
-    :func:`decode_image`.
-
-    Args:
-        path: image file.
-        image_size: output side length.
-        crop: centre-crop side length in the file's pixels; ``None`` (the default, ``--crop auto``)
-            takes min(width, height): 178 on the official 178 × 218 aligned images, 89 on 89 × 109.
-
-    Returns:
-        (image_size, image_size, 3) float32 array.
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        ValueError: the file cannot be decoded, or ``crop`` is larger than the image.
-    """
-    return normalize_images(decode_image(path, image_size, crop=crop))
-
-
-def decode_split(
-    split: CelebASplit, *, image_size: int, crop: int | None = None, workers: int = 8
-) -> UInt8[np.ndarray, "n h w 3"]:
-    """Decode every image of a split once, for :func:`iterate_batches`'s ``images`` (8-bit, in memory).
-
-    10,000 images at 64 px take 123 MB; decoding them once instead of every epoch is what makes
-    many epochs on a CPU affordable. Batches drawn from the result equal decoded ones exactly.
-
-    Args:
-        split: the split.
-        image_size: output side length.
-        crop: centre-crop side (see :func:`load_image`).
-        workers: decoding threads (≥ 1).
-
-    Returns:
-        (n, image_size, image_size, 3) uint8 array in file order.
-
-    Raises:
-        ValueError, FileNotFoundError: as :func:`decode_image`, naming the file.
-    """
-    if workers < 1:
-        raise ValueError(f"workers: must be >= 1, got {workers}")
-    out = np.empty((len(split), image_size, image_size, 3), np.uint8)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="celeba-decode") as pool:
-        for i, arr in enumerate(
-            pool.map(lambda p: decode_image(p, image_size, crop=crop), split.paths)
-        ):
-            out[i] = arr
-    return out
-
-
-def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True) -> Int[np.ndarray, " n"]:
-    """The example order of one epoch: a permutation fixed by ``(seed, epoch)``.
-
-    Resuming mid-epoch slices this order, so a resumed run sees exactly the batches of an
-    uninterrupted one.
-
-    Args:
-        n: number of examples.
-        seed: run seed.
-        epoch: epoch index.
-        shuffle: False gives the identity order (evaluation).
-
-    Returns:
-        (n,) indices.
-    """
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
-
-
-def iterate_batches(
-    split: CelebASplit,
-    order: Sequence[int] | np.ndarray,
-    *,
-    batch_size: int,
-    image_size: int = 224,
-    crop: int | None = None,
-    drop_last: bool = False,
-    pad_to_multiple: int = 1,
-    workers: int = 8,
-    prefetch: int = 2,
-    shard: tuple[int, int] = (0, 1),
-    images: UInt8[np.ndarray, "n h w 3"] | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Yield batches of decoded images in ``order``, decoding ahead on a thread pool.
-
-    Each batch is a dict: ``image`` (b, H, W, 3) float32, ``y``, ``a``, ``group``, ``index`` (int32)
-    and ``mask`` (float32, 0 for padding). A final partial batch is dropped (``drop_last``) or
-    padded with copies of its first example and ``mask = 0`` up to a multiple of
-    ``pad_to_multiple`` (the device count), so that it can be sharded. At most ``prefetch``
-    batches beyond the current one are in flight; the order is exactly ``order``.
-
-    Args:
-        split: the split to read.
-        order: example indices, e.g. from :func:`epoch_order` (sliced to resume mid-epoch).
-        batch_size: global batch size.
-        image_size: output side length.
-        crop: centre-crop side (``None``: min(width, height) of each image, see :func:`load_image`).
-        drop_last: drop a final partial batch.
-        pad_to_multiple: pad the final partial batch up to a multiple of this.
-        workers: decoding threads.
-        prefetch: batches decoded ahead.
-        shard: ``(process_index, process_count)``: yield only this process's contiguous slice of
-            every global batch (multi-host training); the slice sizes must divide evenly.
-        images: the split decoded in memory (:func:`decode_split`); batches are then taken from it
-            instead of being decoded (the same values), and ``image_size``, ``crop``, ``workers``
-            and ``prefetch`` are unused.
-
-    Raises:
-        ValueError: bad sizes, or an image that cannot be decoded (names the file).
-        FileNotFoundError: an image file is missing (names the file).
-    """
-    if batch_size < 1 or workers < 1 or prefetch < 0 or pad_to_multiple < 1:
-        raise ValueError(
-            f"batch_size, workers, pad_to_multiple must be >= 1 and prefetch >= 0; got {batch_size}, {workers}, {pad_to_multiple}, {prefetch}"
-        )
-    pid, nproc = shard
-    if batch_size % nproc:
-        raise ValueError(f"batch_size: {batch_size} is not divisible by the process count {nproc}")
-    order = np.asarray(order, dtype=np.int64)
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if chunks and drop_last and len(chunks[-1]) < batch_size:
-        chunks.pop()
-
-    def plan(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mask = np.ones(len(idx), np.float32)
-        size = len(idx)
-        if size < batch_size:
-            size = -(-size // (pad_to_multiple * nproc)) * pad_to_multiple * nproc
-        if size > len(idx):
-            mask = np.concatenate([mask, np.zeros(size - len(idx), np.float32)])
-            idx = np.concatenate([idx, np.full(size - len(idx), idx[0])])
-        per = len(idx) // nproc
-        sl = slice(pid * per, (pid + 1) * per)
-        return idx[sl], mask[sl]
-
-    if images is not None:
-        if len(images) != len(split):
-            raise ValueError(
-                f"images: {len(images)} decoded images for the {len(split)} of split {split.name!r}"
-            )
-        for chunk in chunks:
-            idx, mask = plan(chunk)
-            yield {
-                "image": normalize_images(images[idx]),
-                "y": split.y[idx].astype(np.int32),
-                "a": split.a[idx].astype(np.int32),
-                "group": split.group[idx].astype(np.int32),
-                "index": idx.astype(np.int32),
-                "mask": mask,
-            }
-        return
-
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="celeba-decode")
-    pending: deque = deque()
-    chunk_iter = iter(chunks)
-
-    def submit() -> None:
-        idx = next(chunk_iter, None)
-        if idx is not None:
-            idx, mask = plan(idx)
-            pending.append(
-                (
-                    idx,
-                    mask,
-                    [pool.submit(load_image, split.paths[i], image_size, crop=crop) for i in idx],
-                )
-            )
-
-    try:
-        for _ in range(prefetch + 1):
-            submit()
-        while pending:
-            idx, mask, futures = pending.popleft()
-            images = np.stack([f.result() for f in futures])
-            submit()
-            yield {
-                "image": images,
-                "y": split.y[idx].astype(np.int32),
-                "a": split.a[idx].astype(np.int32),
-                "group": split.group[idx].astype(np.int32),
-                "index": idx.astype(np.int32),
-                "mask": mask,
-            }
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
