@@ -43,6 +43,8 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from ntkdyn.errors import InputError
+
 __all__ = [
     "ConfigError",
     "Rule",
@@ -65,7 +67,7 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """An invalid setting: names the field (Python) or its flag (command line).
 
     Attributes:
