@@ -19,8 +19,7 @@ class InputError(ValueError):
     """Invalid input from the user (a setting, a file or data), with the argument and the fix named.
 
     Example:
-        >>> raise InputError("--data: no file data.npz; pass an existing .npz file")
-        Traceback (most recent call last):
-        ...
-        ntkdyn.errors.InputError: --data: no file data.npz; pass an existing .npz file
+        >>> err = InputError("--data: no file data.npz; pass an existing .npz file")
+        >>> isinstance(err, ValueError), str(err).split(":")[0]
+        (True, '--data')
     """
