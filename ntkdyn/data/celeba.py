@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from jaxtyping import Int
 from ntkdyn.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    GroupDataset,
     ImageSplit,
     centre_crop_box,
     decode_image,
@@ -44,6 +44,7 @@ from ntkdyn.data.images import (
     load_image,
     normalize_images,
 )
+from ntkdyn.errors import InputError
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
@@ -52,6 +53,7 @@ __all__ = [
     "SPLITS",
     "CelebA",
     "CelebASplit",
+    "GroupDataset",
     "load_celeba",
     "read_attributes",
     "read_partition",
@@ -85,8 +87,8 @@ SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 # --------------------------------------------------------------------------------------------
 
 
-def _malformed(path: Path, lineno: int, what: str) -> ValueError:
-    return ValueError(
+def _malformed(path: Path, lineno: int, what: str) -> InputError:
+    return InputError(
         f"{path}: line {lineno}: {what}; the file is malformed — re-download it or fix that line"
     )
 
@@ -105,7 +107,7 @@ def read_attributes(
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: wrong header, wrong number of columns, a value outside {−1, 1}, or a row count that
+        InputError: wrong header, wrong number of columns, a value outside {−1, 1}, or a row count that
             disagrees with the count line; the message names the file and line.
     """
     path = Path(path)
@@ -185,7 +187,7 @@ def read_partition(path: str | os.PathLike) -> dict[str, int]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: a malformed line or a partition outside {0, 1, 2} (names file and line).
+        InputError: a malformed line or a partition outside {0, 1, 2} (names file and line).
     """
     path = Path(path)
     if not path.is_file():
@@ -228,44 +230,9 @@ def _find(data_dir: Path, stem: str) -> Path:
 CelebASplit = ImageSplit
 
 
-@dataclass(frozen=True)
-class CelebA:
-    """CelebA metadata with a target and a spurious attribute (see :func:`load_celeba`).
-
-    Attributes:
-        target: the target attribute name (default ``Blond_Hair``).
-        spurious: the spurious attribute name (default ``Male``).
-        splits: ``{"train", "val", "test"}`` → :class:`CelebASplit`.
-    """
-
-    target: str
-    spurious: str
-    splits: dict[str, CelebASplit]
-
-    @property
-    def group_names(self) -> list[str]:
-        """Group labels ``"<target>=y,<spurious>=a"`` in group-id order (g = 2y + a)."""
-        return [f"{self.target}={g // 2},{self.spurious}={g % 2}" for g in range(4)]
-
-    def describe(self) -> str:
-        """A table of group counts per split (printed by the experiment)."""
-        names = self.group_names
-        width = max(len(n) for n in names)
-        lines = [f"{'group':<{width}}  " + "  ".join(f"{s:>8}" for s in self.splits)]
-        counts = {s: sp.group_counts() for s, sp in self.splits.items()}
-        for g, name in enumerate(names):
-            cells = []
-            for s, sp in self.splits.items():
-                c = int(counts[s][g])
-                cells.append(
-                    f"{c:>8}" if not len(sp) else f"{c:>8}" + f" ({100 * c / len(sp):4.1f}%)"
-                )
-            lines.append(f"{name:<{width}}  " + "  ".join(cells))
-        lines.append(
-            f"{'total':<{width}}  "
-            + "  ".join(f"{len(sp):>8}" + " " * 8 for sp in self.splits.values())
-        )
-        return "\n".join(lines)
+#: CelebA with a target and a spurious attribute: the generic
+#: :class:`ntkdyn.data.images.GroupDataset` (see :func:`load_celeba`).
+CelebA = GroupDataset
 
 
 def _image_dir(data_dir: Path) -> Path:
@@ -297,7 +264,7 @@ def load_celeba(
 
     Raises:
         FileNotFoundError: the folder, the image folder or a metadata file is missing.
-        ValueError: a malformed file, an unknown attribute name, ``target == spurious``, or files
+        InputError: a malformed file, an unknown attribute name, ``target == spurious``, or files
             listed in one metadata file and not the other.
     """
     data_dir = Path(data_dir)
@@ -311,17 +278,17 @@ def load_celeba(
     files, names, values = read_attributes(attr_path)
     for role, attr in (("target", target), ("spurious", spurious)):
         if attr not in names:
-            raise ValueError(
+            raise InputError(
                 f"{role}: unknown attribute {attr!r}; {attr_path.name} has {', '.join(names)}"
             )
     if target == spurious:
-        raise ValueError(f"spurious: must differ from target, both are {target!r}")
+        raise InputError(f"spurious: must differ from target, both are {target!r}")
     partition = read_partition(part_path)
     missing = [f for f in files if f not in partition]
     if missing or len(partition) != len(files):
         extra = sorted(set(partition) - set(files))
-        raise ValueError(
-            f"{attr_path.name} and {part_path.name} list different images "
+        raise InputError(
+            f"--data-dir: {attr_path.name} and {part_path.name} list different images "
             f"({len(missing)} only in the first, e.g. {missing[:2]}; {len(extra)} only in the second, e.g. {extra[:2]}); "
             "use files from the same release"
         )

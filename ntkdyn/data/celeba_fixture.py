@@ -34,7 +34,13 @@ from PIL import Image, ImageDraw
 
 from ntkdyn.data.celeba import CELEBA_ATTRIBUTES
 
-__all__ = ["TRAIN_GROUP_FRACTIONS", "EVAL_GROUP_FRACTIONS", "write_celeba_fixture"]
+__all__ = [
+    "TRAIN_GROUP_FRACTIONS",
+    "EVAL_GROUP_FRACTIONS",
+    "draw_face",
+    "group_labels",
+    "write_celeba_fixture",
+]
 
 #: Group fractions (g = 2·blond + male) of CelebA's training split.
 TRAIN_GROUP_FRACTIONS = (0.44, 0.41, 0.14, 0.01)
@@ -46,7 +52,17 @@ _WIDTH, _HEIGHT = 178, 218
 HAIR_SHIFT = 1.0
 
 
-def _group_labels(n: int, fractions: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+def group_labels(n: int, fractions: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """A shuffled (n,) array of group ids 0..3 in the given proportions, every group present.
+
+    Args:
+        n: number of examples.
+        fractions: 4 non-negative group fractions (normalised here).
+        rng: the generator that shuffles.
+
+    Returns:
+        (n,) int group ids g = 2·target + spurious.
+    """
     fr = np.asarray(fractions, float)
     counts = np.floor(fr / fr.sum() * n).astype(int)
     counts[np.argsort(-(fr / fr.sum() * n - counts))[: n - counts.sum()]] += 1
@@ -56,8 +72,17 @@ def _group_labels(n: int, fractions: Sequence[float], rng: np.random.Generator) 
     return rng.permutation(labels)
 
 
-def _draw_face(blond: int, male: int, rng: np.random.Generator) -> Image.Image:
-    """One 178 × 218 cartoon face with the planted cues and nuisance variation."""
+def draw_face(blond: int, male: int, rng: np.random.Generator) -> Image.Image:
+    """One 178 × 218 cartoon face with the planted cues and nuisance variation.
+
+    Args:
+        blond: the target (1: hair towards blond, 0: towards dark; the two overlap).
+        male: the spurious attribute (1: dark-blue lower half, 0: light pink).
+        rng: the generator of every random choice (same state → same picture).
+
+    Returns:
+        An RGB PIL image.
+    """
     bg = rng.integers(90, 200, size=3)
     img = Image.new("RGB", (_WIDTH, _HEIGHT), tuple(int(v) for v in bg))
     draw = ImageDraw.Draw(img)
@@ -144,9 +169,9 @@ def write_celeba_fixture(
     rng = np.random.default_rng(seed)
     groups = np.concatenate(
         [
-            _group_labels(n_train, train_fractions, rng),
-            _group_labels(n_val, eval_fractions, rng),
-            _group_labels(n_test, eval_fractions, rng),
+            group_labels(n_train, train_fractions, rng),
+            group_labels(n_val, eval_fractions, rng),
+            group_labels(n_test, eval_fractions, rng),
         ]
     )
     partition = np.repeat([0, 1, 2], [n_train, n_val, n_test])
@@ -159,7 +184,7 @@ def write_celeba_fixture(
     values[:, si] = np.where(groups % 2 == 1, 1, -1)
     names = [f"{i + 1:06d}.jpg" for i in range(n)]
     for i, name in enumerate(names):
-        img = _draw_face(int(groups[i] // 2), int(groups[i] % 2), rng)
+        img = draw_face(int(groups[i] // 2), int(groups[i] % 2), rng)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=jpeg_quality)
         (img_dir / name).write_bytes(buf.getvalue())

@@ -26,10 +26,13 @@ import numpy as np
 from jaxtyping import Float, Int, UInt8
 from PIL import Image, UnidentifiedImageError
 
+from ntkdyn.errors import InputError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageSplit",
+    "GroupDataset",
     "centre_crop_box",
     "decode_image",
     "normalize_images",
@@ -69,6 +72,50 @@ class ImageSplit:
         return np.bincount(self.group, minlength=4)
 
 
+@dataclass(frozen=True)
+class GroupDataset:
+    """An image dataset with a target, a spurious attribute and four groups g = 2·y + a, per split.
+
+    Produced by :func:`ntkdyn.data.celeba.load_celeba` (``CelebA`` is this class) and by
+    :func:`ntkdyn.data.metadata.load_metadata_folder`. Images are not held; each split lists paths.
+
+    Attributes:
+        target: the target's name (``Blond_Hair`` for CelebA; ``y`` for a metadata folder unless
+            named otherwise).
+        spurious: the spurious attribute's name (``Male``; ``a`` for a folder).
+        splits: ``{"train", "val", "test"}`` → :class:`ImageSplit`.
+    """
+
+    target: str
+    spurious: str
+    splits: dict[str, ImageSplit]
+
+    @property
+    def group_names(self) -> list[str]:
+        """Group labels ``"<target>=y,<spurious>=a"`` in group-id order (g = 2y + a)."""
+        return [f"{self.target}={g // 2},{self.spurious}={g % 2}" for g in range(4)]
+
+    def describe(self) -> str:
+        """A table of group counts per split (printed by the experiments)."""
+        names = self.group_names
+        width = max(len(n) for n in names)
+        lines = [f"{'group':<{width}}  " + "  ".join(f"{s:>8}" for s in self.splits)]
+        counts = {s: sp.group_counts() for s, sp in self.splits.items()}
+        for g, name in enumerate(names):
+            cells = []
+            for s, sp in self.splits.items():
+                c = int(counts[s][g])
+                cells.append(
+                    f"{c:>8}" if not len(sp) else f"{c:>8}" + f" ({100 * c / len(sp):4.1f}%)"
+                )
+            lines.append(f"{name:<{width}}  " + "  ".join(cells))
+        lines.append(
+            f"{'total':<{width}}  "
+            + "  ".join(f"{len(sp):>8}" + " " * 8 for sp in self.splits.values())
+        )
+        return "\n".join(lines)
+
+
 def centre_crop_box(width: int, height: int, crop: int | None = None) -> tuple[int, int, int, int]:
     """The centre square ``(left, top, right, bottom)`` of side ``crop`` in a ``width × height`` image.
 
@@ -86,13 +133,13 @@ def centre_crop_box(width: int, height: int, crop: int | None = None) -> tuple[i
         The box, as PIL's ``Image.crop`` takes it (left ≈ (width − crop)/2, rounded).
 
     Raises:
-        ValueError: ``crop`` < 1 or larger than the image.
+        InputError: ``crop`` < 1 or larger than the image.
     """
     side = min(width, height) if crop is None else int(crop)
     if side < 1:
-        raise ValueError(f"--crop: must be >= 1 pixel (or auto), got {crop}")
+        raise InputError(f"--crop: must be >= 1 pixel (or auto), got {crop}")
     if side > min(width, height):
-        raise ValueError(
+        raise InputError(
             f"--crop: {side} px is larger than the {width}x{height} image; pass --crop auto "
             f"(the central square of side {min(width, height)}) or at most {min(width, height)}"
         )
@@ -123,7 +170,7 @@ def decode_image(
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file cannot be decoded, or ``crop`` is larger than the image.
+        InputError: the file cannot be decoded, or ``crop`` is larger than the image.
     """
     path = Path(path)
     try:
@@ -132,7 +179,7 @@ def decode_image(
             try:
                 box = centre_crop_box(w0, h0, crop)
             except ValueError as exc:
-                raise ValueError(f"image {path}: {exc}") from None
+                raise InputError(f"image {path}: {exc}") from None
             side = box[2] - box[0]
             if image_size * 2 <= side and img.format == "JPEG":
                 img.draft(
@@ -152,7 +199,7 @@ def decode_image(
             f"image {path} not found; it is listed in the attribute file — is the image folder complete?"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(
+        raise InputError(
             f"image {path}: cannot be decoded ({exc}); re-download or replace it"
         ) from None
     return arr
@@ -190,7 +237,7 @@ def load_image(
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file cannot be decoded, or ``crop`` is larger than the image.
+        InputError: the file cannot be decoded, or ``crop`` is larger than the image.
     """
     return normalize_images(decode_image(path, image_size, crop=crop))
 
@@ -213,7 +260,7 @@ def decode_split(
         (n, image_size, image_size, 3) uint8 array in file order.
 
     Raises:
-        ValueError, FileNotFoundError: as :func:`decode_image`, naming the file.
+        InputError, FileNotFoundError: as :func:`decode_image`, naming the file.
     """
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
