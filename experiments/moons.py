@@ -29,21 +29,18 @@ regularizer panels     Δ = +0.1; SGD lr 1e-2, momentum 0.9, *no* weight decay u
 ``sd_no_decay``        Spectral Decoupling
 =====================  =======================================================================
 
-The panels follow the authors' ``moon_fig_3.py`` where it differs from the SPEC's summary: no
-panel has weight decay except the weight-decay panel itself (its "no regularization" is plain SGD
-with momentum, its Adam has no decay, its SD no decay), so ``no_regularization`` and
-``sd_no_decay`` are the panels' own entries, distinct from the main figure's ``erm`` and ``sd``.
-The file's latest revision trains 10,000 epochs (100,000 for "train longer"; an earlier revision
-had 1,000). Its dropout sits before the ReLU (fc2(relu(dropout(fc1 x)))); ours after it, the same
-function because ReLU is positively homogeneous and the mask is ≥ 0. Its "deeper network" has five
-linear layers, four hidden. Its rotation is X ← X·R(θ), as ours.
+The panels follow the authors' ``moon_fig_3.py``: no panel has weight decay but the weight-decay
+panel (its SGD, Adam and SD have none), so ``no_regularization`` and ``sd_no_decay`` differ from the
+main figure's ``erm`` and ``sd``; 10,000 epochs (100,000 to train longer). Its dropout sits before
+the ReLU, ours after it (the same function: ReLU is positively homogeneous, the mask ≥ 0); its
+deeper network has four hidden layers; its rotation is X ← X·R(θ), as ours.
 
-Metrics per configuration (mean and std over seeds, each seed's own boundary against its own data;
-definitions in :mod:`ntkdyn.boundary`): train accuracy, ``boundary_min_distance``,
-``boundary_mean10_distance``, ``boundary_line_residual``. The same metrics of the seed-averaged
-decision function (the figures' boundary) against seed 0's data are under ``averaged``. The
-feature responses z_j(t) of the main figure come from :func:`ntkdyn.analysis.analyse` (each seed's
-spectrum at θ₀) and its ``measure`` of the outputs recorded during training.
+Metrics per configuration (mean and std over seeds, each seed's boundary against its own data;
+:func:`ntkdyn.boundary.seed_report`): train accuracy, ``boundary_min_distance``,
+``boundary_mean10_distance``, ``boundary_line_residual``; under ``averaged``, those of the
+seed-averaged decision function (the figures') against seed 0's data. The main figure's feature
+responses z_j(t): each seed's spectrum at θ₀ (:func:`ntkdyn.analysis.analyse`) measuring the
+outputs recorded during training.
 
 Command::
 
@@ -51,23 +48,18 @@ Command::
     ntkdyn moons --quick --out /tmp/moons    # 2 seeds, 200 epochs, width 64: a smoke test
     ntkdyn moons --out runs/moons --replot   # redraw the figures from decision_functions.npz
 
-Expected (paper, Fig. 1–3): ERM at Δ = +0.1 draws a nearly straight boundary close to the data
-(small ``boundary_line_residual``, ``boundary_min_distance`` near the margin Δ); SD's boundary is
-curved around the moons and farther from the data — larger ``boundary_min_distance`` and
-``boundary_line_residual`` than ERM and every other regularizer panel. Δ = −0.1 ERM is curved too
-(the overlap forces it). Outputs: ``config.json``, ``metrics.jsonl``, ``results.json``,
-``summary.md``, ``decision_functions.npz``, ``moons_main.{png,pdf}``,
-``moons_regularizers.{png,pdf}``.
+From Python: ``report(run(Config.quick()), "runs/moons")`` (:func:`run` writes nothing).
 
-Training is one compiled call per configuration (:func:`ntkdyn.train.fullbatch.train_fullbatch`) on
-the :class:`ntkdyn.MLP` parameter layout as a pure function: the plain 2 → 500 → 1 net through
-:func:`ntkdyn.shallow_relu`, the others through :func:`ntkdyn.mlp_apply` (batch-norm statistics as
-explicit state, dropout masks from ``fold_in(key, step)``). The seeds are laid out by
-``--seed-layout`` (:class:`ntkdyn.train.layout.SeedLayout`; by default vmapped over all local
-devices; on a CPU, expose the cores as devices with
-``XLA_FLAGS=--xla_force_host_platform_device_count=N``). Each configuration prints a progress
-line to stderr at most every 10 s
-(epochs done/total, elapsed).
+Expected (paper, Fig. 1–3): ERM at Δ = +0.1 draws a nearly straight boundary close to the data
+(small ``boundary_line_residual``, ``boundary_min_distance`` near the margin Δ); SD's is curved
+around the moons and farther from the data — larger ``boundary_min_distance`` and
+``boundary_line_residual`` than every other regularizer panel. Δ = −0.1 ERM is curved too. Outputs:
+``config.json``, ``metrics.jsonl``, ``results.json``, ``summary.md``, ``decision_functions.npz``,
+``moons_main.{png,pdf}``, ``moons_regularizers.{png,pdf}``.
+
+Training: :func:`ntkdyn.train.fullbatch.train_fullbatch` on the :class:`ntkdyn.MLP` layout, all
+seeds at once as ``--seed-layout`` says (on a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+exposes the cores as devices), with a progress hook (:class:`ntkdyn.train.hooks.Progress`).
 """
 
 from __future__ import annotations
@@ -75,29 +67,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from ntkdyn.objectives import ERM, Objective, SpectralDecoupling
-from ntkdyn.runs import (
-    CallCounter,
-    StepProgress,
-    format_mean_std,
-    markdown_table,
-    mean_std,
-    seed_records,
-)
+from ntkdyn.runs import format_mean_std, markdown_table, seed_records
 from ntkdyn.settings import ConfigError, add_arguments, check, from_arguments, integer, number
 
-HELP = (
-    __doc__.split("\n\n")[0]
-    + "\n\nPaper protocol by default; --quick for a smoke test. See the module docstring."
-)
+HELP = __doc__.split("\n\n")[0] + "\n\nPaper protocol by default; --quick for a smoke test."
 
 GRID_SIZE = 100  # the figures' grid: 100 × 100 over [−2, 2]²
 METRIC_GRID_SIZE = 201  # a finer grid for the boundary metrics (spacing 0.02)
@@ -150,12 +132,11 @@ class Setting:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of the setting (for config.json)."""
-        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        record["objective"] = {
-            "name": type(self.objective).__name__,
-            **dataclasses.asdict(self.objective),
+        objective = {"name": type(self.objective).__name__, **dataclasses.asdict(self.objective)}
+        return {
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            "objective": objective,
         }
-        return record
 
 
 _SD = SpectralDecoupling(coef=0.003)
@@ -229,6 +210,7 @@ class Config:
                 "noise": number(0),
             },
         )
+        self.layout()  # the seed layout is a setting too
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
@@ -236,11 +218,7 @@ class Config:
         return dataclasses.replace(cls(seeds=2, epochs=200, hidden=64), **overrides)
 
     def layout(self):
-        """The :class:`~ntkdyn.train.layout.SeedLayout` of ``seed_layout``.
-
-        Raises:
-            ConfigError: naming ``seed_layout`` when the text cannot be read.
-        """
+        """The :class:`~ntkdyn.train.layout.SeedLayout` of ``seed_layout`` (ConfigError if unreadable)."""
         from ntkdyn.train.layout import SeedLayout
 
         flag = "seed_layout"
@@ -284,15 +262,15 @@ def logits(setting: Setting, params, stats, x, *, train: bool = False, key=None)
 def make_loss(setting: Setting):
     """``loss_fn(params, stats, batch, step, key)`` of the trainer: the setting's objective.
 
-    ``batch`` is ``(x, y01)`` with labels in {0, 1}; the metrics are the objective's (``nll``,
-    SD's ``penalty``) and the training accuracy ``acc``.
+    ``batch`` is ``(x, y01)`` with labels in {0, 1}; the objective sees the params too (an l2 term
+    needs them); the metrics are the objective's (``nll``, SD's ``penalty``) and the accuracy.
     """
     import jax.numpy as jnp
 
     def loss_fn(params, stats, batch, step, key):
         x, y01 = batch
         f, new_stats = logits(setting, params, stats, x, train=True, key=key)
-        value, (_, metrics) = setting.objective.loss(f, y01, step=step)
+        value, (_, metrics) = setting.objective.loss(f, y01, step=step, params=params)
         acc = jnp.mean(jnp.where(y01 > 0.5, f > 0, f < 0))
         return value, (new_stats, {**metrics, "acc": acc})
 
@@ -300,16 +278,15 @@ def make_loss(setting: Setting):
 
 
 # --------------------------------------------------------------------------------------------------
-# Training and evaluation of one setting
+# Data, training and evaluation of one setting
 
 
 @functools.cache
-def _initial_state(seeds: int, hidden: int, hidden_layers: int, batch_norm: bool):
+def initial_state_fn(seeds: int, hidden: int, hidden_layers: int, batch_norm: bool):
     """Compiled ``key -> (train keys, params0, stats0)`` of ``seeds`` seeds, one per architecture.
 
     Seed s initialises from ``fold_in(fold_in(key, s), 0)`` and trains with
-    ``fold_in(fold_in(key, s), 1)``. One compiled call rather than many small vmapped ops, shared by
-    every configuration of the same shape.
+    ``fold_in(fold_in(key, s), 1)``; one compiled call shared by every configuration of a shape.
     """
     import jax
     import jax.numpy as jnp
@@ -329,97 +306,70 @@ def _initial_state(seeds: int, hidden: int, hidden_layers: int, batch_norm: bool
     return initial
 
 
-class Trained(NamedTuple):
-    """A trained setting: stacked over seeds (leading axis S)."""
+def initial_state(setting: Setting, config: Config):
+    """``(train keys, params0, stats0)`` of every seed, stacked (leading axis S)."""
+    import jax
 
-    setting: Setting
-    X: np.ndarray  # (S, n, 2)
-    y: np.ndarray  # (S, n), labels in {−1, +1}
-    params0: Any
-    params: Any
-    stats: Any
-    history: dict[str, np.ndarray]  # (S, R) each; "outputs" (S, R, n) when recorded
-    epochs: np.ndarray  # (R,)
-    seconds: float
+    shape = (config.seeds, config.hidden, setting.hidden_layers, setting.batch_norm)
+    return initial_state_fn(*shape)(jax.random.key(config.seed))
+
+
+def setting_data(setting: Setting, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """``(X (S, n, 2), y (S, n) in {−1, +1})``: seed s draws ``two_moons(seed=config.seed + s)``."""
+    from ntkdyn.data.moons import two_moons
+
+    shape = dict(n=config.n, noise=config.noise, delta=setting.delta)
+    data = [
+        two_moons(**shape, rotation_deg=setting.rotation_deg, seed=config.seed + s)
+        for s in range(config.seeds)
+    ]
+    return np.stack([d[0] for d in data]), np.stack([d[1] for d in data])
 
 
 def train_setting(
     setting: Setting,
     config: Config,
+    X: np.ndarray,
+    y: np.ndarray,
     *,
     layout=None,
     records: int = 200,
     record_outputs: bool = False,
     progress_every: float | None = None,
-) -> Trained:
-    """Train one configuration on ``config.seeds`` seeds at once (one compiled call).
-
-    Seed s trains on ``two_moons(seed=config.seed + s)`` (labels converted once to {0, 1} for the
-    objective) from the key ``fold_in(key(config.seed), s)``.
+):
+    """Train one configuration on ``config.seeds`` seeds at once (labels to {0, 1} for the objective).
 
     Args:
-        setting: the configuration.
-        config: the protocol (``epochs`` before the setting's ``epoch_factor``, seeds, data,
-            width, ``unroll``).
-        layout: :class:`~ntkdyn.train.layout.SeedLayout` of the seeds (``None``: all seeds vmapped
-            on the default device).
+        setting, config: the configuration and the protocol (epochs, seeds, width, ``unroll``).
+        X, y: :func:`setting_data`.
+        layout: :class:`~ntkdyn.train.layout.SeedLayout` (``None``: all seeds vmapped).
         records: about how many metric records to keep.
         record_outputs: also record f(X; θ_t) on the training set (for feature responses).
-        progress_every: print a progress line to stderr (epochs done/total, elapsed) at most
-            every this many seconds, and one at the end (:class:`ntkdyn.runs.StepProgress`);
-            ``None``: silent.
+        progress_every: a progress line at most every this many seconds; ``None``: silent.
 
     Returns:
-        :class:`Trained`.
+        :class:`ntkdyn.train.fullbatch.TrainResult` stacked over seeds, its history on the host:
+        the objective's metrics, ``acc`` and, with ``record_outputs``, ``outputs`` (S, R, n).
     """
     import jax
     import jax.numpy as jnp
 
-    from ntkdyn.data.moons import two_moons
     from ntkdyn.train.fullbatch import train_fullbatch
+    from ntkdyn.train.hooks import Progress
     from ntkdyn.train.layout import SeedLayout
     from ntkdyn.train.optimizers import pytorch_optimizer
 
-    layout = SeedLayout() if layout is None else layout
-    seeds = config.seeds
     num_steps = config.epochs * setting.epoch_factor
-    data = [
-        two_moons(
-            n=config.n,
-            noise=config.noise,
-            delta=setting.delta,
-            rotation_deg=setting.rotation_deg,
-            seed=config.seed + s,
-        )
-        for s in range(seeds)
-    ]
-    X = np.stack([d[0] for d in data])
-    y = np.stack([d[1] for d in data])
-    y01 = ((y + 1) / 2).astype(np.float32)
-
-    initial = _initial_state(seeds, config.hidden, setting.hidden_layers, setting.batch_norm)
-    train_keys, params0, stats0 = initial(jax.random.key(config.seed))
-
+    train_keys, params0, stats0 = initial_state(setting, config)
     log_every = max(1, num_steps // records)
-    devices = len(layout.devices) if layout.devices else 1
-    bar = StepProgress(
-        f"  {setting.name}",
-        num_steps,
-        unit="epochs",
-        enabled=progress_every is not None,
-        every=progress_every or 0.0,
-    )
-    # one callback per padded seed and record: every seed's record done advances log_every epochs
-    counter = CallCounter(bar, seeds + (-seeds) % devices, log_every)
+    hooks = []
+    if progress_every is not None:
+        desc = f"  {setting.name}"
+        hooks.append(Progress(log_every, total=num_steps, desc=desc, interval=progress_every))
 
     def eval_fn(params, stats, batch):
-        if progress_every is not None:  # anchored on the chunk's params: runs when it is done
-            jax.debug.callback(counter, params["linears"][0]["bias"][0])
-        if not record_outputs:
-            return {}
-        return {"outputs": logits(setting, params, stats, batch[0])[0]}
+        return {"outputs": logits(setting, params, stats, batch[0])[0]} if record_outputs else {}
 
-    start = time.perf_counter()
     result = train_fullbatch(
         make_loss(setting),
         pytorch_optimizer(
@@ -429,78 +379,64 @@ def train_setting(
             weight_decay=setting.weight_decay,
         ),
         params0,
-        (jnp.asarray(X), jnp.asarray(y01)),
+        (jnp.asarray(X), jnp.asarray(((y + 1) / 2).astype(np.float32))),
         keys=train_keys,
         num_steps=num_steps,
         model_state=stats0,
         log_every=log_every,
         eval_fn=eval_fn,
         batch_axis=0,
-        layout=layout,
+        layout=SeedLayout() if layout is None else layout,
         unroll=min(config.unroll, log_every),
+        hooks=hooks,
     )
     jax.block_until_ready(result.state.params)
-    seconds = time.perf_counter() - start
-    bar.close()
-    history = {k: np.asarray(v) for k, v in result.history.items()}
-    return Trained(
-        setting,
-        X,
-        y,
-        params0,
-        result.state.params,
-        result.state.model_state,
-        history,
-        result.steps,
-        seconds,
-    )
+    return result._replace(history={k: np.asarray(v) for k, v in result.history.items()})
 
 
-def decision_functions(trained: Trained, points: np.ndarray) -> np.ndarray:
-    """(S, m) eval-mode logits of every seed at ``points`` (m, 2)."""
+def decision_functions(setting: Setting, state, points: np.ndarray) -> np.ndarray:
+    """(S, m) eval-mode logits of every seed's trained ``state`` at ``points`` (m, 2)."""
     import jax
     import jax.numpy as jnp
 
     pts = jnp.asarray(points)
-    fn = jax.jit(jax.vmap(lambda p, s: logits(trained.setting, p, s, pts)[0]))
-    return np.asarray(fn(trained.params, trained.stats), dtype=np.float64)
+    fn = jax.jit(jax.vmap(lambda p, s: logits(setting, p, s, pts)[0]))
+    return np.asarray(fn(state.params, state.model_state), dtype=np.float64)
 
 
-def evaluate(trained: Trained) -> tuple[dict[str, Any], np.ndarray]:
+def evaluate(setting: Setting, result, X, y) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of a trained setting and its seed-averaged decision function on the figure grid.
 
     Returns:
-        ``(metrics, mean_values)``: metrics as in the module docstring; mean_values (100, 100).
+        ``(metrics, mean_values)``: :func:`ntkdyn.boundary.seed_report`, the final loss and the
+        epochs; mean_values (100, 100).
     """
     import jax
     import jax.numpy as jnp
 
-    from ntkdyn.boundary import boundary_metrics, grid, seed_metrics
+    from ntkdyn.boundary import seed_report
 
-    S = trained.X.shape[0]
-    train_logits = np.asarray(
-        jax.vmap(lambda p, s, x: logits(trained.setting, p, s, x)[0])(
-            trained.params, trained.stats, jnp.asarray(trained.X)
-        )
+    state = result.state
+    train_logits = jax.vmap(lambda p, s, x: logits(setting, p, s, x)[0])(
+        state.params, state.model_state, jnp.asarray(X)
     )
-    acc = np.mean(train_logits * trained.y > 0, axis=1)
-    mxs, mys, mpts = grid(METRIC_GRID_SIZE, GRID_LIM)
-    fine = decision_functions(trained, mpts).reshape(S, METRIC_GRID_SIZE, METRIC_GRID_SIZE)
-    metrics: dict[str, Any] = {}
-    metrics["train_accuracy"], metrics["train_accuracy_std"] = mean_std(acc)
-    metrics.update(seed_metrics(mxs, mys, fine, trained.X))
-    metrics["averaged"] = boundary_metrics(mxs, mys, fine.mean(0), trained.X[0])
-    metrics["final_loss"] = (
-        float(trained.history["loss"][:, -1].mean()) if trained.history else None
+    metrics, values = seed_report(
+        lambda pts: decision_functions(setting, state, pts),
+        np.asarray(train_logits),
+        X,
+        y,
+        lim=GRID_LIM,
+        grid_size=GRID_SIZE,
+        metric_grid_size=METRIC_GRID_SIZE,
     )
-    metrics["epochs"] = int(trained.epochs[-1]) if len(trained.epochs) else None
-    _, _, pts = grid(GRID_SIZE, GRID_LIM)
-    values = decision_functions(trained, pts).reshape(S, GRID_SIZE, GRID_SIZE).mean(0)
+    history = result.history
+    metrics["final_loss"] = float(history["loss"][:, -1].mean()) if history else None
+    metrics["epochs"] = int(result.steps[-1]) if len(result.steps) else None
     return metrics, values
 
 
 def feature_responses_over_training(
-    trained: Trained, k: int = RESPONSE_DIRECTIONS
+    setting: Setting, config: Config, result, X, y, k: int = RESPONSE_DIRECTIONS
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seed-mean z_j(t) = u_jᵀ Y (f(X; θ_t) − f(X; θ₀)) of the top-k NTK directions at θ₀.
 
@@ -515,58 +451,95 @@ def feature_responses_over_training(
     from ntkdyn.analysis import analyse
     from ntkdyn.models.mlp import DenseApply
 
+    params0 = initial_state(setting, config)[1]
     zs = []
-    for s in range(trained.X.shape[0]):
-        p0 = jax.tree.map(lambda a, s=s: a[s], trained.params0)
-        a = analyse(DenseApply(), p0, trained.X[s], trained.y[s])
-        m = a.measure(
-            trained.history["outputs"][s], steps=trained.epochs, top=k, start_at_zero=True
-        )
+    for s in range(X.shape[0]):
+        a = analyse(DenseApply(), jax.tree.map(lambda v, s=s: v[s], params0), X[s], y[s])
+        outputs = result.history["outputs"][s]
+        m = a.measure(outputs, steps=result.steps, top=k, start_at_zero=True)
         zs.append(m.z)
     return m.steps, np.mean(zs, axis=0)
 
 
 # --------------------------------------------------------------------------------------------------
-# Report
+# The protocol: run (no files) and report (the run directory)
 
 
-def _summary(config: Config, results: dict[str, Any]) -> str:
-    lines = [
-        "# Two moons: decision boundaries of ERM, nine regularizers and Spectral Decoupling",
-        "",
-        f"{config.seeds} seeds, {config.epochs} epochs (×10 for train_longer), n = {config.n}, "
-        f"noise = {config.noise}, width {config.hidden}; mean ± std over seeds. Main figure: "
-        "erm_delta_minus, erm, sd (weight decay 2e-4); regularizer panels: the others (no weight "
-        "decay but the weight_decay panel's).",
-        "",
-    ]
-    columns = (
-        "train_accuracy",
-        "boundary_min_distance",
-        "boundary_mean10_distance",
-        "boundary_line_residual",
-    )
+class Results(NamedTuple):
+    """What :func:`run` computes, as plain values (nothing written).
 
-    def cell(r, key):
-        return format_mean_std(r.get(key), r.get(f"{key}_std"), scale=1.0, digits=3)
+    Attributes:
+        config: the settings.
+        layout: the seed layout's description.
+        configs: configuration → metrics (module docstring).
+        verdict: SD's panel against the other regularizer panels.
+        values: configuration → seed-averaged decision function on the figure grid (100, 100).
+        data: configuration → seed 0's ``(X, y)``.
+        responses: main-figure configuration → ``(epochs, z)`` (:func:`feature_responses_over_training`).
+        records: metrics over training, one record per configuration, seed and record step.
+        seconds: configuration → training wall time.
+    """
 
-    rows = [
-        [name, *(cell(results["configs"][name], key) for key in columns)]
-        for name in config.config
-        if name in results["configs"]
-    ]
-    lines += markdown_table(["configuration", *columns], rows)
-    verdict = results.get("verdict")
-    if verdict:
-        lines += ["", f"SD ({PANEL_SD}) against the other regularizer panels (Δ = +0.1):", ""]
-        for key, value in verdict.items():
-            lines.append(f"* {key}: {value}")
-    return "\n".join(lines) + "\n"
+    config: Config
+    layout: dict[str, Any]
+    configs: dict[str, dict[str, Any]]
+    verdict: dict[str, Any]
+    values: dict[str, np.ndarray]
+    data: dict[str, tuple[np.ndarray, np.ndarray]]
+    responses: dict[str, tuple[np.ndarray, np.ndarray]]
+    records: list[dict[str, Any]]
+    seconds: dict[str, float]
 
 
-def _verdict(results: dict[str, Any]) -> dict[str, Any]:
+def run(config: Config, *, progress_every: float | None = PROGRESS_SECONDS) -> Results:
+    """Train and evaluate the selected configurations; write nothing.
+
+    Args:
+        config: the settings (validated when built).
+        progress_every: as :func:`train_setting` (``None``: silent).
+
+    Returns:
+        :class:`Results`.
+    """
+    layout = config.layout()
+    configs, values, data, responses, seconds = {}, {}, {}, {}, {}
+    records: list[dict[str, Any]] = []
+    for name in config.config:
+        setting, main = SETTINGS[name], name in MAIN_FIGURE
+        X, y = setting_data(setting, config)
+        start = time.perf_counter()
+        result = train_setting(
+            setting,
+            config,
+            X,
+            y,
+            layout=layout,
+            record_outputs=main,
+            records=500 if main else 200,
+            progress_every=progress_every,
+        )
+        seconds[name] = time.perf_counter() - start
+        configs[name], values[name] = evaluate(setting, result, X, y)
+        data[name] = (X[0], y[0])
+        if main and setting.shallow:
+            responses[name] = feature_responses_over_training(setting, config, result, X, y)
+        records += seed_records(result.history, result.steps, step_key="epoch", config=name)
+        if progress_every is not None:
+            m = configs[name]
+            print(
+                f"{name}: {m['epochs']} epochs x {config.seeds} seeds in {seconds[name]:.1f} s; "
+                f"train acc {m['train_accuracy']:.3f}, min dist "
+                f"{m['boundary_min_distance']:.3f}, line residual "
+                f"{m['boundary_line_residual']:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    arrays = (values, data, responses, records, seconds)
+    return Results(config, layout.describe(), configs, _verdict(configs), *arrays)
+
+
+def _verdict(configs: dict[str, Any]) -> dict[str, Any]:
     """Whether the SD panel's boundary is farther and more curved than every other panel's."""
-    configs = results["configs"]
     others = [c for c in REGULARIZERS if c != PANEL_SD and c in configs]
     if PANEL_SD not in configs or not others:
         return {}
@@ -579,52 +552,97 @@ def _verdict(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_arrays(out, values, data, responses) -> None:
-    from ntkdyn.boundary import grid
+def _summary(results: Results) -> str:
+    config = results.config
+    spread = "mean ± std over seeds" if config.seeds > 1 else "one seed (n = 1), no spread"
+    lines = [
+        "# Two moons: decision boundaries of ERM, nine regularizers and Spectral Decoupling",
+        "",
+        f"{config.seeds} seed{'s' * (config.seeds > 1)}, {config.epochs} epochs (×10 for train_longer), n = {config.n}, "
+        f"noise = {config.noise}, width {config.hidden}; {spread}. Main figure: "
+        "erm_delta_minus, erm, sd (weight decay 2e-4); regularizer panels: the others (no weight "
+        "decay but the weight_decay panel's).",
+        "",
+    ]
+    columns = (
+        "train_accuracy",
+        "boundary_min_distance",
+        "boundary_mean10_distance",
+        "boundary_line_residual",
+    )
 
-    xs, ys, _ = grid(GRID_SIZE, GRID_LIM)
-    arrays = {
-        "xs": xs,
-        "ys": ys,
-        "names": np.array(list(values)),
-        "values": np.stack([values[c] for c in values]),
-    }
-    for c in values:
-        arrays[f"X_{c}"], arrays[f"y_{c}"] = data[c]
-    for c in responses:
-        arrays[f"epochs_{c}"], arrays[f"z_{c}"] = responses[c]
-    out.write_npz("decision_functions.npz", **arrays)
+    def cell(r, key):  # 3 significant digits of the mean; the std to the same decimals
+        mean, std = r.get(key), r.get(f"{key}_std") if config.seeds > 1 else None
+        if mean is None or not math.isfinite(mean) or mean == 0:
+            return format_mean_std(mean, std, scale=1.0, digits=3)
+        digits = max(0, 2 - math.floor(math.log10(abs(mean))))
+        return format_mean_std(mean, std, scale=1.0, digits=digits)
 
-
-def _read_arrays(out) -> tuple[dict, dict, dict]:
-    path = out.file("decision_functions.npz")
-    if not path.exists():
-        raise FileNotFoundError(
-            f"--replot: {str(path)!r} not found; run the experiment with this --out first"
-        )
-    with np.load(path) as npz:
-        names = [str(c) for c in npz["names"]]
-        values = {c: npz["values"][i] for i, c in enumerate(names)}
-        data = {c: (npz[f"X_{c}"], npz[f"y_{c}"]) for c in names}
-        responses = {c: (npz[f"epochs_{c}"], npz[f"z_{c}"]) for c in names if f"z_{c}" in npz.files}
-    return values, data, responses
+    rows = [[name, *(cell(r, key) for key in columns)] for name, r in results.configs.items()]
+    lines += markdown_table(["configuration", *columns], rows)
+    if results.verdict:
+        lines += ["", f"SD ({PANEL_SD}) against the other regularizer panels (Δ = +0.1):", ""]
+        for key, value in results.verdict.items():
+            lines.append(f"* {key}: {', '.join(value) if isinstance(value, list) else value}")
+    return "\n".join(lines) + "\n"
 
 
 def _draw(out, values, data, responses) -> None:
     from ntkdyn.boundary import grid
-    from ntkdyn.plots.moons import DecisionPanel, moons_main_figure, moons_regularizer_figure
+    from ntkdyn.plots.moons import moons_figures
 
     xs, ys, _ = grid(GRID_SIZE, GRID_LIM)
-    if all(c in values for c in MAIN_FIGURE):
-        panels = [DecisionPanel(SETTINGS[c].title, values[c], *data[c]) for c in MAIN_FIGURE]
-        resp = {
-            ("ERM" if c == "erm" else "SD"): responses[c] for c in ("erm", "sd") if c in responses
-        }
-        out.save_figure(moons_main_figure(xs, ys, panels, resp), "moons_main")
-    regs = [c for c in REGULARIZERS if c in values]
-    if regs:
-        panels = [DecisionPanel(SETTINGS[c].title, values[c], *data[c]) for c in regs]
-        out.save_figure(moons_regularizer_figure(xs, ys, panels), "moons_regularizers")
+    titles = {c: SETTINGS[c].title for c in values}
+    figures = moons_figures(xs, ys, values, data, responses, titles, others=REGULARIZERS)
+    for stem, fig in figures.items():
+        out.save_figure(fig, stem)
+
+
+def report(results: Results, run_dir, *, quick: bool = False) -> dict[str, Any]:
+    """Write config.json, metrics.jsonl, results.json, summary.md, decision_functions.npz, figures.
+
+    Args:
+        results: what :func:`run` returned.
+        run_dir: the output folder (a path or a :class:`ntkdyn.runs.RunDir`).
+        quick: recorded in config.json (``--quick``).
+
+    Returns:
+        The dict written to results.json.
+    """
+    from ntkdyn.boundary import grid
+    from ntkdyn.plots.moons import decision_arrays
+    from ntkdyn.runs import RunDir
+
+    config, values = results.config, results.values
+    out = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    out.write_config(
+        dataclasses.asdict(config)
+        | dict(quick=quick, layout=results.layout, grid=dict(size=GRID_SIZE, lim=GRID_LIM))
+        | dict(
+            metric_grid_size=METRIC_GRID_SIZE,
+            settings={c: SETTINGS[c].describe() for c in config.config},
+        )
+    )
+    xs, ys, _ = grid(GRID_SIZE, GRID_LIM)
+    arrays = decision_arrays(xs, ys, values, results.data, results.responses)
+    out.write_npz("decision_functions.npz", **arrays)
+    out.write_metrics(results.records)
+    written = {"configs": results.configs, "verdict": results.verdict}
+    out.write_results(written)
+    out.write_text("summary.md", _summary(results))
+    _draw(out, values, results.data, results.responses)
+    return written
+
+
+def _replot(path: str) -> None:
+    from ntkdyn.plots.moons import from_decision_arrays
+    from ntkdyn.runs import RunDir
+
+    npz = os.path.join(path, "decision_functions.npz")
+    if not os.path.isfile(npz):
+        raise FileNotFoundError(f"--replot: {npz!r} not found; pass the --out of a finished run")
+    with np.load(npz) as arrays:
+        _draw(RunDir(path), *from_decision_arrays(arrays))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -665,94 +683,23 @@ def resolve(args: argparse.Namespace) -> Config:
     return from_arguments(base, args)
 
 
-def _record(config: Config, layout) -> dict[str, Any]:
-    record = dataclasses.asdict(config)
-    record.update(
-        layout=layout.describe(),
-        grid=dict(size=GRID_SIZE, lim=GRID_LIM),
-        metric_grid_size=METRIC_GRID_SIZE,
-        settings={c: SETTINGS[c].describe() for c in config.config},
-    )
-    return record
-
-
-def run(args: argparse.Namespace) -> int:
-    """Train the selected configurations, write metrics, results, summary and figures.
-
-    Every setting is checked before the output folder is created.
+def cli(args: argparse.Namespace) -> int:
+    """``ntkdyn moons``: settings and ``--out`` checked, then :func:`run` and :func:`report`.
 
     Raises:
         ConfigError: naming the flag of a bad value (unknown configuration, lr ≤ 0, epochs ≤ 0,
             n < 2, noise < 0, an unreadable --seed-layout, ...).
+        InputError: an ``--out`` that cannot be written.
         FileNotFoundError: ``--replot`` of a folder without a finished run.
     """
-    from ntkdyn.runs import RunDir
+    from ntkdyn.runs.files import check_writable
 
     if args.replot:
-        if not os.path.isdir(args.out):
-            raise FileNotFoundError(
-                f"--replot: output directory {args.out!r} not found; pass the --out of a finished run"
-            )
-        out = RunDir(args.out)
-        _draw(out, *_read_arrays(out))
-        print(f"redrew the figures in {out.path}", file=sys.stderr)
+        _replot(args.out)
+        print(f"redrew the figures in {args.out}", file=sys.stderr)
         return 0
     config = resolve(args)
-    layout = config.layout()
-    quick = bool(args.quick)
-    out = RunDir(args.out)
-    out.write_config({**_record(config, layout), "quick": quick})
-    results: dict[str, Any] = {"configs": {}}
-    metrics_records: list[dict[str, Any]] = []
-    values: dict[str, np.ndarray] = {}
-    data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    responses: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in config.config:
-        setting = SETTINGS[name]
-        trained = train_setting(
-            setting,
-            config,
-            layout=layout,
-            record_outputs=name in MAIN_FIGURE,
-            records=500 if name in MAIN_FIGURE else 200,
-            progress_every=PROGRESS_SECONDS,
-        )
-        metrics, values[name] = evaluate(trained)
-        data[name] = (trained.X[0], trained.y[0])
-        if name in MAIN_FIGURE and setting.shallow:
-            responses[name] = feature_responses_over_training(trained)
-        results["configs"][name] = metrics
-        metrics_records += seed_records(
-            trained.history, trained.epochs, step_key="epoch", config=name
-        )
-        print(
-            f"{name}: {trained.epochs[-1] if len(trained.epochs) else 0} epochs x "
-            f"{config.seeds} seeds in {trained.seconds:.1f} s; train acc "
-            f"{metrics['train_accuracy']:.3f}, min dist {metrics['boundary_min_distance']:.3f}, "
-            f"line residual {metrics['boundary_line_residual']:.3f}",
-            file=sys.stderr,
-            flush=True,
-        )
-        results["verdict"] = _verdict(results)
-        # After every configuration, so that --replot works on a partial run.
-        _write_arrays(out, values, data, responses)
-        out.write_metrics(metrics_records)
-        out.write_results(results)
-        out.write_text("summary.md", _summary(config, results))
-
-    _draw(out, values, data, responses)
-    print(f"wrote {out.path}", file=sys.stderr)
+    check_writable(args.out)
+    report(run(config), args.out, quick=bool(args.quick))
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run as ``python -m ntkdyn.experiments.moons`` (same arguments as ``ntkdyn moons``)."""
-    parser = argparse.ArgumentParser(
-        prog="moons", description=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    configure(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -13,6 +13,9 @@ Command::
     ntkdyn theory --out runs/theory          # seconds on a laptop CPU
     ntkdyn theory --quick --out /tmp/theory  # smaller grids, for tests
 
+From Python: ``results = run(Config())`` computes everything and writes nothing; ``report(results,
+"runs/theory")`` writes the run directory.
+
 Expected (float64):
 
 * CE: z₂* = 1.640 (s₁ = 2), 1.583, 1.467, 1.329, 1.185, 0.915 (s₁ = 8) for s₁ = 2, 3, 4, 5, 6, 8;
@@ -33,8 +36,9 @@ import argparse
 import dataclasses
 import math
 import sys
-import time
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from ntkdyn.settings import (
     ConfigError,
@@ -100,11 +104,7 @@ class Config:
     fd_h: float = 1e-4
 
     def __post_init__(self) -> None:
-        """Check every setting before anything runs.
-
-        Raises:
-            ConfigError: naming the setting at fault (the flag, on the command line).
-        """
+        """Check every setting before anything runs (ConfigError naming the setting at fault)."""
         check(
             self,
             {
@@ -162,52 +162,60 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, Config())
 
 
-def rotation_grid(pairs, delta: float, lam: float):
-    """A batch of two-feature systems U(δ), s = (s₁, s₂) for each pair, λ — without a Python loop.
-
-    Args:
-        pairs: (B, 2) singular values.
-        delta: coupling, |δ| < 1.
-        lam: λ ≥ 0.
-
-    Returns:
-        A batched :class:`~ntkdyn.systems.FeatureSystem`.
-
-    Raises:
-        ValueError: naming ``pairs``, ``delta`` or ``lam``.
-    """
+def _rotation_systems(pairs, delta: float, lam: float):
+    """Two-feature systems U(δ), s = (s₁, s₂) for each pair, λ: one batch, without a Python loop."""
     import jax.numpy as jnp
-    import numpy as np
 
     from ntkdyn.systems import FeatureSystem, rotation_system
 
-    s = np.asarray(pairs, dtype=float).reshape(-1, 2)
-    if not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise ValueError(f"pairs: singular values must be finite and > 0, got min {s.min()}")
     base = rotation_system([1.0, 1.0], delta, lam)  # validates delta and lam
+    s = jnp.asarray(np.asarray(pairs, dtype=float).reshape(-1, 2), base.s.dtype)
     B = s.shape[0]
-    return FeatureSystem(
-        jnp.broadcast_to(base.U, (B, 2, 2)), jnp.asarray(s, base.s.dtype), jnp.full((B,), base.lam)
-    )
+    return FeatureSystem(jnp.broadcast_to(base.U, (B, 2, 2)), s, jnp.full((B,), base.lam))
 
 
-def run_theory(config: Config) -> dict[str, Any]:
-    """Run every computation of the experiment and return the arrays and scalars (no file I/O).
+class Results(NamedTuple):
+    """What :func:`run` computes: the settings, then plain numpy arrays and dicts (nothing written).
+
+    Attributes:
+        config: the settings.
+        trajectories: B = the s₁ any figure needs, sorted in ``traj_s1``: ``t`` (T,) and ``ce``,
+            ``sd`` (B, T, 2) every ``save_every`` GD steps; ``t_dense``, ``ce_dense``,
+            ``sd_dense`` every ``figure_save_every`` steps to ``figure_steps``; the dual flow's
+            ``dual_t`` (P,), ``dual`` (its z) and ``dual_alpha`` (its α), (B, P, 2).
+        sweep: ``sweep_s1`` (K,), fixed points ``sweep_ce_z``, ``sweep_sd_z`` (K, 2) and
+            ∂z₂*/∂s₁ ``sweep_ce_dz2``, ``sweep_sd_dz2`` (K,).
+        phase_map: axes ``map_s1``, ``map_s2`` and ∂z₂*/∂s₁ ``map_ce``, ``map_sd``
+            (len(s2), len(s1)).
+        table: :func:`ntkdyn.analysis.starvation_table` at ``table_s1``.
+        checks: closed forms and cross-checks, name → value.
+        verdict: ``starvation``, ``sd_decoupled`` and the one-line ``text``.
+    """
+
+    config: Config
+    trajectories: dict[str, np.ndarray]
+    sweep: dict[str, np.ndarray]
+    phase_map: dict[str, np.ndarray]
+    table: dict[str, Any]
+    checks: dict[str, Any]
+    verdict: dict[str, Any]
+
+
+def run(config: Config) -> Results:
+    """Run every computation of the experiment (no file is written).
 
     Args:
-        config: the settings.
+        config: the settings (validated when built).
 
     Returns:
-        A dict with the trajectories (``t``, ``traj_s1``, ``ce``, ``sd``, ``dual_t``, ``dual``), the
-        sweep, the phase map, the table and the checks.
+        :class:`Results`.
 
     Raises:
-        ValueError: for a bad setting.
-        SolverError: if GD diverges (η too large) or a solver fails.
+        ConfigError: naming ``eta`` when GD diverges or oscillates (η too large).
+        SolverError: if the dual flow's or the fixed points' solver fails.
     """
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from ntkdyn.analysis import starvation_table
     from ntkdyn.dynamics import ce_field, dual_field, dual_to_z, gd, integrate, sd_field
@@ -215,21 +223,18 @@ def run_theory(config: Config) -> dict[str, Any]:
     from ntkdyn.systems import rotation_system
 
     c = config
-    timings = {}
-    start = time.perf_counter()
 
     # Trajectories: one vmapped GD run per loss over every s₁ any figure needs.
     traj_s1 = sorted(set(c.figure_s1) | set(c.slider_s1))
-    ce_batch = rotation_grid([(v, c.s2) for v in traj_s1], c.delta, c.lam_ce)
-    sd_batch = rotation_grid([(v, c.s2) for v in traj_s1], c.delta, c.lam_sd)
+    ce_batch = _rotation_systems([(v, c.s2) for v in traj_s1], c.delta, c.lam_ce)
+    sd_batch = _rotation_systems([(v, c.s2) for v in traj_s1], c.delta, c.lam_sd)
     z0 = jnp.zeros(2)
-    run_gd = lambda field: jax.vmap(  # noqa: E731
-        lambda sy: gd(
-            field, sy, z0, eta=c.eta, num_steps=c.figure_steps, save_every=c.figure_save_every
-        )
-    )
-    ce = run_gd(ce_field)(ce_batch)
-    sd = run_gd(sd_field)(sd_batch)
+    steps = dict(eta=c.eta, num_steps=c.figure_steps, save_every=c.figure_save_every, throw=False)
+    run_gd = lambda field: jax.vmap(lambda sy: gd(field, sy, z0, **steps))  # noqa: E731
+    ce, sd = run_gd(ce_field)(ce_batch), run_gd(sd_field)(sd_batch)
+    bad = [v for tr in (ce, sd) for v, ok in zip(traj_s1, tr.success, strict=True) if not ok]
+    if bad:  # GD diverges or oscillates: the step is too large for these systems
+        raise ConfigError("eta", f"GD is unstable at eta={c.eta} for s1={bad[0]}; reduce it")
     r = c.save_every // c.figure_save_every
     t_dense, ce_dense, sd_dense = np.asarray(ce.t[0]), np.asarray(ce.z), np.asarray(sd.z)
     # The dual flow: an adaptive solve, log-spaced samples (it moves fast at first).
@@ -246,26 +251,23 @@ def run_theory(config: Config) -> dict[str, Any]:
     # The ODE at the slider's horizon, as a check on GD's discretisation.
     t_slider = c.eta * c.steps
     ode = jax.vmap(lambda sy: integrate(ce_field, sy, z0, t1=t_slider, num_points=2))(ce_batch)
-    timings["trajectories_s"] = time.perf_counter() - start
 
     # Fixed points and derivatives over the sweep and the phase map: one batched Newton + implicit
     # AD per loss (fixed-size chunks, so one compilation serves every grid).
-    start = time.perf_counter()
     sweep = np.linspace(*c.sweep[:2], int(c.sweep[2]))
     m1 = np.linspace(*c.map_s1[:2], int(c.map_s1[2]))
     m2 = np.linspace(*c.map_s2[:2], int(c.map_s2[2]))
     pairs = (
         [(v, c.s2) for v in sweep] + [(a, b) for b in m2 for a in m1] + [(v, c.s2) for v in traj_s1]
     )
-    z_ce_all, J_ce_all = fixed_points_batch(ce_field, rotation_grid(pairs, c.delta, c.lam_ce))
-    z_sd_all, J_sd_all = fixed_points_batch(sd_field, rotation_grid(pairs, c.delta, c.lam_sd))
+    z_ce_all, J_ce_all = fixed_points_batch(ce_field, _rotation_systems(pairs, c.delta, c.lam_ce))
+    z_sd_all, J_sd_all = fixed_points_batch(sd_field, _rotation_systems(pairs, c.delta, c.lam_sd))
     ns, nm = len(sweep), len(m1) * len(m2)
     z_ce, J_ce, z_sd, J_sd = z_ce_all[:ns], J_ce_all[:ns], z_sd_all[:ns], J_sd_all[:ns]
     map_ce = np.asarray(J_ce_all[ns : ns + nm, 1, 0]).reshape(len(m2), len(m1))
     map_sd = np.asarray(J_sd_all[ns : ns + nm, 1, 0]).reshape(len(m2), len(m1))
     z_ce_traj = np.asarray(z_ce_all[ns + nm :])
     table = starvation_table(c.table_s1, c.s2, c.delta, c.lam_ce, c.lam_sd, c.fd_h)
-    timings["fixed_points_s"] = time.perf_counter() - start
 
     # Checks.
     a = sd_square_margin(c.lam_sd)
@@ -290,226 +292,206 @@ def run_theory(config: Config) -> dict[str, Any]:
         if sweep[0] <= c.s2 <= sweep[-1]
         else None,
     }
-    return dict(
-        t=t_dense[::r],
-        traj_s1=np.array(traj_s1),
-        ce=ce_dense[:, ::r],
-        sd=sd_dense[:, ::r],
-        t_dense=t_dense,
-        ce_dense=ce_dense,
-        sd_dense=sd_dense,
-        dual_t=np.asarray(dual_ts),
-        dual=np.asarray(dual_z),
-        dual_alpha=np.asarray(dual.z),
-        sweep_s1=sweep,
-        sweep_ce_z=np.asarray(z_ce),
-        sweep_ce_dz2=np.asarray(J_ce[:, 1, 0]),
-        sweep_sd_z=np.asarray(z_sd),
-        sweep_sd_dz2=np.asarray(J_sd[:, 1, 0]),
-        map_s1=m1,
-        map_s2=m2,
-        map_ce=map_ce,
-        map_sd=map_sd,
+    return Results(
+        config=c,
+        trajectories=dict(
+            t=t_dense[::r],
+            traj_s1=np.array(traj_s1),
+            ce=ce_dense[:, ::r],
+            sd=sd_dense[:, ::r],
+            t_dense=t_dense,
+            ce_dense=ce_dense,
+            sd_dense=sd_dense,
+            dual_t=np.asarray(dual_ts),
+            dual=np.asarray(dual_z),
+            dual_alpha=np.asarray(dual.z),
+        ),
+        sweep=dict(
+            sweep_s1=sweep,
+            sweep_ce_z=np.asarray(z_ce),
+            sweep_ce_dz2=np.asarray(J_ce[:, 1, 0]),
+            sweep_sd_z=np.asarray(z_sd),
+            sweep_sd_dz2=np.asarray(J_sd[:, 1, 0]),
+        ),
+        phase_map=dict(map_s1=m1, map_s2=m2, map_ce=map_ce, map_sd=map_sd),
         table=table,
         checks=checks,
-        timings=timings,
+        verdict=_verdict(table, checks),
     )
 
 
-def _verdict(out: dict[str, Any]) -> dict[str, Any]:
-    table, checks = out["table"], out["checks"]
+def _verdict(table: dict[str, Any], checks: dict[str, Any]) -> dict[str, Any]:
     z2 = table["ce"]["z2"]
     starving = table["starvation"]
     decoupled = table["sd_decoupled"] and checks["sd_fixed_point_spread"] < 1e-8
-    i_max = int(max(range(len(table["s1"])), key=lambda i: table["s1"][i]))
-    i_min = int(min(range(len(table["s1"])), key=lambda i: table["s1"][i]))
+    i_min, i_max = int(np.argmin(table["s1"])), int(np.argmax(table["s1"]))
     sd_z = (table["sd"]["z1"][0], table["sd"]["z2"][0])
     text = (
         f"verdict: {'gradient starvation' if starving else 'NO gradient starvation'} under CE "
         f"(z2* {z2[i_min]:.3f} at s1={table['s1'][i_min]:g} -> {z2[i_max]:.3f} at s1={table['s1'][i_max]:g}, "
         f"dz2*/ds1 {'< 0' if starving else 'not < 0'} for every s1 > s2, FD agrees to {table['fd_max_abs_error']:.0e}); "
         f"SD {'removes it' if decoupled else 'does NOT remove it'} "
-        f"(z* = ({sd_z[0]:.3f}, {sd_z[1]:.3f}) for every s1, max |dz*/ds1| = {checks['sd_max_abs_dz_ds1']:.0e})"
+        f"(z* = ({sd_z[0]:.3f}, {sd_z[1]:.3f}) for every s1, max |dz*/ds1| {_roundoff(checks['sd_max_abs_dz_ds1'])})"
     )
     return {"starvation": starving, "sd_decoupled": decoupled, "text": text}
 
 
-def _summary(config: Config, out: dict[str, Any], verdict: dict[str, Any]) -> str:
-    table, checks = out["table"], out["checks"]
+def _roundoff(value: float) -> str:
+    """``= 3e-05``, or ``< 1e-12 (round-off)``: a round-off figure differs from one CPU to another."""
+    return "< 1e-12 (round-off)" if abs(value) < 1e-12 else f"= {value:.0e}"
+
+
+def _summary(results: Results) -> str:
+    config, table, checks = results.config, results.table, results.checks
     lines = [
         "# Gradient starvation: two-feature theory",
         "",
-        f"U(δ = {config.delta:g}), s₂ = {config.s2:g}, CE λ = {config.lam_ce:g}, SD λ = {config.lam_sd:g}, "
-        f"GD η = {config.eta:g} (Pezeshki et al. 2021, Sec. 3–4).",
+        f"U(δ = {config.delta:g}), s₂ = {config.s2:g}, CE λ = {config.lam_ce:g}, SD λ = "
+        f"{config.lam_sd:g}, GD η = {config.eta:g} (Pezeshki et al. 2021, Sec. 3–4). Fixed points "
+        "to 4 significant digits; ∂z₂*/∂s₁ by implicit differentiation and by central differences "
+        f"(FD, h = {config.fd_h:g}).",
         "",
         "| s₁ | CE z₁* | CE z₂* | ∂z₂*/∂s₁ (implicit) | ∂z₂*/∂s₁ (FD) | SD z₁* | SD z₂* | SD ∂z₂*/∂s₁ |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ce, sd = table["ce"], table["sd"]
+    vec = lambda v: "(" + ", ".join(f"{x:#.4g}" for x in v) + ")"  # noqa: E731
     for i, s1 in enumerate(table["s1"]):
         lines.append(
-            f"| {s1:g} | {ce['z1'][i]:.4f} | {ce['z2'][i]:.4f} | {ce['dz2_ds1'][i]:.4e} | {ce['dz2_ds1_fd'][i]:.4e} "
-            f"| {sd['z1'][i]:.4f} | {sd['z2'][i]:.4f} | {sd['dz2_ds1'][i]:.1e} |"
+            f"| {s1:g} | {ce['z1'][i]:#.4g} | {ce['z2'][i]:#.4g} | {ce['dz2_ds1'][i]:.3e} "
+            f"| {ce['dz2_ds1_fd'][i]:.3e} | {sd['z1'][i]:#.4g} | {sd['z2'][i]:#.4g} "
+            f"| {sd['dz2_ds1'][i]:.1e} |"
         )
     lines += [
         "",
         "| check | value |",
         "|---|---:|",
-        *(f"| {k} | {v if isinstance(v, list) else f'{v:.3g}'} |" for k, v in checks.items()),
+        *(
+            f"| {k} | {vec(v) if isinstance(v, list) else '—' if v is None else f'{v:.3g}'} |"
+            for k, v in checks.items()
+        ),
         "",
-        f"**{verdict['text']}**",
+        f"**{results.verdict['text']}**",
         "",
     ]
     return "\n".join(lines)
 
 
-def _metrics(config: Config, out: dict[str, Any]):
-    records = []
-    for loss in ("ce", "sd"):
-        for i, s1 in enumerate(out["traj_s1"]):
-            for k, t in enumerate(out["t"]):
-                z = out[loss][i, k]
-                records.append(
-                    {
-                        "loss": loss,
-                        "s1": float(s1),
-                        "step": k * config.save_every,
-                        "t": float(t),
-                        "z1": float(z[0]),
-                        "z2": float(z[1]),
-                    }
-                )
-    return records
+def _metrics(results: Results) -> list[dict[str, Any]]:
+    """One record per loss, trajectory s₁ and sample: step, t, z₁, z₂."""
+    tr, every = results.trajectories, results.config.save_every
+    return [
+        dict(loss=loss, s1=float(s1), step=k * every, t=float(t), z1=float(z[0]), z2=float(z[1]))
+        for loss in ("ce", "sd")
+        for i, s1 in enumerate(tr["traj_s1"])
+        for k, (t, z) in enumerate(zip(tr["t"], tr[loss][i], strict=True))
+    ]
 
 
-def write_outputs(config: Config, out: dict[str, Any], path) -> dict[str, Any]:
-    """Write config, results, summary, metrics, trajectories and the four figures to ``path``.
-
-    Args:
-        config: the settings.
-        out: the result of :func:`run_theory`.
-        path: output directory.
-
-    Returns:
-        The results dict written to ``results.json``.
-    """
-    import numpy as np
-
-    from ntkdyn.plots.theory import (
-        sensitivity_figure,
-        slider_figure,
-        starvation_map_figure,
-        z2_vs_z1_figure,
-    )
-    from ntkdyn.runs import RunDir
-
-    rd = RunDir(path)
-    rd.write_config(dataclasses.asdict(config))
-    verdict = _verdict(out)
-    s1 = list(out["traj_s1"])
-    fig_idx = [s1.index(v) for v in config.figure_s1]
-    sl_idx = [s1.index(v) for v in config.slider_s1]
-    k_slider = config.steps // config.save_every + 1
-    rd.save_figure(
-        z2_vs_z1_figure(
-            config.figure_s1,
-            out["ce_dense"][fig_idx],
-            out["dual"][fig_idx],
-            out["sd_dense"][fig_idx],
-        ),
-        "theory_z2_vs_z1",
-    )
-    rd.save_figure(
-        slider_figure(
-            out["t"][:k_slider],
-            config.slider_s1,
-            out["ce"][sl_idx, :k_slider],
-            out["sd"][sl_idx, :k_slider],
-        ),
-        "theory_slider",
-    )
-    table = out["table"]
-    rd.save_figure(
-        sensitivity_figure(
-            out["sweep_s1"],
-            out["sweep_ce_z"][:, 1],
-            out["sweep_ce_dz2"],
-            out["sweep_sd_z"][:, 1],
-            out["sweep_sd_dz2"],
-            s2=config.s2,
-            fd_s1=np.array(table["s1"]),
-            fd_dz2=np.array(table["ce"]["dz2_ds1_fd"]),
-        ),
-        "theory_sensitivity",
-    )
-    rd.save_figure(
-        starvation_map_figure(out["map_s1"], out["map_s2"], out["map_ce"], out["map_sd"]),
-        "theory_starvation_map",
-    )
-    rd.write_npz(
-        "trajectories.npz",
-        t=out["t"],
-        s1=out["traj_s1"],
-        ce=out["ce"],
-        sd=out["sd"],
-        dual_t=out["dual_t"],
-        dual_z=out["dual"],
-        dual_alpha=out["dual_alpha"],
-    )
-    rd.write_metrics(_metrics(config, out))
-    results = {
-        "fixed_points": table,
+def results_record(results: Results) -> dict[str, Any]:
+    """The content of ``results.json``: fixed points, sweep, phase map, checks, final GD, verdict."""
+    sw, pm, tr = results.sweep, results.phase_map, results.trajectories
+    return {
+        "fixed_points": results.table,
         "sweep": {
-            "s1": out["sweep_s1"],
-            "ce_z2": out["sweep_ce_z"][:, 1],
-            "ce_dz2_ds1": out["sweep_ce_dz2"],
-            "sd_z2": out["sweep_sd_z"][:, 1],
-            "sd_dz2_ds1": out["sweep_sd_dz2"],
+            "s1": sw["sweep_s1"],
+            "ce_z2": sw["sweep_ce_z"][:, 1],
+            "ce_dz2_ds1": sw["sweep_ce_dz2"],
+            "sd_z2": sw["sweep_sd_z"][:, 1],
+            "sd_dz2_ds1": sw["sweep_sd_dz2"],
         },
         "starvation_map": {
-            "s1": out["map_s1"],
-            "s2": out["map_s2"],
-            "ce_dz2_ds1": out["map_ce"],
-            "sd_dz2_ds1": out["map_sd"],
-            "ce_fraction_negative_above_diagonal": _frac_negative(out),
+            "s1": pm["map_s1"],
+            "s2": pm["map_s2"],
+            "ce_dz2_ds1": pm["map_ce"],
+            "sd_dz2_ds1": pm["map_sd"],
+            "ce_fraction_negative_above_diagonal": _frac_negative(pm),
         },
-        "checks": out["checks"],
+        "checks": results.checks,
         "final_gd": {
-            "s1": out["traj_s1"],
-            "ce": out["ce"][:, -1],
-            "sd": out["sd"][:, -1],
-            "dual": out["dual"][:, -1],
+            "s1": tr["traj_s1"],
+            "ce": tr["ce"][:, -1],
+            "sd": tr["sd"][:, -1],
+            "dual": tr["dual"][:, -1],
         },
-        "verdict": verdict,
+        "verdict": results.verdict,
     }
-    rd.write_results(results)
-    rd.write_text("summary.md", _summary(config, out, verdict))
-    return results
 
 
-def _frac_negative(out: dict[str, Any]) -> float | None:
-    import numpy as np
-
-    S1, S2 = np.meshgrid(out["map_s1"], out["map_s2"])
-    above = S1 > S2 + 1e-9
-    if not above.any():
-        return None
-    return float(np.mean(out["map_ce"][above] < 0))
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the experiment, write the run directory, print the one-line verdict.
+def report(results: Results, run_dir) -> dict[str, Any]:
+    """Write config, results, summary, metrics, trajectories and the four figures to ``run_dir``.
 
     Args:
-        args: parsed arguments (see :func:`configure`).
+        results: what :func:`run` returned.
+        run_dir: output folder (a path or a :class:`ntkdyn.runs.RunDir`).
 
     Returns:
-        0.
+        The dict written to ``results.json``.
+    """
+    from ntkdyn.plots.theory import theory_figures
+    from ntkdyn.runs import RunDir
+
+    config, tr = results.config, results.trajectories
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    rd.write_config(dataclasses.asdict(config))
+    figures = theory_figures(
+        s2=config.s2,
+        figure_s1=config.figure_s1,
+        slider_s1=config.slider_s1,
+        slider_samples=config.steps // config.save_every + 1,
+        fd_s1=np.array(results.table["s1"]),
+        fd_dz2=np.array(results.table["ce"]["dz2_ds1_fd"]),
+        **{k: tr[k] for k in ("traj_s1", "t", "ce", "sd", "ce_dense", "sd_dense", "dual")},
+        **results.sweep,
+        **results.phase_map,
+    )
+    for stem, fig in figures.items():
+        rd.save_figure(fig, stem)
+    rd.write_npz(
+        "trajectories.npz",
+        t=tr["t"],
+        s1=tr["traj_s1"],
+        ce=tr["ce"],
+        sd=tr["sd"],
+        dual_t=tr["dual_t"],
+        dual_z=tr["dual"],
+        dual_alpha=tr["dual_alpha"],
+    )
+    rd.write_metrics(_metrics(results))
+    record = results_record(results)
+    rd.write_results(record)
+    rd.write_text("summary.md", _summary(results))
+    return record
+
+
+def _frac_negative(phase_map: dict[str, np.ndarray]) -> float | None:
+    S1, S2 = np.meshgrid(phase_map["map_s1"], phase_map["map_s2"])
+    above = S1 > S2 + 1e-9
+    return float(np.mean(phase_map["map_ce"][above] < 0)) if above.any() else None
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    """The :class:`Config` of parsed arguments (``--quick`` first, then the flags given).
+
+    ``table_s1`` always holds s₂ (the verdict needs ∂z₂*/∂s₁ at s₁ = s₂). Raises ConfigError.
     """
     config = from_arguments(Config().quick() if args.quick else Config(), args)
     if config.s2 not in config.table_s1:
         config = dataclasses.replace(config, table_s1=tuple(sorted({config.s2, *config.table_s1})))
-    out = run_theory(config)
-    results = write_outputs(config, out, args.out)
-    sys.stdout.write(results["verdict"]["text"] + "\n")
+    return config
+
+
+def cli(args: argparse.Namespace) -> int:
+    """``ntkdyn theory``: the settings and ``--out`` checked, :func:`run`, :func:`report`, the verdict.
+
+    Raises:
+        ConfigError: naming the flag of a bad value (``--eta`` when GD diverges).
+        InputError: an ``--out`` that cannot be written (checked before any computing).
+    """
+    from ntkdyn.runs.files import check_writable
+
+    config = resolve(args)
+    check_writable(args.out)
+    record = report(run(config), args.out)
+    sys.stdout.write(record["verdict"]["text"] + "\n")
     return 0

@@ -10,6 +10,12 @@ the checks move to the caller that built the batch, or to the run's result codes
   (one scalar, or K classes with an output axis, per example);
 * :func:`validate_system`, :func:`validate_state`: a :class:`ntkdyn.FeatureSystem` and an initial
   state of a vector field on it.
+
+The checks of inputs and of a model (``check_x``, ``check_output_axis``, ``check_outputs``) guard
+what a user can hand over from the command line too (a data file, a ``module:factory`` network), so
+they raise :class:`ntkdyn.errors.InputError` (a ``ValueError``): the command line reports it as the
+user's to fix. The checks of theory objects raise a plain ``ValueError``: the commands build those
+objects themselves after validating their flags, so a failure there is a fault of ntkdyn.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
+from ntkdyn.errors import InputError
 from ntkdyn.systems import FeatureSystem, feature_system
 
 __all__ = [
@@ -57,15 +64,15 @@ def check_x(x: ArrayLike, name: str) -> Array:
         ``x`` as a JAX array.
 
     Raises:
-        ValueError: naming ``name`` for a scalar, an empty batch or non-finite values.
+        InputError: naming ``name`` for a scalar, an empty batch or non-finite values.
     """
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError(
+        raise InputError(
             f"{name}: expected a batch of inputs shaped (n, ...) with n >= 1, got shape {x.shape}"
         )
     if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(x))):
-        raise ValueError(f"{name}: contains non-finite values (NaN or inf); clean the inputs first")
+        raise InputError(f"{name}: contains non-finite values (NaN or inf); clean the inputs first")
     return x
 
 
@@ -73,10 +80,10 @@ def check_output_axis(output_axis: int | None) -> int | None:
     """The class axis of an (n, K) output: 1, −1 or ``None`` (a scalar model).
 
     Raises:
-        ValueError: naming ``output_axis`` for any other value.
+        InputError: naming ``output_axis`` for any other value.
     """
     if output_axis is not None and output_axis not in (1, -1):
-        raise ValueError(
+        raise InputError(
             f"output_axis: the class axis of an (n, K) output must be 1 or -1, got {output_axis}"
         )
     return output_axis
@@ -102,20 +109,20 @@ def check_outputs(
         K, the number of outputs per example, or ``None`` for a scalar model.
 
     Raises:
-        ValueError: naming ``params`` when ``apply_fn`` fails on them, ``apply_fn`` when its output
+        InputError: naming ``params`` when ``apply_fn`` fails on them, ``apply_fn`` when its output
             is not one row per example or not scalar without ``output_axis``.
     """
     try:
         out = jax.eval_shape(apply_fn, params, x)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise ValueError(
+        raise InputError(
             f"params: apply_fn(params, {name}) failed for {name} of shape {x.shape} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass the "
             "params that belong to apply_fn and inputs of the shape it expects"
         ) from exc
     shape = tuple(out.shape)
     if not shape or shape[0] != x.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"apply_fn: must return one output row per example of {name} "
             f"(shape ({x.shape[0]}, ...)), got {shape}"
         )
@@ -125,7 +132,7 @@ def check_outputs(
         return None
     if len(shape) == 2 and output_axis is not None:
         return shape[1]
-    raise ValueError(
+    raise InputError(
         f"apply_fn: output has shape {shape}, not a scalar per example ((n,) or (n, 1)); pass "
         "output_axis=-1 for per-class (n, K) outputs"
     )

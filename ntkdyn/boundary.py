@@ -28,12 +28,16 @@ Definitions
 Quantities that do not exist (no sign change on the grid: the classifier predicts one class
 everywhere) are NaN, written as ``null`` in JSON.
 
-:func:`grid` lays out the square grid the decision function is sampled on, and
+:func:`grid` lays out the square grid the decision function is sampled on,
 :func:`seed_metrics` reports the metrics of several seeds (each its own boundary against its own
-data) as mean and std.
+data) as mean and std, and :func:`seed_report` adds the training accuracy, the metrics of the
+seed-averaged decision function and that function on a figure grid.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import contourpy
 import numpy as np
@@ -46,6 +50,7 @@ __all__ = [
     "boundary_metrics",
     "grid",
     "seed_metrics",
+    "seed_report",
 ]
 
 
@@ -308,3 +313,61 @@ def seed_metrics(
         arr = np.asarray([m[key] for m in per_seed], np.float64)
         out[key], out[f"{key}_std"] = float(arr.mean()), float(arr.std())
     return out
+
+
+def seed_report(
+    decision_fn: Callable[[np.ndarray], np.ndarray],
+    train_logits: Float[np.ndarray, "S n"],
+    points: Float[np.ndarray, "S n 2"],
+    labels: Float[np.ndarray, "S n"],
+    *,
+    lim: float = 2.0,
+    grid_size: int = 100,
+    metric_grid_size: int = 201,
+    k: int = 10,
+) -> tuple[dict[str, Any], Float[np.ndarray, "grid_size grid_size"]]:
+    """The boundary report of S seeds' classifiers, and their mean decision function for figures.
+
+    ``train_accuracy`` = mean over seeds of the fraction of yᵢ f_s(xᵢ) > 0 (with its population
+    std ``train_accuracy_std``); :func:`seed_metrics` on a ``metric_grid_size``² grid over
+    [−lim, lim]² (each seed's boundary against its own data); under ``averaged``,
+    :func:`boundary_metrics` of the seed-mean decision function against seed 0's data.
+
+    Args:
+        decision_fn: ``points (m, 2) -> (S, m)``, every seed's decision function at the points.
+        train_logits: (S, n) every seed's f on its own training points.
+        points: (S, n, 2) the training points.
+        labels: (S, n) labels in {−1, +1}.
+        lim: half-width of the grids.
+        grid_size: points per axis of the figure grid.
+        metric_grid_size: points per axis of the (finer) metric grid.
+        k: as :func:`boundary_metrics`.
+
+    Returns:
+        ``(metrics, mean_values)``: mean_values (grid_size, grid_size) on :func:`grid`'s layout.
+
+    Raises:
+        ValueError: naming ``train_logits`` or ``labels`` when their shape is not (S, n) of
+            ``points``, and as :func:`seed_metrics`.
+    """
+    points, labels = np.asarray(points), np.asarray(labels)
+    train_logits = np.asarray(train_logits)
+    if train_logits.shape != points.shape[:2] or labels.shape != points.shape[:2]:
+        raise ValueError(
+            f"train_logits, labels: expected shape {points.shape[:2]} (S, n) of points, got "
+            f"{train_logits.shape} and {labels.shape}"
+        )
+    S = points.shape[0]
+    acc = np.mean(train_logits * labels > 0, axis=1).astype(np.float64)
+    metrics: dict[str, Any] = {
+        "train_accuracy": float(acc.mean()),
+        "train_accuracy_std": float(acc.std()),
+    }
+    m = metric_grid_size
+    mxs, mys, mpts = grid(m, lim)
+    fine = np.asarray(decision_fn(mpts)).reshape(S, m, m)
+    metrics.update(seed_metrics(mxs, mys, fine, points, k=k))
+    metrics["averaged"] = boundary_metrics(mxs, mys, fine.mean(0), points[0], k=k)
+    _, _, pts = grid(grid_size, lim)
+    values = np.asarray(decision_fn(pts)).reshape(S, grid_size, grid_size).mean(0)
+    return metrics, values

@@ -129,3 +129,32 @@ def test_seed_metrics_are_mean_and_population_std_of_each_seed():
     )
     with pytest.raises(ValueError, match="values, points"):
         seed_metrics(G, G, values, pts[:2])
+
+
+def test_seed_report_of_linear_classifiers():
+    """f_s(x) = x₁ − c_s: a straight boundary at x₁ = c_s; accuracy and means by hand."""
+    from ntkdyn.boundary import seed_report
+
+    cs = np.array([0.0, 0.5])
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-1.5, 1.5, size=(2, 50, 2))
+    labels = np.where(points[..., 0] > 0, 1.0, -1.0)
+
+    def decision(pts):
+        return np.stack([pts[:, 0] - c for c in cs])
+
+    train_logits = np.stack([points[s, :, 0] - cs[s] for s in range(2)])
+    metrics, values = seed_report(
+        decision, train_logits, points, labels, grid_size=11, metric_grid_size=41
+    )
+    acc = [np.mean(train_logits[s] * labels[s] > 0) for s in range(2)]
+    assert metrics["train_accuracy"] == pytest.approx(np.mean(acc))
+    assert metrics["train_accuracy_std"] == pytest.approx(np.std(acc))
+    assert metrics["boundary_line_residual"] == pytest.approx(0.0, abs=1e-9)
+    dmin = [np.min(np.abs(points[s, :, 0] - cs[s])) for s in range(2)]
+    assert metrics["boundary_min_distance"] == pytest.approx(np.mean(dmin), abs=1e-6)
+    xs, _, _ = grid(11, 2.0)
+    np.testing.assert_allclose(values, np.broadcast_to(xs - cs.mean(), (11, 11)), atol=1e-6)
+    assert metrics["averaged"]["boundary_line_residual"] == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="train_logits, labels"):
+        seed_report(decision, train_logits[:, :3], points, labels)

@@ -41,8 +41,9 @@ def test_training_matches_a_pytorch_loop(name):
     setting = moons.SETTINGS[name]
     steps, hidden = 30, 32
     config = moons.Config(seeds=1, epochs=steps, n=60, hidden=hidden, seed=3, unroll=4)
-    tr = moons.train_setting(setting, config, records=3)
-    p0 = _one_seed(tr.params0)
+    data = moons.setting_data(setting, config)
+    tr = moons.train_setting(setting, config, *data, records=3)
+    p0 = _one_seed(moons.initial_state(setting, config)[1])
     torch.manual_seed(0)
     lin1, lin2 = torch.nn.Linear(2, hidden).double(), torch.nn.Linear(hidden, 1).double()
     with torch.no_grad():
@@ -62,8 +63,8 @@ def test_training_matches_a_pytorch_loop(name):
         else torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9, weight_decay=wd)
     )
     X, y = (
-        torch.from_numpy(tr.X[0].astype(np.float64)),
-        torch.from_numpy(tr.y[0].astype(np.float64)),
+        torch.from_numpy(data[0][0].astype(np.float64)),
+        torch.from_numpy(data[1][0].astype(np.float64)),
     )
     for _ in range(steps):
         out = net(X)[:, 0]
@@ -72,7 +73,7 @@ def test_training_matches_a_pytorch_loop(name):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    ours = _one_seed(tr.params)
+    ours = _one_seed(tr.state.params)
     np.testing.assert_allclose(
         ours["linears"][0]["kernel"], lin1.weight.detach().numpy().T, rtol=2e-4, atol=2e-5
     )
@@ -82,15 +83,24 @@ def test_training_matches_a_pytorch_loop(name):
     if setting.batch_norm:
         bn = layers[1]
         np.testing.assert_allclose(
-            _one_seed(tr.stats)["norms"][0]["mean"], bn.running_mean.numpy(), rtol=2e-4, atol=2e-5
+            _one_seed(tr.state.model_state)["norms"][0]["mean"],
+            bn.running_mean.numpy(),
+            rtol=2e-4,
+            atol=2e-5,
         )
         np.testing.assert_allclose(
-            _one_seed(tr.stats)["norms"][0]["var"], bn.running_var.numpy(), rtol=2e-4, atol=2e-5
+            _one_seed(tr.state.model_state)["norms"][0]["var"],
+            bn.running_var.numpy(),
+            rtol=2e-4,
+            atol=2e-5,
         )
     net.eval()
     with torch.no_grad():
         np.testing.assert_allclose(
-            moons.decision_functions(tr, tr.X[0])[0], net(X)[:, 0].numpy(), rtol=1e-3, atol=1e-4
+            moons.decision_functions(setting, tr.state, data[0][0])[0],
+            net(X)[:, 0].numpy(),
+            rtol=1e-3,
+            atol=1e-4,
         )
 
 
@@ -98,20 +108,72 @@ def test_feature_responses_match_the_tangent_library():
     from ntkdyn.tangent import feature_responses, feature_spectrum
 
     config = moons.Config(seeds=2, epochs=40, n=40, hidden=24)
-    tr = moons.train_setting(moons.SETTINGS["sd"], config, records=4, record_outputs=True)
-    epochs, z = moons.feature_responses_over_training(tr, k=5)
+    setting = moons.SETTINGS["sd"]
+    X, Y = moons.setting_data(setting, config)
+    tr = moons.train_setting(setting, config, X, Y, records=4, record_outputs=True)
+    epochs, z = moons.feature_responses_over_training(setting, config, tr, X, Y, k=5)
     np.testing.assert_array_equal(epochs, [0, 10, 20, 30, 40])
     assert z.shape == (5, 5) and np.all(z[0] == 0)
+    params0 = moons.initial_state(setting, config)[1]
     expected = []
     for s in range(2):
-        x, y = jnp.asarray(tr.X[s]), jnp.asarray(tr.y[s])
-        U = feature_spectrum(DenseApply(), _one_seed(tr.params0, s), x, y).U[:, :5]
+        x, y = jnp.asarray(X[s]), jnp.asarray(Y[s])
+        U = feature_spectrum(DenseApply(), _one_seed(params0, s), x, y).U[:, :5]
         expected.append(
             feature_responses(
-                DenseApply(), _one_seed(tr.params0, s), _one_seed(tr.params, s), x, y, U
+                DenseApply(), _one_seed(params0, s), _one_seed(tr.state.params, s), x, y, U
             )
         )
     np.testing.assert_allclose(z[-1], np.mean(expected, axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_run_writes_nothing_and_report_writes_the_run(tmp_path, monkeypatch):
+    """run(config) -> Results of plain values, no file; report(results, dir) writes the run."""
+    monkeypatch.chdir(tmp_path)
+    config = moons.Config(
+        config=("erm", "sd_no_decay", "dropout"), seeds=1, epochs=20, n=40, hidden=8
+    )
+    results = moons.run(config, progress_every=None)
+    assert list(tmp_path.iterdir()) == []
+    assert list(results.configs) == ["erm", "dropout", "sd_no_decay"]
+    assert results.values["erm"].shape == (moons.GRID_SIZE, moons.GRID_SIZE)
+    assert "erm" in results.responses and results.verdict["compared_with"] == ["dropout"]
+    written = moons.report(results, tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (
+        on_disk["configs"]["erm"]["train_accuracy"] == written["configs"]["erm"]["train_accuracy"]
+    )
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert "one seed (n = 1)" in summary and "±" not in summary
+
+
+def test_objectives_that_need_the_params_train(monkeypatch):
+    """The objective gets the params (an l2 term needs them): the loss is the objective's."""
+    import dataclasses
+
+    from ntkdyn.objectives import ERM
+
+    seen = {}
+
+    @dataclasses.dataclass(frozen=True)
+    class WithParams(ERM):
+        def loss(self, logits, y01, *, step=0, state=(), groups=None, params=None):
+            seen["params"] = params
+            value, aux = super().loss(logits, y01, step=step, state=state)
+            l2 = sum(jnp.sum(p**2) for p in jax.tree_util.tree_leaves(params))
+            return value + 0.5 * l2, aux
+
+    setting = dataclasses.replace(moons.SETTINGS["no_regularization"], objective=WithParams())
+    params, _ = init_mlp_uniform(jax.random.key(0), 2, [8])
+    x = jax.random.normal(jax.random.key(1), (10, 2))
+    y01 = (x[:, 0] > 0).astype(jnp.float32)
+    loss, _ = moons.make_loss(setting)(params, None, (x, y01), jnp.int32(0), jax.random.key(2))
+    plain, _ = moons.make_loss(moons.SETTINGS["no_regularization"])(
+        params, None, (x, y01), jnp.int32(0), jax.random.key(2)
+    )
+    l2 = sum(float(jnp.sum(p**2)) for p in jax.tree_util.tree_leaves(params))
+    assert seen["params"] is params
+    np.testing.assert_allclose(loss - plain, 0.5 * l2, rtol=1e-5)
 
 
 ARGS = ["--seeds", "2", "--epochs", "60", "--hidden", "16", "--n", "80"]
@@ -252,14 +314,16 @@ def test_training_loss_gradient_equals_the_generic_forward(name):
 def test_progress_lines_do_not_change_the_numbers(capsys):
     config = moons.Config(seeds=3, epochs=50, n=40, hidden=16)
     setting = moons.SETTINGS["dropout"]
-    quiet = moons.train_setting(setting, config, records=10)
+    data = moons.setting_data(setting, config)
+    quiet = moons.train_setting(setting, config, *data, records=10)
     assert capsys.readouterr().err == ""
-    loud = moons.train_setting(setting, config, records=10, progress_every=0.0)
+    loud = moons.train_setting(setting, config, *data, records=10, progress_every=0.0)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 10  # one per record, whole lines
-    assert lines[0].strip().startswith("dropout: 5/50 epochs (10 %),")
-    assert lines[-1].strip().startswith("dropout: 50/50 epochs (100 %),")
-    for a, b in zip(jax.tree.leaves(quiet.params), jax.tree.leaves(loud.params), strict=True):
+    assert len(lines) == 10  # one per record, whole lines (a progress hook)
+    assert lines[0].strip().startswith("dropout: step 5/50, loss ")
+    assert lines[-1].strip().startswith("dropout: step 50/50, loss ")
+    leaves = [jax.tree.leaves(r.state.params) for r in (quiet, loud)]
+    for a, b in zip(*leaves, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(quiet.history["loss"], loud.history["loss"])
 

@@ -59,3 +59,51 @@ def test_other_figures_and_shape_errors():
     plt.close(fig)
     with pytest.raises(ValueError, match="z"):
         trajectory_figure(t, np.zeros((3, 2)))
+
+
+def test_theory_figures_picks_the_rows_of_each_figure():
+    from ntkdyn.plots.theory import theory_figures
+
+    traj_s1 = np.array([2.0, 3.0, 8.0])
+    paths = _paths(3, 21)
+    sweep = np.linspace(1, 8, 5)
+    z = np.stack([sweep, 1 / sweep], axis=1)
+    m1, m2 = np.linspace(1, 8, 4), np.linspace(1, 8, 3)
+    kw = dict(
+        s2=2.0,
+        slider_samples=11,
+        traj_s1=traj_s1,
+        t=np.linspace(0, 1, 21),
+        ce=paths,
+        sd=paths,
+        ce_dense=paths,
+        sd_dense=paths,
+        dual=paths,
+        sweep_s1=sweep,
+        sweep_ce_z=z,
+        sweep_ce_dz2=-sweep,
+        sweep_sd_z=z,
+        sweep_sd_dz2=0 * sweep,
+        fd_s1=sweep[:2],
+        fd_dz2=-sweep[:2],
+        map_s1=m1,
+        map_s2=m2,
+        map_ce=-np.ones((3, 4)),
+        map_sd=np.zeros((3, 4)),
+    )
+    figs = theory_figures(figure_s1=[3.0, 8.0], slider_s1=[2.0], **kw)
+    assert list(figs) == [
+        "theory_z2_vs_z1",
+        "theory_slider",
+        "theory_sensitivity",
+        "theory_starvation_map",
+    ]
+    # two s₁ per panel of the z₂-vs-z₁ figure; the slider shows its first 11 samples only
+    left = figs["theory_z2_vs_z1"].axes[0]
+    assert len([ln for ln in left.lines if len(ln.get_xdata()) > 1]) == 4
+    slider_lines = [ln for ax in figs["theory_slider"].axes for ln in ax.lines]
+    assert slider_lines and all(len(ln.get_xdata()) == 11 for ln in slider_lines)
+    for fig in figs.values():
+        plt.close(fig)
+    with pytest.raises(ValueError, match="not among traj_s1"):
+        theory_figures(figure_s1=[5.0], slider_s1=[2.0], **kw)

@@ -283,3 +283,20 @@ def test_call_counter_advances_once_every_calls():
     assert bar.done == 4 and counter.count == 7
     with pytest.raises(ValueError, match="calls"):
         CallCounter(bar, 0, 1)
+
+
+def test_check_writable_creates_and_probes_the_folder(tmp_path):
+    from ntkdyn.errors import InputError
+    from ntkdyn.runs.files import check_writable
+
+    target = tmp_path / "a" / "b"
+    assert check_writable(target) == target
+    assert target.is_dir() and list(target.iterdir()) == []  # the probe file is gone
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(InputError, match=r"^--out: .* is a file, not a folder; choose"):
+        check_writable(afile)
+    with pytest.raises(InputError, match=r"^--dir: cannot write to /proc/forbidden \(.+\); choose"):
+        check_writable("/proc/forbidden", flag="--dir")
+    with pytest.raises(InputError, match="cannot write to"):
+        check_writable(afile / "below")  # a file in the way of the parents

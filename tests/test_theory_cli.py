@@ -28,9 +28,9 @@ def test_starvation_json_is_one_object_with_the_published_shape(capsys):
         "2",
         "--delta",
         "0.5",
-        "--lam",
+        "--lam-ce",
         "0.01",
-        "--sd-lam",
+        "--lam-sd",
         "0.002",
         "--json",
     ]
@@ -108,7 +108,7 @@ def test_simulate_gd_matches_library_and_writes_files(tmp_path, capsys):
         "0.5",
         "--loss",
         "ce",
-        "--lam",
+        "--lam-ce",
         "0.01",
         "--eta",
         "0.05",
@@ -182,7 +182,9 @@ def test_simulate_reads_u_files_and_runs_every_loss(tmp_path, capsys, suffix):
 
 
 BAD = [
-    (["starvation", "--lam", "-1"], "lam"),
+    (["starvation", "--lam-ce", "-1"], "--lam-ce"),
+    (["starvation", "--lam-sd", "0"], "--lam-sd"),
+    (["starvation", "--fd-h", "5"], "--fd-h"),
     (["starvation", "--delta", "1.5"], "delta"),
     (["starvation", "--s1", "2", "-3"], "s1"),
     (["starvation", "--s1", "nan"], "s1"),
@@ -190,13 +192,20 @@ BAD = [
     (["simulate", "--s", "6", "0"], "--s"),
     (["simulate", "--s", "6", "2", "1", "--delta", "0.3"], "--delta"),
     (["simulate", "--s", "6", "2", "--U", "/does/not/exist.npy"], "--U"),
-    (["simulate", "--s", "6", "2", "--lam", "-0.1"], "--lam"),
-    (["simulate", "--s", "6", "2", "--eta", "300"], "eta"),
-    (["simulate", "--s", "6", "2", "--t1", "100", "--max-steps", "3"], "max_steps"),
+    (["simulate", "--s", "6", "2", "--lam-ce", "-0.1"], "--lam-ce"),
+    (["simulate", "--s", "6", "2", "--loss", "sd", "--lam-sd", "nan"], "--lam-sd"),
+    (["simulate", "--s", "6", "2", "--loss", "sd", "--lam-ce", "0.1"], "--lam-ce"),
+    (["simulate", "--s", "6", "2", "--loss", "dual", "--lam-ce", "0"], "--lam-ce"),
+    (["simulate", "--s", "6", "2", "--eta", "300"], "--eta"),
+    (["simulate", "--s", "6", "2", "--eta", "0"], "--eta"),
+    (["simulate", "--s", "6", "2", "--t1", "100", "--max-steps", "3"], "--max-steps"),
+    (["simulate", "--s", "6", "2", "--t1", "100", "--num-points", "1"], "--num-points"),
     (["simulate", "--s", "6", "2", "--steps", "100", "--save-every", "7"], "--save-every"),
     (["simulate", "--s", "6", "2", "--loss", "hinge"], "--loss"),
-    (["theory", "--delta", "1.0"], "delta"),
-    (["theory", "--eta", "0"], "eta"),
+    (["theory", "--delta", "1.0"], "--delta"),
+    (["theory", "--eta", "0"], "--eta"),
+    (["theory", "--lam-sd", "-1"], "--lam-sd"),
+    (["theory", "--quick", "--eta", "50"], "--eta"),
 ]
 
 
@@ -231,12 +240,42 @@ def test_bad_u_files(tmp_path, capsys):
 
 def test_console_script_error_has_no_traceback():
     proc = subprocess.run(
-        [sys.executable, "-m", "ntkdyn.cli", "starvation", "--sd-lam", "0"],
+        [sys.executable, "-m", "ntkdyn.cli", "starvation", "--lam-sd", "0"],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 2 and proc.stdout == ""
-    assert "Traceback" not in proc.stderr and "sd_lam" in proc.stderr
+    assert "Traceback" not in proc.stderr and "--lam-sd" in proc.stderr
+
+
+def test_renamed_lambda_flags_keep_their_old_spelling_as_deprecated_aliases(capsys):
+    """--lam/--sd-lam (starvation) still work, hidden from --help, with a note naming the new flag."""
+    assert main(["starvation", "--quick", "--json", "--lam", "0.02", "--sd-lam", "0.004"]) == 0
+    captured = capsys.readouterr()
+    table = json.loads(captured.out)
+    assert table["ce"]["lam"] == 0.02 and table["sd"]["lam"] == 0.004
+    assert "use --lam-ce" in captured.err and "use --lam-sd" in captured.err
+    assert main(["starvation", "--quick", "--json", "--lam-ce", "0.02", "--lam-sd", "0.004"]) == 0
+    assert json.loads(capsys.readouterr().out) == table
+    with pytest.raises(SystemExit):
+        main(["starvation", "--help"])
+    text = capsys.readouterr().out
+    assert "--lam-ce" in text and "--sd-lam" not in text and "--lam " not in text
+
+
+def test_simulate_takes_the_lambda_of_its_loss(tmp_path, capsys):
+    """--lam-ce for ce, --lam-sd for sd (defaults 0.01 and 0.002, as theory and starvation)."""
+    for loss, extra, lam in (
+        ("ce", [], 0.01),
+        ("sd", [], 0.002),
+        ("sd", ["--lam-sd", "0.005"], 0.005),
+        ("ce", ["--lam", "0.03"], 0.03),  # the deprecated spelling: the λ of the loss that runs
+    ):
+        out = tmp_path / f"{loss}{lam}"
+        argv = ["simulate", "--s", "6", "2", "--delta", "0.5", "--loss", loss, "--quick"]
+        assert main([*argv, *extra, "--out", str(out)]) == 0
+        assert json.loads((out / "trajectory.json").read_text())["lam"] == lam
+    capsys.readouterr()
 
 
 def test_load_matrix_reads_all_formats(tmp_path):

@@ -5,6 +5,9 @@
 * :func:`moons_main_figure`: Δ = −0.1 ERM, Δ = +0.1 ERM, Δ = +0.1 SD, and the feature responses
   z_j(t) of the top NTK directions at initialisation, ERM (dashed) against SD (solid).
 * :func:`moons_regularizer_figure`: the ten-panel comparison of common regularizers with SD.
+* :func:`moons_figures`: both figures of ``ntkdyn moons`` from its decision functions;
+  :func:`decision_arrays` and :func:`from_decision_arrays` lay them out as the flat arrays of an
+  ``.npz`` file and back, so a run's figures can be redrawn without training.
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ from typing import Any, NamedTuple
 import numpy as np
 from jaxtyping import Float
 
-__all__ = ["DecisionPanel", "decision_panel", "moons_main_figure", "moons_regularizer_figure"]
+__all__ = [
+    "DecisionPanel",
+    "decision_arrays",
+    "decision_panel",
+    "from_decision_arrays",
+    "moons_figures",
+    "moons_main_figure",
+    "moons_regularizer_figure",
+]
 
 _POINT_COLORS = ("#C82506", "#0365C0")  # class −1, class +1
 _Z_COLORS = ("#2D7F58", "#FA7F05", "#5B4FA8", "#B8336A", "#3E8EDE", "#7A6C32")
@@ -183,3 +194,77 @@ def moons_regularizer_figure(
         decision_panel(ax, xs, ys, panel)
     fig.tight_layout()
     return fig
+
+
+def moons_figures(
+    xs: Float[np.ndarray, " nx"],
+    ys: Float[np.ndarray, " ny"],
+    values: Mapping[str, np.ndarray],
+    data: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    responses: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    titles: Mapping[str, str],
+    *,
+    main: Sequence[str] = ("erm_delta_minus", "erm", "sd"),
+    others: Sequence[str] = (),
+    sd: str = "sd",
+    erm: str = "erm",
+) -> dict[str, Any]:
+    """The main figure (when every ``main`` configuration is present) and the regularizer figure.
+
+    Args:
+        xs, ys: the grid of the decision functions.
+        values: configuration → (ny, nx) decision function.
+        data: configuration → ``(X (n, 2), y (n,))`` drawn on its panel.
+        responses: configuration → ``(epochs, z)``; ``erm``'s and ``sd``'s go under the main
+            figure as "ERM" and "SD".
+        titles: configuration → panel title.
+        main: the main figure's configurations, in order.
+        others: the regularizer panels, in order (those present are drawn).
+        sd, erm: the configurations whose responses are compared.
+
+    Returns:
+        ``{"moons_main": figure, "moons_regularizers": figure}``, each only when it has panels.
+    """
+    figures: dict[str, Any] = {}
+
+    def panels(names):
+        return [DecisionPanel(titles[c], values[c], *data[c]) for c in names]
+
+    if main and all(c in values for c in main):
+        resp = {("ERM" if c == erm else "SD"): responses[c] for c in (erm, sd) if c in responses}
+        figures["moons_main"] = moons_main_figure(xs, ys, panels(main), resp)
+    present = [c for c in others if c in values]
+    if present:
+        figures["moons_regularizers"] = moons_regularizer_figure(xs, ys, panels(present))
+    return figures
+
+
+def decision_arrays(
+    xs: Float[np.ndarray, " nx"],
+    ys: Float[np.ndarray, " ny"],
+    values: Mapping[str, np.ndarray],
+    data: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    responses: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """The inputs of :func:`moons_figures` as flat named arrays (for ``numpy.savez``).
+
+    Returns:
+        ``xs``, ``ys``, ``names`` (the configurations), ``values`` (C, ny, nx), ``X_<c>``,
+        ``y_<c>`` per configuration and ``epochs_<c>``, ``z_<c>`` per response.
+    """
+    arrays = {"xs": xs, "ys": ys, "names": np.array(list(values))}
+    arrays["values"] = np.stack([values[c] for c in values])
+    for c in values:
+        arrays[f"X_{c}"], arrays[f"y_{c}"] = data[c]
+    for c, (epochs, z) in responses.items():
+        arrays[f"epochs_{c}"], arrays[f"z_{c}"] = epochs, z
+    return arrays
+
+
+def from_decision_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[dict, dict, dict]:
+    """``(values, data, responses)`` back from :func:`decision_arrays`' layout (e.g. a loaded npz)."""
+    names = [str(c) for c in arrays["names"]]
+    values = {c: arrays["values"][i] for i, c in enumerate(names)}
+    data = {c: (arrays[f"X_{c}"], arrays[f"y_{c}"]) for c in names}
+    responses = {c: (arrays[f"epochs_{c}"], arrays[f"z_{c}"]) for c in names if f"z_{c}" in arrays}
+    return values, data, responses

@@ -6,6 +6,7 @@
 * :func:`sensitivity_figure`: z₂* and ∂z₂*/∂s₁ against s₁, CE and SD (finite differences as markers).
 * :func:`starvation_map_figure`: ∂z₂*/∂s₁ over a grid of (s₁, s₂) (or (s₁, δ)), CE beside SD.
 * :func:`trajectory_figure`: one trajectory z_j(t) (and z₂ against z₁ for two features).
+* :func:`theory_figures`: the four figures of ``ntkdyn theory`` from its arrays.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "sensitivity_figure",
     "starvation_map_figure",
     "trajectory_figure",
+    "theory_figures",
 ]
 
 
@@ -328,3 +330,74 @@ def trajectory_figure(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def theory_figures(
+    *,
+    s2: float,
+    figure_s1: Sequence[float],
+    slider_s1: Sequence[float],
+    slider_samples: int,
+    traj_s1: Float[np.ndarray, " B"],
+    t: Float[np.ndarray, " T"],
+    ce: Float[np.ndarray, "B T 2"],
+    sd: Float[np.ndarray, "B T 2"],
+    ce_dense: Float[np.ndarray, "B T1 2"],
+    sd_dense: Float[np.ndarray, "B T1 2"],
+    dual: Float[np.ndarray, "B P 2"],
+    sweep_s1: Float[np.ndarray, " K"],
+    sweep_ce_z: Float[np.ndarray, "K 2"],
+    sweep_ce_dz2: Float[np.ndarray, " K"],
+    sweep_sd_z: Float[np.ndarray, "K 2"],
+    sweep_sd_dz2: Float[np.ndarray, " K"],
+    fd_s1: Float[np.ndarray, " q"],
+    fd_dz2: Float[np.ndarray, " q"],
+    map_s1: Float[np.ndarray, " nx"],
+    map_s2: Float[np.ndarray, " ny"],
+    map_ce: Float[np.ndarray, "ny nx"],
+    map_sd: Float[np.ndarray, "ny nx"],
+) -> dict[str, Any]:
+    """The four figures of ``ntkdyn theory``, by file stem.
+
+    Args:
+        s2: the weak feature's singular value (marked on the sensitivity figure).
+        figure_s1, slider_s1: the s₁ of the z₂-vs-z₁ figure and of the slider view (each in
+            ``traj_s1``).
+        slider_samples: how many samples of ``t`` the slider view shows.
+        traj_s1: (B,) the s₁ of the trajectories' rows.
+        t, ce, sd: sampled GD trajectories; ``ce_dense``, ``sd_dense``: densely sampled ones.
+        dual: the dual flow's z.
+        sweep_*: the s₁ sweep (fixed points (K, 2), ∂z₂*/∂s₁ (K,)); ``fd_*``: finite differences.
+        map_*: the phase map's axes and ∂z₂*/∂s₁.
+
+    Returns:
+        ``{"theory_z2_vs_z1", "theory_slider", "theory_sensitivity", "theory_starvation_map"}``
+        → matplotlib figures.
+
+    Raises:
+        ValueError: an s₁ of ``figure_s1``/``slider_s1`` missing from ``traj_s1``, or a bad shape.
+    """
+    rows = [float(v) for v in np.asarray(traj_s1)]
+    missing = [v for v in (*figure_s1, *slider_s1) if float(v) not in rows]
+    if missing:
+        raise ValueError(f"figure_s1/slider_s1: {missing[0]} is not among traj_s1 = {rows}")
+    fig_idx = [rows.index(float(v)) for v in figure_s1]
+    sl_idx = [rows.index(float(v)) for v in slider_s1]
+    k = slider_samples
+    return {
+        "theory_z2_vs_z1": z2_vs_z1_figure(
+            figure_s1, ce_dense[fig_idx], dual[fig_idx], sd_dense[fig_idx]
+        ),
+        "theory_slider": slider_figure(t[:k], slider_s1, ce[sl_idx, :k], sd[sl_idx, :k]),
+        "theory_sensitivity": sensitivity_figure(
+            sweep_s1,
+            sweep_ce_z[:, 1],
+            sweep_ce_dz2,
+            sweep_sd_z[:, 1],
+            sweep_sd_dz2,
+            s2=s2,
+            fd_s1=fd_s1,
+            fd_dz2=fd_dz2,
+        ),
+        "theory_starvation_map": starvation_map_figure(map_s1, map_s2, map_ce, map_sd),
+    }

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ntkdyn.errors import InputError
+
 
 def to_jsonable(obj: Any) -> Any:
     """Convert arrays, scalars, dataclasses, enums and paths into plain JSON values.
@@ -111,6 +113,40 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """
     text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False)
     return atomic_write_text(path, text + "\n")
+
+
+def check_writable(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Make sure a run can be written to ``path`` before any computing: create it, probe-write.
+
+    Creates the folder (with parents) if missing, writes and removes a temporary file in it. Call
+    it after the settings are validated and before the work starts, so a run never computes for
+    minutes and then fails to save.
+
+    Args:
+        path: the output folder.
+        flag: how the user named it, for the error (``--out``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: naming ``flag`` and the path when it exists as a file, or cannot be created
+            or written (with the system's reason).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag}: {str(path)!r} is a file, not a folder; choose a writable folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(
+            f"{flag}: cannot write to {path} ({reason}); choose a writable folder"
+        ) from None
+    return path
 
 
 class RunDir:
