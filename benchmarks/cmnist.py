@@ -133,7 +133,7 @@ def compile_ours(
     apply_fn, params = X.init_params(cfg, keys)
     # ERM's hyperparameters travel with the data, as in `ntkdyn cmnist` (l2 = 0: plain ERM)
     batches = {**batches, "hp": {"l2": jnp.zeros(keys.shape[0], batches["x1"].dtype)}}
-    loss_fn = X.loss_fn("erm", cfg, apply_fn)
+    loss_fn = X.loss_fn(cfg, apply_fn)
 
     def train(params, batches, keys):
         return train_fullbatch(
@@ -226,7 +226,7 @@ def main(argv=None) -> None:
     from ntkdyn.data.colored_mnist import environment_batches
     from ntkdyn.train.layout import SeedAxis, eigen_matmul_options
 
-    cfg = X.PROTOCOL["erm"]
+    cfg = X.METHODS["erm"]
     envs, mnist = _data(args.data_source, args.max_images)
     batches = environment_batches(envs)
     keys = jax.random.split(jax.random.PRNGKey(1), 1)

@@ -25,6 +25,7 @@ and λ, with the same η.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -36,6 +37,7 @@ from ntkdyn._checks import check_outputs, check_x
 from ntkdyn.objectives import ERM, Objective, theory_lam
 from ntkdyn.tangent import ApplyFn, responses_from_outputs, signed_labels
 from ntkdyn.tangent.features import apply_outputs
+from ntkdyn.train.hooks import Hook, Record, call_hooks, check_hooks, chunk_steps
 
 __all__ = ["linearize", "GDTrace", "train_gd"]
 
@@ -99,13 +101,8 @@ class GDTrace(NamedTuple):
         return responses_from_outputs(self.outputs, self.f0, y, U)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("apply_fn", "objective", "linearized", "center", "num_blocks", "save_every"),
-)
-def _run(
-    apply_fn, params0, x, y, eta, wd, *, objective, linearized, center, num_blocks, save_every
-):
+def _problem(apply_fn, params0, x, y, wd, *, objective, linearized, center):
+    """(f0, outputs(θ), loss(θ) -> (value, outputs)) of the module docstring's sum-form loss."""
     n = x.shape[0]
     if linearized:
         f0, jvp = jax.linearize(lambda p: apply_outputs(apply_fn, p, x, None), params0)
@@ -123,8 +120,23 @@ def _run(
         g = out - f0 if center else out
         dp = jax.tree.map(lambda a, b: a - b, p, params0)
         l2 = sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(dp))
-        value, _ = objective.loss(g, (y + 1) / 2)
+        value, _ = objective.loss(g, (y + 1) / 2, params=dp)
         return n * value + 0.5 * (n * wd) * l2, out
+
+    return f0, outputs, loss
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("apply_fn", "objective", "linearized", "center", "num_blocks", "save_every"),
+)
+def _run(
+    apply_fn, params0, x, y, eta, wd, *, objective, linearized, center, num_blocks, save_every
+):
+    n = x.shape[0]
+    f0, outputs, loss = _problem(
+        apply_fn, params0, x, y, wd, objective=objective, linearized=linearized, center=center
+    )
 
     def step(p, _):
         grads, _ = jax.grad(loss, has_aux=True)(p)
@@ -137,6 +149,57 @@ def _run(
     params, outs = jax.lax.scan(block, params0, None, length=num_blocks)
     outs = jnp.concatenate([outputs(params0)[None], outs], axis=0).reshape(num_blocks + 1, n)
     return outs, f0, params
+
+
+def _run_hooked(
+    apply_fn,
+    params0,
+    x,
+    y,
+    eta,
+    wd,
+    *,
+    objective,
+    linearized,
+    center,
+    num_steps,
+    save_every,
+    hooks,
+):
+    """:func:`_run` as compiled chunks called from the host, with the hooks called between them."""
+
+    def build(p0):
+        return _problem(
+            apply_fn, p0, x, y, wd, objective=objective, linearized=linearized, center=center
+        )
+
+    @functools.partial(jax.jit, static_argnames="length")
+    def advance(p, length):
+        _, _, loss = build(params0)
+
+        def step(p, _):
+            (value, _), grads = jax.value_and_grad(loss, has_aux=True)(p)
+            return jax.tree.map(lambda a, g: a - eta * g, p, grads), value
+
+        p, values = jax.lax.scan(step, p, None, length=length)
+        return p, values[-1]
+
+    out_fn = jax.jit(lambda p: build(params0)[1](p))
+    f0 = jax.jit(lambda: build(params0)[0])()
+    chunk = chunk_steps(hooks, save_every)
+    params, outs, step = params0, [out_fn(params0)], 0
+    while step < num_steps:
+        length = min(chunk, num_steps - step)
+        params, value = advance(params, length)
+        step += length
+        if step % save_every == 0:
+            outs.append(out_fn(params))
+        call_hooks(
+            hooks,
+            Record(step=step, params=params, metrics={"loss": np.asarray(value)}),
+            last_step=num_steps,
+        )
+    return jnp.stack(outs), f0, params
 
 
 def train_gd(
@@ -152,6 +215,7 @@ def train_gd(
     weight_decay: float = 0.0,
     center: bool = True,
     linearized: bool = False,
+    hooks: Sequence[Hook] | None = None,
 ) -> GDTrace:
     """Full-batch gradient descent θ_{k+1} = θ_k − η∇L(θ_k) on the loss of the module docstring.
 
@@ -175,6 +239,10 @@ def train_gd(
             theory's λ is n·wd).
         center: train g = f − f(θ₀) (the theory's convention) instead of f.
         linearized: train the linearized model instead of the network.
+        hooks: record hooks (:mod:`ntkdyn.train.hooks`) called on the host with a
+            :class:`~ntkdyn.train.hooks.Record` (θ_k, ``metrics={"loss": n·L}`` of the last step)
+            every ``every`` steps and at the end; the loop then runs compiled chunks of the gcd of
+            the hooks' ``every`` and ``save_every`` steps (same trace up to float rounding).
 
     Returns:
         :class:`GDTrace`.
@@ -196,8 +264,26 @@ def train_gd(
         raise ValueError(
             f"save_every: must be a positive divisor of num_steps={num_steps}, got {save_every}"
         )
+    hooks = check_hooks(hooks)
     dtype = jax.eval_shape(apply_fn, params0, x).dtype
     yv = jnp.asarray(signed_labels(y, x.shape[0]), dtype)
+    if hooks:
+        outs, f0, params = _run_hooked(
+            apply_fn,
+            params0,
+            x,
+            yv,
+            jnp.asarray(eta, dtype),
+            jnp.asarray(weight_decay, dtype),
+            objective=objective,
+            linearized=bool(linearized),
+            center=bool(center),
+            num_steps=int(num_steps),
+            save_every=int(save_every),
+            hooks=hooks,
+        )
+        steps = jnp.arange(outs.shape[0]) * int(save_every)
+        return GDTrace(steps, outs, f0, params, float(eta))
     outs, f0, params = _run(
         apply_fn,
         params0,

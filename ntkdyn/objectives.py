@@ -42,6 +42,14 @@ from ntkdyn.losses import irm_penalty, sd_penalty, vrex_penalty
 
 __all__ = [
     "Objective",
+    "Composite",
+    "Logistic",
+    "Penalty",
+    "L2",
+    "LogitPenalty",
+    "IRMPenalty",
+    "VRExPenalty",
+    "Terms",
     "ERM",
     "SpectralDecoupling",
     "ClassConditionalSD",
@@ -131,7 +139,11 @@ def _sqnorm(params: Any, l2: Any) -> Any:
 
 
 class Objective:
-    """Base of the objectives: a stateless ``init`` and the ``loss`` contract (module docstring)."""
+    """Base of the objectives: a stateless ``init`` and the ``loss`` contract (module docstring).
+
+    Objectives compose: ``objective + penalty`` (or ``+`` another objective, whose penalties are
+    added) gives a :class:`Composite` with the left one's base risk.
+    """
 
     def init(self) -> Any:
         """The objective's initial state (``()``: none)."""
@@ -140,6 +152,260 @@ class Objective:
     def loss(self, logits, y01, *, step=0, state=(), groups=None, params=None):  # pragma: no cover
         raise NotImplementedError
 
+    def parts(self) -> tuple[Any, tuple[Penalty, ...]]:
+        """``(base, penalties)``: the base risk and the penalties added to it."""
+        return self, ()
+
+    def __add__(self, other: Any) -> Composite:
+        base, mine = self.parts()
+        if isinstance(other, Penalty):
+            return Composite(base, (*mine, other))
+        if isinstance(other, Objective):
+            return Composite(base, (*mine, *other.parts()[1]))
+        return NotImplemented
+
+
+@dataclasses.dataclass(frozen=True)
+class Terms:
+    """What a penalty sees: the pooled and per-environment logits and labels, the step, params.
+
+    Attributes:
+        f, y: pooled (n,) logits and labels in {0, 1}.
+        fs, ys: per-environment tuples (``None`` when the logits came pooled).
+        step: the step (penalties anneal with it).
+        params: the model parameters (``None`` if the loop passes none).
+    """
+
+    f: Any
+    y: Any
+    fs: Any
+    ys: Any
+    step: Any
+    params: Any
+
+    def risks(self) -> Array:
+        """(e,) mean logistic loss R_e of each environment."""
+        if self.fs is None:
+            raise ValueError(
+                "logits: this penalty compares environments; pass a tuple of >= 2 "
+                "per-environment logit arrays (and y01 as a matching tuple)"
+            )
+        return jnp.stack([_nll(f, y) for f, y in zip(self.fs, self.ys, strict=True)])
+
+
+class Penalty:
+    """A term added to a base risk: ``term(terms) -> (added value, reported value or None)``.
+
+    ``divisor(step)`` divides the whole objective (1 for all but the annealed environment
+    penalties, whose published form divides by max(weight, 1)); ``key`` names the reported value
+    in the metrics (``"penalty"`` when it is the composite's only reported penalty,
+    ``"penalty_<key>"`` otherwise).
+    """
+
+    key = "penalty"
+
+    def term(self, terms: Terms) -> tuple[Any, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def divisor(self, step) -> Any:
+        """What the whole objective is divided by at ``step`` (1: nothing)."""
+        return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class L2(Penalty):
+    """weight·Σ_w ‖w‖² over every parameter (needs ``params``); written once for every objective.
+
+    Attributes:
+        weight: the coefficient (float or schedule), ≥ 0.
+    """
+
+    weight: Schedule = 0.0
+    key = "l2"
+
+    def __post_init__(self):
+        _check_scalar("l2", self.weight)
+
+    def term(self, terms):
+        w = _value(self.weight, terms.step)
+        if _is_zero(w):
+            return None, None
+        return w * _sqnorm(terms.params, w), None
+
+
+@dataclasses.dataclass(frozen=True)
+class LogitPenalty(Penalty):
+    """Spectral Decoupling's penalty coef(t)·mean_i f_i² (Pezeshki et al. 2021, Sec. 4).
+
+    Attributes:
+        coef: the mean-form coefficient c (float or schedule), ≥ 0.
+    """
+
+    coef: Schedule = 0.0
+    key = "sd"
+
+    def __post_init__(self):
+        _check_scalar("coef", self.coef)
+
+    def term(self, terms):
+        pen = sd_penalty(terms.f)
+        return _value(self.coef, terms.step) * pen, pen
+
+
+@dataclasses.dataclass(frozen=True)
+class IRMPenalty(Penalty):
+    """IRMv1's λ(t)·mean_e (∂R_e(w·f)/∂w |_{w=1})², the objective divided by max(λ(t), 1).
+
+    Attributes:
+        weight: λ (float or schedule), ≥ 0.
+    """
+
+    weight: Schedule = 1.0
+    key = "irm"
+
+    def __post_init__(self):
+        _check_scalar("penalty_weight", self.weight)
+
+    def term(self, terms):
+        terms.risks()  # checks the environments
+        pens = [
+            irm_penalty(f, jnp.asarray(y, f.dtype)) for f, y in zip(terms.fs, terms.ys, strict=True)
+        ]
+        pen = jnp.mean(jnp.stack(pens))
+        return _value(self.weight, terms.step) * pen, pen
+
+    def divisor(self, step):
+        return jnp.maximum(_value(self.weight, step), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class VRExPenalty(Penalty):
+    """V-REx's β(t)·e²·Var_e(R_e) ((R₁ − R₂)² for two environments), divided by max(β(t), 1).
+
+    Attributes:
+        weight: β (float or schedule), ≥ 0.
+    """
+
+    weight: Schedule = 1.0
+    key = "vrex"
+
+    def __post_init__(self):
+        _check_scalar("penalty_weight", self.weight)
+
+    def term(self, terms):
+        risks = terms.risks()
+        pen = len(terms.fs) ** 2 * vrex_penalty(risks)
+        return _value(self.weight, terms.step) * pen, pen
+
+    def divisor(self, step):
+        return jnp.maximum(_value(self.weight, step), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Logistic(Objective):
+    """The base risk: weight(t)·mean logistic loss, pooled or over environments.
+
+    Attributes:
+        weight: the risk's weight w(t) (float or schedule; SD's annealing).
+        over: ``"examples"`` (mean over all examples), ``"environments"`` (mean_e R_e, IRMv1) or
+            ``"environments_sum"`` (Σ_e R_e, V-REx's released code).
+    """
+
+    weight: Schedule = 1.0
+    over: str = "examples"
+
+    def __post_init__(self):
+        _check_scalar("nll_weight", self.weight)
+        if self.over not in ("examples", "environments", "environments_sum"):
+            raise ValueError(
+                f"over: expected examples, environments or environments_sum, got {self.over!r}"
+            )
+
+    def loss(self, logits, y01, *, step=0, state=(), groups=None, params=None):
+        """(w·risk, (state, {"nll"})) with "nll" the pooled mean logistic loss."""
+        terms = _terms(logits, y01, step, params, self.over != "examples")
+        nll = _nll(terms.f, terms.y)
+        if self.over == "examples":
+            risk = nll
+        else:
+            risk = terms.risks()
+            risk = jnp.mean(risk) if self.over == "environments" else jnp.sum(risk)
+        w = _value(self.weight, step)
+        return (risk if _is_one(w) else w * risk), (state, {"nll": nll})
+
+
+def _is_one(v) -> bool:
+    return (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v == 1 and callable(v) is False
+    )
+
+
+def _terms(logits, y01, step, params, environments: bool) -> Terms:
+    if environments:
+        fs, ys = _environments(logits, y01, "this objective")
+    elif isinstance(logits, (tuple, list)):
+        _pool(logits, y01)
+        fs, ys = list(logits), list(y01)
+    else:
+        fs = ys = None
+    f, y = _pool(logits, y01)
+    _check_pair(f, y)
+    return Terms(f, y, fs, ys, step, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Composite(Objective):
+    """A base risk plus penalties: L = [base + Σ_p term_p] / max_p divisor_p (each term once).
+
+    Like optax's ``chain``: ``ERM(l2=1e-3)`` is ``Composite(Logistic(), (L2(1e-3),))``, and
+    ``SpectralDecoupling(coef=c) + IRMPenalty(λ)`` adds IRMv1's penalty to SD. The metrics are the
+    base's, plus each reported penalty value (``"penalty"`` for a single one, else
+    ``"penalty_<key>"``).
+
+    Attributes:
+        base: the base risk (:class:`Logistic`, :class:`GroupDRO`, or any objective).
+        penalties: the :class:`Penalty` terms, added in order.
+    """
+
+    base: Any = dataclasses.field(default_factory=lambda: Logistic())
+    penalties: tuple = ()
+
+    def __post_init__(self):
+        for i, p in enumerate(self.penalties):
+            if not isinstance(p, Penalty):
+                raise ValueError(f"penalties[{i}]: expected a Penalty (e.g. L2(1e-4)), got {p!r}")
+
+    def parts(self):
+        return self.base, tuple(self.penalties)
+
+    def init(self, *args) -> Any:
+        return self.base.init(*args)
+
+    def loss(self, logits, y01, *, step=0, state=(), groups=None, params=None):
+        """(L, (state, metrics)); see the class docstring."""
+        value, (state, metrics) = self.base.loss(
+            logits, y01, step=step, state=state, groups=groups, params=params
+        )
+        envs = isinstance(logits, (tuple, list))
+        terms = _terms(logits, y01, step, params, False) if self.penalties else None
+        if terms is not None and not envs:
+            terms = dataclasses.replace(terms, fs=None, ys=None)
+        reported = [p for p in self.penalties if p.key != "l2"]
+        metrics = dict(metrics)
+        divisor = None
+        for p in self.penalties:
+            add, shown = p.term(terms)
+            if add is not None:
+                value = value + add
+            if shown is not None:
+                metrics["penalty" if len(reported) == 1 else f"penalty_{p.key}"] = shown
+            d = p.divisor(step)
+            if not (isinstance(d, float) and d == 1.0):
+                divisor = d if divisor is None else jnp.maximum(divisor, d)
+        if divisor is not None:
+            value = value / divisor
+        return value, (state, metrics)
+
 
 @dataclasses.dataclass(frozen=True)
 class ERM(Objective):
@@ -147,6 +413,7 @@ class ERM(Objective):
 
     L = mean_i softplus(−y±_i f_i) + l2·Σ_w ‖w‖² (the l2 term over every parameter, as in the IRM
     authors' Colored MNIST code; use the optimizer's weight decay for PyTorch-style decay).
+    ``Composite(Logistic(), (L2(l2),))``.
 
     Attributes:
         l2: coefficient of Σ‖w‖² (needs ``params`` in :meth:`loss`).
@@ -157,13 +424,12 @@ class ERM(Objective):
     def __post_init__(self):
         _check_scalar("l2", self.l2)
 
+    def parts(self):
+        return Logistic(), (L2(self.l2),)
+
     def loss(self, logits, y01, *, step=0, state=(), groups=None, params=None):
         """(L, (state, {"nll"})); see the class docstring."""
-        f, y = _pool(logits, y01)
-        nll = _nll(f, y)
-        l2 = _value(self.l2, step)
-        value = nll + l2 * _sqnorm(params, l2) if not _is_zero(l2) else nll
-        return value, (state, {"nll": nll})
+        return Composite(*self.parts()).loss(logits, y01, step=step, state=state, params=params)
 
 
 def _is_zero(v) -> bool:
@@ -174,7 +440,8 @@ def _is_zero(v) -> bool:
 class SpectralDecoupling(Objective):
     """Spectral Decoupling (Pezeshki et al. 2021, Sec. 4): an L2 penalty on the logits.
 
-    L = w(t)·mean_i softplus(−y±_i f_i) + coef(t)·mean_i f_i² (+ l2·Σ‖w‖²).
+    L = w(t)·mean_i softplus(−y±_i f_i) + coef(t)·mean_i f_i² (+ l2·Σ‖w‖²);
+    ``Composite(Logistic(w), (LogitPenalty(coef), L2(l2)))``.
 
     ``coef`` is the mean-form coefficient c of the authors' code (theory's λ = 2c, see
     :func:`theory_lam`). ``nll_weight`` w(t) is 1 except in the authors' Colored MNIST annealing,
@@ -201,16 +468,12 @@ class SpectralDecoupling(Objective):
         """The authors' Colored MNIST form: ℓ + c·sd before step ``at``, c·(ℓ + sd) from it on."""
         return cls(coef=coef, nll_weight=switch(1.0, coef, at), **kwargs)
 
+    def parts(self):
+        return Logistic(self.nll_weight), (LogitPenalty(self.coef), L2(self.l2))
+
     def loss(self, logits, y01, *, step=0, state=(), groups=None, params=None):
         """(L, (state, {"nll", "penalty"})); see the class docstring."""
-        f, y = _pool(logits, y01)
-        nll = _nll(f, y)
-        pen = sd_penalty(f)
-        value = _value(self.nll_weight, step) * nll + _value(self.coef, step) * pen
-        l2 = _value(self.l2, step)
-        if not _is_zero(l2):
-            value = value + l2 * _sqnorm(params, l2)
-        return value, (state, {"nll": nll, "penalty": pen})
+        return Composite(*self.parts()).loss(logits, y01, step=step, state=state, params=params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,29 +525,14 @@ def _environments(logits, y01, name: str) -> tuple[list[Array], list[Array]]:
     return list(logits), list(y01)
 
 
-def _annealed_environments(obj, name, terms, logits, y01, step, state, params):
-    """[risk + l2·Σ‖w‖² + w(t)·penalty] / max(w(t), 1), the annealed form of IRMv1 and V-REx.
-
-    ``terms(fs, ys, risks) -> (risk, penalty)`` gives each objective's own pooled risk and penalty
-    from the per-environment logits, labels and mean logistic losses R_e.
-    """
-    fs, ys = _environments(logits, y01, name)
-    nll = _nll(jnp.concatenate(fs), jnp.concatenate(ys))
-    risks = jnp.stack([_nll(f, y) for f, y in zip(fs, ys, strict=True)])
-    risk, pen = terms(fs, ys, risks)
-    weight = _value(obj.penalty_weight, step)
-    l2 = _value(obj.l2, step)
-    value = risk + l2 * _sqnorm(params, l2) + weight * pen
-    return value / jnp.maximum(weight, 1.0), (state, {"nll": nll, "penalty": pen})
-
-
 @dataclasses.dataclass(frozen=True)
 class IRMv1(Objective):
     """IRMv1 (Arjovsky et al. 2019), as in the authors' Colored MNIST code.
 
     L = [mean_e R_e + l2·Σ‖w‖² + λ(t)·mean_e P_e] / max(λ(t), 1), with R_e the mean logistic loss of
-    environment e and P_e = (∂R_e(w·f)/∂w |_{w=1})². The published protocol anneals the penalty:
-    ``penalty_weight=switch(1.0, 91257.19, at=190)``.
+    environment e and P_e = (∂R_e(w·f)/∂w |_{w=1})²;
+    ``Composite(Logistic(over="environments"), (L2(l2), IRMPenalty(λ)))``. The published protocol
+    anneals the penalty: ``penalty_weight=switch(1.0, 91257.19, at=190)``.
 
     Attributes:
         penalty_weight: λ (float or schedule), ≥ 0.
@@ -298,14 +546,13 @@ class IRMv1(Objective):
         _check_scalar("penalty_weight", self.penalty_weight)
         _check_scalar("l2", self.l2)
 
+    def parts(self):
+        return Logistic(over="environments"), (L2(self.l2), IRMPenalty(self.penalty_weight))
+
     def loss(self, logits, y01, *, step=0, state=(), groups=None, params=None):
         """(L, (state, {"nll", "penalty"})); ``logits``/``y01`` are per-environment tuples."""
-
-        def terms(fs, ys, risks):
-            pens = [irm_penalty(f, jnp.asarray(y, f.dtype)) for f, y in zip(fs, ys, strict=True)]
-            return jnp.mean(risks), jnp.mean(jnp.stack(pens))
-
-        return _annealed_environments(self, "IRMv1", terms, logits, y01, step, state, params)
+        _environments(logits, y01, "IRMv1")
+        return Composite(*self.parts()).loss(logits, y01, step=step, state=state, params=params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,8 +560,9 @@ class VREx(Objective):
     """V-REx (Krueger et al. 2021), as in their released Colored MNIST code.
 
     L = [Σ_e R_e + l2·Σ‖w‖² + β(t)·(R₁ − R₂)²] / max(β(t), 1) for two environments (in general
-    β·e²·Var_e(R_e), which is (R₁ − R₂)² for e = 2). Published: ``penalty_weight=switch(1.0, 1e4,
-    at=100)``.
+    β·e²·Var_e(R_e), which is (R₁ − R₂)² for e = 2);
+    ``Composite(Logistic(over="environments_sum"), (L2(l2), VRExPenalty(β)))``. Published:
+    ``penalty_weight=switch(1.0, 1e4, at=100)``.
 
     Attributes:
         penalty_weight: β (float or schedule), ≥ 0.
@@ -328,13 +576,13 @@ class VREx(Objective):
         _check_scalar("penalty_weight", self.penalty_weight)
         _check_scalar("l2", self.l2)
 
+    def parts(self):
+        return Logistic(over="environments_sum"), (L2(self.l2), VRExPenalty(self.penalty_weight))
+
     def loss(self, logits, y01, *, step=0, state=(), groups=None, params=None):
         """(L, (state, {"nll", "penalty"})); ``logits``/``y01`` are per-environment tuples."""
-
-        def terms(fs, ys, risks):  # (R₁ − R₂)² for two environments
-            return jnp.sum(risks), len(fs) ** 2 * vrex_penalty(risks)
-
-        return _annealed_environments(self, "VREx", terms, logits, y01, step, state, params)
+        _environments(logits, y01, "VREx")
+        return Composite(*self.parts()).loss(logits, y01, step=step, state=state, params=params)
 
 
 class GroupDROState(NamedTuple):
@@ -419,13 +667,18 @@ def theory_lam(
     forms: mean ℓ + coef·mean(ŷ²) is (1/n)[Σℓ + coef·‖ŷ‖²], so λ_SD = 2·coef; coupled weight
     decay wd on mean ℓ is (1/n)[Σℓ + (n·wd/2)‖θ‖²], so λ_CE = n·wd.
 
+    An l2 term l2·Σθ² of the objective (:class:`L2`) is coupled weight decay wd = 2·l2, added to
+    ``weight_decay``. Composed objectives are read through their parts (:meth:`Objective.parts`):
+    the logistic base with :class:`L2` terms is CE, with :class:`LogitPenalty` terms SD.
+
     Args:
-        objective: :class:`ERM` or :class:`SpectralDecoupling` (constant coefficients).
+        objective: :class:`ERM`, :class:`SpectralDecoupling` or a :class:`Composite` of the
+            logistic base with those penalties (constant coefficients).
         num_examples: n, the number of training examples of the mean.
         weight_decay: the optimizer's coupled weight decay wd (ERM only).
 
     Returns:
-        ``(field, lam)``: ``ce_field`` with λ = n·wd, or ``sd_field`` with λ = 2·coef.
+        ``(field, lam)``: ``ce_field`` with λ = n·(wd + 2·l2), or ``sd_field`` with λ = 2·coef.
 
     Raises:
         ValueError: for other objectives, scheduled coefficients, SD with weight decay, or
@@ -434,18 +687,36 @@ def theory_lam(
     if not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
         raise ValueError(f"num_examples: expected an integer >= 1, got {num_examples!r}")
     _check_scalar("weight_decay", weight_decay)
-    if isinstance(objective, SpectralDecoupling):
-        if callable(objective.coef) or objective.nll_weight != 1.0:
-            raise ValueError(
-                "objective: the theory needs a constant SD coefficient and nll_weight 1; "
-                "pass SpectralDecoupling(coef=c)"
-            )
-        if weight_decay:
-            raise ValueError("weight_decay: the SD theory has no weight decay; pass 0")
-        return sd_field, 2.0 * float(objective.coef)
-    if isinstance(objective, ERM):
-        return ce_field, float(num_examples) * float(weight_decay)
-    raise ValueError(
-        f"objective: the theory covers ERM (cross-entropy) and SpectralDecoupling, got "
-        f"{type(objective).__name__}"
+    if not isinstance(objective, Objective):
+        raise ValueError(f"objective: expected an ntkdyn.objectives objective, got {objective!r}")
+    base, penalties = objective.parts()
+    covered = (
+        isinstance(base, Logistic)
+        and base.over == "examples"
+        and all(isinstance(p, (L2, LogitPenalty)) for p in penalties)
     )
+    if not covered:
+        raise ValueError(
+            "objective: the theory covers the logistic loss with an l2 term (cross-entropy, "
+            "ERM) or Spectral Decoupling's logit penalty, got "
+            f"{type(objective).__name__} ({type(base).__name__} + "
+            f"{', '.join(type(p).__name__ for p in penalties) or 'no penalty'})"
+        )
+    for value in (base.weight, *(getattr(p, "weight", getattr(p, "coef", 0.0)) for p in penalties)):
+        if callable(value) or isinstance(value, jax.core.Tracer):
+            raise ValueError(
+                "objective: the theory needs constant coefficients, got a schedule or a traced "
+                "value; pass numbers, e.g. SpectralDecoupling(coef=c)"
+            )
+    if float(base.weight) != 1.0:
+        raise ValueError(
+            "objective: the theory needs nll_weight 1; pass SpectralDecoupling(coef=c)"
+        )
+    coef = sum(float(p.coef) for p in penalties if isinstance(p, LogitPenalty))
+    l2 = sum(float(p.weight) for p in penalties if isinstance(p, L2))
+    if any(isinstance(p, LogitPenalty) for p in penalties):
+        if weight_decay or l2:
+            raise ValueError("weight_decay: the SD theory has no weight decay; pass 0 (and l2 = 0)")
+        return sd_field, 2.0 * coef
+    # l2·Σθ² has the gradient 2·l2·θ: coupled weight decay wd = 2·l2.
+    return ce_field, float(num_examples) * (float(weight_decay) + 2.0 * l2)

@@ -11,6 +11,8 @@ command-line flags and back:
   published one, or ``quick()`` with ``--quick``);
 * :func:`check` validates a config against declarative rules (:func:`integer`, :func:`number`,
   :func:`one_of`, :func:`optional`, :func:`pair`, :func:`each`), one per field, from ``__post_init__``;
+* :class:`RestartSettings` is the shared base of the protocols over restarts (restarts, first
+  restart, seed, seed layout, CPU matrix library);
 * :class:`ConfigError` is the validation error: in Python it reads ``max_images: …``; the command
   line prints it with the flag the user typed, ``--max-images: …``.
 
@@ -47,6 +49,7 @@ from ntkdyn.errors import InputError
 
 __all__ = [
     "ConfigError",
+    "RestartSettings",
     "Rule",
     "add_arguments",
     "check",
@@ -247,8 +250,16 @@ def add_arguments(
     *,
     skip: Iterable[str] = (),
     help: dict[str, str] | None = None,  # noqa: A002 - argparse's own word
+    quick: Any = None,
+    prefix: str = "",
 ) -> None:
     """Add one flag per field of the dataclass instance ``defaults``.
+
+    A field holding a dataclass (``sd: SDSettings``) or a mapping of names to dataclasses (one
+    entry per method) gets dotted flags, one per inner field: ``--sd.coef``, ``--irm.penalty-weight``
+    (destination ``"sd.coef"``); :func:`from_arguments` puts the values back in place. Each flag's
+    help shows one default: the published value, and the ``quick`` one where it differs
+    (``(default: 10; --quick: 5)``).
 
     Flags default to "not given" (``argparse.SUPPRESS``), so :func:`from_arguments` can tell the
     user's choices from the base config's values; the help text shows the published default.
@@ -260,29 +271,44 @@ def add_arguments(
         defaults: a dataclass instance whose values are shown as the defaults.
         skip: fields that get no flag (set by the command itself).
         help: help texts that replace the docstring's.
+        quick: the ``--quick`` variant of ``defaults`` (its differing values are shown), or None.
+        prefix: dotted prefix of the flags (used for nested settings, e.g. ``"sd."``).
 
     Raises:
         TypeError: if ``defaults`` is not a dataclass instance.
     """
     if not dataclasses.is_dataclass(defaults) or isinstance(defaults, type):
         raise TypeError(f"defaults: expected a dataclass instance, got {defaults!r}")
-    texts = {**field_help(type(defaults)), **(help or {})}
+    texts: dict[str, str] = {}
+    for cls in reversed(type(defaults).__mro__):  # a subclass's docstring adds to its bases'
+        if dataclasses.is_dataclass(cls):
+            texts.update(field_help(cls))
+    texts.update(help or {})
     hints = typing.get_type_hints(type(defaults))
     skip = set(skip)
     for field in dataclasses.fields(defaults):
         if field.name in skip or not field.init:
             continue
         value = getattr(defaults, field.name)
+        fast = None if quick is None else getattr(quick, field.name, None)
+        inner = _nested(value)
+        if inner is not None:
+            for key, sub in inner.items():
+                sub_quick = None if fast is None else _nested(fast).get(key)
+                name = f"{prefix}{field.name}." if key is None else f"{prefix}{key}."
+                add_arguments(parser, sub, quick=sub_quick, prefix=name)
+            continue
         tp, optional = _base_type(hints.get(field.name, type(value)))
         text = texts.get(field.name, "")
-        shown = value.value if isinstance(value, enum.Enum) else value
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": field.name}
-        flag = flag_name(field.name)
+        dest = prefix + field.name
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": dest}
+        flag = flag_name(dest)
+        default_text = _default_text(value, fast, quick is not None)
         if tp is bool:
             parser.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
-                help=f"{text} (default: {shown})",
+                help=f"{text} ({default_text})",
                 **kw,
             )
             continue
@@ -296,7 +322,6 @@ def add_arguments(
                 kw.update(nargs=len(args), type=float if float in args else str)
             else:
                 kw.update(nargs="+", type=item if item in (int, float, str) else str)
-            shown = " ".join(str(v) for v in value) if value else "none"
         elif isinstance(tp, type) and issubclass(tp, enum.Enum):
             kw.update(type=tp, choices=list(tp), metavar="{" + ",".join(m.value for m in tp) + "}")
         elif tp in (int, float, str):
@@ -304,32 +329,140 @@ def add_arguments(
         else:
             kw.update(type=str)
         metavar = kw.pop("metavar", None) or field.name.upper()
-        parser.add_argument(flag, metavar=metavar, help=f"{text} (default: {shown})", **kw)
+        parser.add_argument(flag, metavar=metavar, help=f"{text} ({default_text})", **kw)
 
 
-def from_arguments(base: Any, args: argparse.Namespace, *, skip: Iterable[str] = ()) -> Any:
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, (tuple, list)):
+        return " ".join(str(v) for v in value) if value else "none"
+    return str(value)
+
+
+def _default_text(value: Any, quick_value: Any, has_quick: bool) -> str:
+    """One default in the help: ``default: V`` or ``default: V; --quick: Q`` when they differ."""
+    text = f"default: {_shown(value)}"
+    if has_quick and quick_value != value:
+        text += f"; --quick: {_shown(quick_value)}"
+    return text.replace("%", "%%")
+
+
+def _nested(value: Any) -> dict[str | None, Any] | None:
+    """Inner settings of a field: ``{None: dc}`` for a dataclass, ``{key: dc}`` for a mapping."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {None: value}
+    if (
+        isinstance(value, Mapping)
+        and value
+        and all(dataclasses.is_dataclass(v) and not isinstance(v, type) for v in value.values())
+    ):
+        return dict(value)
+    return None
+
+
+def from_arguments(
+    base: Any, args: argparse.Namespace, *, skip: Iterable[str] = (), prefix: str = ""
+) -> Any:
     """``base`` with the fields the user gave on the command line replaced.
 
     Validation runs in the dataclass (``__post_init__``); a :class:`ConfigError` it raises names
-    the field, which the command line prints as the flag.
+    the field, which the command line prints as the flag. Nested settings (see
+    :func:`add_arguments`) are rebuilt from their dotted flags; an error inside them names the
+    dotted field (``sd.coef``), printed as ``--sd.coef``.
 
     Args:
         base: the base config (published defaults, or their ``quick()`` variant).
         args: the parsed namespace of a parser extended by :func:`add_arguments`.
         skip: fields to leave alone even if present in ``args``.
+        prefix: dotted prefix of the destinations (nested settings).
     """
     skip = set(skip)
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(base)
-        if f.init and f.name not in skip and hasattr(args, f.name)
-    }
+    given: dict[str, Any] = {}
+    for f in dataclasses.fields(base):
+        if not f.init or f.name in skip:
+            continue
+        value = getattr(base, f.name)
+        inner = _nested(value)
+        if inner is not None:
+            rebuilt = {}
+            for key, sub in inner.items():
+                name = f"{prefix}{f.name}." if key is None else f"{prefix}{key}."
+                try:
+                    rebuilt[key] = from_arguments(sub, args, prefix=name)
+                except ConfigError as exc:
+                    if exc.field.startswith(name):
+                        raise
+                    raise ConfigError(name + exc.field, exc.message) from None
+            if any(rebuilt[k] is not inner[k] for k in rebuilt):
+                given[f.name] = rebuilt[None] if None in rebuilt else type(value)(rebuilt)
+            continue
+        if hasattr(args, prefix + f.name):
+            given[f.name] = getattr(args, prefix + f.name)
+    if not given:
+        return base
     hints = typing.get_type_hints(type(base))
     for name, value in given.items():
         if isinstance(value, list):
             tp, _ = _base_type(hints.get(name, tuple))
-            args = typing.get_args(tp)
-            if args and Ellipsis not in args and len(args) == len(value):
-                value = [_convert(a, v, name) for a, v in zip(args, value, strict=True)]
+            targs = typing.get_args(tp)
+            if targs and Ellipsis not in targs and len(targs) == len(value):
+                value = [_convert(a, v, name) for a, v in zip(targs, value, strict=True)]
             given[name] = tuple(value)
     return dataclasses.replace(base, **given)
+
+
+@dataclasses.dataclass(frozen=True)
+class RestartSettings:
+    """The settings of a protocol over restarts; an experiment's ``Config`` extends it.
+
+    Attributes:
+        restarts: independent restarts (environments and initialisations)
+        first_restart: index of the first restart, to split a protocol over jobs (join with --merge)
+        seed: root PRNG seed
+        seed_layout: restarts per step and devices, AXIS[:CHUNK][@DEVICES] (vmap:2, map@1, vmap:2@all);
+            auto: two restarts per step on a CPU, all at once elsewhere, over all local devices
+        cpu_matmul: library for matrix products on a CPU: eigen (measured faster here) or default
+    """
+
+    restarts: int = 10
+    first_restart: int = 0
+    seed: int = 0
+    seed_layout: str = "auto"
+    cpu_matmul: str = "eigen"
+
+    def check_restarts(self) -> None:
+        """Validate these fields (call from ``__post_init__``).
+
+        Raises:
+            ConfigError: naming the field.
+        """
+        rules = {"restarts": integer(1), "first_restart": integer(0), "seed": integer()}
+        check(self, {**rules, "cpu_matmul": one_of("eigen", "default")})
+        self.layout()
+
+    def layout(self) -> Any:
+        """The :class:`~ntkdyn.train.layout.SeedLayout` of ``seed_layout`` (``auto``:
+        :func:`~ntkdyn.train.layout.cpu_restart_layout`)."""
+        from ntkdyn.train.layout import SeedLayout, cpu_restart_layout
+
+        if self.seed_layout == "auto":
+            return cpu_restart_layout()
+        try:
+            return SeedLayout.parse(self.seed_layout, flag="seed_layout")
+        except ValueError as exc:
+            raise ConfigError("seed_layout", str(exc).removeprefix("seed_layout: ")) from None
+
+    def compiler_options(self) -> dict[str, Any]:
+        """XLA options of ``cpu_matmul`` (:func:`~ntkdyn.xla.eigen_matmul_options` or none)."""
+        from ntkdyn.xla import eigen_matmul_options
+
+        return eigen_matmul_options() if self.cpu_matmul == "eigen" else {}
+
+    def keys(self, stream: str):
+        """:func:`~ntkdyn.train.layout.restart_keys` of this protocol's restarts."""
+        from ntkdyn.train.layout import restart_keys
+
+        return restart_keys(self.seed, stream, self.first_restart, self.restarts)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +22,8 @@ from ntkdyn.cli import main
 from ntkdyn.data.colored_mnist import colored_mnist, environment_batches
 from ntkdyn.data.mnist import load_mnist
 from ntkdyn.losses import binary_cross_entropy
-from ntkdyn.runs import StepProgress
 from ntkdyn.settings import ConfigError
+from ntkdyn.train.hooks import Progress
 from ntkdyn.train.layout import SeedLayout, eigen_matmul_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,8 +52,8 @@ def test_objectives_by_hand(fy, name, step):
     f1, f2, y1, y2 = fy
     params = {"w": jnp.asarray([1.0, -0.5]), "b": jnp.asarray(1.0)}  # Σ‖w‖² = 2.25
     sq = 2.25
-    hp = {c: 3.0 if c != "l2" else 0.01 for c in X.COEFFICIENTS[name]}
-    obj = X.objective(name, 100, **hp)
+    hp = {c: 3.0 if c != "l2" else 0.01 for c in X.METHODS[name].coefficients()}
+    obj = dataclasses.replace(X.METHODS[name], anneal_steps=100).objective(**hp)
     loss, _ = obj.loss(
         (jnp.asarray(f1), jnp.asarray(f2)),
         (jnp.asarray(y1), jnp.asarray(y2)),
@@ -85,7 +88,7 @@ def _hp(name, n, **values):
 
 
 def _batches(envs, name, **kw):
-    b = environment_batches(envs, grayscale=X.PROTOCOL[name].grayscale, **kw)
+    b = environment_batches(envs, grayscale=X.METHODS[name].grayscale, **kw)
     return {**b, "hp": _hp(name, b["x1"].shape[0])}
 
 
@@ -97,6 +100,38 @@ def small():
     return envs, jax.random.split(jax.random.PRNGKey(1), 3)
 
 
+class _Run(NamedTuple):
+    apply_fn: Any
+    params0: Any
+    params: Any
+    history: dict
+
+
+def _train(name, method, batches, keys, *, log_every=10, hooks=None, **kw):
+    """One method trained on stacked seeds as the experiment trains it."""
+    import optax
+
+    from ntkdyn.metrics import environment_metrics
+    from ntkdyn.train.fullbatch import train_fullbatch
+
+    method = dataclasses.replace(X.METHODS[name], **method)
+    apply_fn, params0 = X.init_params(method, keys)
+    result = train_fullbatch(
+        X.loss_fn(method, apply_fn),
+        optax.adam(method.lr),
+        params0,
+        batches,
+        keys=keys,
+        num_steps=method.steps,
+        log_every=log_every,
+        eval_fn=lambda p, _, b: environment_metrics(lambda x: apply_fn(p, x)[:, 0], b),
+        batch_axis=0,
+        hooks=hooks,
+        **kw,
+    )
+    return _Run(apply_fn, params0, result.state.params, result.history)
+
+
 def _assert_params_close(a, b):
     for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
@@ -104,11 +139,11 @@ def _assert_params_close(a, b):
 
 def test_vmapped_equals_sequential(small):
     envs, keys = small
-    cfg = X.Method(hidden=16, lr=1e-2, steps=12, anneal_steps=6)
+    cfg = dict(hidden=16, lr=1e-2, steps=12, anneal_steps=6)
     batches = _batches(envs, "irm")
-    together = X.train("irm", cfg, batches, keys, log_every=4)
+    together = _train("irm", cfg, batches, keys, log_every=4)
     for s in (0, 2):
-        alone = X.train(
+        alone = _train(
             "irm",
             cfg,
             jax.tree_util.tree_map(lambda a, s=s: a[s : s + 1], batches),
@@ -122,12 +157,12 @@ def test_vmapped_equals_sequential(small):
         np.testing.assert_allclose(
             together.history["test_acc"][s], alone.history["test_acc"][0], atol=1e-6
         )
-    chunked = X.train("irm", cfg, batches, keys, log_every=4, layout=SeedLayout.parse("vmap:2@1"))
+    chunked = _train("irm", cfg, batches, keys, log_every=4, layout=SeedLayout.parse("vmap:2@1"))
     _assert_params_close(together.params, chunked.params)  # chunks of 2 and 1
     # Eigen's products (the CPU default of `ntkdyn cmnist`) change nothing beyond float rounding;
-    # nor does the progress report fired from inside the compiled loop
-    bar = StepProgress("irm", 3 * 12, enabled=False)
-    eigen = X.train(
+    # nor does the progress hook called between compiled chunks
+    bar = Progress(4, interval=0.0, stream=io.StringIO())
+    eigen = _train(
         "irm",
         cfg,
         batches,
@@ -135,10 +170,10 @@ def test_vmapped_equals_sequential(small):
         log_every=4,
         layout=SeedLayout.parse("vmap:2@1"),
         compiler_options=eigen_matmul_options(),
-        progress=bar,
+        hooks=[bar],
     )
     _assert_params_close(together.params, eigen.params)
-    assert bar.done == 3 * 12
+    assert bar.lines == 3 and "step 12/" not in bar.stream.getvalue()
 
 
 def test_training_matches_a_plain_loop(small):
@@ -146,10 +181,11 @@ def test_training_matches_a_plain_loop(small):
     import optax
 
     envs, keys = small
-    cfg = X.Method(hidden=8, lr=1e-2, steps=6, anneal_steps=3)
+    cfg = dict(hidden=8, lr=1e-2, steps=6, anneal_steps=3)
     batches = jax.tree_util.tree_map(lambda a: a[:1], _batches(envs, "sd"))
     batches["hp"] = {"coef": jnp.full((1,), 0.5, jnp.float32)}
-    run = X.train("sd", cfg, batches, keys[:1], log_every=None)
+    run = _train("sd", cfg, batches, keys[:1], log_every=None)
+    cfg = dataclasses.replace(X.METHODS["sd"], **cfg)
     apply_fn, params = X.init_params(cfg, keys[:1])
     params = jax.tree_util.tree_map(lambda a: a[0], params)
     b = {k: v[0] for k, v in batches.items() if k != "hp"}
@@ -176,35 +212,43 @@ def test_feature_responses_match_library(small):
     """z(t) recorded as U_kᵀ Y f inside the loop, on every training example, is the library's z(t)
     of the final parameters; U_k (matrix-free, before training, from the trainer's θ₀) is the dense
     spectrum's; the starvation matrix is SD's zero and CE's fallback λ."""
+    from ntkdyn.objectives import ERM, SpectralDecoupling
+    from ntkdyn.runs.tables import theory_starvation
     from ntkdyn.tangent import NTKMethod, feature_responses, feature_spectrum
+    from ntkdyn.train.hooks import ResponseRecorder
 
     envs, keys = small
-    cfg = X.Method(hidden=12, lr=1e-2, steps=8)
+    cfg = dict(hidden=12, lr=1e-2, steps=8)
     batches = _batches(envs, "erm")
-    spec, report, _ = X.response_spectrum(cfg, batches, keys[0], 5, jax.random.PRNGKey(3))
-    batches["uz"] = jnp.zeros((3,) + spec.U.shape).at[0].set(spec.U)
-    run = X.train("erm", cfg, batches, keys, log_every=4)
-    curves = X.response_curves(run, batches, seed=0)
-    assert curves["z"].shape == (3, 5) and np.all(curves["z"][0] == 0)
-    assert list(curves["steps"]) == [0, 4, 8] and curves["train_acc"].shape == (3,)
-    p0, pT = (jax.tree_util.tree_map(lambda a: a[0], p) for p in (run.params0, run.params))
+    method = dataclasses.replace(X.METHODS["erm"], **cfg)
+    apply_fn, params0 = X.init_params(method, keys)
+    p0 = jax.tree_util.tree_map(lambda a: a[0], params0)
     x = jnp.concatenate([batches["x1"][0], batches["x2"][0]])
     y = jnp.concatenate([batches["y1"][0], batches["y2"][0]])
+    spec, report = feature_spectrum(
+        apply_fn, p0, x, y, k=5, key=jax.random.PRNGKey(3), return_report=True
+    )
+    rec = ResponseRecorder(4, lambda p, x: apply_fn(p, x)[:, 0], p0, x, y, spec.U, seed=0)
+    run = _train("erm", cfg, batches, keys, log_every=4, hooks=[rec])
+    assert rec.z.shape == (2, 5) and list(rec.steps) == [4, 8]
+    pT = jax.tree_util.tree_map(lambda a: a[0], run.params)
     assert spec.U.shape == (x.shape[0], 5) == (200, 5)  # all training examples
     z = feature_responses(run.apply_fn, p0, pT, x, y, spec.U)
-    np.testing.assert_allclose(curves["z"][-1], np.asarray(z), rtol=1e-3, atol=1e-4)
-    assert 0.0 < float(curves["captured"]) <= 1.0 + 1e-9
+    np.testing.assert_allclose(rec.z[-1], np.asarray(z), rtol=1e-3, atol=1e-4)
+    assert 0.0 < rec.captured(pT) <= 1.0 + 1e-9
     dense = feature_spectrum(run.apply_fn, p0, x, y, method=NTKMethod.STRUCTURED)
     np.testing.assert_allclose(report.s, np.asarray(dense.s[:5]), rtol=1e-3)
 
-    st = X.theory_starvation(report, n=200, erm_l2=0.0, sd_coef=2e-5)
-    assert st["ce"]["lam"] == st["sd"]["lam"] == pytest.approx(4e-5)  # ERM without decay
+    sd = (SpectralDecoupling(coef=2e-5), "sd")
+    st = theory_starvation(
+        report.U, report.s, {"ce": (ERM(l2=2e-5 / 200), "ce"), "sd": sd}, num_examples=200
+    )
+    assert st["ce"]["lam"] == pytest.approx(st["sd"]["lam"]) == pytest.approx(4e-5)
     assert st["sd"]["max_abs"] < 1e-8 and st["sd"]["negative_fraction_col1"] == 0.0
     assert np.asarray(st["ce"]["matrix"]).shape == (5, 5)
     assert 0.0 <= st["ce"]["negative_fraction_col1"] <= 1.0
-    assert X.theory_starvation(report, n=200, erm_l2=1e-3, sd_coef=2e-5)["ce"]["lam"] == (
-        pytest.approx(200 * 2e-3)
-    )
+    ce = theory_starvation(report.U, report.s, {"ce": (ERM(l2=1e-3), "")}, num_examples=200)
+    assert ce["ce"]["lam"] == pytest.approx(200 * 2e-3)
 
 
 def test_starvation_figure():
@@ -238,17 +282,26 @@ def test_sharded_restarts_match_one_device(tmp_path):
         m = load_mnist(source="embedded")
         keys = jax.random.split(jax.random.PRNGKey(0), 3)
         envs = jax.vmap(lambda k: colored_mnist(k, m.images[:240], m.labels[:240]))(keys)
-        cfg = X.Method(hidden=16, lr=1e-3, steps=10, anneal_steps=5)
+        import dataclasses, io, optax
+        from ntkdyn.train.fullbatch import train_fullbatch
+        from ntkdyn.train.hooks import MetricsCollector, Progress
+        method = dataclasses.replace(X.METHODS["vrex"], hidden=16, lr=1e-3, steps=10, anneal_steps=5)
         b = environment_batches(envs)
-        b["hp"] = {k: jnp.full((3,), v, jnp.float32) for k, v in X.Config().coefficients("vrex").items()}
-        one = X.train("vrex", cfg, b, keys, log_every=5, layout=SeedLayout.parse("vmap@1"))
-        bar = StepProgress("vrex", 30, enabled=False)
-        four = X.train("vrex", cfg, b, keys, log_every=5, layout=SeedLayout.parse("vmap@all"),
-                       progress=bar)
-        assert bar.done == 30, bar.done
-        for a, c in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(four.params)):
+        b["hp"] = {k: jnp.full((3,), v, jnp.float32) for k, v in method.coefficients().items()}
+        apply_fn, params0 = X.init_params(method, keys)
+        def train(layout, hooks=None):
+            return train_fullbatch(X.loss_fn(method, apply_fn), optax.adam(method.lr), params0, b,
+                                   keys=keys, num_steps=10, log_every=5, batch_axis=0,
+                                   layout=SeedLayout.parse(layout), hooks=hooks)
+        one = train("vmap@1")
+        bar, seen = Progress(5, interval=0.0, stream=io.StringIO()), MetricsCollector(5)
+        four = train("vmap@all", [bar, seen])
+        assert bar.lines == 2 and seen.history["loss"].shape == (2, 3), seen.history["loss"].shape
+        for a, c in zip(jax.tree_util.tree_leaves(one.state.params), jax.tree_util.tree_leaves(four.state.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(one.history["test_acc"], four.history["test_acc"], atol=1e-6)
+        np.testing.assert_allclose(one.history["loss"], four.history["loss"], rtol=1e-6)
+        np.testing.assert_allclose(seen.history["loss"].T, four.history["loss"], rtol=1e-6)
+        four = four.state
         print("OK", four.params["linears"][0]["kernel"].sharding)
         """
     )
@@ -465,7 +518,10 @@ def test_cli_bad_input(tmp_path, capsys):
         (["--spectrum-k", "-1"], "--spectrum-k:"),
         (["--spectrum-k", "1"], "--spectrum-k:"),
         (["--max-images", "24", "--spectrum-k", "30"], "--spectrum-k:"),  # > 20 training images
-        (["--sd-coef", "-1"], "--sd-coef:"),
+        (["--sd.coef", "-1"], "--sd.coef:"),  # per-method settings: dotted flags
+        (["--irm.penalty-weight", "-1"], "--irm.penalty-weight:"),
+        (["--sd.lr", "0"], "--sd.lr:"),
+        (["--erm.hidden", "0"], "--erm.hidden:"),
         (["--cpu-matmul", "mkl"], "--cpu-matmul:"),
     ]
     for flags, want in cases:
@@ -483,8 +539,14 @@ def test_cli_help(capsys):
     out = capsys.readouterr().out
     for flag in ("--methods", "--restarts", "--data-dir", "--out", "--quick", "--seed-layout"):
         assert flag in out
-    for flag in ("--sd-coef", "--irm-penalty-weight", "--vrex-penalty-weight", "--irm-l2"):
+    for flag in ("--sd.coef", "--irm.penalty-weight", "--vrex.penalty-weight", "--irm.l2"):
         assert flag in out  # one flag per coefficient, named as the objective's field
+    for flag in ("--sd.steps", "--irm.lr", "--oracle.hidden", "--sd.anneal-steps"):
+        assert flag in out  # the protocol numbers are flags too
+    text = " ".join(out.split())
+    assert "--sd-coef" not in out and "(default: None)" not in text
+    assert "(default: 10; --quick: 5)" in text  # --log-every: one default, the quick one beside it
+    assert text.count("(default") == text.count("default:")
 
 
 @pytest.mark.slow

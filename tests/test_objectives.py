@@ -222,3 +222,90 @@ def test_group_dro_by_hand_with_an_absent_group():
     q /= q.sum()
     np.testing.assert_allclose(state.q, q, rtol=1e-12)
     np.testing.assert_allclose(robust, np.sum(q * gl), rtol=1e-12)
+
+
+def _irm_pen(f, y):
+    """(∂R(w·f)/∂w at w = 1)² of the mean logistic loss, by hand."""
+    return np.mean((1 / (1 + np.exp(-f)) - y) * f) ** 2
+
+
+def test_sd_plus_irm_is_the_sum_of_its_parts(key):
+    """A composed objective: [ℓ̄ + c·mean f² + l2·Σw² + λ·mean_e P_e] / max(λ, 1), each term once."""
+    k1, k2 = jax.random.split(key)
+    f1, y1 = _data(k1, 7)
+    f2, y2 = _data(k2, 5)
+    params = {"w": jnp.asarray([1.0, -0.5]), "b": jnp.asarray(1.0)}  # Σw² = 2.25
+    obj = ob.SpectralDecoupling(coef=0.3, l2=0.01) + ob.IRMPenalty(4.0)
+    assert isinstance(obj, ob.Composite)
+    value, (_, m) = obj.loss((f1, f2), (y1, y2), params=params)
+    f, y = (np.concatenate([np.asarray(a), np.asarray(b)]) for a, b in ((f1, f2), (y1, y2)))
+    nll = np.mean(_softplus(-(2 * y - 1) * f))
+    pen = 0.5 * (
+        _irm_pen(np.asarray(f1), np.asarray(y1)) + _irm_pen(np.asarray(f2), np.asarray(y2))
+    )
+    want = (nll + 0.3 * np.mean(f**2) + 0.01 * 2.25 + 4.0 * pen) / 4.0
+    np.testing.assert_allclose(value, want, rtol=1e-10)
+    assert set(m) == {"nll", "penalty_sd", "penalty_irm"}
+    np.testing.assert_allclose(m["penalty_irm"], pen, rtol=1e-10)
+    # and the parts, added up, are the value
+    sd_only, _ = ob.SpectralDecoupling(coef=0.3, l2=0.01).loss((f1, f2), (y1, y2), params=params)
+    np.testing.assert_allclose(4.0 * value, sd_only + 4.0 * pen, rtol=1e-10)
+    # objective + objective adds the right one's penalties to the left one's base
+    both = ob.SpectralDecoupling(coef=0.3, l2=0.01) + ob.IRMv1(penalty_weight=4.0)
+    assert both.penalties[-2:] == (ob.L2(0.0), ob.IRMPenalty(4.0))
+    np.testing.assert_allclose(both.loss((f1, f2), (y1, y2), params=params)[0], value, rtol=1e-12)
+
+
+def test_named_objectives_are_compositions(key):
+    """ERM, SD, IRMv1 and V-REx are the composites of their docstrings, to the last bit."""
+    k1, k2 = jax.random.split(key)
+    f1, y1 = _data(k1, 6)
+    f2, y2 = _data(k2, 6)
+    params = {"w": jnp.arange(3.0)}
+    named = [
+        (ob.ERM(l2=0.1), ob.Logistic() + ob.L2(0.1)),
+        (
+            ob.SpectralDecoupling(coef=0.2, l2=0.1),
+            ob.Logistic() + ob.LogitPenalty(0.2) + ob.L2(0.1),
+        ),
+        (
+            ob.IRMv1(penalty_weight=3.0, l2=0.1),
+            ob.Composite(ob.Logistic(over="environments"), (ob.L2(0.1), ob.IRMPenalty(3.0))),
+        ),
+        (
+            ob.VREx(penalty_weight=3.0, l2=0.1),
+            ob.Composite(ob.Logistic(over="environments_sum"), (ob.L2(0.1), ob.VRExPenalty(3.0))),
+        ),
+    ]
+    for a, b in named:
+        va, (_, ma) = a.loss((f1, f2), (y1, y2), params=params, step=3)
+        vb, (_, mb) = b.loss((f1, f2), (y1, y2), params=params, step=3)
+        assert float(va) == float(vb) and set(ma) == set(mb), a
+    # a robust base takes penalties too: Group DRO + l2
+    groups = jnp.asarray([0, 1, 2, 3] * 3)
+    f, y = jnp.concatenate([f1, f2]), jnp.concatenate([y1, y2])
+    dro = ob.GroupDRO(num_groups=4)
+    v0, (s0, _) = dro.loss(f, y, groups=groups)
+    v1, (s1, _) = (dro + ob.L2(0.1)).loss(f, y, groups=groups, params=params)
+    np.testing.assert_allclose(v1, v0 + 0.1 * 5.0, rtol=1e-12)
+    np.testing.assert_array_equal(s0.q, s1.q)
+    with pytest.raises(ValueError, match=r"penalties\[0\]"):
+        ob.Composite(ob.Logistic(), (ob.ERM(),))
+
+
+def test_theory_lam_reads_composed_objectives():
+    n = 10
+    field, lam = ob.theory_lam(ob.Logistic() + ob.L2(1e-3), num_examples=n)
+    assert field is ce_field and lam == pytest.approx(n * 2e-3)  # l2·Σθ² is decay wd = 2·l2
+    field, lam = ob.theory_lam(ob.ERM(l2=1e-3), num_examples=n, weight_decay=1e-3)
+    assert field is ce_field and lam == pytest.approx(n * 3e-3)
+    field, lam = ob.theory_lam(ob.ERM() + ob.LogitPenalty(0.02), num_examples=n)
+    assert field is sd_field and lam == pytest.approx(0.04)
+    for bad in (
+        ob.SpectralDecoupling(coef=0.1) + ob.IRMPenalty(2.0),
+        ob.SpectralDecoupling(coef=0.1, l2=1e-3),
+        ob.SpectralDecoupling.annealed(0.1, 5),
+        ob.GroupDRO() + ob.L2(0.1),
+    ):
+        with pytest.raises(ValueError, match="objective|weight_decay"):
+            ob.theory_lam(bad, num_examples=n)

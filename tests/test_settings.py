@@ -149,3 +149,84 @@ def test_declarative_rules_accept_reject_and_name_the_field():
     assert info.value.for_cli() == "--rate: expected a finite number > 0, got 0"
     with pytest.raises(ConfigError, match="^steps: "):  # fields are checked in order
         Config(steps=0, rate=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Net:
+    """A network.
+
+    Attributes:
+        width: hidden width.
+        lr: learning rate.
+    """
+
+    width: int = 8
+    lr: float = 0.1
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ConfigError("lr", f"expected a number > 0, got {self.lr}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SDNet(Net):
+    """SD's network.
+
+    Attributes:
+        coef: the SD coefficient.
+    """
+
+    coef: float = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Nested:
+    """Per-method settings.
+
+    Attributes:
+        seed: root seed.
+        net: the shared network.
+        methods: one entry per method.
+    """
+
+    seed: int = 0
+    net: Net = Net()
+    methods: dict = dataclasses.field(default_factory=lambda: {"erm": Net(), "sd": SDNet()})
+
+    def quick(self):
+        return dataclasses.replace(self, seed=1, methods={**self.methods, "sd": SDNet(width=2)})
+
+
+def _nested_parser():
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser, Nested(), quick=Nested().quick())
+    return parser
+
+
+def test_nested_settings_take_dotted_flags():
+    parser = _nested_parser()
+    cfg = from_arguments(Nested(), parser.parse_args(["--sd.coef", "0.5", "--net.width", "3"]))
+    assert cfg.methods["sd"] == SDNet(coef=0.5) and cfg.methods["erm"] == Net()
+    assert cfg.net == Net(width=3) and cfg.seed == 0
+    base = Nested().quick()
+    assert from_arguments(base, parser.parse_args([])) is base  # nothing given, nothing rebuilt
+    cfg = from_arguments(base, parser.parse_args(["--erm.lr", "0.2"]))
+    assert cfg.methods["sd"].width == 2 and cfg.methods["erm"].lr == 0.2
+
+
+def test_nested_errors_name_the_dotted_flag():
+    parser = _nested_parser()
+    with pytest.raises(ConfigError, match=r"^sd\.lr: expected a number > 0") as info:
+        from_arguments(Nested(), parser.parse_args(["--sd.lr", "-1"]))
+    assert info.value.for_cli().startswith("--sd.lr: expected")
+    with pytest.raises(ConfigError, match=r"^net\.lr: expected a number > 0, got 0.0$"):
+        from_arguments(Nested(), parser.parse_args(["--net.lr", "0"]))
+
+
+def test_help_shows_one_default_and_the_quick_one_beside_it():
+    text = " ".join(_nested_parser().format_help().split())
+    assert "--seed SEED root seed. (default: 0; --quick: 1)" in text
+    assert "--sd.width WIDTH hidden width. (default: 8; --quick: 2)" in text  # base's docstring
+    assert "--sd.coef COEF the SD coefficient. (default: 0.01)" in text
+    assert "--erm.width WIDTH hidden width. (default: 8)" in text
+    assert text.count("(default") == text.count("default:") and "(default: None)" not in text

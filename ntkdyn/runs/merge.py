@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ntkdyn.errors import InputError
 from ntkdyn.runs.files import RunDir, to_jsonable
 from ntkdyn.runs.report import mean_std, pool_mean_std
 
@@ -158,15 +159,16 @@ def merge_runs(
         :class:`MergedRun`; config.json records the total restarts and ``merged_from``.
 
     Raises:
-        ValueError: beginning ``merge:``, when fewer than two runs are given, ``out`` is one of
+        ntkdyn.errors.InputError: beginning ``merge:`` (the user's runs: exit status 2 on the
+            command line), when fewer than two runs are given, ``out`` is one of
             them, a run lacks config.json/results.json or fails ``check``, the runs differ in a
             ``match`` entry, or their restart ranges overlap or leave a gap.
     """
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 2:
-        raise ValueError(f"merge: expected two or more run directories, got {len(dirs)}")
+        raise InputError(f"merge: expected two or more run directories, got {len(dirs)}")
     if any(Path(out).resolve() == d.resolve() for d in dirs):
-        raise ValueError(
+        raise InputError(
             f"merge: --out {out} is one of the runs being merged; choose a new directory"
         )
     parts = []
@@ -175,11 +177,11 @@ def merge_runs(
             cfg = json.loads((d / "config.json").read_text())
             res = json.loads((d / "results.json").read_text())
         except FileNotFoundError as exc:
-            raise ValueError(
+            raise InputError(
                 f"merge: {d} is not a finished `{command}` run (missing {Path(exc.filename).name})"
             ) from exc
         except json.JSONDecodeError as exc:
-            raise ValueError(f"merge: {d}: unreadable run file ({exc})") from exc
+            raise InputError(f"merge: {d}: unreadable run file ({exc})") from exc
         if check is not None:
             check(d, cfg)
         parts.append(RunPart(d, cfg, res, int(cfg.get(first_key, 0)), int(cfg[count_key])))
@@ -189,7 +191,7 @@ def merge_runs(
         for key in match:
             a, b = _lookup(p.config, key), _lookup(p0.config, key)
             if a != b:
-                raise ValueError(
+                raise InputError(
                     f"merge: {p.path} and {p0.path} differ in {key} ({a!r} vs {b!r}); "
                     "merge only runs of one protocol"
                 )
@@ -197,7 +199,7 @@ def merge_runs(
         if b.first != a.first + a.count:
             end = a.first + a.count
             what = "overlap" if b.first < end else f"leave restarts {end}–{b.first - 1} out"
-            raise ValueError(
+            raise InputError(
                 f"merge: {a.path} (restarts {a.first}–{end - 1}) and {b.path} (restarts "
                 f"{b.first}–{b.first + b.count - 1}) {what}; merge runs whose restart ranges "
                 "follow each other"
@@ -304,7 +306,7 @@ def check_same_config(
     skip = set(ignore)
     diff = [k for k, v in to_jsonable(config).items() if k not in skip and old.get(k) != v]
     if diff:
-        raise ValueError(
+        raise InputError(
             f"{flag}: settings differ from the run in {path.parent} ({', '.join(diff)}); "
             "use the same arguments"
         )

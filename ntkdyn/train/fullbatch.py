@@ -57,7 +57,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -67,11 +67,13 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Int, PyTree
 
+from ntkdyn.train.hooks import Hook, Record, call_hooks, check_hooks, chunk_steps, due
 from ntkdyn.train.layout import SeedAxis, SeedLayout
 
 __all__ = [
     "TrainState",
     "TrainResult",
+    "evaluate_seeds",
     "train_fullbatch",
 ]
 
@@ -150,6 +152,7 @@ def train_fullbatch(
     layout: SeedLayout | None = None,
     unroll: int = 1,
     compiler_options: Mapping[str, Any] | None = None,
+    hooks: Sequence[Hook] | None = None,
 ) -> TrainResult:
     """Train S seeds for ``num_steps`` full-batch steps: θ_{t+1} = θ_t + optimizer(∇_θ L(θ_t; t)).
 
@@ -177,6 +180,11 @@ def train_fullbatch(
         compiler_options: XLA compiler options for the compiled call (e.g.
             :func:`eigen_matmul_options`); ``None``: the defaults. Inside an outer ``jax.jit`` the
             outer call's options apply instead.
+        hooks: record hooks (:mod:`ntkdyn.train.hooks`), called on the host with a
+            :class:`~ntkdyn.train.hooks.Record` (stacked params, the last step's metrics per seed)
+            after every ``every``-th step and at the end. With hooks the loop compiles one chunk
+            of c steps, c the gcd of the hooks' ``every`` and ``log_every``, and calls it from the
+            host; the history and final state equal the hook-less run's (up to float rounding).
 
     Returns:
         :class:`TrainResult` with the final stacked state, the history and the record steps.
@@ -184,7 +192,8 @@ def train_fullbatch(
     Raises:
         ValueError: on a non-positive ``num_steps``/``log_every``/``unroll``, on leading axes that
             disagree with the number of keys, on an unknown ``batch_axis``/``layout``, or on
-            ``compiler_options`` that are not a mapping of option names.
+            ``compiler_options`` that are not a mapping of option names, or on ``hooks`` that
+            are not record hooks.
     """
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps: expected an integer >= 1, got {num_steps!r}")
@@ -201,7 +210,6 @@ def train_fullbatch(
         raise ValueError(
             f"layout: expected a SeedLayout (e.g. SeedLayout.parse('vmap:2')) or None, got {layout!r}"
         )
-    seed_axis, seed_chunk, devices = layout.axis, layout.chunk, layout.devices
     if compiler_options is not None and (
         not isinstance(compiler_options, Mapping)
         or not all(isinstance(k, str) for k in compiler_options)
@@ -229,109 +237,230 @@ def train_fullbatch(
     if not jax.tree_util.tree_leaves(params):
         raise ValueError("params: got an empty PyTree; pass the stacked model parameters")
 
+    hooks = check_hooks(hooks)
     n_records = 0 if log_every is None else num_steps // log_every
     tail = num_steps if log_every is None else num_steps - n_records * log_every
 
-    def one_seed(params, model_state, key, batch):
-        opt_state = optimizer.init(params)
+    def step_fn(carry, key, batch):
+        params, model_state, opt_state, step, _last = carry
+        step_key = jax.random.fold_in(key, step)
+        (loss, (new_model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, model_state, batch, step, step_key
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, new_model_state, opt_state, step + 1, {"loss": loss, **metrics})
 
-        def step_fn(carry, _):
-            params, model_state, opt_state, step, _last = carry
-            step_key = jax.random.fold_in(key, step)
-            (loss, (new_model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, model_state, batch, step, step_key
-            )
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, new_model_state, opt_state, step + 1, {"loss": loss, **metrics}), None
-
+    def init_carry(params, model_state, key, batch):
         # Shapes of the logged metrics, to carry "the last step's metrics" through the scan.
         loss0, (_, metrics0) = jax.eval_shape(
             loss_fn, params, model_state, batch, jnp.int32(0), key
         )
         last0 = {"loss": jnp.zeros(loss0.shape, loss0.dtype)}
         last0.update({k: jnp.zeros(v.shape, v.dtype) for k, v in metrics0.items()})
+        return (params, model_state, optimizer.init(params), jnp.int32(0), last0)
 
-        def run_steps(carry, length):
-            if length == 0:
-                return carry
-            carry, _ = jax.lax.scan(step_fn, carry, None, length=length, unroll=min(unroll, length))
+    def run_steps(carry, key, batch, length):
+        if length == 0:
             return carry
+        carry, _ = jax.lax.scan(
+            lambda c, _: (step_fn(c, key, batch), None),
+            carry,
+            None,
+            length=length,
+            unroll=min(unroll, length),
+        )
+        return carry
 
-        carry = (params, model_state, opt_state, jnp.int32(0), last0)
+    def evaluate(carry, batch):
+        params, model_state, _, _, last = carry
+        record = dict(last)
+        if eval_fn is not None:
+            record.update(eval_fn(params, model_state, batch))
+        return record
+
+    seeds = _Seeds(layout, num_seeds, batch_axis, compiler_options)
+    if hooks:
+        return _train_chunked(
+            seeds,
+            init_carry,
+            run_steps,
+            evaluate,
+            params,
+            model_state,
+            keys,
+            batch,
+            num_steps=num_steps,
+            log_every=log_every,
+            hooks=hooks,
+        )
+
+    def one_seed(seeded, key, batch):
+        carry = init_carry(*seeded, key, batch)
         history = {}
         if n_records:
 
             def chunk_fn(carry, _):
-                carry = run_steps(carry, log_every)
-                params, model_state, _, _, last = carry
-                record = dict(last)
-                if eval_fn is not None:
-                    record.update(eval_fn(params, model_state, batch))
-                return carry, record
+                carry = run_steps(carry, key, batch, log_every)
+                return carry, evaluate(carry, batch)
 
             carry, history = jax.lax.scan(chunk_fn, carry, None, length=n_records)
-        carry = run_steps(carry, tail)
+        carry = run_steps(carry, key, batch, tail)
         params, model_state, opt_state, step, _ = carry
         return TrainState(params, model_state, opt_state, step), history
 
-    batch_in = 0 if batch_axis == 0 else None
-
-    def all_seeds(params, model_state, keys, batch):
-        local_seeds = keys.shape[0]
-        if seed_axis is SeedAxis.VMAP and (seed_chunk is None or seed_chunk >= local_seeds):
-            return jax.vmap(one_seed, in_axes=(0, 0, 0, batch_in))(params, model_state, keys, batch)
-        chunk = seed_chunk if seed_axis is SeedAxis.VMAP else None
-        if batch_in is None:
-            return jax.lax.map(
-                lambda a: one_seed(*a, batch), (params, model_state, keys), batch_size=chunk
-            )
-        return jax.lax.map(
-            lambda a: one_seed(*a), (params, model_state, keys, batch), batch_size=chunk
-        )
-
-    args = [params, model_state, keys, batch]
-    pad = 0
-    fn = all_seeds
-    if devices is not None:
-        pad = (-num_seeds) % len(devices)
-        mesh = Mesh(np.asarray(devices), ("seeds",))
-        seed_spec = PartitionSpec("seeds")
-        batch_spec = seed_spec if batch_axis == 0 else PartitionSpec()
-        specs = (seed_spec, seed_spec, seed_spec, batch_spec)
-        # Typed keys travel as their raw bits; every input goes from the host straight into its
-        # shards (slicing device arrays into shards would compile one program per input shape).
-        key_impl = (
-            jax.random.key_impl(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else None
-        )
-        raw = [
-            params,
-            model_state,
-            jax.random.key_data(keys) if key_impl is not None else keys,
-            batch,
-        ]
-        raw = [_pad(a, pad) if spec == seed_spec else a for a, spec in zip(raw, specs, strict=True)]
-        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(raw))
-        args = (
-            raw
-            if traced
-            else [
-                jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
-                for a, spec in zip(raw, specs, strict=True)
-            ]
-        )
-
-        def sharded_seeds(params, model_state, keys, batch):
-            if key_impl is not None:
-                keys = jax.random.wrap_key_data(keys, impl=key_impl)
-            return all_seeds(params, model_state, keys, batch)
-
-        fn = jax.shard_map(
-            sharded_seeds, mesh=mesh, in_specs=specs, out_specs=seed_spec, check_vma=False
-        )
-    options = dict(compiler_options) if compiler_options else None
-    state, history = jax.jit(fn, compiler_options=options)(*args)
-    if pad:
-        state, history = _unpad(state, num_seeds), _unpad(history, num_seeds)
+    args = seeds.put((params, model_state), keys, batch)
+    state, history = seeds.take(seeds.compile(one_seed)(*args))
     steps = np.arange(1, n_records + 1, dtype=np.int64) * (log_every or 0)
     return TrainResult(state, dict(history), steps)
+
+
+def _train_chunked(
+    seeds,
+    init_carry,
+    run_steps,
+    evaluate,
+    params,
+    model_state,
+    keys,
+    batch,
+    *,
+    num_steps,
+    log_every,
+    hooks,
+) -> TrainResult:
+    """The loop with hooks: one compiled chunk of steps, called from the host between hook calls."""
+    chunk = chunk_steps(hooks, log_every)
+    seeded, keys, batch = seeds.put((params, model_state), keys, batch)
+    carry = seeds.compile(lambda sd, key, b: init_carry(*sd, key, b))(seeded, keys, batch)
+    compiled: dict[int, Callable] = {}
+    record_fn = seeds.compile(lambda c, key, b: evaluate(c, b))
+    history: list[dict[str, Any]] = []
+    step = 0
+    while step < num_steps:
+        length = min(chunk, num_steps - step)
+        if length not in compiled:
+            compiled[length] = seeds.compile(lambda c, key, b, n=length: run_steps(c, key, b, n))
+        carry = compiled[length](carry, keys, batch)
+        step += length
+        logged = log_every is not None and step % log_every == 0
+        if logged:
+            history.append(seeds.take(record_fn(carry, keys, batch)))
+        if due(hooks, step, last_step=num_steps):
+            p, ms, opt, count, last = seeds.take(carry)
+            metrics = {k: np.asarray(v) for k, v in last.items()}
+            call_hooks(
+                hooks,
+                Record(
+                    step=step,
+                    params=p,
+                    model_state=ms,
+                    metrics=metrics,
+                    final=step == num_steps,
+                    state=TrainState(p, ms, opt, count),
+                ),
+                last_step=num_steps,
+            )
+    p, ms, opt, count, _ = seeds.take(carry)
+    stacked = {
+        k: jnp.stack([h[k] for h in history], axis=1) for k in (history[0] if history else {})
+    }
+    steps = np.arange(1, len(history) + 1, dtype=np.int64) * (log_every or 0)
+    return TrainResult(TrainState(p, ms, opt, count), stacked, steps)
+
+
+class _Seeds:
+    """The seed axis as a :class:`SeedLayout` says: vmapped or mapped, chunked, over devices.
+
+    :meth:`put` pads the seed axis to a multiple of the device count and places every input in its
+    shards, :meth:`compile` maps a one-seed function ``fn(seeded, key, batch)`` over the (padded)
+    seed axis in one jitted call, :meth:`take` removes the padding from its outputs.
+    """
+
+    def __init__(self, layout, num_seeds, batch_axis, compiler_options):
+        self.layout, self.num_seeds, self.batch_axis = layout, num_seeds, batch_axis
+        self.options = dict(compiler_options) if compiler_options else None
+        devices = layout.devices
+        self.pad = 0 if devices is None else (-num_seeds) % len(devices)
+        self.mesh = None if devices is None else Mesh(np.asarray(devices), ("seeds",))
+        self.key_impl = None
+
+    def _map(self, fn):
+        seed_axis, seed_chunk = self.layout.axis, self.layout.chunk
+        batch_in = 0 if self.batch_axis == 0 else None
+
+        def all_seeds(seeded, keys, batch):
+            local_seeds = keys.shape[0]
+            if seed_axis is SeedAxis.VMAP and (seed_chunk is None or seed_chunk >= local_seeds):
+                return jax.vmap(fn, in_axes=(0, 0, batch_in))(seeded, keys, batch)
+            chunk = seed_chunk if seed_axis is SeedAxis.VMAP else None
+            if batch_in is None:
+                return jax.lax.map(lambda a: fn(*a, batch), (seeded, keys), batch_size=chunk)
+            return jax.lax.map(lambda a: fn(*a), (seeded, keys, batch), batch_size=chunk)
+
+        return all_seeds
+
+    def put(self, seeded, keys, batch):
+        """(seeded, keys, batch) ready for the compiled calls (padded and sharded with devices)."""
+        if self.mesh is None:
+            return seeded, keys, batch
+        # Typed keys travel as their raw bits; every input goes from the host straight into its
+        # shards (slicing device arrays into shards would compile one program per input shape).
+        if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+            self.key_impl = jax.random.key_impl(keys)
+            keys = jax.random.key_data(keys)
+        seeded, keys = _pad(seeded, self.pad), _pad(keys, self.pad)
+        if self.batch_axis == 0:
+            batch = _pad(batch, self.pad)
+        raw = (seeded, keys, batch)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(raw)):
+            return raw
+        seed_spec = PartitionSpec("seeds")
+        batch_spec = seed_spec if self.batch_axis == 0 else PartitionSpec()
+        return tuple(
+            jax.device_put(a, jax.sharding.NamedSharding(self.mesh, spec))
+            for a, spec in zip(raw, (seed_spec, seed_spec, batch_spec), strict=True)
+        )
+
+    def compile(self, fn):
+        """``fn(seeded, key, batch) -> out`` of one seed, as one jitted call over all seeds."""
+        mapped = all_seeds = self._map(fn)
+        if self.mesh is not None:
+            key_impl = self.key_impl
+
+            def sharded(seeded, keys, batch):
+                if key_impl is not None:
+                    keys = jax.random.wrap_key_data(keys, impl=key_impl)
+                return all_seeds(seeded, keys, batch)
+
+            seed_spec = PartitionSpec("seeds")
+            batch_spec = seed_spec if self.batch_axis == 0 else PartitionSpec()
+            mapped = jax.shard_map(
+                sharded,
+                mesh=self.mesh,
+                in_specs=(seed_spec, seed_spec, batch_spec),
+                out_specs=seed_spec,
+                check_vma=False,
+            )
+        return jax.jit(mapped, compiler_options=self.options)
+
+    def take(self, tree):
+        """``tree`` without the padding of the seed axis."""
+        return _unpad(tree, self.num_seeds) if self.pad else tree
+
+
+def evaluate_seeds(fn: Callable[..., Any], *stacked: PyTree) -> dict[str, np.ndarray]:
+    """``fn`` of each seed's slice of ``stacked`` (leading axis S), as float64 host arrays.
+
+    One ``jit(vmap(fn))`` call: the per-seed evaluation of trained stacked parameters (final
+    accuracies, probes) that follows :func:`train_fullbatch`.
+
+    Args:
+        fn: ``fn(*one_seed_args) -> PyTree of arrays``.
+        stacked: PyTrees with a leading seed axis S on every leaf.
+
+    Returns:
+        ``fn``'s PyTree with leading axis S, numpy float64.
+    """
+    out = jax.jit(jax.vmap(fn))(*stacked)
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float64), out)

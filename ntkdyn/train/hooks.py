@@ -6,7 +6,12 @@ The full-batch loop (:func:`ntkdyn.train.fullbatch.train_fullbatch`), the miniba
 progress, the feature-response recorder z(t) = Uᵀ Y (f_t − f_0) and checkpoints are written once and
 work in every loop. A hook is any callable ``hook(record) -> None`` with an ``every`` attribute: the
 loop calls it after every ``every``-th step (on the host, outside compiled code) and once more at
-the end of training (``record.final``), never twice for the same step.
+the end of training (``record.final``), never twice for the same step. A loop that compiles its
+steps calls the hooks between compiled chunks of :func:`chunk_steps` steps.
+
+The standard hooks: :class:`Progress` (step, loss, steps/s on stderr, throttled),
+:class:`MetricsCollector` (the metrics of every call, stacked) and :class:`ResponseRecorder` (the
+z(t) recorder, wrapping :class:`ntkdyn.tangent.FeatureResponseTracker`).
 
 Example:
     >>> calls = []
@@ -20,10 +25,26 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Hook", "Record", "call_hooks", "check_hooks", "every", "due"]
+import numpy as np
+
+__all__ = [
+    "Hook",
+    "MetricsCollector",
+    "Progress",
+    "Record",
+    "ResponseRecorder",
+    "call_hooks",
+    "check_hooks",
+    "chunk_steps",
+    "due",
+    "every",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +91,11 @@ class _Every:
         return f"every({self.every}, {self.fn!r})"
 
 
+def _check_every(n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"every: expected an integer >= 1 (steps between calls), got {n!r}")
+
+
 def every(n: int, fn: Callable[[Record], None]) -> Hook:
     """Make a hook from a function: ``fn(record)`` after every ``n``-th step and at the end.
 
@@ -80,8 +106,7 @@ def every(n: int, fn: Callable[[Record], None]) -> Hook:
     Raises:
         ValueError: ``n`` is not an integer ≥ 1 or ``fn`` is not callable.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"every: expected an integer >= 1 (steps between calls), got {n!r}")
+    _check_every(n)
     if not callable(fn):
         raise ValueError(f"fn: expected a callable taking a Record, got {type(fn).__name__}")
     return _Every(n, fn)
@@ -120,3 +145,183 @@ def call_hooks(hooks: Sequence[Hook], record: Record, *, last_step: int) -> None
         record = dataclasses.replace(record, final=True)
     for hook in chosen:
         hook(record)
+
+
+def chunk_steps(hooks: Sequence[Hook], *also: int | None) -> int:
+    """The steps a loop runs between host visits: the gcd of the hooks' ``every`` and ``also``.
+
+    Every hook is then due at the end of some chunk; ``also`` adds the loop's own periods (e.g. its
+    ``log_every``); ``None`` entries are ignored. With no period at all, 1.
+    """
+    periods = [h.every for h in hooks] + [int(a) for a in also if a]
+    return math.gcd(*periods) if periods else 1
+
+
+def _seed(tree: Any, seed: int | None) -> Any:
+    if seed is None:
+        return tree
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: a[seed], tree)
+
+
+class Progress:
+    """A progress hook: ``desc: step t/T, loss L, r steps/s`` on stderr, at most every ``interval`` s.
+
+    The loss shown is the mean over seeds of ``record.metrics["loss"]``; the rate counts loop steps
+    (all seeds at once) since the hook was made (compilation included). The last line is always
+    written.
+
+    Args:
+        every: steps between calls (≥ 1).
+        total: the run's number of steps (shown as ``t/T``; ``None``: just ``t``).
+        desc: a label in front of the line.
+        interval: the fewest seconds between two lines (0: every call).
+        stream: where to write (default ``sys.stderr``).
+
+    Raises:
+        ValueError: ``every`` not an integer ≥ 1 or ``interval`` negative.
+    """
+
+    def __init__(
+        self,
+        every: int,
+        *,
+        total: int | None = None,
+        desc: str = "train",
+        interval: float = 1.0,
+        stream: Any = None,
+    ):
+        _check_every(every)
+        if not (isinstance(interval, (int, float)) and interval >= 0):
+            raise ValueError(f"interval: expected seconds >= 0, got {interval!r}")
+        self.every, self.total, self.desc, self.interval = every, total, desc, float(interval)
+        self.stream = stream
+        self.lines = 0
+        self._start = time.perf_counter()
+        self._last = -math.inf
+
+    def __call__(self, record: Record) -> None:
+        now = time.perf_counter()
+        if not record.final and now - self._last < self.interval:
+            return
+        self._last = now
+        rate = record.step / max(now - self._start, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        loss = record.metrics.get("loss") if record.metrics else None
+        text = f"{self.desc}: step {record.step}{of}"
+        if loss is not None:
+            text += f", loss {float(np.mean(np.asarray(loss))):.4g}"
+        stream = sys.stderr if self.stream is None else self.stream
+        print(f"{text}, {rate:,.1f} steps/s", file=stream, flush=True)
+        self.lines += 1
+
+
+class MetricsCollector:
+    """A hook that keeps ``record.metrics`` of every call: ``steps`` (R,) and ``history`` (R, ...).
+
+    Args:
+        every: steps between records (≥ 1).
+        keys: the metrics to keep (``None``: all).
+        seed_axis: put the seed axis first, ``history[k]`` (S, R, ...), as
+            :class:`ntkdyn.train.fullbatch.TrainResult` does (the metrics then need a leading seed
+            axis).
+
+    Raises:
+        ValueError: ``every`` not an integer ≥ 1.
+    """
+
+    def __init__(self, every: int, *, keys: Sequence[str] | None = None, seed_axis: bool = False):
+        _check_every(every)
+        self.every, self.keys, self.seed_axis = (
+            every,
+            None if keys is None else tuple(keys),
+            seed_axis,
+        )
+        self._steps: list[int] = []
+        self._rows: list[dict[str, np.ndarray]] = []
+
+    def __call__(self, record: Record) -> None:
+        metrics = dict(record.metrics or {})
+        if self.keys is not None:
+            metrics = {k: metrics[k] for k in self.keys if k in metrics}
+        self._steps.append(int(record.step))
+        self._rows.append({k: np.asarray(v) for k, v in metrics.items()})
+
+    @property
+    def steps(self) -> np.ndarray:
+        """(R,) the steps recorded."""
+        return np.asarray(self._steps, dtype=np.int64)
+
+    @property
+    def history(self) -> dict[str, np.ndarray]:
+        """Each metric stacked over records: (R, ...), or (S, R, ...) with ``seed_axis``."""
+        keys = dict.fromkeys(k for row in self._rows for k in row)
+        out = {k: np.stack([row[k] for row in self._rows]) for k in keys}
+        return {k: np.moveaxis(v, 0, 1) for k, v in out.items()} if self.seed_axis else out
+
+
+class ResponseRecorder:
+    """The z(t) hook: z = U_kᵀ Y (f(X; θ_t) − f(X; θ₀)) at every call, for any loop.
+
+    Wraps :class:`ntkdyn.tangent.FeatureResponseTracker` (one jitted projection, no copy of its
+    arithmetic); ``seed`` picks one seed of stacked parameters (the full-batch loop's).
+
+    Args:
+        every: steps between records (≥ 1).
+        apply_fn, params0, x, y, U: as in :class:`~ntkdyn.tangent.FeatureResponseTracker`
+            (``params0`` unstacked: the seed's θ₀).
+        seed: index of the seed in ``record.params`` (``None``: the params are one seed's).
+
+    Raises:
+        ValueError: as :class:`~ntkdyn.tangent.FeatureResponseTracker`, or ``every`` not ≥ 1.
+    """
+
+    def __init__(self, every: int, apply_fn, params0, x, y, U, *, seed: int | None = None):
+        from ntkdyn.tangent import FeatureResponseTracker
+
+        _check_every(every)
+        self.every, self.seed = every, seed
+        self.tracker = FeatureResponseTracker(apply_fn, params0, x, y, U)
+        self._measure = (apply_fn, params0, x, y, U)
+
+    def __call__(self, record: Record) -> None:
+        self.tracker(record.step, _seed(record.params, self.seed))
+
+    @property
+    def steps(self) -> np.ndarray:
+        """(T,) the recorded steps."""
+        return self.tracker.steps
+
+    @property
+    def z(self) -> np.ndarray:
+        """(T, k) the recorded responses."""
+        return self.tracker.z
+
+    def curve(self, params: Any) -> dict[str, np.ndarray]:
+        """The recorded z(t) from step 0 (z = 0) and the share of Δf it holds at ``params``.
+
+        Returns:
+            ``{"steps": (T+1,), "z": (T+1, k) float64, "captured": ()}`` (:meth:`captured` of
+            ``params``, one seed's, usually the last).
+        """
+        z = np.asarray(self.z, np.float64)
+        return {
+            "steps": np.concatenate([[0], self.steps]),
+            "z": np.concatenate([np.zeros((1, z.shape[1])), z]),
+            "captured": np.asarray(self.captured(params)),
+        }
+
+    def captured(self, params: Any) -> float:
+        """‖U_kᵀ Y Δf‖² / ‖Δf‖² of Δf = f(X; θ) − f(X; θ₀): the share of the change U_k holds.
+
+        1 when Δf lies in the span of U_k (the linearized theory's); ``params`` are one seed's.
+        """
+        from ntkdyn.tangent import feature_responses
+
+        apply_fn, params0, x, y, U = self._measure
+        z = np.asarray(feature_responses(apply_fn, params0, params, x, y, U), np.float64)
+        df = np.asarray(apply_fn(params, x), np.float64) - np.asarray(
+            apply_fn(params0, x), np.float64
+        )
+        return float(np.sum(z**2) / np.sum(df**2))

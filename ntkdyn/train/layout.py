@@ -10,6 +10,9 @@ The backend policy lives here too: :func:`eigen_matmul_options` (from :mod:`ntkd
 the XLA CPU option that computes matrix products with Eigen (measured faster for Colored MNIST's
 large full-batch steps, ``benchmarks/cmnist.py``), and :func:`cpu_restart_layout` the measured
 default layout of those restarts on a CPU.
+
+:func:`restart_keys` gives the keys of restart r, the same whichever run trains it
+(:class:`ntkdyn.settings.RestartSettings` holds the settings of such a protocol).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from ntkdyn.xla import eigen_matmul_options
 
 __all__ = [
+    "restart_keys",
     "SeedAxis",
     "SeedLayout",
     "eigen_matmul_options",
@@ -143,3 +147,23 @@ def cpu_restart_layout(backend: str | None = None) -> SeedLayout:
     """
     backend = jax.default_backend() if backend is None else backend
     return SeedLayout.local(SeedAxis.VMAP, 2 if backend == "cpu" else None)
+
+
+#: The PRNG streams of a restart protocol, in their fixed order.
+STREAMS: tuple[str, ...] = ("data", "init", "spectrum")
+
+
+def restart_keys(seed: int, stream: str, first: int, count: int):
+    """PRNG keys of restarts ``first`` … ``first + count − 1`` of ``stream`` (data, init, spectrum).
+
+    Restart r's key is entry r of one split over restarts 0 … r of ``fold_in(PRNGKey(seed), i)``
+    (i the stream's index in :data:`STREAMS`), the same in every run that trains it: restarts
+    trained in separate runs (``--first-restart``) are those of one longer run.
+
+    Raises:
+        ValueError: an unknown ``stream``.
+    """
+    if stream not in STREAMS:
+        raise ValueError(f"stream: expected one of {', '.join(STREAMS)}, got {stream!r}")
+    root = jax.random.fold_in(jax.random.PRNGKey(seed), STREAMS.index(stream))
+    return jax.random.split(root, first + count)[first:]
