@@ -63,6 +63,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Colored MNIST: ERM, IRM, V-REx, SD, oracle.",
     ),
     "celeba": ("ntkdyn.experiments.celeba", "CelebA blond hair vs gender: ERM, SD, Group DRO."),
+    "groups": (
+        "ntkdyn.experiments.groups:main",
+        "Group robustness on an image folder (metadata.csv): ERM, SD, Group DRO.",
+    ),
 }
 
 DEBUG_FLAG = "--debug"

@@ -24,7 +24,7 @@ ARGS = [
     "resnet10",
     "--epochs",
     "2",
-    "--dro-epochs",
+    "--dro.epochs",
     "2",
     "--method",
     "erm",
@@ -221,12 +221,12 @@ def test_every_argument_is_checked_before_anything_is_written(tmp_path, capsys):
     capsys.readouterr()
     cases = [
         (["--quick", "--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
-        (["--quick", "--dro-epochs", "-1"], "--dro-epochs: expected an integer >= 1"),
+        (["--quick", "--dro.epochs", "-1"], "--dro.epochs: expected an integer >= 1"),
         (["--quick", "--lr", "0"], "--lr: expected a finite number > 0"),
-        (["--quick", "--dro-momentum", "1.5"], "--dro-momentum: expected a number in [0, 1)"),
+        (["--quick", "--dro.momentum", "1.5"], "--dro.momentum: expected a number in [0, 1)"),
         (
-            ["--quick", "--sd-coef", "-1", "0.1"],
-            "--sd-coef: expected two values, each a finite number >= 0",
+            ["--quick", "--sd.coef", "-1", "0.1"],
+            "--sd.coef: expected two values, each a finite number >= 0",
         ),
         (["--quick", "--batch-size", "1000"], "--batch-size: 1000 exceeds the 600 training"),
         (["--quick", "--fixture-size", "2", "4", "4"], "--fixture-size"),
@@ -278,7 +278,7 @@ def test_settings_presets_and_flags():
         50,
     )
     assert (dro.balanced, dro.selection) == (True, "val_worst")
-    assert (paper.batch_size, paper.dro_step_size, paper.dro_adjustment) == (128, 0.01, 0.0)
+    assert (paper.batch_size, paper.dro.step_size, paper.dro.adjustment) == (128, 0.01, 0.0)
     real = Config.real_10k()
     assert (real.arch, real.recipe("sd").optimizer, real.recipe("sd").lr) == (
         "resnet10",
@@ -291,15 +291,15 @@ def test_settings_presets_and_flags():
     parser = argparse.ArgumentParser()
     configure(parser)
     args = parser.parse_args(
-        ["--quick", "--sd-coef", "0.2", "0.3", "--no-balanced", "--crop", "auto", "--method", "sd"]
+        ["--quick", "--sd.coef", "0.2", "0.3", "--no-balanced", "--crop", "auto", "--method", "sd"]
     )
     cfg = resolve(args)
-    assert cfg.sd_coef == (0.2, 0.3) and cfg.methods == ("sd",) and cfg.crop is None
+    assert cfg.sd.coef == (0.2, 0.3) and cfg.methods == ("sd",) and cfg.crop is None
     assert not cfg.recipe("groupdro").balanced and cfg.fixture and cfg.image_size == 32
     cfg = resolve(parser.parse_args(["--quick", "--balanced", "--selection", "val_worst"]))
     assert cfg.recipe("erm").balanced and cfg.recipe("erm").selection == "val_worst"
     real = resolve(parser.parse_args(["--preset", "real-10k", "--data-dir", ".", "--epochs", "2"]))
-    assert real.epochs == 2 and real.dro_epochs == 20 and not real.fixture
+    assert real.epochs == 2 and real.dro.epochs == 20 and not real.fixture
 
 
 def test_sgd_matches_pytorch_coupled_weight_decay():

@@ -109,3 +109,29 @@ def test_errors(tmp_path):
 def test_metrics_record():
     rec = metrics_record({"loss": np.float32(0.5), "q": np.array([0.25, 0.75])})
     assert rec == {"loss": 0.5, "q": [0.25, 0.75]}
+
+
+def test_hooks_see_every_nth_step_and_each_epochs_end(tmp_path, capsys):
+    from ntkdyn.train.epochs import progress_hook
+    from ntkdyn.train.hooks import every
+
+    seen = []
+    hook = every(3, lambda r: seen.append((r.step, r.epoch, r.final, r.metrics["loss"])))
+    out = run(tmp_path, hooks=[hook, progress_hook(5, desc="toy", total_steps=12)])
+    # steps 3, 6, 9, 12 (every 3) and 4, 8 (ends of epochs), the last one final
+    assert [(s, e, f) for s, e, f, _ in seen] == [
+        (3, 1, False), (4, 1, False), (6, 2, False), (8, 2, False), (9, 3, False), (12, 3, True),
+    ]  # fmt: skip
+    # the loss a hook sees is the step's: the records of the same steps agree
+    by_step = {r["step"]: r["loss"] for r in out["records"] if r["kind"] == "train"}
+    assert all(loss == by_step[s] for s, _, _, loss in seen if s in by_step)
+    lines = [x for x in capsys.readouterr().err.splitlines() if " step " in x]
+    # progress: steps 5 and 10, and the ends of the epochs 4, 8, 12
+    assert [int(x.split(" step ")[1].split("/")[0]) for x in lines] == [4, 5, 8, 10, 12]
+    assert lines[0].startswith("[toy] epoch 1 step 4/12 loss ") and lines[0].endswith(" img/s")
+
+
+def test_hooks_are_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"hooks\[0\]"):
+        run(tmp_path, hooks=[lambda r: None])
+    assert not (tmp_path / "done.json").exists()

@@ -116,3 +116,112 @@ def test_summarize_selected_is_the_mean_and_sample_std_over_seeds():
         summarize_selected([], "val_avg", names)
     with pytest.raises(ValueError, match="rule"):
         summarize_selected(chosen, "val_best", names)
+
+
+def _split(y, a):
+    from ntkdyn.data.images import ImageSplit
+
+    y, a = np.asarray(y), np.asarray(a)
+    return ImageSplit("test", tuple(f"{i}.jpg" for i in range(len(y))), y, a, 2 * y + a)
+
+
+NAMES = ["y=0,a=0", "y=0,a=1", "y=1,a=0", "y=1,a=1"]
+
+
+def test_group_evaluator_thresholds_logits_at_zero_in_the_order_predict_gives():
+    from ntkdyn.train.groups import group_evaluator
+
+    split = _split([0, 0, 1, 1, 1], [0, 1, 0, 1, 1])
+    # predictions arrive permuted: index says which example each logit belongs to
+    index = np.array([4, 3, 2, 1, 0])
+    logits = np.array([2.0, -1.0, 0.5, 0.1, -3.0])  # examples 4..0: pred 1, 0, 1, 1, 0
+
+    evaluate = group_evaluator(lambda state, name: (index, logits), {"test": split}, NAMES)
+    got = evaluate(None)["test"]
+    # by hand: example 0 (g0) right, 1 (g1) wrong, 2 (g2) right, 3 (g3) wrong, 4 (g3) right
+    assert got["group_acc"] == {"y=0,a=0": 1.0, "y=0,a=1": 0.0, "y=1,a=0": 1.0, "y=1,a=1": 0.5}
+    assert got["avg_acc"] == pytest.approx(3 / 5) and got["worst_group_acc"] == 0.0
+
+
+def _epoch(val_avg, val_worst, test_avg):
+    m = {"avg_acc": val_avg, "worst_group_acc": val_worst, "group_acc": {}, "group_count": {}}
+    t = {"avg_acc": test_avg, "worst_group_acc": test_avg / 2, "group_acc": {"g": test_avg}}
+    return {"val": m, "test": t}
+
+
+def test_select_epochs_and_summarize_methods_keep_both_rules_and_a_headline():
+    from ntkdyn.train.groups import select_epochs, summarize_methods
+
+    epochs = [
+        {"epoch": 1, **_epoch(0.9, 0.1, 0.8)},
+        {"epoch": 2, **_epoch(0.7, 0.6, 0.6)},
+    ]
+    sel = select_epochs(epochs)
+    assert sel["val_avg"]["epoch"] == 1 and sel["val_worst"]["epoch"] == 2
+    runs = {"erm": [{"selected": sel}], "groupdro": [{"selected": sel}]}
+    out = summarize_methods(
+        runs, {"erm": "val_avg", "groupdro": "val_worst"}, ["g"], extra={"erm": {"training": 1}}
+    )
+    assert out["erm"]["avg_acc"] == 0.8 and out["groupdro"]["avg_acc"] == 0.6
+    assert out["erm"]["by_val_worst"]["avg_acc"] == 0.6 and out["erm"]["training"] == 1
+    assert out["groupdro"]["selection"]["rule"] == "val_worst"
+    with pytest.raises(ValueError, match="headline"):
+        summarize_methods(runs, {"erm": "val_avg"}, ["g"])
+
+
+def test_check_group_training_names_the_flag():
+    from ntkdyn.errors import InputError
+    from ntkdyn.train.groups import check_group_training
+
+    full = _split([0, 0, 1, 1] * 4, [0, 1, 0, 1] * 4)
+    check_group_training(full, NAMES, batch_size=8, devices=2)
+    with pytest.raises(InputError, match=r"--data-dir: .*group\(s\) y=1,a=1"):
+        check_group_training(_split([0, 0, 1], [0, 1, 0]), NAMES, batch_size=1, devices=1)
+    with pytest.raises(InputError, match="--batch-size: 32 exceeds the 16"):
+        check_group_training(full, NAMES, batch_size=32, devices=1)
+    with pytest.raises(InputError, match="--batch-size: 6 is not divisible by the 4 devices"):
+        check_group_training(full, NAMES, batch_size=6, devices=4)
+
+
+def test_group_objective_and_recipe():
+    from ntkdyn.objectives import ERM, ClassConditionalSD, GroupDRO
+    from ntkdyn.settings import ConfigError
+    from ntkdyn.train.groups import DRO, SD, Recipe, group_objective
+
+    kw = dict(sd=SD(coef=(0.1, 0.2)), dro=DRO())
+    with pytest.raises(ConfigError, match="momentum: expected a number in"):
+        DRO(momentum=1.0)
+    with pytest.raises(ConfigError, match="coef"):
+        SD(coef=(-1.0, 0.1))
+    assert isinstance(group_objective("erm", [1, 1, 1, 1], **kw), ERM)
+    sd = group_objective("sd", [1, 1, 1, 1], **kw)
+    assert isinstance(sd, ClassConditionalSD) and tuple(sd.coef) == (0.1, 0.2)
+    dro = group_objective("groupdro", [5, 0, 3, 2], **kw)
+    assert isinstance(dro, GroupDRO) and tuple(dro.group_counts) == (5, 1, 3, 2)
+    with pytest.raises(ValueError, match="method"):
+        group_objective("irm", [1, 1, 1, 1], **kw)
+    r = Recipe("sgd", 0.01, 0.9, 1e-4, 20, True, "val_worst")
+    assert r.describe() == (
+        "sgd lr 0.01 momentum 0.9, weight decay 0.0001, 20 epochs, group-balanced sampling, "
+        "epoch by val_worst"
+    )
+
+
+def test_group_accuracy_table_and_summary():
+    from ntkdyn.runs.report import group_accuracy_table, group_headlines, group_summary_markdown
+
+    block = {
+        "avg_acc": 0.9, "avg_acc_std": 0.01, "worst_group_acc": 0.4, "worst_group_acc_std": 0.02,
+        "group_acc": {"a": 0.95, "b": 0.4}, "selection": {"rule": "val_avg"},
+    }  # fmt: skip
+    lines = group_accuracy_table({"erm": block}, ["a", "b", "c"], published={})
+    assert lines[2] == "| erm | 90.00 ± 1.00 | 40.00 ± 2.00 | 95.0 | 40.0 | – | — | — |"
+    text = group_summary_markdown(
+        "T", ["setup"], {"erm": {"by_val_avg": block, "by_val_worst": block}}, ["a", "b"], "N",
+        note="synthetic",
+    )  # fmt: skip
+    assert text.startswith("# T\n\nsetup\n\n**synthetic**\n")
+    assert text.count("| erm |") == 2 and "```\nN\n```" in text
+    assert group_headlines(
+        {"erm": block}, {"erm": {"avg": (94.61, 0.67), "worst": (40.35, 1.68)}}
+    ) == ["      erm: test avg 90.0%  worst-group 40.0%  [val_avg] (published 94.6% / 40.4%)"]

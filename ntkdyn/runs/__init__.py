@@ -25,12 +25,16 @@ from ntkdyn.runs.files import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    check_writable,
     to_jsonable,
 )
 from ntkdyn.runs.merge import MergedRun, RunPart, check_same_config, merge_runs, seed_records
 from ntkdyn.runs.progress import CallCounter, StepProgress, progress
 from ntkdyn.runs.report import (
     format_mean_std,
+    group_accuracy_table,
+    group_headlines,
+    group_summary_markdown,
     markdown_table,
     mean_std,
     pool_mean_std,
@@ -43,6 +47,10 @@ from ntkdyn.runs.report import (
 
 __all__ = [
     "RunDir",
+    "check_writable",
+    "group_accuracy_table",
+    "group_headlines",
+    "group_summary_markdown",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",

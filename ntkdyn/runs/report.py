@@ -93,6 +93,111 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list
     return lines
 
 
+def group_accuracy_table(
+    methods: Mapping[str, Mapping[str, Any]],
+    group_names: Sequence[str],
+    *,
+    published: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+) -> list[str]:
+    """A Markdown table of test average, worst-group and per-group accuracy, one row per method.
+
+    Cells are percent with the std over seeds (``avg_acc``/``avg_acc_std``, ``worst_group_acc``/
+    ``worst_group_acc_std``, means for the groups); a group absent from the test split prints ``–``.
+
+    Args:
+        methods: method → a block of :func:`ntkdyn.train.groups.summarize_selected` (fractions).
+        group_names: the group columns, in order.
+        published: method → ``{"avg": (mean, std), "worst": (mean, std)}`` in percent; adds two
+            columns (``—`` for a method without them).
+
+    Returns:
+        The table's lines (:func:`markdown_table`).
+    """
+    header = ["method", "test avg acc (%)", "test worst-group acc (%)", *group_names]
+    if published is not None:
+        header += ["published avg", "published worst"]
+    rows = []
+    for m, r in methods.items():
+        row = [
+            m,
+            format_mean_std(r["avg_acc"], r["avg_acc_std"], digits=2),
+            format_mean_std(r["worst_group_acc"], r["worst_group_acc_std"], digits=2),
+            *(
+                format_mean_std(r["group_acc"][g]) if g in r["group_acc"] else "–"
+                for g in group_names
+            ),
+        ]
+        if published is not None:
+            pub = published.get(m, {})
+            row += [
+                format_mean_std(*pub[k], scale=1.0, digits=2) if k in pub else "—"
+                for k in ("avg", "worst")
+            ]
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def group_summary_markdown(
+    title: str,
+    setup: Sequence[str],
+    methods: Mapping[str, Mapping[str, Any]],
+    group_names: Sequence[str],
+    counts: str,
+    *,
+    rules: Sequence[str] = ("val_avg", "val_worst"),
+    published: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+    note: str = "",
+) -> str:
+    """summary.md of a group-robustness run: the setup, one table per selection rule, the counts.
+
+    Args:
+        title: the heading.
+        setup: lines describing the data, the network and each method's recipe.
+        methods: method → its results with a ``by_<rule>`` block per rule
+            (:func:`ntkdyn.train.groups.summarize_methods`).
+        group_names: the group columns.
+        counts: the group counts per split, shown as a preformatted block.
+        rules: the selection rules, one table each.
+        published: published numbers beside ours (:func:`group_accuracy_table`).
+        note: a paragraph in bold before the tables (e.g. that the data is synthetic).
+
+    Returns:
+        The Markdown text.
+    """
+    lines = [f"# {title}", "", *setup, ""]
+    if note:
+        lines += [f"**{note}**", ""]
+    for rule in rules:
+        blocks = {m: r[f"by_{rule}"] for m, r in methods.items()}
+        table = group_accuracy_table(blocks, group_names, published=published)
+        lines += [f"Epoch selected by {rule}:", "", *table, ""]
+    lines += ["Group counts:", "", "```", counts, "```", ""]
+    return "\n".join(lines)
+
+
+def group_headlines(
+    methods: Mapping[str, Mapping[str, Any]],
+    published: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+) -> list[str]:
+    """One line per method for the console: test average and worst-group accuracy, the rule.
+
+    ``"      erm: test avg 91.2%  worst-group 40.7%  [val_avg] (published 94.6% / 40.4%)"``.
+
+    Args:
+        methods: method → results with ``avg_acc``, ``worst_group_acc`` and ``selection``.
+        published: method → ``{"avg": (mean, std), "worst": (mean, std)}`` in percent.
+    """
+    lines = []
+    for m, r in methods.items():
+        pub = (published or {}).get(m)
+        ref = f" (published {pub['avg'][0]:.1f}% / {pub['worst'][0]:.1f}%)" if pub else ""
+        lines.append(
+            f"{m:>9}: test avg {100 * r['avg_acc']:.1f}%  worst-group "
+            f"{100 * r['worst_group_acc']:.1f}%  [{r['selection']['rule']}]{ref}"
+        )
+    return lines
+
+
 def restart_summary(
     values: Mapping[str, Any], *, keep: Sequence[str] = (), ddof: int = 0
 ) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ import numpy as np
 
 from ntkdyn.runs import atomic_write_bytes, to_jsonable
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "restore_checkpoint", "list_checkpoints"]
+__all__ = [
+    "CheckpointHook",
+    "save_checkpoint",
+    "latest_checkpoint",
+    "restore_checkpoint",
+    "list_checkpoints",
+]
 
 _NAME = re.compile(r"^ckpt_(\d{10})\.npz$")
 
@@ -147,3 +154,45 @@ def restore_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dic
                 f"this run expects {np.dtype(t.dtype)}{list(np.shape(t))}"
             )
     return jax.tree_util.tree_unflatten(treedef, leaves), meta["metadata"]
+
+
+class CheckpointHook:
+    """A record hook that saves the loop's state every ``every`` steps as ``directory/ckpt_<step>.npz``.
+
+    Called with a :class:`ntkdyn.train.hooks.Record`, it writes ``record.state`` (the whole training
+    state, optimizer included) with ``metadata()`` (the loop's position and history, what a resumed
+    run needs) through :func:`save_checkpoint`. The loop decides when: a minibatch loop calls it at
+    the steps ``every`` divides inside an epoch and after each epoch's evaluation.
+
+    Args:
+        directory: checkpoint folder (created on the first save).
+        every: steps between checkpoints (≥ 1).
+        metadata: ``() -> dict`` of JSON values saved beside the state.
+        keep: how many checkpoints to keep.
+
+    Raises:
+        ValueError: ``every`` is not an integer ≥ 1.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        every: int,
+        metadata: Callable[[], dict[str, Any]] = dict,
+        *,
+        keep: int = 2,
+    ):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(
+                f"every: expected an integer >= 1 (steps between checkpoints), got {every!r}"
+            )
+        self.directory = Path(directory)
+        self.every = every
+        self.metadata = metadata
+        self.keep = keep
+
+    def __call__(self, record: Any) -> None:
+        save_checkpoint(self.directory, record.step, record.state, self.metadata(), keep=self.keep)
+
+    def __repr__(self) -> str:
+        return f"CheckpointHook({str(self.directory)!r}, every={self.every})"

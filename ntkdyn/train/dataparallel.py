@@ -38,6 +38,7 @@ __all__ = [
     "make_train_step",
     "make_eval_step",
     "predict_logits",
+    "lead_first",
 ]
 
 DATA_AXIS = "data"
@@ -319,3 +320,23 @@ def predict_logits(
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     keep = np.concatenate(masks) > 0
     return np.concatenate(index)[keep], np.concatenate(logits)[keep]
+
+
+def lead_first(write: Callable[[], None], label: str) -> None:
+    """Run ``write`` on process 0, wait for every process, then run it on the others too.
+
+    For files every process reads (e.g. a synthetic dataset): with a shared file system the others
+    find them written (``write`` should then do nothing); without one, each writes its own copy,
+    which must be the same bytes (fixed seed).
+
+    Args:
+        write: makes the files if they are missing.
+        label: names the barrier (:func:`jax.experimental.multihost_utils.sync_global_devices`).
+    """
+    if jax.process_index() == 0:
+        write()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(label)
+        write()

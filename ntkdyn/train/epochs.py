@@ -1,16 +1,22 @@
-"""A resumable minibatch epoch loop: train steps, periodic checkpoints, an evaluation per epoch.
+"""A resumable minibatch epoch loop: train steps, record hooks, an evaluation per epoch.
 
 One run is ``epochs`` × ``steps_per_epoch`` calls of a jitted step on batches that a function of
 ``(epoch, first batch)`` yields. The batches of an epoch must be fixed by the epoch (e.g.
-:func:`ntkdyn.data.celeba.epoch_order` or :func:`ntkdyn.train.groups.group_balanced_order`), so
-that a run resumed mid-epoch sees exactly the batches of an uninterrupted one. The loop
+:func:`ntkdyn.data.images.epoch_order` or :func:`ntkdyn.train.groups.group_balanced_order`), so
+that a run resumed mid-epoch sees exactly the batches of an uninterrupted one. Everything besides
+the step and the evaluation is a record hook (:mod:`ntkdyn.train.hooks`):
 
-* records the training metrics every ``log_every`` steps and at the end of each epoch,
-* writes an atomic checkpoint (:mod:`ntkdyn.train.checkpoint`) every ``checkpoint_every`` steps
-  and at the end of each epoch, after the evaluation, holding the state and the history so far,
-* evaluates at the end of each epoch and keeps the per-epoch results,
-* writes ``done.json`` when it finishes; with ``resume=True`` a finished run returns it at once
-  and an interrupted one continues from its newest checkpoint.
+* the metrics hook keeps a training record every ``log_every`` steps and at the end of each epoch
+  (saved in the checkpoints, so a resumed run returns the records of an uninterrupted one),
+* :class:`ntkdyn.train.checkpoint.CheckpointHook` writes an atomic checkpoint every
+  ``checkpoint_every`` steps and at the end of each epoch, after the evaluation, holding the state
+  and the history so far,
+* :func:`progress_hook` prints a line every N steps (step, loss, images/s), and any hook of the
+  caller's (``hooks=``) sees the same records.
+
+The loop evaluates at the end of each epoch, keeps the per-epoch results and writes ``done.json``
+when it finishes; with ``resume=True`` a finished run returns it at once and an interrupted one
+continues from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -19,17 +25,18 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import jax
 import numpy as np
 
-from ntkdyn.runs import atomic_write_json, progress
-from ntkdyn.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from ntkdyn.runs import atomic_write_json
+from ntkdyn.train.checkpoint import CheckpointHook, latest_checkpoint, restore_checkpoint
+from ntkdyn.train.hooks import Hook, Record, check_hooks, every
 
-__all__ = ["train_epochs", "metrics_record"]
+__all__ = ["train_epochs", "metrics_record", "progress_hook"]
 
 
 def metrics_record(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,6 +55,41 @@ def metrics_record(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def progress_hook(
+    n: int, *, desc: str = "", total_steps: int | None = None, stream: TextIO | None = None
+) -> Hook:
+    """A hook printing one line every ``n`` steps: epoch, step, loss and images/s.
+
+    ``[erm/seed0] epoch 1/4 step 10/72 loss 0.6931 2130 img/s`` on stderr (only on process 0);
+    the rate is the loop's ``images_per_s`` (since the start of the epoch).
+
+    Args:
+        n: steps between lines (≥ 1).
+        desc: the label in brackets.
+        total_steps: steps of the whole run, shown after the step.
+        stream: where to print (default ``sys.stderr``).
+
+    Raises:
+        ValueError: ``n`` is not an integer ≥ 1 (:func:`ntkdyn.train.hooks.every`).
+    """
+
+    def show(record: Record) -> None:
+        if jax.process_index() != 0:
+            return
+        m = record.metrics
+        parts = [f"[{desc}]"] if desc else []
+        if record.epoch is not None:
+            parts.append(f"epoch {record.epoch}")
+        parts.append(f"step {record.step}" + (f"/{total_steps}" if total_steps else ""))
+        if "loss" in m:
+            parts.append(f"loss {float(m['loss']):.4f}")
+        if "images_per_s" in m:
+            parts.append(f"{float(m['images_per_s']):.0f} img/s")
+        print(" ".join(parts), file=sys.stderr if stream is None else stream, flush=True)
+
+    return every(n, show)
+
+
 def train_epochs(
     state: Any,
     step_fn: Callable[[Any, Any], tuple[Any, Mapping[str, Any]]],
@@ -61,11 +103,17 @@ def train_epochs(
     resume: bool = False,
     checkpoint_every: int = 500,
     log_every: int = 50,
+    hooks: Sequence[Hook] | None = None,
     place: Callable[[Any], Any] = lambda s: s,
     tags: Mapping[str, Any] | None = None,
     desc: str = "",
 ) -> dict[str, Any]:
     """Train for ``epochs`` epochs, evaluating after each; resumable from checkpoints.
+
+    After step t (1-based, t = e·steps_per_epoch + b) every hook whose ``every`` divides t is
+    called with a :class:`ntkdyn.train.hooks.Record` (``step``, ``epoch``, ``params``,
+    ``model_state``, ``metrics`` on the host with ``images_per_s``, ``state``, ``final``), and
+    every hook at the last step of each epoch, before its evaluation.
 
     Args:
         state: the initial training state, in host memory (also the template checkpoints are
@@ -86,9 +134,11 @@ def train_epochs(
             checkpoints is refused.
         checkpoint_every: steps between mid-epoch checkpoints (≥ 1).
         log_every: steps between training records (≥ 1).
+        hooks: more record hooks (e.g. :func:`progress_hook`); they see the records of the steps
+            this call trains (a resumed run does not replay the steps before its checkpoint).
         place: puts a host state on the devices (e.g. ``lambda s: replicate(s, mesh)``).
         tags: fields added to every record (e.g. method and seed).
-        desc: label of the progress bar and of the log lines.
+        desc: label of the log lines.
 
     Returns:
         ``{"epochs": [{"epoch": k, **evaluate(state)}, ...], "records": [...]}``; the records are
@@ -96,7 +146,8 @@ def train_epochs(
         ``{"kind": "eval", **tags, "epoch", "step", "<split>_<metric>": value, ...}``.
 
     Raises:
-        ValueError: non-positive sizes, or existing checkpoints without ``resume``.
+        ValueError: non-positive sizes, a hook that is not one, or existing checkpoints without
+            ``resume``.
     """
     for name, value in (
         ("epochs", epochs),
@@ -107,6 +158,7 @@ def train_epochs(
     ):
         if int(value) < 1:
             raise ValueError(f"{name}: must be >= 1, got {value}")
+    extra = check_hooks(hooks)
     ckpt_dir = Path(checkpoint_dir)
     done_file = ckpt_dir / "done.json"
     if resume and done_file.is_file():
@@ -127,39 +179,43 @@ def train_epochs(
         )
     state = place(state)
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_dir, step, state, meta)
+    def keep_record(record: Record) -> None:
+        meta["records"].append(
+            {"kind": "train", **tags, "epoch": record.epoch, "step": record.step, **record.metrics}
+        )
 
+    checkpoint = CheckpointHook(ckpt_dir, int(checkpoint_every), lambda: meta)
+    step_hooks = (every(int(log_every), keep_record), *extra)
+    last_step = epochs * steps_per_epoch
     for epoch in range(meta["epoch"], epochs):
         start = meta["batch"]
         t0, seen = time.perf_counter(), 0
-        it = progress(
-            batches(epoch, start),
-            total=steps_per_epoch - start,
-            desc=f"{desc} epoch {epoch + 1}/{epochs}",
-            unit="img",
-            scale=batch_size,
-        )
-        for batch in it:
+        for batch in batches(epoch, start):
             if meta["batch"] >= steps_per_epoch:
                 break
             state, metrics = step_fn(state, batch)
             meta["batch"] += 1
             seen += batch_size
             step = epoch * steps_per_epoch + meta["batch"]
-            if step % log_every == 0 or meta["batch"] == steps_per_epoch:
-                meta["records"].append(
-                    {
-                        "kind": "train",
-                        **tags,
-                        "epoch": epoch + 1,
-                        "step": step,
+            end = meta["batch"] == steps_per_epoch
+            due = [h for h in step_hooks if end or step % h.every == 0]
+            if due:
+                record = Record(
+                    step=step,
+                    params=getattr(state, "params", None),
+                    model_state=getattr(state, "batch_stats", None),
+                    metrics={
                         **metrics_record(metrics),
                         "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
-                    }
+                    },
+                    epoch=epoch + 1,
+                    final=step == last_step,
+                    state=state,
                 )
-            if meta["batch"] < steps_per_epoch and step % checkpoint_every == 0:
-                checkpoint(step)
+                for hook in due:
+                    hook(record)
+            if not end and step % checkpoint.every == 0:
+                checkpoint(Record(step=step, params=None, epoch=epoch + 1, state=state))
         if meta["batch"] < steps_per_epoch:
             raise ValueError(
                 f"batches: epoch {epoch + 1} yielded {meta['batch'] - start} batches from batch "
@@ -189,7 +245,8 @@ def train_epochs(
         )
         print(f"[{desc}] epoch {epoch + 1}: {line}", file=sys.stderr)
         meta["epoch"], meta["batch"] = epoch + 1, 0
-        checkpoint((epoch + 1) * steps_per_epoch)
+        step = (epoch + 1) * steps_per_epoch
+        checkpoint(Record(step=step, params=None, epoch=epoch + 1, state=state))
     out = {"epochs": meta["epochs"], "records": meta["records"]}
     if jax.process_index() == 0:
         atomic_write_json(done_file, out)

@@ -7,15 +7,26 @@ Pezeshki et al. 2021, Sec. 5: CelebA's blond hair × male, g = 2y + a). Three pi
   (``--reweight_groups``): draws with replacement, example i with weight 1/n_{g(i)}, an epoch being
   as many draws as there are examples.
 * :func:`group_metrics` — average, per-group and worst-group accuracy.
+* :func:`group_evaluator` — the evaluation of a model on every split, per group, at the end of
+  each epoch.
 * :class:`Selection` and :func:`select_epoch` — which epoch a run reports, chosen on validation;
-  :func:`summarize_selected` — the selected epochs of several seeds as one result (mean ± std).
+  :func:`select_epochs` — a run's epoch under every rule; :func:`summarize_selected` — the
+  selected epochs of several seeds as one result (mean ± std); :func:`summarize_methods` — every
+  method's results under every rule, with a headline rule per method.
+* :class:`GroupBenchmark` — a dataset the protocol runs on (loader, fixture, reports).
+* :class:`SD` and :class:`DRO` — the settings of Spectral Decoupling and Group DRO;
+  :class:`Recipe` and :func:`group_objective` — how a method of the protocol (ERM, SD, Group
+  DRO) is optimised, sampled, selected, and what it minimises; :func:`check_group_training`.
+* :func:`train_on_groups` — one (method, seed) of the group-robustness protocol through the
+  epoch loop; :func:`validation_curves` — validation accuracy per epoch, mean over seeds.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 from jaxtyping import Int
@@ -23,11 +34,22 @@ from jaxtyping import Int
 from ntkdyn.runs import mean_std
 
 __all__ = [
+    "DRO",
+    "SD",
+    "GroupBenchmark",
+    "Recipe",
     "Selection",
+    "check_group_training",
+    "group_objective",
     "group_balanced_order",
+    "group_evaluator",
     "group_metrics",
     "select_epoch",
+    "select_epochs",
+    "summarize_methods",
     "summarize_selected",
+    "train_on_groups",
+    "validation_curves",
 ]
 
 # Keeps the balanced sampler's stream apart from the shuffling stream of the same (seed, epoch).
@@ -222,3 +244,433 @@ def summarize_selected(
             for i, c in enumerate(chosen)
         ],
     }
+
+
+def group_evaluator(
+    predict: Callable[[Any, str], tuple[np.ndarray, np.ndarray]],
+    splits: Mapping[str, Any],
+    group_names: Sequence[str],
+) -> Callable[[Any], dict[str, Any]]:
+    """An ``evaluate(state) -> {split: group_metrics}`` for a training loop's end of epoch.
+
+    A logit ŷ > 0 predicts label 1; each split's predictions go through :func:`group_metrics`.
+
+    Args:
+        predict: ``(state, split name) -> (index, logits)``: the examples' positions in the split
+            and their logits (e.g. :func:`ntkdyn.train.dataparallel.predict_logits` over the
+            split's batches).
+        splits: split name → a split with ``y`` and ``group`` arrays
+            (:class:`ntkdyn.data.images.ImageSplit`), evaluated in this order.
+        group_names: the names of the group ids.
+
+    Returns:
+        The evaluation function.
+    """
+
+    def evaluate(state: Any) -> dict[str, Any]:
+        out = {}
+        for name, split in splits.items():
+            index, logits = predict(state, name)
+            pred = (np.asarray(logits) > 0).astype(np.int32)
+            out[name] = group_metrics(pred, split.y[index], split.group[index], group_names)
+        return out
+
+    return evaluate
+
+
+def select_epochs(
+    epochs: Sequence[Mapping[str, Any]], rules: Sequence[Selection | str] = tuple(Selection)
+) -> dict[str, dict[str, Any]]:
+    """The epoch each rule selects, as ``{rule: {"epoch": 1-based, **that epoch's results}}``.
+
+    Args:
+        epochs: per-epoch results with ``"val"`` (and ``"test"``) from :func:`group_metrics`.
+        rules: the rules (default every :class:`Selection`).
+
+    Raises:
+        ValueError: from :func:`select_epoch`.
+    """
+    out = {}
+    for rule in rules:
+        rule = _selection(rule)
+        best = select_epoch(epochs, rule)
+        out[rule.value] = {**epochs[best], "epoch": best + 1}
+    return out
+
+
+def summarize_methods(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    headline: Mapping[str, Selection | str],
+    group_names: Sequence[str],
+    *,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every method's test results over seeds, under every selection rule.
+
+    Per method: :func:`summarize_selected` under each rule as ``by_<rule>``, and the headline
+    rule's block at the top level (what tables and figures show).
+
+    Args:
+        runs: method → per seed ``{"selected": {rule: epoch}}`` (:func:`select_epochs`).
+        headline: method → its headline rule.
+        group_names: the groups.
+        extra: method → more fields of its entry (e.g. its training recipe as ``training``).
+
+    Returns:
+        method → ``{**headline block, "by_val_avg": ..., "by_val_worst": ..., **extra}``.
+
+    Raises:
+        ValueError: a method without a headline rule, or from :func:`summarize_selected`.
+    """
+    out = {}
+    for method, seed_runs in runs.items():
+        if method not in headline:
+            raise ValueError(f"headline: no selection rule for method {method!r}")
+        blocks = {
+            rule.value: summarize_selected(
+                [r["selected"][rule.value] for r in seed_runs], rule, group_names
+            )
+            for rule in Selection
+        }
+        entry = dict(blocks[_selection(headline[method]).value])
+        for rule, block in blocks.items():
+            entry[f"by_{rule}"] = block
+        entry.update((extra or {}).get(method, {}))
+        out[method] = entry
+    return out
+
+
+def train_on_groups(
+    model_apply: Callable[..., Any],
+    variables: Mapping[str, Any],
+    optimizer: Any,
+    objective: Any,
+    splits: Mapping[str, Any],
+    group_names: Sequence[str],
+    *,
+    mesh: Any,
+    balanced: bool,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    eval_batch_size: int,
+    checkpoint_dir: Any,
+    resume: bool = False,
+    checkpoint_every: int = 500,
+    log_every: int = 50,
+    pipeline: Mapping[str, Any] | None = None,
+    images: Mapping[str, np.ndarray] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train a classifier on an image dataset with groups; evaluate val and test per group each epoch.
+
+    One run of :func:`ntkdyn.train.epochs.train_epochs` (checkpoints, ``--resume``, metric records
+    and a progress line every ``log_every`` steps as hooks) over ⌊n_train / batch_size⌋ steps per
+    epoch of batches drawn uniformly (:func:`ntkdyn.data.images.epoch_order`) or group-balanced
+    (:func:`group_balanced_order`), sharded over ``mesh``; after each epoch :func:`group_evaluator`
+    on the val and test splits. The epochs of both rules are then selected (:func:`select_epochs`).
+
+    Args:
+        model_apply: the network's ``apply`` (a flax module's).
+        variables: its initial ``{"params", "batch_stats"}``.
+        optimizer: an optax transformation.
+        objective: an :mod:`ntkdyn.objectives` objective.
+        splits: ``{"train", "val", "test"}`` → :class:`ntkdyn.data.images.ImageSplit`.
+        group_names: names of the group ids.
+        mesh: the data mesh (:func:`ntkdyn.train.dataparallel.data_mesh`).
+        balanced: group-balanced sampling with replacement instead of shuffling.
+        seed: the run's seed (the sampling order of each epoch is fixed by it).
+        epochs: epochs (≥ 1).
+        batch_size: global training batch.
+        eval_batch_size: evaluation batch.
+        checkpoint_dir: this run's checkpoint folder.
+        resume: continue from the checkpoints there.
+        checkpoint_every: steps between checkpoints.
+        log_every: steps between records and progress lines.
+        pipeline: keyword arguments of :func:`ntkdyn.data.images.iterate_batches` (image size,
+            crop, workers, prefetch).
+        images: split → decoded 8-bit images (:func:`ntkdyn.data.images.decode_split`), if cached.
+        tags: fields of every record (e.g. method and seed); they also label the progress lines.
+
+    Returns:
+        ``{"epochs": [{"epoch", "val", "test"}], "records": [...], "selected": {rule: epoch}}``.
+    """
+    import jax
+
+    from ntkdyn.data.images import epoch_order, iterate_batches
+    from ntkdyn.train import dataparallel as dp
+    from ntkdyn.train.epochs import progress_hook, train_epochs
+
+    train, images = splits["train"], dict(images or {})
+    pipeline = {**(pipeline or {}), "shard": (jax.process_index(), jax.process_count())}
+    steps = len(train) // batch_size
+
+    def batches(epoch: int, start: int):
+        if balanced:
+            order = group_balanced_order(train.group, seed=seed, epoch=epoch)
+        else:
+            order = epoch_order(len(train), seed=seed, epoch=epoch)
+        order = order[start * batch_size : steps * batch_size]
+        for b in iterate_batches(
+            train, order, batch_size=batch_size, drop_last=True, images=images.get("train"),
+            **pipeline,
+        ):  # fmt: skip
+            yield dp.shard_batch({k: b[k] for k in ("image", "y", "group")}, mesh)
+
+    eval_step = dp.make_eval_step(model_apply)
+
+    def predict(state: Any, name: str):
+        split = splits[name]
+        batches = iterate_batches(
+            split, np.arange(len(split)), batch_size=eval_batch_size,
+            pad_to_multiple=len(mesh.local_devices), images=images.get(name), **pipeline,
+        )  # fmt: skip
+        return dp.predict_logits(eval_step, state, batches, mesh)
+
+    desc = "/".join(f"{v}" if k != "seed" else f"seed{v}" for k, v in (tags or {}).items())
+    history = train_epochs(
+        dp.init_train_state(variables, optimizer, objective),
+        dp.make_train_step(model_apply, optimizer, objective),
+        batches,
+        group_evaluator(predict, {s: splits[s] for s in ("val", "test")}, group_names),
+        epochs=epochs,
+        steps_per_epoch=steps,
+        batch_size=batch_size,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        hooks=[progress_hook(log_every, desc=desc, total_steps=epochs * steps)],
+        place=lambda s: dp.replicate(s, mesh),
+        tags=tags,
+        desc=desc,
+    )
+    return {**history, "selected": select_epochs(history["epochs"])}
+
+
+def validation_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Per method, validation average and worst-group accuracy per epoch, mean over seeds.
+
+    Args:
+        runs: method → per seed ``{"epochs": [{"val": group_metrics}, ...]}``.
+
+    Returns:
+        method → ``{"avg": [...], "worst": [...]}`` (fractions).
+    """
+    return {
+        m: {
+            key: np.mean([[e["val"][metric] for e in r["epochs"]] for r in rs], 0).tolist()
+            for key, metric in (("avg", "avg_acc"), ("worst", "worst_group_acc"))
+        }
+        for m, rs in runs.items()
+    }
+
+
+@dataclass(frozen=True)
+class SD:
+    """Settings of class-conditional Spectral Decoupling: ℓ + Σ_c coef_c · mean_{y=c}(ŷ − target_c)².
+
+    Pezeshki et al. 2021, Sec. 5 (:class:`ntkdyn.objectives.ClassConditionalSD`); checked on
+    construction (:class:`ntkdyn.settings.ConfigError` names the field).
+
+    Attributes:
+        coef: SD coefficients (class 0, class 1).
+        target: SD logit targets (class 0, class 1).
+    """
+
+    coef: tuple[float, float] = (0.1, 0.1)
+    target: tuple[float, float] = (0.44, 2.5)
+
+    def __post_init__(self):
+        from ntkdyn.settings import check, number, pair
+
+        check(self, {"coef": pair(number(0)), "target": pair(number())})
+
+
+@dataclass(frozen=True)
+class DRO:
+    """Settings of Group DRO as Sagawa et al. 2020 run it: its optimiser and its online group weights.
+
+    q_g ← q_g · exp(η · (L_g + C/√n_g)), normalised (:class:`ntkdyn.objectives.GroupDRO`); the
+    defaults are the authors' strong-ℓ2 CelebA setting. Checked on construction.
+
+    Attributes:
+        optimizer: Group DRO optimizer, adam or sgd.
+        lr: Group DRO learning rate.
+        momentum: Group DRO SGD momentum.
+        weight_decay: Group DRO weight decay.
+        epochs: Group DRO epochs.
+        step_size: step size of the group weights.
+        adjustment: generalisation adjustment C.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 1e-5
+    momentum: float = 0.9
+    weight_decay: float = 0.1
+    epochs: int = 50
+    step_size: float = 0.01
+    adjustment: float = 0.0
+
+    def __post_init__(self):
+        from ntkdyn.settings import check, integer, number, one_of
+
+        rate, decay = number(0, low_open=True), number(0)
+        check(
+            self,
+            {
+                "optimizer": one_of("adam", "sgd"),
+                **dict.fromkeys(("lr", "step_size"), rate),
+                **dict.fromkeys(("weight_decay", "adjustment"), decay),
+                "momentum": number(0, 1, high_open=True),
+                "epochs": integer(1),
+            },
+        )
+
+
+class Recipe(NamedTuple):
+    """One method's optimisation: optimizer, schedule, sampling and epoch selection.
+
+    Attributes:
+        optimizer: ``"adam"`` (decoupled weight decay, AdamW) or ``"sgd"`` (PyTorch's coupled
+            weight decay: g ← ∇L + wd·θ, b ← μ·b + g, θ ← θ − lr·b).
+        lr: learning rate.
+        momentum: SGD momentum μ.
+        weight_decay: weight decay wd.
+        epochs: epochs.
+        balanced: group-balanced sampling with replacement (:func:`group_balanced_order`).
+        selection: the headline :class:`Selection` rule's value.
+    """
+
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    epochs: int
+    balanced: bool
+    selection: str
+
+    def make_optimizer(self) -> Any:
+        """The optax transformation (:func:`ntkdyn.train.optimizers.pytorch_optimizer`), as
+        ``torch.optim.AdamW`` or ``torch.optim.SGD(params, lr, momentum, weight_decay)`` of
+        Sagawa et al.'s ``train.py``."""
+        from ntkdyn.train.optimizers import pytorch_optimizer
+
+        name = "adamw" if self.optimizer == "adam" else "sgd"
+        return pytorch_optimizer(
+            name, self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+    def describe(self) -> str:
+        """One line for reports, e.g. ``sgd lr 0.01 momentum 0.9, weight decay 0.0001, 20 epochs,
+        group-balanced sampling, epoch by val_worst``."""
+        momentum = f" momentum {self.momentum:g}" if self.optimizer == "sgd" else ""
+        return (
+            f"{self.optimizer} lr {self.lr:g}{momentum}, weight decay {self.weight_decay:g}, "
+            f"{self.epochs} epochs, {'group-balanced' if self.balanced else 'uniform'} sampling, "
+            f"epoch by {self.selection}"
+        )
+
+
+def group_objective(method: str, train_counts: Sequence[int], *, sd: SD, dro: DRO) -> Any:
+    """The training objective of a method of the protocol (:mod:`ntkdyn.objectives`).
+
+    ``erm``: logistic loss; ``sd``: logistic + Σ_c coef_c · mean_{y=c}(ŷ − target_c)²
+    (:class:`~ntkdyn.objectives.ClassConditionalSD`); ``groupdro``: Sagawa et al.'s online group
+    weights q ← q·exp(η·(L_g + C/√n_g)) (:class:`~ntkdyn.objectives.GroupDRO`).
+
+    Args:
+        method: ``"erm"``, ``"sd"`` or ``"groupdro"``.
+        train_counts: training examples per group (n_g, 4 of them; a 0 counts as 1).
+        sd: SD's coefficients and targets.
+        dro: Group DRO's step size η and adjustment C.
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    from ntkdyn.objectives import ERM, ClassConditionalSD, GroupDRO
+
+    if method == "erm":
+        return ERM()
+    if method == "sd":
+        return ClassConditionalSD(coef=tuple(sd.coef), target=tuple(sd.target))
+    if method != "groupdro":
+        raise ValueError(f"method: expected erm, sd or groupdro, got {method!r}")
+    return GroupDRO(
+        num_groups=4,
+        step_size=dro.step_size,
+        adjustment=dro.adjustment,
+        group_counts=tuple(int(c) for c in np.maximum(np.asarray(train_counts), 1)),
+    )
+
+
+def check_group_training(
+    train: Any,
+    group_names: Sequence[str],
+    *,
+    batch_size: int,
+    devices: int,
+    crop: int | None = None,
+) -> None:
+    """Check a training split fits the protocol before anything is trained or written.
+
+    Every group present, the batch within the split and a multiple of the devices, the centre
+    crop within the images (the first image is opened).
+
+    Args:
+        train: the training :class:`ntkdyn.data.images.ImageSplit`.
+        group_names: names of the group ids.
+        batch_size: global batch.
+        devices: devices the batch is sharded over.
+        crop: centre-crop side in pixels, or None.
+
+    Raises:
+        InputError: naming ``--data-dir`` (a group with no training example), ``--batch-size``
+            (larger than the split, or not divisible by the devices) or ``--crop`` (too large).
+    """
+    from ntkdyn.data.images import load_image
+    from ntkdyn.errors import InputError
+
+    n = len(train)
+    empty = [g for g, c in zip(group_names, train.group_counts(), strict=True) if not c]
+    if empty:
+        raise InputError(
+            f"--data-dir: the training split has no example of group(s) {', '.join(empty)}; "
+            "every group (y, a) needs training examples"
+        )
+    if batch_size > n:
+        raise InputError(f"--batch-size: {batch_size} exceeds the {n} training images; lower it")
+    if batch_size % devices:
+        raise InputError(
+            f"--batch-size: {batch_size} is not divisible by the {devices} devices; "
+            f"choose a multiple of {devices}"
+        )
+    if crop is not None:
+        try:
+            load_image(train.paths[0], 8, crop=crop)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+
+class GroupBenchmark(NamedTuple):
+    """A dataset the group-robustness protocol runs on: its loader, its synthetic fixture, reports.
+
+    Attributes:
+        title: the summary's heading.
+        load: ``(data_dir, config) -> GroupDataset`` (:class:`ntkdyn.data.images.GroupDataset`).
+        write_fixture: ``(folder, config, (n_train, n_val, n_test)) -> None``.
+        marker: a file a written fixture holds (relative to its folder).
+        figure: the figures' name prefix.
+        published: method → ``{"avg": (mean, std), "worst": (mean, std)}`` in percent, or None.
+        check: ``config -> None``, raising a ConfigError for settings the dataset cannot take.
+        fixture_note: a warning printed above the tables of a run on the synthetic fixture.
+    """
+
+    title: str
+    load: Callable[[str, Any], Any]
+    write_fixture: Callable[[Any, Any, tuple[int, int, int]], None]
+    marker: str
+    figure: str
+    published: Mapping[str, Mapping[str, tuple[float, float]]] | None = None
+    check: Callable[[Any], None] | None = None
+    fixture_note: str = ""

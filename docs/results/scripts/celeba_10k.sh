@@ -20,7 +20,7 @@ job() {  # job NAME ARGS...: one resumable (method, seed) run, its log beside it
     > "$R/$name.log" 2>&1
   echo "$(date -Is) done $name" >> "$R/jobs.log"
 }
-declare -A FLAG=([erm]=--weight-decay [sd]=--sd-coef [groupdro]=--dro-step-size)
+declare -A FLAG=([erm]=--weight-decay [sd]=--sd.coef [groupdro]=--dro.step-size)
 declare -A GRID=([erm]="1e-4 1e-3 1e-2" [sd]="0.03 0.1 0.3" [groupdro]="0.001 0.01 0.1")
 declare -A DEFAULT=([erm]=1e-4 [sd]=0.1 [groupdro]=0.01)
 args() {  # args METHOD VALUE: the flags of one grid point
