@@ -102,7 +102,8 @@ def group_accuracy_table(
     """A Markdown table of test average, worst-group and per-group accuracy, one row per method.
 
     Cells are percent with the std over seeds (``avg_acc``/``avg_acc_std``, ``worst_group_acc``/
-    ``worst_group_acc_std``, means for the groups); a group absent from the test split prints ``–``.
+    ``worst_group_acc_std``, means for the groups); a method with one seed (``per_seed`` of length
+    1) prints single values, never a ``± 0.00``; a group absent from the test split prints ``–``.
 
     Args:
         methods: method → a block of :func:`ntkdyn.train.groups.summarize_selected` (fractions).
@@ -118,10 +119,13 @@ def group_accuracy_table(
         header += ["published avg", "published worst"]
     rows = []
     for m, r in methods.items():
+        spread = len(r.get("per_seed", ())) != 1  # one seed: a single value, no "± 0.00"
         row = [
             m,
-            format_mean_std(r["avg_acc"], r["avg_acc_std"], digits=2),
-            format_mean_std(r["worst_group_acc"], r["worst_group_acc_std"], digits=2),
+            format_mean_std(r["avg_acc"], r["avg_acc_std"] if spread else None, digits=2),
+            format_mean_std(
+                r["worst_group_acc"], r["worst_group_acc_std"] if spread else None, digits=2
+            ),
             *(
                 format_mean_std(r["group_acc"][g]) if g in r["group_acc"] else "–"
                 for g in group_names
@@ -167,6 +171,20 @@ def group_summary_markdown(
     lines = [f"# {title}", "", *setup, ""]
     if note:
         lines += [f"**{note}**", ""]
+    seeds = sorted(
+        {len(r[f"by_{rule}"].get("per_seed", ())) for r in methods.values() for rule in rules}
+    )
+    if seeds == [1]:
+        lines += ["One seed (n = 1): single values, no spread.", ""]
+    elif seeds:
+        lines += [f"Mean ± std over {', '.join(map(str, seeds))} seeds.", ""]
+    if published is not None:
+        lines += [
+            "The published columns are Pezeshki et al. 2021, Table 2: full CelebA, an "
+            "ImageNet-pretrained ResNet-50, mean ± std over 5 seeds. A run with another network, "
+            "data size, resolution or training length is not comparable with them.",
+            "",
+        ]
     for rule in rules:
         blocks = {m: r[f"by_{rule}"] for m, r in methods.items()}
         table = group_accuracy_table(blocks, group_names, published=published)
