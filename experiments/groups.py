@@ -175,8 +175,14 @@ class Config:
     def recipe(self, method: str) -> Recipe:
         """How ``method`` is optimised, sampled and selected under these settings."""
         dro = method == "groupdro"
+        fields = [
+            getattr(self.dro if dro else self, k)
+            for k in ("optimizer", "lr", "momentum", "weight_decay", "epochs")
+        ]
+        if method == "sd" and self.sd.optimizer is not None:
+            fields[0] = self.sd.optimizer
         return Recipe(
-            *(getattr(self.dro if dro else self, k) for k in ("optimizer", "lr", "momentum", "weight_decay", "epochs")),
+            *fields,
             balanced=dro if self.balanced is None else self.balanced,
             selection=self.selection or ("val_worst" if dro else "val_avg"),
         )  # fmt: skip

@@ -336,3 +336,20 @@ def test_quick_default_groupdro_beats_erm_on_worst_group(tmp_path, env):
     res = json.loads((out / "results.json").read_text())["methods"]
     assert set(res) == {"erm", "sd", "groupdro"}
     assert res["groupdro"]["worst_group_acc"] > res["erm"]["worst_group_acc"]
+
+
+def test_paper_preset_follows_the_authors_table_2_scripts(capsys):
+    """Table_2/table_2.sh: only SD passes --adam; cross-entropy takes train.py's SGD branch."""
+    from ntkdyn.experiments.celeba import PRESETS
+    from ntkdyn.experiments.groups import Config as GroupsConfig
+
+    cfg = GroupsConfig(**PRESETS["paper"])
+    erm, sd, dro = (cfg.recipe(m) for m in ("erm", "sd", "groupdro"))
+    assert (erm.optimizer, erm.lr, erm.momentum, erm.weight_decay, erm.epochs) == (
+        "sgd", 1e-5, 0.9, 0.0, 3,
+    )  # fmt: skip
+    assert (sd.optimizer, sd.lr, sd.weight_decay, sd.epochs) == ("adam", 1e-5, 0.0, 3)
+    assert dro.optimizer == "sgd" and dro.weight_decay == 0.1
+    assert Config.quick().recipe("sd").optimizer == Config.quick().optimizer  # no override
+    assert main(["celeba", "--quick", "--sd.optimizer", "rmsprop", "--out", "/nonexistent/x"]) == 2
+    assert "--sd.optimizer" in capsys.readouterr().err

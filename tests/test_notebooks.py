@@ -36,6 +36,7 @@ def test_notebook_is_stored_executed(path):
     assert size < MAX_KB, f"{path.name}: {size:.0f} KB stored, more than {MAX_KB} KB"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")

@@ -16,6 +16,7 @@ def test_readme_has_python_blocks():
     assert len(BLOCKS) >= 2
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index, tmp_path):
     env = dict(os.environ, MPLBACKEND="Agg", JAX_PLATFORMS="cpu")

@@ -476,15 +476,25 @@ class SD:
     Attributes:
         coef: SD coefficients (class 0, class 1).
         target: SD logit targets (class 0, class 1).
+        optimizer: SD's optimizer when it differs from ERM's (adam or sgd; none: the shared
+            --optimizer). Pezeshki et al. train SD with Adam and cross-entropy with SGD.
     """
 
     coef: tuple[float, float] = (0.1, 0.1)
     target: tuple[float, float] = (0.44, 2.5)
+    optimizer: str | None = None
 
     def __post_init__(self):
-        from ntkdyn.settings import check, number, pair
+        from ntkdyn.settings import check, number, one_of, optional, pair
 
-        check(self, {"coef": pair(number(0)), "target": pair(number())})
+        check(
+            self,
+            {
+                "coef": pair(number(0)),
+                "target": pair(number()),
+                "optimizer": optional(one_of("adam", "sgd")),
+            },
+        )
 
 
 @dataclass(frozen=True)
