@@ -128,12 +128,13 @@ def compile_ours(
 
     from ntkdyn.train.fullbatch import train_fullbatch
     from ntkdyn.train.layout import SeedAxis, SeedLayout
+    from ntkdyn.train.recipes import environment_loss
 
     seed_axis = SeedAxis.VMAP if seed_axis is None else seed_axis
     apply_fn, params = X.init_params(cfg, keys)
     # ERM's hyperparameters travel with the data, as in `ntkdyn cmnist` (l2 = 0: plain ERM)
     batches = {**batches, "hp": {"l2": jnp.zeros(keys.shape[0], batches["x1"].dtype)}}
-    loss_fn = X.loss_fn(cfg, apply_fn)
+    loss_fn = environment_loss(cfg, apply_fn)
 
     def train(params, batches, keys):
         return train_fullbatch(

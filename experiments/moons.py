@@ -35,12 +35,9 @@ main figure's ``erm`` and ``sd``; 10,000 epochs (100,000 to train longer). Its d
 the ReLU, ours after it (the same function: ReLU is positively homogeneous, the mask ≥ 0); its
 deeper network has four hidden layers; its rotation is X ← X·R(θ), as ours.
 
-Metrics per configuration (mean and std over seeds, each seed's boundary against its own data;
-:func:`ntkdyn.boundary.seed_report`): train accuracy, ``boundary_min_distance``,
-``boundary_mean10_distance``, ``boundary_line_residual``; under ``averaged``, those of the
-seed-averaged decision function (the figures') against seed 0's data. The main figure's feature
-responses z_j(t): each seed's spectrum at θ₀ (:func:`ntkdyn.analysis.analyse`) measuring the
-outputs recorded during training.
+Metrics per configuration: :func:`ntkdyn.boundary.stacked_report` (mean ± std over seeds; the
+figures' seed-averaged function under ``averaged``). The main figure's feature responses z_j(t):
+:class:`ntkdyn.train.hooks.SeedResponses` (each seed's top directions at θ₀).
 
 Command::
 
@@ -56,10 +53,6 @@ around the moons and farther from the data — larger ``boundary_min_distance`` 
 ``boundary_line_residual`` than every other regularizer panel. Δ = −0.1 ERM is curved too. Outputs:
 ``config.json``, ``metrics.jsonl``, ``results.json``, ``summary.md``, ``decision_functions.npz``,
 ``moons_main.{png,pdf}``, ``moons_regularizers.{png,pdf}``.
-
-Training: :func:`ntkdyn.train.fullbatch.train_fullbatch` on the :class:`ntkdyn.MLP` layout, all
-seeds at once as ``--seed-layout`` says (on a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
-exposes the cores as devices), with a progress hook (:class:`ntkdyn.train.hooks.Progress`).
 """
 
 from __future__ import annotations
@@ -67,7 +60,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import math
 import os
 import sys
 import time
@@ -76,8 +68,17 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ntkdyn.objectives import ERM, Objective, SpectralDecoupling
-from ntkdyn.runs import format_mean_std, markdown_table, seed_records
-from ntkdyn.settings import ConfigError, add_arguments, check, from_arguments, integer, number
+from ntkdyn.runs import seed_records
+from ntkdyn.runs.tables import seed_table
+from ntkdyn.settings import (
+    ConfigError,
+    RestartSettings,
+    add_arguments,
+    check,
+    from_arguments,
+    integer,
+    number,
+)
 
 HELP = __doc__.split("\n\n")[0] + "\n\nPaper protocol by default; --quick for a smoke test."
 
@@ -88,28 +89,12 @@ RESPONSE_DIRECTIONS = 8  # feature responses kept for the top directions
 PROGRESS_SECONDS = 10.0  # least time between two progress lines of a configuration
 
 
-# --------------------------------------------------------------------------------------------------
-# The configurations
-
-
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One training configuration of the two-moons experiment.
-
-    Attributes:
-        name: key in results.json.
-        title: panel title.
-        objective: the training objective (:class:`ntkdyn.ERM` or
-            :class:`ntkdyn.SpectralDecoupling`).
-        delta: the gap Δ of the data.
-        rotation_deg: rotation of the data in degrees.
-        adam: Adam instead of SGD with momentum 0.9.
-        lr: learning rate (``None``: the command's ``--lr``, SGD's 1e-2 by default).
-        weight_decay: coupled weight decay (added to the gradient, as PyTorch's ``weight_decay``).
-        epoch_factor: multiple of the command's ``--epochs``.
-        dropout: dropout probability on the hidden layers.
-        batch_norm: batch normalisation before each hidden activation.
-        hidden_layers: number of hidden layers of width ``--hidden``.
+    """One training configuration (module docstring): its key in results.json and panel title, the
+    objective, the data's gap Δ and rotation, Adam or SGD with momentum 0.9, the learning rate
+    (``None``: ``--lr``), coupled weight decay (PyTorch's), a multiple of ``--epochs``, dropout,
+    batch norm before each hidden activation and the number of hidden layers of width ``--hidden``.
     """
 
     name: str
@@ -218,100 +203,36 @@ class Config:
         return dataclasses.replace(cls(seeds=2, epochs=200, hidden=64), **overrides)
 
     def layout(self):
-        """The :class:`~ntkdyn.train.layout.SeedLayout` of ``seed_layout`` (ConfigError if unreadable)."""
-        from ntkdyn.train.layout import SeedLayout
-
-        flag = "seed_layout"
-        try:
-            return SeedLayout.parse(self.seed_layout, flag=flag)
-        except ValueError as exc:
-            raise ConfigError(flag, str(exc).removeprefix(f"{flag}: ")) from None
-
-
-# --------------------------------------------------------------------------------------------------
-# Model and objective of one setting
+        """The ``SeedLayout`` of ``seed_layout`` (:meth:`ntkdyn.settings.RestartSettings.layout`)."""
+        return RestartSettings(seed_layout=self.seed_layout).layout()
 
 
 def logits(setting: Setting, params, stats, x, *, train: bool = False, key=None):
-    """``(f (n,), new_stats)``: the setting's network on ``x``, in train or eval mode.
+    """``(f (n,), new_stats)``: :func:`ntkdyn.models.mlp.mlp_logits` with the setting's dropout and
+    PyTorch's ``BatchNorm1d`` conventions (momentum 0.1, unbiased running variance), as the
+    authors' code."""
+    from ntkdyn.models.mlp import mlp_logits
 
-    The plain one-hidden-layer net goes through :func:`ntkdyn.shallow_relu` (the same function,
-    with a gradient that needs only the activation pattern); the others through
-    :func:`ntkdyn.mlp_apply`, batch norm with PyTorch's ``BatchNorm1d`` conventions (running
-    statistics with momentum 0.1 and the unbiased batch variance), as the authors' code.
-    """
-    from ntkdyn.models.mlp import mlp_apply, shallow_relu
-
-    if setting.shallow and train:
-        hidden, out = params["linears"][0], params["linears"][1]
-        f = shallow_relu(hidden["kernel"], hidden["bias"], out["kernel"], out["bias"], x)
-        return f, stats
-    out, new_stats = mlp_apply(
-        params,
-        x,
-        batch_stats=stats,
-        train=train,
-        key=key,
-        dropout_rate=setting.dropout,
-        momentum=0.9,
-        unbiased_running_var=True,
-    )
-    return out[:, 0], new_stats
+    options = dict(dropout_rate=setting.dropout, momentum=0.9, unbiased_running_var=True)
+    return mlp_logits(params, x, batch_stats=stats, train=train, key=key, **options)
 
 
 def make_loss(setting: Setting):
-    """``loss_fn(params, stats, batch, step, key)`` of the trainer: the setting's objective.
+    """The trainer's ``loss_fn`` on ``(x, y01)`` (:func:`ntkdyn.train.fullbatch.classifier_loss`)."""
+    from ntkdyn.train.fullbatch import classifier_loss
 
-    ``batch`` is ``(x, y01)`` with labels in {0, 1}; the objective sees the params too (an l2 term
-    needs them); the metrics are the objective's (``nll``, SD's ``penalty``) and the accuracy.
-    """
-    import jax.numpy as jnp
-
-    def loss_fn(params, stats, batch, step, key):
-        x, y01 = batch
-        f, new_stats = logits(setting, params, stats, x, train=True, key=key)
-        value, (_, metrics) = setting.objective.loss(f, y01, step=step, params=params)
-        acc = jnp.mean(jnp.where(y01 > 0.5, f > 0, f < 0))
-        return value, (new_stats, {**metrics, "acc": acc})
-
-    return loss_fn
-
-
-# --------------------------------------------------------------------------------------------------
-# Data, training and evaluation of one setting
-
-
-@functools.cache
-def initial_state_fn(seeds: int, hidden: int, hidden_layers: int, batch_norm: bool):
-    """Compiled ``key -> (train keys, params0, stats0)`` of ``seeds`` seeds, one per architecture.
-
-    Seed s initialises from ``fold_in(fold_in(key, s), 0)`` and trains with
-    ``fold_in(fold_in(key, s), 1)``; one compiled call shared by every configuration of a shape.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from ntkdyn.models.mlp import init_mlp_uniform
-
-    @jax.jit
-    def initial(base):
-        seed_keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.arange(seeds))
-        init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
-        train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
-        params0, stats0 = jax.vmap(
-            lambda k: init_mlp_uniform(k, 2, [hidden] * hidden_layers, batch_norm=batch_norm)
-        )(init_keys)
-        return train_keys, params0, stats0
-
-    return initial
+    return classifier_loss(functools.partial(logits, setting), setting.objective)
 
 
 def initial_state(setting: Setting, config: Config):
-    """``(train keys, params0, stats0)`` of every seed, stacked (leading axis S)."""
+    """``(train keys, params0, stats0)`` of every seed (:func:`ntkdyn.models.mlp.init_mlp_seeds`)."""
     import jax
 
-    shape = (config.seeds, config.hidden, setting.hidden_layers, setting.batch_norm)
-    return initial_state_fn(*shape)(jax.random.key(config.seed))
+    from ntkdyn.models.mlp import init_mlp_seeds
+
+    hidden = [config.hidden] * setting.hidden_layers
+    key = jax.random.key(config.seed)
+    return init_mlp_seeds(key, config.seeds, 2, hidden, batch_norm=setting.batch_norm)
 
 
 def setting_data(setting: Setting, config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -326,6 +247,19 @@ def setting_data(setting: Setting, config: Config) -> tuple[np.ndarray, np.ndarr
     return np.stack([d[0] for d in data]), np.stack([d[1] for d in data])
 
 
+def record_every(setting: Setting, config: Config, records: int) -> int:
+    """Steps between metric records, for about ``records`` of them."""
+    return max(1, config.epochs * setting.epoch_factor // records)
+
+
+def response_hook(setting: Setting, config: Config, X, y, every: int, k=RESPONSE_DIRECTIONS):
+    """The z(t) hook of the main figure: each seed's top-k directions at θ₀ on its own data."""
+    from ntkdyn.models.mlp import DenseApply
+    from ntkdyn.train.hooks import SeedResponses
+
+    return SeedResponses(every, DenseApply(), initial_state(setting, config)[1], X, y, top=k)
+
+
 def train_setting(
     setting: Setting,
     config: Config,
@@ -334,151 +268,55 @@ def train_setting(
     *,
     layout=None,
     records: int = 200,
-    record_outputs: bool = False,
+    hooks=(),
     progress_every: float | None = None,
 ):
-    """Train one configuration on ``config.seeds`` seeds at once (labels to {0, 1} for the objective).
-
-    Args:
-        setting, config: the configuration and the protocol (epochs, seeds, width, ``unroll``).
-        X, y: :func:`setting_data`.
-        layout: :class:`~ntkdyn.train.layout.SeedLayout` (``None``: all seeds vmapped).
-        records: about how many metric records to keep.
-        record_outputs: also record f(X; θ_t) on the training set (for feature responses).
-        progress_every: a progress line at most every this many seconds; ``None``: silent.
-
-    Returns:
-        :class:`ntkdyn.train.fullbatch.TrainResult` stacked over seeds, its history on the host:
-        the objective's metrics, ``acc`` and, with ``record_outputs``, ``outputs`` (S, R, n).
-    """
-    import jax
+    """The stacked ``TrainResult`` of one configuration on every seed at once
+    (:func:`ntkdyn.train.restarts.train_restarts`): about ``records`` metric records, more
+    ``hooks``, a progress line at most every ``progress_every`` s (``None``: silent)."""
     import jax.numpy as jnp
 
-    from ntkdyn.train.fullbatch import train_fullbatch
-    from ntkdyn.train.hooks import Progress
-    from ntkdyn.train.layout import SeedLayout
     from ntkdyn.train.optimizers import pytorch_optimizer
+    from ntkdyn.train.restarts import train_restarts
 
-    num_steps = config.epochs * setting.epoch_factor
+    num_steps, every = config.epochs * setting.epoch_factor, record_every(setting, config, records)
     train_keys, params0, stats0 = initial_state(setting, config)
-    log_every = max(1, num_steps // records)
-    hooks = []
-    if progress_every is not None:
-        desc = f"  {setting.name}"
-        hooks.append(Progress(log_every, total=num_steps, desc=desc, interval=progress_every))
-
-    def eval_fn(params, stats, batch):
-        return {"outputs": logits(setting, params, stats, batch[0])[0]} if record_outputs else {}
-
-    result = train_fullbatch(
-        make_loss(setting),
-        pytorch_optimizer(
-            "adam" if setting.adam else "sgd",
-            config.lr if setting.lr is None else setting.lr,
-            momentum=0.0 if setting.adam else 0.9,
-            weight_decay=setting.weight_decay,
-        ),
-        params0,
-        (jnp.asarray(X), jnp.asarray(((y + 1) / 2).astype(np.float32))),
-        keys=train_keys,
-        num_steps=num_steps,
-        model_state=stats0,
-        log_every=log_every,
-        eval_fn=eval_fn,
-        batch_axis=0,
-        layout=SeedLayout() if layout is None else layout,
-        unroll=min(config.unroll, log_every),
-        hooks=hooks,
+    lr, sgd = (config.lr if setting.lr is None else setting.lr), not setting.adam
+    optimizer = pytorch_optimizer(
+        "sgd" if sgd else "adam",
+        lr,
+        momentum=0.9 if sgd else 0.0,
+        weight_decay=setting.weight_decay,
     )
-    jax.block_until_ready(result.state.params)
-    return result._replace(history={k: np.asarray(v) for k, v in result.history.items()})
-
-
-def decision_functions(setting: Setting, state, points: np.ndarray) -> np.ndarray:
-    """(S, m) eval-mode logits of every seed's trained ``state`` at ``points`` (m, 2)."""
-    import jax
-    import jax.numpy as jnp
-
-    pts = jnp.asarray(points)
-    fn = jax.jit(jax.vmap(lambda p, s: logits(setting, p, s, pts)[0]))
-    return np.asarray(fn(state.params, state.model_state), dtype=np.float64)
+    batch = (jnp.asarray(X), jnp.asarray(((y + 1) / 2).astype(np.float32)))
+    desc = None if progress_every is None else f"  {setting.name}"
+    options = dict(log_every=every, desc=desc, progress_seconds=progress_every or 0.0)
+    options |= dict(hooks=hooks, layout=layout, unroll=min(config.unroll, every))
+    options |= dict(keys=train_keys, num_steps=num_steps, model_state=stats0)
+    return train_restarts(make_loss(setting), optimizer, params0, batch, **options).result
 
 
 def evaluate(setting: Setting, result, X, y) -> tuple[dict[str, Any], np.ndarray]:
-    """Metrics of a trained setting and its seed-averaged decision function on the figure grid.
+    """``(metrics, mean_values (100, 100))``: :func:`ntkdyn.boundary.stacked_report`, final loss,
+    epochs."""
+    from ntkdyn.boundary import stacked_report
 
-    Returns:
-        ``(metrics, mean_values)``: :func:`ntkdyn.boundary.seed_report`, the final loss and the
-        epochs; mean_values (100, 100).
-    """
-    import jax
-    import jax.numpy as jnp
+    def forward(params, stats, x):
+        return logits(setting, params, stats, x)[0]
 
-    from ntkdyn.boundary import seed_report
-
-    state = result.state
-    train_logits = jax.vmap(lambda p, s, x: logits(setting, p, s, x)[0])(
-        state.params, state.model_state, jnp.asarray(X)
-    )
-    metrics, values = seed_report(
-        lambda pts: decision_functions(setting, state, pts),
-        np.asarray(train_logits),
-        X,
-        y,
-        lim=GRID_LIM,
-        grid_size=GRID_SIZE,
-        metric_grid_size=METRIC_GRID_SIZE,
-    )
+    state, options = result.state, dict(lim=GRID_LIM, grid_size=GRID_SIZE)
+    options["metric_grid_size"] = METRIC_GRID_SIZE
+    metrics, values = stacked_report(forward, state.params, state.model_state, X, y, **options)
     history = result.history
     metrics["final_loss"] = float(history["loss"][:, -1].mean()) if history else None
     metrics["epochs"] = int(result.steps[-1]) if len(result.steps) else None
     return metrics, values
 
 
-def feature_responses_over_training(
-    setting: Setting, config: Config, result, X, y, k: int = RESPONSE_DIRECTIONS
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seed-mean z_j(t) = u_jᵀ Y (f(X; θ_t) − f(X; θ₀)) of the top-k NTK directions at θ₀.
-
-    Each seed's spectrum at θ₀ (:func:`ntkdyn.analysis.analyse` of the initial network on its
-    training set) and its measure of the outputs f(X; θ_t) recorded during training.
-
-    Returns:
-        ``(epochs (R + 1,), z (R + 1, k))`` starting at epoch 0 (z = 0).
-    """
-    import jax
-
-    from ntkdyn.analysis import analyse
-    from ntkdyn.models.mlp import DenseApply
-
-    params0 = initial_state(setting, config)[1]
-    zs = []
-    for s in range(X.shape[0]):
-        a = analyse(DenseApply(), jax.tree.map(lambda v, s=s: v[s], params0), X[s], y[s])
-        outputs = result.history["outputs"][s]
-        m = a.measure(outputs, steps=result.steps, top=k, start_at_zero=True)
-        zs.append(m.z)
-    return m.steps, np.mean(zs, axis=0)
-
-
-# --------------------------------------------------------------------------------------------------
-# The protocol: run (no files) and report (the run directory)
-
-
 class Results(NamedTuple):
-    """What :func:`run` computes, as plain values (nothing written).
-
-    Attributes:
-        config: the settings.
-        layout: the seed layout's description.
-        configs: configuration → metrics (module docstring).
-        verdict: SD's panel against the other regularizer panels.
-        values: configuration → seed-averaged decision function on the figure grid (100, 100).
-        data: configuration → seed 0's ``(X, y)``.
-        responses: main-figure configuration → ``(epochs, z)`` (:func:`feature_responses_over_training`).
-        records: metrics over training, one record per configuration, seed and record step.
-        seconds: configuration → training wall time.
-    """
+    """What :func:`run` computes, by configuration: metrics, the seed-mean decision function on the
+    figure grid, seed 0's data, the main figure's seed-mean z(t); the verdict, metrics.jsonl rows
+    and training times."""
 
     config: Config
     layout: dict[str, Any]
@@ -492,45 +330,30 @@ class Results(NamedTuple):
 
 
 def run(config: Config, *, progress_every: float | None = PROGRESS_SECONDS) -> Results:
-    """Train and evaluate the selected configurations; write nothing.
-
-    Args:
-        config: the settings (validated when built).
-        progress_every: as :func:`train_setting` (``None``: silent).
-
-    Returns:
-        :class:`Results`.
-    """
+    """Train and evaluate the selected configurations; write nothing (``progress_every``: as
+    :func:`train_setting`)."""
     layout = config.layout()
-    configs, values, data, responses, seconds = {}, {}, {}, {}, {}
-    records: list[dict[str, Any]] = []
+    configs, values, data, responses, seconds, records = {}, {}, {}, {}, {}, []
     for name in config.config:
         setting, main = SETTINGS[name], name in MAIN_FIGURE
         X, y = setting_data(setting, config)
+        opts = dict(layout=layout, records=500 if main else 200, progress_every=progress_every)
+        every = record_every(setting, config, opts["records"])
+        z = [response_hook(setting, config, X, y, every)] if main and setting.shallow else []
         start = time.perf_counter()
-        result = train_setting(
-            setting,
-            config,
-            X,
-            y,
-            layout=layout,
-            record_outputs=main,
-            records=500 if main else 200,
-            progress_every=progress_every,
-        )
+        result = train_setting(setting, config, X, y, hooks=z, **opts)
         seconds[name] = time.perf_counter() - start
         configs[name], values[name] = evaluate(setting, result, X, y)
         data[name] = (X[0], y[0])
-        if main and setting.shallow:
-            responses[name] = feature_responses_over_training(setting, config, result, X, y)
+        if z:
+            responses[name] = z[0].mean_curve()
         records += seed_records(result.history, result.steps, step_key="epoch", config=name)
         if progress_every is not None:
-            m = configs[name]
+            m, took = configs[name], seconds[name]
             print(
-                f"{name}: {m['epochs']} epochs x {config.seeds} seeds in {seconds[name]:.1f} s; "
-                f"train acc {m['train_accuracy']:.3f}, min dist "
-                f"{m['boundary_min_distance']:.3f}, line residual "
-                f"{m['boundary_line_residual']:.3f}",
+                f"{name}: {m['epochs']} epochs x {config.seeds} seeds in {took:.1f} s; train acc "
+                f"{m['train_accuracy']:.3f}, min dist {m['boundary_min_distance']:.3f}, line "
+                f"residual {m['boundary_line_residual']:.3f}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -552,6 +375,10 @@ def _verdict(configs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+COLUMNS = ("train_accuracy", "boundary_min_distance", "boundary_mean10_distance")
+COLUMNS += ("boundary_line_residual",)
+
+
 def _summary(results: Results) -> str:
     config = results.config
     spread = "mean ± std over seeds" if config.seeds > 1 else "one seed (n = 1), no spread"
@@ -564,22 +391,7 @@ def _summary(results: Results) -> str:
         "decay but the weight_decay panel's).",
         "",
     ]
-    columns = (
-        "train_accuracy",
-        "boundary_min_distance",
-        "boundary_mean10_distance",
-        "boundary_line_residual",
-    )
-
-    def cell(r, key):  # 3 significant digits of the mean; the std to the same decimals
-        mean, std = r.get(key), r.get(f"{key}_std") if config.seeds > 1 else None
-        if mean is None or not math.isfinite(mean) or mean == 0:
-            return format_mean_std(mean, std, scale=1.0, digits=3)
-        digits = max(0, 2 - math.floor(math.log10(abs(mean))))
-        return format_mean_std(mean, std, scale=1.0, digits=digits)
-
-    rows = [[name, *(cell(r, key) for key in columns)] for name, r in results.configs.items()]
-    lines += markdown_table(["configuration", *columns], rows)
+    lines += seed_table(results.configs, COLUMNS, spread=config.seeds > 1)
     if results.verdict:
         lines += ["", f"SD ({PANEL_SD}) against the other regularizer panels (Δ = +0.1):", ""]
         for key, value in results.verdict.items():
@@ -599,16 +411,8 @@ def _draw(out, values, data, responses) -> None:
 
 
 def report(results: Results, run_dir, *, quick: bool = False) -> dict[str, Any]:
-    """Write config.json, metrics.jsonl, results.json, summary.md, decision_functions.npz, figures.
-
-    Args:
-        results: what :func:`run` returned.
-        run_dir: the output folder (a path or a :class:`ntkdyn.runs.RunDir`).
-        quick: recorded in config.json (``--quick``).
-
-    Returns:
-        The dict written to results.json.
-    """
+    """Write config.json (``quick`` recorded), metrics.jsonl, results.json (returned), summary.md,
+    decision_functions.npz and the figures into ``run_dir`` (a path or a ``RunDir``)."""
     from ntkdyn.boundary import grid
     from ntkdyn.plots.moons import decision_arrays
     from ntkdyn.runs import RunDir
@@ -645,10 +449,6 @@ def _replot(path: str) -> None:
         _draw(RunDir(path), *from_decision_arrays(arrays))
 
 
-# --------------------------------------------------------------------------------------------------
-# Command line
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ntkdyn moons``: one flag per :class:`Config` field, plus the run's own."""
     parser.add_argument("--out", default="runs/moons", help="output directory")
@@ -674,11 +474,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve(args: argparse.Namespace) -> Config:
-    """The :class:`Config` of parsed arguments: the paper's (or ``quick()``), then the flags given.
-
-    Raises:
-        ConfigError: naming the field of a bad value (printed as its flag).
-    """
+    """The :class:`Config` of parsed arguments: the paper's (or ``quick()``), then the flags given
+    (ConfigError naming the field of a bad value)."""
     base = Config.quick() if args.quick else Config()
     return from_arguments(base, args)
 
@@ -687,10 +484,8 @@ def cli(args: argparse.Namespace) -> int:
     """``ntkdyn moons``: settings and ``--out`` checked, then :func:`run` and :func:`report`.
 
     Raises:
-        ConfigError: naming the flag of a bad value (unknown configuration, lr ≤ 0, epochs ≤ 0,
-            n < 2, noise < 0, an unreadable --seed-layout, ...).
-        InputError: an ``--out`` that cannot be written.
-        FileNotFoundError: ``--replot`` of a folder without a finished run.
+        ConfigError: naming the flag of a bad value; InputError: an ``--out`` that cannot be
+            written; FileNotFoundError: ``--replot`` of a folder without a finished run.
     """
     from ntkdyn.runs.files import check_writable
 

@@ -30,8 +30,9 @@ everywhere) are NaN, written as ``null`` in JSON.
 
 :func:`grid` lays out the square grid the decision function is sampled on,
 :func:`seed_metrics` reports the metrics of several seeds (each its own boundary against its own
-data) as mean and std, and :func:`seed_report` adds the training accuracy, the metrics of the
-seed-averaged decision function and that function on a figure grid.
+data) as mean and std, :func:`seed_report` adds the training accuracy, the metrics of the
+seed-averaged decision function and that function on a figure grid, and :func:`stacked_report`
+does all that for trained networks stacked over seeds.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ __all__ = [
     "grid",
     "seed_metrics",
     "seed_report",
+    "stacked_decision_fn",
+    "stacked_report",
 ]
 
 
@@ -371,3 +374,51 @@ def seed_report(
     _, _, pts = grid(grid_size, lim)
     values = np.asarray(decision_fn(pts)).reshape(S, grid_size, grid_size).mean(0)
     return metrics, values
+
+
+def stacked_decision_fn(
+    forward: Callable[..., Any], params: Any, model_state: Any
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``points (m, 2) -> (S, m)`` float64: every seed's ``forward(params, model_state, x)``.
+
+    One ``jit(vmap(forward))`` over the seed axis of the stacked ``params`` and ``model_state``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def at(points):
+        pts = jnp.asarray(points)
+        fn = jax.jit(jax.vmap(lambda p, s: forward(p, s, pts)))
+        return np.asarray(fn(params, model_state), dtype=np.float64)
+
+    return at
+
+
+def stacked_report(
+    forward: Callable[..., Any],
+    params: Any,
+    model_state: Any,
+    points: Float[np.ndarray, "S n 2"],
+    labels: Float[np.ndarray, "S n"],
+    **options: Any,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """:func:`seed_report` of S trained networks stacked over seeds.
+
+    Args:
+        forward: ``forward(params, model_state, x (m, 2)) -> (m,)`` logits of one seed (eval mode).
+        params, model_state: stacked over seeds (leading axis S; ``model_state`` may be ``None``).
+        points, labels: (S, n, 2) each seed's training points, (S, n) labels in {−1, +1}.
+        **options: :func:`seed_report`'s ``lim``, ``grid_size``, ``metric_grid_size``, ``k``.
+
+    Returns:
+        As :func:`seed_report`.
+
+    Raises:
+        ValueError: as :func:`seed_report`.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    train_logits = jax.vmap(forward)(params, model_state, jnp.asarray(points))
+    decision = stacked_decision_fn(forward, params, model_state)
+    return seed_report(decision, np.asarray(train_logits), points, labels, **options)

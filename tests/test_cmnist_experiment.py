@@ -25,6 +25,7 @@ from ntkdyn.losses import binary_cross_entropy
 from ntkdyn.settings import ConfigError
 from ntkdyn.train.hooks import Progress
 from ntkdyn.train.layout import SeedLayout, eigen_matmul_options
+from ntkdyn.train.recipes import environment_loss
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,7 +118,7 @@ def _train(name, method, batches, keys, *, log_every=10, hooks=None, **kw):
     method = dataclasses.replace(X.METHODS[name], **method)
     apply_fn, params0 = X.init_params(method, keys)
     result = train_fullbatch(
-        X.loss_fn(method, apply_fn),
+        environment_loss(method, apply_fn),
         optax.adam(method.lr),
         params0,
         batches,
@@ -278,6 +279,7 @@ def test_sharded_restarts_match_one_device(tmp_path):
         from ntkdyn.data.mnist import load_mnist
         from ntkdyn.runs import StepProgress
         from ntkdyn.train.layout import SeedLayout
+        from ntkdyn.train.recipes import environment_loss
         assert jax.local_device_count() == 4
         m = load_mnist(source="embedded")
         keys = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -290,7 +292,7 @@ def test_sharded_restarts_match_one_device(tmp_path):
         b["hp"] = {k: jnp.full((3,), v, jnp.float32) for k, v in method.coefficients().items()}
         apply_fn, params0 = X.init_params(method, keys)
         def train(layout, hooks=None):
-            return train_fullbatch(X.loss_fn(method, apply_fn), optax.adam(method.lr), params0, b,
+            return train_fullbatch(environment_loss(method, apply_fn), optax.adam(method.lr), params0, b,
                                    keys=keys, num_steps=10, log_every=5, batch_axis=0,
                                    layout=SeedLayout.parse(layout), hooks=hooks)
         one = train("vmap@1")
@@ -321,11 +323,11 @@ def test_sharded_restarts_match_one_device(tmp_path):
 def test_experiment_contract_and_determinism(tmp_path):
     kw = dict(
         methods=X.METHODS,
-        restarts=2,
+        seeds=2,
         data_source="embedded",
-        max_images=240,
+        n=240,
         step_divisor=20,
-        spectrum_k=4,
+        top=4,
         log_every=5,
     )
     res = X.run_experiment(X.Config(**kw), tmp_path / "a", verbose=False)
@@ -359,7 +361,10 @@ def test_experiment_contract_and_determinism(tmp_path):
     assert set(res["responses"]) == {"ERM", "SD"}
     config = json.loads((a / "config.json").read_text())
     assert config["compiler_options"] == eigen_matmul_options()
-    assert config["layout"] == X.Config().layout().describe() and config["seed_layout"] == "auto"
+    assert (
+        config["layout"] == X.Config().restarts().layout().describe()
+        and config["seed_layout"] == "auto"
+    )
     summary = (a / "summary.md").read_text()
     assert (
         "embedded" in summary
@@ -380,22 +385,29 @@ def test_split_restarts_merge_into_one_run(tmp_path, capsys):
     kw = dict(
         methods=("sd", "oracle"),
         data_source="embedded",
-        max_images=240,
+        n=240,
         step_divisor=20,
-        spectrum_k=4,
+        top=4,
         log_every=5,
     )
     for stream in ("data", "init"):  # restart r keeps its keys whichever run trains it
         np.testing.assert_array_equal(
-            X.restart_keys(0, stream, 2, 1), X.restart_keys(0, stream, 0, 3)[2:]
+            X.Config(seeds=1, first_seed=2).restarts().keys(stream),
+            X.Config(seeds=3).restarts().keys(stream)[2:],
         )
-    whole = X.run_experiment(X.Config(restarts=3, **kw), tmp_path / "whole", verbose=False)
-    X.run_experiment(X.Config(restarts=2, **kw), tmp_path / "a", verbose=False)
-    X.run_experiment(X.Config(restarts=1, first_restart=2, **kw), tmp_path / "b", verbose=False)
+    whole = X.run_experiment(X.Config(seeds=3, **kw), tmp_path / "whole", verbose=False)
+    X.run_experiment(X.Config(seeds=2, **kw), tmp_path / "a", verbose=False)
+    X.run_experiment(X.Config(seeds=1, first_seed=2, **kw), tmp_path / "b", verbose=False)
     assert "Restarts: 1 (restarts 2–2)" in (tmp_path / "b" / "summary.md").read_text()
+    cfg_b = tmp_path / "b" / "config.json"  # a run recorded before the flags were renamed
+    old = {new: old for old, new in X.RENAMED.items()}
+    cfg_b.write_text(
+        json.dumps({old.get(k, k): v for k, v in json.loads(cfg_b.read_text()).items()})
+    )
+    assert "first_restart" in json.loads(cfg_b.read_text())
     dirs = [str(tmp_path / "b"), str(tmp_path / "a")]  # any order
     assert main(["cmnist", "--merge", *dirs, "--out", str(tmp_path / "m")]) == 0
-    assert "3 restarts" in capsys.readouterr().out
+    assert "3 seeds" in capsys.readouterr().out
     merged = json.loads((tmp_path / "m" / "results.json").read_text())
     assert merged["data"] == whole["data"]
     for m, w in whole["methods"].items():
@@ -421,7 +433,7 @@ def test_split_restarts_merge_into_one_run(tmp_path, capsys):
             "loss"
         ] == pytest.approx(b["loss"], rel=1e-4)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["restarts"] == 3 and [p["first_restart"] for p in config["merged_from"]] == [0, 2]
+    assert config["seeds"] == 3 and [p["first_seed"] for p in config["merged_from"]] == [0, 2]
     for f in (
         "summary.md",
         "cmnist_probe.png",
@@ -440,18 +452,16 @@ def test_merge_bad_input(tmp_path, capsys):
     kw = dict(
         methods=("oracle",),
         data_source="embedded",
-        max_images=240,
+        n=240,
         step_divisor=20,
-        spectrum_k=0,
+        top=0,
         log_every=5,
     )
-    X.run_experiment(X.Config(restarts=2, **kw), tmp_path / "a", verbose=False)
+    X.run_experiment(X.Config(seeds=2, **kw), tmp_path / "a", verbose=False)
+    X.run_experiment(X.Config(seeds=2, first_seed=1, **kw), tmp_path / "overlap", verbose=False)
+    X.run_experiment(X.Config(seeds=1, first_seed=3, **kw), tmp_path / "gap", verbose=False)
     X.run_experiment(
-        X.Config(restarts=2, first_restart=1, **kw), tmp_path / "overlap", verbose=False
-    )
-    X.run_experiment(X.Config(restarts=1, first_restart=3, **kw), tmp_path / "gap", verbose=False)
-    X.run_experiment(
-        X.Config(restarts=1, first_restart=2, seed=1, **kw),
+        X.Config(seeds=1, first_seed=2, seed=1, **kw),
         tmp_path / "seed1",
         verbose=False,
     )
@@ -473,19 +483,19 @@ def test_merge_bad_input(tmp_path, capsys):
         assert "merge" in err and match in err and len(err.strip().splitlines()) == 1, err
         if match != "--out":
             assert not out.exists()  # nothing written
-    with pytest.raises(ConfigError, match="first_restart"):
-        X.Config(first_restart=-1)
+    with pytest.raises(ConfigError, match="first_seed"):
+        X.Config(first_seed=-1)
 
 
 def test_sweep_selects_by_validation(tmp_path):
     cfg = X.Config(
         methods=("oracle",),
-        restarts=2,
+        seeds=2,
         data_source="embedded",
-        max_images=240,
+        n=240,
         step_divisor=20,
         sweep=True,
-        spectrum_k=0,
+        top=0,
     )
     res = X.run_experiment(cfg, tmp_path, verbose=False)
     r = res["methods"]["oracle"]
@@ -501,10 +511,9 @@ def test_sweep_selects_by_validation(tmp_path):
 
 def test_cli_bad_input(tmp_path, capsys):
     assert (
-        main(["cmnist", "--restarts", "0", "--data-source", "embedded", "--out", str(tmp_path)])
-        == 2
+        main(["cmnist", "--seeds", "0", "--data-source", "embedded", "--out", str(tmp_path)]) == 2
     )
-    assert "--restarts:" in capsys.readouterr().err  # the flag the user typed
+    assert "--seeds:" in capsys.readouterr().err  # the flag the user typed
     out = tmp_path / "out"
     assert main(["cmnist", "--data-dir", str(tmp_path / "missing"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -514,10 +523,10 @@ def test_cli_bad_input(tmp_path, capsys):
     cases = [
         (["--methods", "dro"], "--methods:"),
         (["--seed-layout", "vmap:0"], "--seed-layout:"),
-        (["--max-images", "5"], "--max-images:"),
-        (["--spectrum-k", "-1"], "--spectrum-k:"),
-        (["--spectrum-k", "1"], "--spectrum-k:"),
-        (["--max-images", "24", "--spectrum-k", "30"], "--spectrum-k:"),  # > 20 training images
+        (["--n", "5"], "--n:"),
+        (["--top", "-1"], "--top:"),
+        (["--top", "1"], "--top:"),
+        (["--n", "24", "--top", "30"], "--top:"),  # > 20 training images
         (["--sd.coef", "-1"], "--sd.coef:"),  # per-method settings: dotted flags
         (["--irm.penalty-weight", "-1"], "--irm.penalty-weight:"),
         (["--sd.lr", "0"], "--sd.lr:"),
@@ -533,12 +542,29 @@ def test_cli_bad_input(tmp_path, capsys):
         X.Config(cpu_matmul="mkl")
 
 
+def test_deprecated_flags_set_the_new_fields(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ntkdyn cmnist")
+    X.configure(parser)
+    old = ["--restarts", "3", "--first-restart", "4", "--max-images", "240", "--spectrum-k", "6"]
+    new = ["--seeds", "3", "--first-seed", "4", "--n", "240", "--top", "6"]
+    for flags in (old, new):
+        config = X.from_arguments(X.Config(), parser.parse_args(flags))
+        assert (config.seeds, config.first_seed, config.n, config.top) == (3, 4, 240, 6)
+    err = capsys.readouterr().err
+    assert "--restarts is deprecated; use --seeds" in err and "--spectrum-k" in err
+    assert X.from_arguments(X.Config(), parser.parse_args(["--max-images", "none"])).n is None
+
+
 def test_cli_help(capsys):
     with pytest.raises(SystemExit):
         main(["cmnist", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--methods", "--restarts", "--data-dir", "--out", "--quick", "--seed-layout"):
+    for flag in ("--methods", "--seeds", "--first-seed", "--n", "--top", "--data-dir", "--out"):
         assert flag in out
+    for old in ("--restarts", "--first-restart", "--max-images", "--spectrum-k"):
+        assert old not in out  # deprecated spellings: accepted, hidden
     for flag in ("--sd.coef", "--irm.penalty-weight", "--vrex.penalty-weight", "--irm.l2"):
         assert flag in out  # one flag per coefficient, named as the objective's field
     for flag in ("--sd.steps", "--irm.lr", "--oracle.hidden", "--sd.anneal-steps"):
@@ -559,7 +585,7 @@ def test_cli_quick_under_two_minutes(tmp_path):
 @pytest.mark.slow
 def test_sd_beats_erm_on_embedded_subset(tmp_path):
     """Published hyperparameters on the 5k subset: SD's test accuracy is far above ERM's."""
-    cfg = X.Config(methods=("erm", "sd"), restarts=3, data_source="embedded", spectrum_k=0)
+    cfg = X.Config(methods=("erm", "sd"), seeds=3, data_source="embedded", top=0)
     res = X.run_experiment(cfg, tmp_path, verbose=False)
     erm, sd = res["methods"]["erm"], res["methods"]["sd"]
     assert erm["test_acc_mean"] < 0.5 and erm["train_acc_mean"] > 0.85

@@ -13,7 +13,7 @@ import optax
 import pytest
 from conftest import tol
 
-from ntkdyn.train.fullbatch import train_fullbatch
+from ntkdyn.train.fullbatch import classifier_loss, train_fullbatch
 from ntkdyn.train.layout import SeedAxis, SeedLayout, eigen_matmul_options
 
 N, D, H, S = 24, 3, 16, 3
@@ -185,7 +185,7 @@ SHARD_SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, {tests!r})
     import test_fullbatch as T
-    from ntkdyn.train.fullbatch import train_fullbatch
+    from ntkdyn.train.fullbatch import classifier_loss, train_fullbatch
     from ntkdyn.train.layout import SeedAxis, SeedLayout
     assert jax.local_device_count() == 4, jax.local_devices()
     assert SeedLayout.local().devices == tuple(jax.local_devices())
@@ -296,3 +296,24 @@ def test_eigen_matmul_options(problem):
     ):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a.history["out"], b.history["out"], rtol=1e-5, atol=1e-6)
+
+
+def test_classifier_loss_is_the_objective_plus_the_accuracy():
+    from ntkdyn.objectives import ERM
+
+    w = jnp.asarray([1.0, -2.0])
+    x = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.5]])
+    y01 = jnp.asarray([1.0, 0.0, 1.0, 1.0])  # f = 1, -2, -1, 1: the third is wrong
+    seen = {}
+
+    def forward(params, state, x, *, train, key):
+        seen.update(train=train, key=key)
+        return x @ params, state
+
+    loss_fn = classifier_loss(forward, ERM(l2=0.5))
+    value, (state, metrics) = loss_fn(w, "stats", (x, y01), jnp.int32(0), "k")
+    f = x @ w
+    nll = jnp.mean(jnp.logaddexp(0.0, -(2 * y01 - 1) * f))
+    np.testing.assert_allclose(value, nll + 0.5 * jnp.sum(w**2), rtol=1e-6)
+    assert state == "stats" and seen == {"train": True, "key": "k"}
+    assert float(metrics["acc"]) == pytest.approx(0.75)

@@ -18,6 +18,7 @@ from ntkdyn.train.hooks import (
     Progress,
     Record,
     ResponseRecorder,
+    SeedResponses,
     check_hooks,
     chunk_steps,
     every,
@@ -167,3 +168,27 @@ def test_response_recorder_picks_one_seed_of_stacked_params(data):
     np.testing.assert_array_equal(curve["z"][0], 0.0)
     np.testing.assert_allclose(curve["z"][1], want, rtol=1e-6)
     assert 0.0 < float(curve["captured"]) <= 1.0 + 1e-9
+
+
+def test_seed_responses_measure_each_seed_against_its_own_spectrum(data):
+    from ntkdyn.tangent import feature_spectrum
+
+    x, y, _, params = data
+    xs = jnp.stack([x, -x, 2 * x])  # each seed its own data
+    ys = jnp.stack([y, y, 1 - y])
+    hook = SeedResponses(5, _apply, params, xs, ys, top=2)
+    moved = [jax.tree_util.tree_map(lambda a, c=c: a * c, params) for c in (1.05, 1.2)]
+    for step, p in zip((5, 10), moved, strict=True):
+        hook(Record(step=step, params=p))
+    steps, z = hook.mean_curve()
+    np.testing.assert_array_equal(steps, [0, 5, 10])
+    assert z.shape == (3, 2) and np.all(z[0] == 0)
+    want = []
+    for s in range(S):
+        p0 = jax.tree_util.tree_map(lambda a, s=s: a[s], params)
+        U = feature_spectrum(_apply, p0, xs[s], ys[s]).U[:, :2]
+        pT = jax.tree_util.tree_map(lambda a, s=s: a[s], moved[-1])
+        want.append(feature_responses(_apply, p0, pT, xs[s], ys[s], U))
+    np.testing.assert_allclose(z[-1], np.mean(want, axis=0), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="top"):
+        SeedResponses(5, _apply, params, xs, ys, top=0)

@@ -12,8 +12,11 @@ from ntkdyn.models.mlp import (
     DenseApply,
     ModuleApply,
     init_mlp,
+    init_mlp_seeds,
+    init_mlp_stacked,
     init_mlp_uniform,
     mlp_apply,
+    mlp_logits,
     pure,
     shallow_relu,
     xavier_uniform,
@@ -300,3 +303,47 @@ def test_mlp_apply_names_the_missing_argument(key, kwargs, match):
     params, _ = init_mlp_uniform(key, 2, [4], batch_norm=kwargs.pop("batch_norm", False))
     with pytest.raises(ValueError, match=match):
         mlp_apply(params, jnp.ones((3, 2)), **kwargs)
+
+
+def test_init_mlp_seeds_does_not_depend_on_the_number_of_seeds(key):
+    keys3, p3, s3 = init_mlp_seeds(key, 3, 2, [5, 5], batch_norm=True)
+    keys1, p1, _ = init_mlp_seeds(key, 1, 2, [5, 5], batch_norm=True)
+    for a, b in zip(jax.tree_util.tree_leaves(p3), jax.tree_util.tree_leaves(p1), strict=True):
+        np.testing.assert_array_equal(a[:1], b)
+    np.testing.assert_array_equal(jax.random.key_data(keys3[:1]), jax.random.key_data(keys1))
+    k0 = jax.random.fold_in(jax.random.fold_in(key, 2), 0)  # seed 2's initialisation key
+    ref, _ = init_mlp_uniform(k0, 2, [5, 5], batch_norm=True)
+    np.testing.assert_array_equal(p3["linears"][1]["kernel"][2], ref["linears"][1]["kernel"])
+    assert s3["norms"][0]["var"].shape == (3, 5)
+    assert init_mlp_seeds(key, 2, 2, [4])[2] is None  # no batch norm: no statistics
+    with pytest.raises(ValueError, match="seeds"):
+        init_mlp_seeds(key, 0, 2, [4])
+
+
+def test_init_mlp_stacked_equals_one_init_per_key(key):
+    keys = jax.random.split(key, 3)
+    apply_fn, params = init_mlp_stacked(keys, 4, [6, 6], xavier_uniform)
+    x = jax.random.normal(key, (5, 4))
+    for i in range(3):
+        fn, ref = init_mlp(keys[i], 4, [6, 6], 1, kernel_init=xavier_uniform)
+        one = jax.tree_util.tree_map(lambda a, i=i: a[i], params)
+        np.testing.assert_allclose(apply_fn(one, x), fn(ref, x), rtol=1e-6)
+
+
+def test_mlp_logits_fast_path_equals_mlp_apply(key):
+    params, _ = init_mlp_uniform(key, 2, [7])
+    x = jax.random.normal(jax.random.key(3), (9, 2))
+    fast, stats = mlp_logits(params, x, train=True)
+    assert fast.shape == (9,) and stats is None
+    np.testing.assert_allclose(fast, mlp_apply(params, x, train=True)[0][:, 0], rtol=1e-6)
+    g_fast = jax.grad(lambda p: jnp.sum(mlp_logits(p, x, train=True)[0] ** 2))(params)
+    g_ref = jax.grad(lambda p: jnp.sum(mlp_apply(p, x)[0] ** 2))(params)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_ref), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    bn, bn_stats = init_mlp_uniform(key, 2, [7], batch_norm=True)
+    out, new = mlp_logits(bn, x, batch_stats=bn_stats, train=True, momentum=0.9)
+    ref, ref_new = mlp_apply(bn, x, batch_stats=bn_stats, train=True, momentum=0.9)
+    np.testing.assert_allclose(out, ref[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(new["norms"][0]["mean"], ref_new["norms"][0]["mean"], rtol=1e-6)

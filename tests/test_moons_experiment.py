@@ -9,6 +9,7 @@ import pytest
 from ntkdyn.experiments import moons
 
 from ntkdyn import cli
+from ntkdyn.boundary import stacked_decision_fn
 from ntkdyn.models.mlp import DenseApply, init_mlp_uniform, mlp_apply
 from ntkdyn.objectives import SpectralDecoupling
 
@@ -95,9 +96,13 @@ def test_training_matches_a_pytorch_loop(name):
             atol=2e-5,
         )
     net.eval()
+
+    def forward(params, stats, x):
+        return moons.logits(setting, params, stats, x)[0]
+
     with torch.no_grad():
         np.testing.assert_allclose(
-            moons.decision_functions(setting, tr.state, data[0][0])[0],
+            stacked_decision_fn(forward, tr.state.params, tr.state.model_state)(data[0][0])[0],
             net(X)[:, 0].numpy(),
             rtol=1e-3,
             atol=1e-4,
@@ -110,8 +115,9 @@ def test_feature_responses_match_the_tangent_library():
     config = moons.Config(seeds=2, epochs=40, n=40, hidden=24)
     setting = moons.SETTINGS["sd"]
     X, Y = moons.setting_data(setting, config)
-    tr = moons.train_setting(setting, config, X, Y, records=4, record_outputs=True)
-    epochs, z = moons.feature_responses_over_training(setting, config, tr, X, Y, k=5)
+    hook = moons.response_hook(setting, config, X, Y, moons.record_every(setting, config, 4), k=5)
+    tr = moons.train_setting(setting, config, X, Y, records=4, hooks=[hook])
+    epochs, z = hook.mean_curve()
     np.testing.assert_array_equal(epochs, [0, 10, 20, 30, 40])
     assert z.shape == (5, 5) and np.all(z[0] == 0)
     params0 = moons.initial_state(setting, config)[1]

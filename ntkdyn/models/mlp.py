@@ -28,6 +28,7 @@ The theory sees a network only as a pure function ``apply_fn(params, x)`` over a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,8 +44,11 @@ __all__ = [
     "ModuleApply",
     "pure",
     "init_mlp",
+    "init_mlp_seeds",
+    "init_mlp_stacked",
     "init_mlp_uniform",
     "mlp_apply",
+    "mlp_logits",
     "shallow_relu",
     "he_normal",
     "xavier_uniform",
@@ -347,6 +351,29 @@ def init_mlp(
 # The MLP as a pure function of params, batch-norm statistics and a dropout key
 
 
+def init_mlp_stacked(
+    keys: Array,
+    in_features: int,
+    hidden: Sequence[int],
+    kernel_init: Initializer,
+    out_features: int = 1,
+) -> tuple[Callable, Any]:
+    """``(apply_fn, params)``: :func:`init_mlp` once per key, the parameters stacked (axis S).
+
+    Args:
+        keys: (S,) typed or (S, 2) raw PRNG keys, one per network.
+        in_features, hidden, kernel_init, out_features: as :func:`init_mlp` (zero biases).
+
+    Returns:
+        The pure ``apply_fn(params, x)`` of one network and the stacked parameters.
+    """
+    apply_fn, _ = init_mlp(keys[0], in_features, hidden, out_features, kernel_init=kernel_init)
+    init = jax.vmap(
+        lambda k: init_mlp(k, in_features, hidden, out_features, kernel_init=kernel_init)[1]
+    )
+    return apply_fn, init(keys)
+
+
 def init_mlp_uniform(
     key: PRNGKeyArray,
     in_features: int,
@@ -490,6 +517,96 @@ def mlp_apply(
     out = h @ W if b is None else h @ W + b
     new_stats = {"norms": new_norms} if (train and norms is not None) else batch_stats
     return out, new_stats
+
+
+def mlp_logits(
+    params: Any,
+    x: Float[Array, "n d"],
+    *,
+    batch_stats: Any = None,
+    train: bool = False,
+    key: PRNGKeyArray | None = None,
+    dropout_rate: float = 0.0,
+    **options: Any,
+) -> tuple[Float[Array, " n"], Any]:
+    """``(f (n,), new_batch_stats)``: a one-logit :func:`mlp_apply`, the fast path where it exists.
+
+    In train mode a network of one hidden ReLU layer without batch norm or dropout goes through
+    :func:`shallow_relu` (the same function, a gradient that needs only the activation pattern);
+    everything else through :func:`mlp_apply`.
+
+    Args:
+        params, x, batch_stats, train, key, dropout_rate: as :func:`mlp_apply`.
+        **options: the rest of :func:`mlp_apply` (e.g. PyTorch's batch norm, ``momentum=0.9,
+            unbiased_running_var=True``).
+
+    Returns:
+        ``(logits (n,), new_batch_stats)``.
+
+    Raises:
+        ValueError: as :func:`mlp_apply` or :func:`shallow_relu`.
+    """
+    shallow = len(params["linears"]) == 2 and "norms" not in params and not dropout_rate
+    if shallow and train:
+        hidden, out = params["linears"][0], params["linears"][1]
+        f = shallow_relu(hidden["kernel"], hidden["bias"], out["kernel"], out["bias"], x)
+        return f, batch_stats
+    out, new_stats = mlp_apply(
+        params,
+        x,
+        batch_stats=batch_stats,
+        train=train,
+        key=key,
+        dropout_rate=dropout_rate,
+        **options,
+    )
+    return out[:, 0], new_stats
+
+
+@functools.cache
+def _seeded_init(seeds: int, in_features: int, hidden: tuple[int, ...], batch_norm: bool):
+    @jax.jit
+    def initial(base):
+        seed_keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.arange(seeds))
+        init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys)
+        train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
+        params0, stats0 = jax.vmap(
+            lambda k: init_mlp_uniform(k, in_features, list(hidden), batch_norm=batch_norm)
+        )(init_keys)
+        return train_keys, params0, stats0
+
+    return initial
+
+
+def init_mlp_seeds(
+    key: PRNGKeyArray,
+    seeds: int,
+    in_features: int,
+    hidden: Sequence[int],
+    *,
+    batch_norm: bool = False,
+) -> tuple[Array, dict[str, Any], dict[str, Any] | None]:
+    """``(train_keys, params0, batch_stats0)`` of ``seeds`` one-logit networks, stacked (axis S).
+
+    Seed s initialises (:func:`init_mlp_uniform`) from ``fold_in(fold_in(key, s), 0)`` and trains
+    with ``fold_in(fold_in(key, s), 1)``, so seed s is the same whatever the number of seeds; one
+    compiled call per architecture, shared by every caller of that shape.
+
+    Args:
+        key: the root PRNG key.
+        seeds: S ≥ 1.
+        in_features, hidden, batch_norm: as :func:`init_mlp_uniform` (one output).
+
+    Returns:
+        ``(train_keys (S,), params0, batch_stats0)``, each stacked over seeds.
+
+    Raises:
+        ValueError: naming ``seeds`` when not an integer ≥ 1, or as :func:`init_mlp_uniform`.
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds: expected an integer >= 1, got {seeds!r}")
+    hidden = tuple(_check_widths(in_features, hidden, 1))
+    return _seeded_init(seeds, int(in_features), hidden, bool(batch_norm))(key)
 
 
 # --------------------------------------------------------------------------------------------------

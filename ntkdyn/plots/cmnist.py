@@ -9,6 +9,7 @@ import numpy as np
 
 __all__ = [
     "PROBE_INPUTS",
+    "cmnist_figures",
     "probe_figure",
     "feature_response_figure",
     "starvation_figure",
@@ -240,3 +241,31 @@ def starvation_figure(matrices: Mapping[str, np.ndarray], *, max_abs: float | No
     axes[0, 0].set_ylabel("j (response z_j*)")
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, pad=0.03, label="∂z_j* / ∂s_i")
     return fig
+
+
+def cmnist_figures(
+    probe: Mapping[str, Mapping[str, Mapping[str, float]]],
+    examples: Mapping[str, np.ndarray],
+    curves: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    starvation: Mapping[str, Mapping[str, object]] | None = None,
+) -> dict[str, object]:
+    """A Colored MNIST run's figures by file stem: the probe, and z(t) and starvation when given.
+
+    Args:
+        probe, examples: as :func:`probe_figure`.
+        curves: as :func:`feature_response_figure` (``None`` or empty: no such figure).
+        starvation: objective name → its entry with ``lam`` and ``matrix`` (results.json's
+            ``starvation``); drawn only with ``curves`` and when every entry has a matrix.
+
+    Returns:
+        ``{"cmnist_probe": fig, ...}``: also ``cmnist_feature_responses_over_training`` and
+        ``cmnist_starvation_matrix`` when drawn.
+    """
+    figures: dict[str, object] = {}
+    if curves:
+        figures["cmnist_feature_responses_over_training"] = feature_response_figure(curves)
+    figures["cmnist_probe"] = probe_figure(probe, examples)
+    if curves and starvation and all("matrix" in v for v in starvation.values()):
+        panels = {f"{k.upper()}, λ = {v['lam']:.3g}": v["matrix"] for k, v in starvation.items()}
+        figures["cmnist_starvation_matrix"] = starvation_figure(panels)
+    return figures

@@ -125,6 +125,7 @@ def merge_runs(
     check: Callable[[Path, dict[str, Any]], None] | None = None,
     first_key: str = "first_restart",
     count_key: str = "restarts",
+    renamed: Mapping[str, str] | None = None,
     command: str = "ntkdyn",
 ) -> MergedRun:
     """Join runs of one protocol over disjoint, contiguous restart ranges into one run directory.
@@ -153,6 +154,8 @@ def merge_runs(
         copy: files copied from the first run (e.g. a figure of one restart).
         check: ``check(path, config)`` raising ``ValueError`` for a run that cannot be merged.
         first_key, count_key: the config.json entries of the restart range.
+        renamed: former config.json keys → their names now (runs recorded before a rename join
+            runs recorded after it).
         command: the command named in errors (``"ntkdyn cmnist"``).
 
     Returns:
@@ -182,6 +185,7 @@ def merge_runs(
             ) from exc
         except json.JSONDecodeError as exc:
             raise InputError(f"merge: {d}: unreadable run file ({exc})") from exc
+        cfg = {(renamed or {}).get(k, k): v for k, v in cfg.items()}
         if check is not None:
             check(d, cfg)
         parts.append(RunPart(d, cfg, res, int(cfg.get(first_key, 0)), int(cfg[count_key])))
@@ -237,6 +241,30 @@ def merge_runs(
         if (p0.path / name).is_file():
             shutil.copyfile(p0.path / name, run_dir.file(name))
     return MergedRun(run_dir, config, results, parts)
+
+
+def refuse(key: str, why: str) -> Callable[[Path, dict[str, Any]], None]:
+    """A :func:`merge_runs` ``check`` refusing runs whose config.json has ``key`` set (truthy).
+
+    Args:
+        key: the config.json entry.
+        why: the rest of the message, e.g. ``"is a --sweep run; merge published runs only"``.
+
+    Returns:
+        ``check(path, config)``, raising :class:`ntkdyn.errors.InputError` ``merge: PATH WHY``.
+    """
+
+    def check(path: Path, config: dict[str, Any]) -> None:
+        if config.get(key):
+            raise InputError(f"merge: {path} {why}")
+
+    return check
+
+
+def merged_from(parts: Sequence[RunPart], unit: str = "restarts") -> str:
+    """The summary's closing line: ``Merged from `a` (restarts 0–4), `b` (restarts 5–9).``"""
+    text = ", ".join(f"`{p.path}` ({unit} {p.first}–{p.first + p.count - 1})" for p in parts)
+    return f"Merged from {text}."
 
 
 def seed_records(

@@ -9,7 +9,11 @@
   (mean ± std, or the sweep and its training-domain selection);
 * :func:`results_header`: a summary's title, data, restarts, selection and the accuracies beside
   the published ones;
-* :func:`probe_table`, :func:`sweep_table`: the Markdown tables of a probe and of sweeps.
+* :func:`probe_table`, :func:`sweep_table`: the Markdown tables of a probe and of sweeps;
+* :func:`protocol_summary`: a protocol's whole summary.md from those pieces;
+* :func:`seed_table`: per-configuration metrics, mean ± std over seeds to 3 significant digits;
+* :func:`measured_theory`: a measured spectrum, its starvation matrices and the measured responses
+  as results.json entries; :data:`STARVATION_NOTE`, the summary's reading of them.
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ import numpy as np
 __all__ = [
     "grid_results",
     "history_records",
+    "measured_theory",
     "probe_table",
+    "protocol_summary",
     "results_header",
+    "seed_table",
+    "significant",
     "starvation_lines",
     "sweep_table",
     "theory_starvation",
@@ -93,6 +101,52 @@ def theory_starvation(
         field, lam = theory_lam(objective, num_examples=num_examples)
         out[name] = {**starvation_summary(spectrum, lam, field), "lam_source": source}
     return out
+
+
+#: Where the theory holds and where it breaks on Colored MNIST (``{anneal}``: SD's annealing step).
+STARVATION_NOTE = (
+    "Where the theory holds and where it breaks: SD's fixed point does not depend on s (its matrix "
+    "is rounding noise), so SD predicts no starvation on any spectrum; CE's coupling is of order "
+    "λ/s_j², tiny at this λ, and the 25 % label noise keeps the fixed point of both losses near the "
+    "unregularized logistic fit on the k directions. The theory is gradient descent on the "
+    "linearized network from z = 0; the run is Adam (per-parameter steps, no fixed kernel) with "
+    "large steps, and the network leaves the linear regime: the share of Δf the directions at θ₀ "
+    "hold (above) measures how far. SD's published annealing makes its loss c·(ℓ + mean f²) from "
+    "step {anneal} on, the theory's λ = 2 (coefficient 1), not λ = 2c: the responses are pulled "
+    "back then."
+)
+
+
+def measured_theory(
+    report: Any,
+    objectives: Mapping[str, tuple[Any, str]],
+    curves: Mapping[str, Mapping[str, Any]],
+    *,
+    method: str = "matrix-free truncated SVD of YΦ at θ₀ (ntkdyn.feature_spectrum, k)",
+    **spectrum: Any,
+) -> dict[str, Any]:
+    """results.json's ``spectrum``, ``starvation`` and ``responses`` of a measured spectrum.
+
+    Args:
+        report: the truncated SVD of YΦ at θ₀ (:class:`ntkdyn.TruncatedSVD`: ``U`` (n, k), ``s``).
+        objectives: as :func:`theory_starvation` (n = the rows of ``report.U``).
+        curves: label → a run's curves with ``z`` (T, k) and ``captured``.
+        method: how the spectrum was found (recorded).
+        **spectrum: more entries of the spectrum record (e.g. ``seconds``).
+
+    Returns:
+        ``{"spectrum": svd_report, "starvation": ..., "responses": {label: {z_final, captured}}}``.
+    """
+    from ntkdyn.runs.report import svd_report
+
+    n = int(np.shape(report.U)[0])
+    return {
+        "spectrum": svd_report(report, method=method, **spectrum),
+        "starvation": theory_starvation(report.U, report.s, objectives, num_examples=n),
+        "responses": {
+            m: {"z_final": c["z"][-1], "captured": float(c["captured"])} for m, c in curves.items()
+        },
+    }
 
 
 def starvation_lines(
@@ -281,3 +335,97 @@ def results_header(
         "",
         note,
     ]
+
+
+def protocol_summary(
+    title: str,
+    results: Mapping[str, Any],
+    published: Mapping[str, Mapping[str, Any]],
+    *,
+    labels: Mapping[str, str],
+    coefficients: Mapping[str, Sequence[str]],
+    seeds: int,
+    first_seed: int = 0,
+    seed: int = 0,
+    step_divisor: int = 1,
+    note: str = "",
+    probe: tuple[str, str, Sequence[str], Sequence[str]] | None = None,
+    theory: str = "",
+    figures: str = "",
+) -> str:
+    """A protocol's summary.md: header and accuracies, probe, sweeps, the theory, the figures.
+
+    Args:
+        title, results, published, labels, note: as :func:`results_header`.
+        coefficients: name → the hyperparameters shown in the sweep table.
+        seeds, first_seed, seed, step_divisor: the seeds run (:func:`results_header`'s restarts).
+        probe: ``(heading, note, inputs, header)`` of the probe section (:func:`probe_table`), or
+            ``None`` for none.
+        theory: a paragraph under the starvation section (shown when ``results`` has one).
+        figures: the closing line naming the figures.
+
+    Returns:
+        The Markdown text, ending in a newline.
+    """
+    methods = results["methods"]
+    lines = results_header(
+        title,
+        results,
+        published,
+        labels=labels,
+        restarts=seeds,
+        first_restart=first_seed,
+        seed=seed,
+        step_divisor=step_divisor,
+        note=note,
+    )
+    if probe is not None:
+        heading, probe_note, inputs, header = probe
+        lines += ["", f"## {heading}", "", probe_note, ""]
+        lines += probe_table(methods, published, inputs, labels=labels, header=header)
+    lines += sweep_table(methods, coefficients, labels=labels)
+    if "starvation" in results:
+        lines += ["", "## Feature responses and the theory's starvation matrix", ""]
+        lines += starvation_lines(results["spectrum"], results["starvation"], results["responses"])
+        lines += ["", theory] if theory else []
+    lines += ["", figures] if figures else []
+    return "\n".join([*lines, ""])
+
+
+def significant(mean: float | None, std: float | None = None, digits: int = 3) -> str:
+    """``mean ± std`` with ``digits`` significant digits of the mean, the std to the same decimals.
+
+    ``"—"`` for a missing mean; a zero or non-finite mean is shown with ``digits`` decimals.
+    """
+    import math
+
+    from ntkdyn.runs.report import format_mean_std
+
+    if mean is None or not math.isfinite(mean) or mean == 0:
+        return format_mean_std(mean, std, scale=1.0, digits=digits)
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(mean))))
+    return format_mean_std(mean, std, scale=1.0, digits=decimals)
+
+
+def seed_table(
+    rows: Mapping[str, Mapping[str, Any]],
+    columns: Sequence[str],
+    *,
+    spread: bool,
+    first: str = "configuration",
+) -> list[str]:
+    """A Markdown table of per-row metrics: :func:`significant` of ``KEY`` (± ``KEY_std``).
+
+    Args:
+        rows: row name → metrics with ``KEY`` and, for the spread, ``KEY_std``.
+        columns: the metric keys shown.
+        spread: show the std (several seeds) or the mean alone.
+        first: the first column's title.
+    """
+    from ntkdyn.runs.report import markdown_table
+
+    def cell(r, key):
+        return significant(r.get(key), r.get(f"{key}_std") if spread else None)
+
+    body = [[name, *(cell(r, key) for key in columns)] for name, r in rows.items()]
+    return markdown_table([first, *columns], body)

@@ -73,6 +73,7 @@ from ntkdyn.train.layout import SeedAxis, SeedLayout
 __all__ = [
     "TrainState",
     "TrainResult",
+    "classifier_loss",
     "evaluate_seeds",
     "train_fullbatch",
 ]
@@ -464,3 +465,28 @@ def evaluate_seeds(fn: Callable[..., Any], *stacked: PyTree) -> dict[str, np.nda
     """
     out = jax.jit(jax.vmap(fn))(*stacked)
     return jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float64), out)
+
+
+def classifier_loss(forward: Callable[..., Any], objective: Any) -> LossFn:
+    """The ``loss_fn`` of a one-logit classifier on ``batch = (x, y01)``: the objective, and ``acc``.
+
+    ``forward(params, model_state, x, train=True, key=key) -> (f (n,), new_model_state)``; the
+    objective (:class:`ntkdyn.objectives.Objective`) sees the step and the params (an annealed
+    penalty, an l2 term); the metrics are the objective's and the accuracy mean(y f > 0), y = 2y01 − 1.
+
+    Args:
+        forward: the network in train mode (dropout key, batch-norm statistics).
+        objective: the training objective on labels in {0, 1}.
+
+    Returns:
+        ``loss_fn(params, model_state, batch, step, key) -> (loss, (model_state, metrics))``.
+    """
+
+    def loss_fn(params, model_state, batch, step, key):
+        x, y01 = batch
+        f, new_state = forward(params, model_state, x, train=True, key=key)
+        value, (_, metrics) = objective.loss(f, y01, step=step, params=params)
+        acc = jnp.mean(jnp.where(y01 > 0.5, f > 0, f < 0))
+        return value, (new_state, {**metrics, "acc": acc})
+
+    return loss_fn

@@ -10,8 +10,9 @@ the end of training (``record.final``), never twice for the same step. A loop th
 steps calls the hooks between compiled chunks of :func:`chunk_steps` steps.
 
 The standard hooks: :class:`Progress` (step, loss, steps/s on stderr, throttled),
-:class:`MetricsCollector` (the metrics of every call, stacked) and :class:`ResponseRecorder` (the
-z(t) recorder, wrapping :class:`ntkdyn.tangent.FeatureResponseTracker`).
+:class:`MetricsCollector` (the metrics of every call, stacked), :class:`ResponseRecorder` (the
+z(t) recorder, wrapping :class:`ntkdyn.tangent.FeatureResponseTracker`) and :class:`SeedResponses`
+(one recorder per seed of a stacked run, each against its own spectrum at θ₀).
 
 Example:
     >>> calls = []
@@ -39,6 +40,7 @@ __all__ = [
     "Progress",
     "Record",
     "ResponseRecorder",
+    "SeedResponses",
     "call_hooks",
     "check_hooks",
     "chunk_steps",
@@ -325,3 +327,46 @@ class ResponseRecorder:
             apply_fn(params0, x), np.float64
         )
         return float(np.sum(z**2) / np.sum(df**2))
+
+
+class SeedResponses:
+    """The z(t) hook of every seed of a stacked run, each seed against its own spectrum at θ₀.
+
+    Seed s: the dense spectrum YΦ = U S Vᵀ of its network at θ₀ on its own data
+    (:func:`ntkdyn.tangent.feature_spectrum`), its k leading directions U_k, and a
+    :class:`ResponseRecorder` of z_s(t) = U_kᵀ Y_s (f(X_s; θ_t) − f(X_s; θ₀)).
+
+    Args:
+        every: steps between records (≥ 1).
+        apply_fn: pure scalar-output ``apply_fn(params, x)`` of one seed.
+        params0: θ₀ stacked over S seeds.
+        x: (S, n, ...) each seed's inputs.
+        y: (S, n) each seed's labels in {−1, +1} or {0, 1}.
+        top: k, the leading directions kept (≥ 1).
+
+    Raises:
+        ValueError: ``every`` or ``top`` not an integer ≥ 1, or as :class:`ResponseRecorder`.
+    """
+
+    def __init__(self, every: int, apply_fn, params0, x, y, *, top: int):
+        from ntkdyn.tangent import feature_spectrum
+
+        _check_every(every)
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise ValueError(f"top: expected an integer >= 1, got {top!r}")
+        self.every = every
+        self.recorders = []
+        for s in range(np.shape(y)[0]):
+            p0 = _seed(params0, s)
+            U = feature_spectrum(apply_fn, p0, x[s], y[s]).U[:, :top]
+            self.recorders.append(ResponseRecorder(every, apply_fn, p0, x[s], y[s], U, seed=s))
+
+    def __call__(self, record: Record) -> None:
+        for recorder in self.recorders:
+            recorder(record)
+
+    def mean_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps (T + 1,), z (T + 1, k))``: the seed-mean z(t), from step 0 (z = 0)."""
+        z = np.mean([np.asarray(r.z, np.float64) for r in self.recorders], axis=0)
+        steps = np.concatenate([[0], self.recorders[0].steps])
+        return steps, np.concatenate([np.zeros((1, z.shape[1])), z])
