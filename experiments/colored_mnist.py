@@ -188,7 +188,7 @@ class Config:
     def restarts(self) -> RestartSettings:
         """The seeds' ``layout()``, ``keys(stream)`` and ``compiler_options()`` (RestartSettings)."""
         rest = {k: getattr(self, k) for k in ("seed", "seed_layout", "cpu_matmul")}
-        return RestartSettings(restarts=self.seeds, first_restart=self.first_seed, **rest)
+        return RestartSettings(seeds=self.seeds, first_seed=self.first_seed, **rest)
 
     def method(self, name: str) -> Recipe:
         """``name``'s recipe, steps and annealing divided by ``step_divisor``."""

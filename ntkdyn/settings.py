@@ -11,10 +11,10 @@ command-line flags and back:
   published one, or ``quick()`` with ``--quick``);
 * :func:`check` validates a config against declarative rules (:func:`integer`, :func:`number`,
   :func:`one_of`, :func:`optional`, :func:`pair`, :func:`each`), one per field, from ``__post_init__``;
-* :class:`RestartSettings` is the shared base of the protocols over restarts (restarts, first
-  restart, seed, seed layout, CPU matrix library);
-* :class:`ConfigError` is the validation error: in Python it reads ``max_images: …``; the command
-  line prints it with the flag the user typed, ``--max-images: …``.
+* :class:`RestartSettings` is the shared base of the protocols over seeds (seeds, first
+  seed, root seed, seed layout, CPU matrix library);
+* :class:`ConfigError` is the validation error: in Python it reads ``first_seed: …``; the command
+  line prints it with the flag the user typed, ``--first-seed: …``.
 
 Example:
     >>> import argparse, dataclasses
@@ -416,19 +416,19 @@ def from_arguments(
 
 @dataclasses.dataclass(frozen=True)
 class RestartSettings:
-    """The settings of a protocol over restarts; an experiment's ``Config`` extends it.
+    """The settings of a protocol over seeds (restarts); an experiment's ``Config`` extends it.
 
     Attributes:
-        restarts: independent restarts (environments and initialisations)
-        first_restart: index of the first restart, to split a protocol over jobs (join with --merge)
+        seeds: independent seeds (environments and initialisations)
+        first_seed: index of the first seed, to split a protocol over jobs (join with --merge)
         seed: root PRNG seed
         seed_layout: restarts per step and devices, AXIS[:CHUNK][@DEVICES] (vmap:2, map@1, vmap:2@all);
             auto: two restarts per step on a CPU, all at once elsewhere, over all local devices
         cpu_matmul: library for matrix products on a CPU: eigen (measured faster here) or default
     """
 
-    restarts: int = 10
-    first_restart: int = 0
+    seeds: int = 10
+    first_seed: int = 0
     seed: int = 0
     seed_layout: str = "auto"
     cpu_matmul: str = "eigen"
@@ -439,7 +439,7 @@ class RestartSettings:
         Raises:
             ConfigError: naming the field.
         """
-        rules = {"restarts": integer(1), "first_restart": integer(0), "seed": integer()}
+        rules = {"seeds": integer(1), "first_seed": integer(0), "seed": integer()}
         check(self, {**rules, "cpu_matmul": one_of("eigen", "default")})
         self.layout()
 
@@ -462,7 +462,7 @@ class RestartSettings:
         return eigen_matmul_options() if self.cpu_matmul == "eigen" else {}
 
     def keys(self, stream: str):
-        """:func:`~ntkdyn.train.layout.restart_keys` of this protocol's restarts."""
+        """:func:`~ntkdyn.train.layout.restart_keys` of this protocol's seeds."""
         from ntkdyn.train.layout import restart_keys
 
-        return restart_keys(self.seed, stream, self.first_restart, self.restarts)
+        return restart_keys(self.seed, stream, self.first_seed, self.seeds)
