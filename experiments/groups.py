@@ -377,6 +377,12 @@ def configure(parser: argparse.ArgumentParser, base: Config | None = None) -> No
     add("--make-fixture", metavar="DIR", default=None, help="write the synthetic fixture, exit")
     add("--fixture-size", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
         default=(600, 160, 160), help="images per split of the synthetic fixture")  # fmt: skip
+    from ntkdyn.commands import deprecated_alias  # the 0.2 spellings (CHANGELOG.md)
+
+    for action in list(parser._actions):
+        for new in (o for o in action.option_strings if o.startswith(("--sd.", "--dro."))):
+            old = new.replace(".", "-", 1)
+            deprecated_alias(parser, old, new, action.dest, type=action.type, nargs=action.nargs)
 
 
 def _crop(text: str) -> int | None:

@@ -353,3 +353,12 @@ def test_paper_preset_follows_the_authors_table_2_scripts(capsys):
     assert Config.quick().recipe("sd").optimizer == Config.quick().optimizer  # no override
     assert main(["celeba", "--quick", "--sd.optimizer", "rmsprop", "--out", "/nonexistent/x"]) == 2
     assert "--sd.optimizer" in capsys.readouterr().err
+
+
+def test_former_flag_spellings_still_work_with_a_note(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["celeba", "--quick", "--sd-coef", "0.1", "0.1", "--dro-epochs", "0",
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--sd-coef is deprecated; use --sd.coef" in err
+    assert "--dro-epochs: expected an integer >= 1, got 0" in err and not out.exists()
