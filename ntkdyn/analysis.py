@@ -34,12 +34,16 @@ where σ(−m) ~ 1e-3.
 How the three callers use it::
 
     # ntkdyn spectrum (ntkdyn/commands/spectrum.py): CE and SD on one spectrum, then z(t)
-    a = analyse(apply_fn, params, x, y, method=NTKMethod.STRUCTURED,
-                predictions={"ce": (ce_field, n * wd), "sd": (sd_field, 2 * c)})
+    a = analyse(apply_fn, params, x, y, solver=Dense(method=NTKMethod.STRUCTURED),
+                predictions={"ce": (ce_field, lam_ce), "sd": (sd_field, lam_sd)})
+    # or, as the command writes it: arrays and facts for results.json in one call
+    arrays, facts, a = spectrum_report(apply_fn, params, x, y, solver=BlockKrylov(10, key=key),
+                                       lam_ce=lam_ce, lam_sd=lam_sd, top=10)
     a.predictions["ce"].starvation[:, 0]          # ∂z_j*/∂s_1 for every j
     theory = predict(a.spectrum, lam, field, eta=eta, num_steps=K, save_every=50)
+    objective, wd = objective_for_lam("ce", lam, n)      # the inverse of theory_lam
     trace = train_gd(apply_fn, params, x, y, eta=eta, num_steps=K, save_every=50,
-                     objective=ntkdyn.ERM(), weight_decay=lam / n)  # λ = n·wd
+                     objective=objective, weight_decay=wd)
     a.measure(trace.outputs, f0=trace.f0, steps=trace.steps).z   # vs theory.z
     # the network, its linearization and the theory in one call (what the command runs):
     r = training_responses(apply_fn, params, x, y, a, ntkdyn.ERM(), weight_decay=wd,
@@ -55,9 +59,10 @@ How the three callers use it::
         zs.append(m.z)
     epochs, z = m.steps, np.mean(zs, axis=0)                     # (R + 1,), (R + 1, k)
 
-    # experiments/colored_mnist.py: all n training examples, the top k directions matrix-free;
+    # experiments/colored_mnist.py: all n training examples, the top k directions matrix-free
+    # (it still passes k=, key=, the deprecated keyword form of the same solver);
     # the compiled loop records only the k-vector U_kᵀYf (metrics.signed_projection), not f
-    spec = feature_spectrum(apply_fn, params0, x, y, k=k, key=key)
+    spec = feature_spectrum(apply_fn, params0, x, y, solver=BlockKrylov(k, key=key))
     z = recorded_projections - recorded_projections[0]              # (R + 1, k)
     # with the theory beside it, the objective's coefficient converted in its one place:
     field, lam = theory_lam(SpectralDecoupling(coef=c), num_examples=n)
@@ -83,6 +88,8 @@ from ntkdyn.fixed_points import fixed_point, fixed_point_and_jacobian_s, fixed_p
 from ntkdyn.linalg import OnUnconverged, TruncatedSVD
 from ntkdyn.systems import FeatureSystem, rotation_system, stack_systems
 from ntkdyn.tangent import (
+    BlockKrylov,
+    Dense,
     FeatureSpectrum,
     NTKMethod,
     feature_spectrum,
@@ -90,6 +97,7 @@ from ntkdyn.tangent import (
     signed_labels,
 )
 from ntkdyn.tangent.features import ApplyFn, apply_outputs
+from ntkdyn.tangent.spectrum import Solver
 
 __all__ = [
     "Prediction",
@@ -102,6 +110,9 @@ __all__ = [
     "starvation_summary",
     "training_responses",
     "newton_tolerance",
+    "spectrum_report",
+    "objective_for_lam",
+    "relative_error",
     "DECOUPLED_ATOL",
 ]
 
@@ -369,10 +380,11 @@ def analyse(
     y: ArrayLike,
     *,
     predictions: Mapping[str, tuple[Field, float]] | None = None,
-    method: NTKMethod = NTKMethod.JACOBIAN_CONTRACTION,
+    solver: Solver | None = None,
+    starvation: bool = True,
+    method: NTKMethod | None = None,
     batch_size: int | None = None,
     tol: float | None = None,
-    starvation: bool = True,
     k: int | None = None,
     key: PRNGKeyArray | None = None,
     residual_tol: float = 1e-4,
@@ -386,8 +398,9 @@ def analyse(
     M[j, i] = ∂z_j*/∂s_i). Measured z(t) of a training run then come from
     :meth:`SpectrumAnalysis.measure`, predicted z(t) from :func:`predict` with a step.
 
-    With ``k`` only the k leading directions are found, matrix-free (YΦ v and ΦᵀY u by JVPs and
-    VJPs over batches, no n × n matrix: the path for datasets whose Gram matrix does not fit), and
+    With ``solver=BlockKrylov(k, ...)`` only the k leading directions are found, matrix-free (YΦ v
+    and ΦᵀY u by JVPs and VJPs over batches, no n × n matrix: the path for datasets whose Gram
+    matrix does not fit), and
     the predictions are those of the truncated system (U_k, s_k, λ): margins m = U_k z see only the
     kept directions, so the prediction is the theory of the k strongest features alone (exact for
     the first GD step from z = 0, since each u_j is an eigenvector of YΘY; it departs from the
@@ -401,19 +414,14 @@ def analyse(
         y: (n,) labels in {−1, +1} or {0, 1}.
         predictions: name → (field, λ), e.g. ``{"ce": (ce_field, n * wd), "sd": (sd_field, 2 * c)}``
             (λ in the theory's sum form; :func:`ntkdyn.objectives.theory_lam` converts). Default none.
-        method: :class:`ntkdyn.NTKMethod` of the Gram matrix (``STRUCTURED`` needs an ``apply_fn``
-            implementing :class:`ntkdyn.tangent.DenseStructure`; no fallback).
-        batch_size: NTK batch size (memory bound).
-        tol: relative eigenvalue cut-off of :func:`ntkdyn.feature_spectrum` (dense path only).
+        solver: :class:`ntkdyn.tangent.Dense` (default ``Dense()``; ``Dense(method=
+            NTKMethod.STRUCTURED)`` needs an ``apply_fn`` implementing
+            :class:`ntkdyn.tangent.DenseStructure`) or :class:`ntkdyn.tangent.BlockKrylov`.
         starvation: compute each prediction's starvation matrix.
-        k: ``None`` for the dense path; 1 ≤ k ≤ min(n, p) for the k leading directions,
-            matrix-free (:func:`ntkdyn.feature_spectrum` with ``k``).
-        key: PRNG key of the matrix-free start block (required with ``k``).
-        residual_tol: with ``k``, the residual r_j = ‖YΦv_j − s_j u_j‖ / s_j every direction must
-            reach (a float32 model resolves r_j down to ≈ 1e-6 · s₁² / s_j²).
-        max_iters: with ``k``, the budget of block iterations (``None``: the default of
-            :func:`ntkdyn.feature_spectrum`).
-        on_unconverged: with ``k``, an :class:`ntkdyn.OnUnconverged`.
+        method, batch_size, tol, k, key, residual_tol, max_iters, on_unconverged: deprecated, the
+            keyword form of the solver (``k`` given: ``BlockKrylov(k, residual_tol, max_iters,
+            key=key, batch_size=batch_size, on_unconverged=on_unconverged)``; otherwise
+            ``Dense(tol, method, batch_size)``); not together with ``solver``.
 
     Returns:
         :class:`SpectrumAnalysis`.
@@ -440,32 +448,139 @@ def analyse(
     checked = {
         name: _check_lam(lam, f"predictions[{name!r}]") for name, (_, lam) in predictions.items()
     }
-    report = None
-    if k is None:
-        spectrum = feature_spectrum(
-            apply_fn, params0, x, yv, method=method, batch_size=batch_size, tol=tol
+    legacy = (method, batch_size, tol, k, key, max_iters) != (None,) * 6
+    if solver is not None and legacy:
+        raise ValueError(
+            "solver: pass either solver= or the deprecated method/batch_size/tol/k/key/... "
+            "keywords, not both"
         )
-    else:
-        spectrum, report = feature_spectrum(
-            apply_fn,
-            params0,
-            x,
-            yv,
-            batch_size=batch_size,
-            tol=tol,
-            k=k,
+    if solver is None and k is not None:
+        if tol is not None:
+            raise ValueError(
+                f"tol: is the eigenvalue cut-off of the dense path (k=None), got tol={tol} "
+                f"with k={k}; the matrix-free path stops on residual_tol"
+            )
+        solver = BlockKrylov(
+            k,
+            residual_tol,
+            60 if max_iters is None else max_iters,
             key=key,
-            residual_tol=residual_tol,
+            batch_size=batch_size,
             on_unconverged=on_unconverged,
-            return_report=True,
-            **({} if max_iters is None else {"max_iters": max_iters}),
+        )
+    elif solver is None:
+        solver = Dense(tol, method or NTKMethod.JACOBIAN_CONTRACTION, batch_size)
+    spectrum = feature_spectrum(apply_fn, params0, x, yv, solver=solver)
+    report = None
+    if spectrum.residuals is not None:
+        report = TruncatedSVD(
+            np.asarray(spectrum.U),
+            np.asarray(spectrum.s),
+            None,
+            spectrum.residuals,
+            spectrum.iterations,
+            spectrum.converged,
+            spectrum.products,
         )
     f0 = apply_outputs(apply_fn, params0, x, None)
     preds = {
         name: predict(spectrum, checked[name], field, starvation=starvation)
         for name, (field, _) in predictions.items()
     }
-    return SpectrumAnalysis(spectrum, spectrum.label_alignment(), f0, yv, method, preds, report)
+    used = solver.method if isinstance(solver, Dense) else NTKMethod.JACOBIAN_CONTRACTION
+    return SpectrumAnalysis(spectrum, spectrum.label_alignment(), f0, yv, used, preds, report)
+
+
+def spectrum_report(
+    apply_fn: ApplyFn,
+    params0: Any,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    solver: Solver,
+    lam_ce: float,
+    lam_sd: float,
+    top: int,
+) -> tuple[dict[str, np.ndarray], dict[str, Any], SpectrumAnalysis]:
+    """The spectrum at θ₀ and the CE and SD theory on it, as arrays and JSON-ready facts.
+
+    :func:`analyse` with ``solver`` (a :class:`~ntkdyn.tangent.BlockKrylov` that misses its
+    tolerance is flagged by ``converged``, not raised), then :func:`predict` under CE (λ_CE) and
+    SD (λ_SD) on the same (U, s). Feature 1 starves direction j > 1 when
+    ∂z_j*/∂s₁ < −:data:`DECOUPLED_ATOL`, for both losses.
+
+    Args:
+        apply_fn, params0: the network at θ₀.
+        x, y: inputs and labels (±1 or {0, 1}).
+        solver: :class:`~ntkdyn.tangent.Dense` or :class:`~ntkdyn.tangent.BlockKrylov`.
+        lam_ce, lam_sd: the theory's λ of each loss (sum form).
+        top: number of leading directions in the ``top`` block and ``starvation_top_ce``.
+
+    Returns:
+        ``(arrays, facts, analysis)``: NumPy arrays ``s``, ``alignment``, ``U_top``, ``z_ce``,
+        ``z_sd``, ``dz_ds1_ce``, ``dz_ds1_sd`` (∂z_j*/∂s₁ for every j), ``starvation_top_ce``
+        (top × top block of ∂z_j*/∂s_i) and, from a Krylov solver, ``residuals``; the facts
+        ``d``, ``seconds`` (the spectrum's wall time), ``solver``, ``converged``, ``residuals``,
+        ``iterations``, ``matvecs``, ``s``, ``alignment``, ``s1_over_s2``, ``top``,
+        ``newton_tol``, ``starvation_threshold``, ``starved_by_top_ce``/``_sd`` with
+        ``starved_magnitude_ce``/``_sd`` ([largest, smallest] |∂z_j*/∂s₁| among the starved, or
+        ``None``), ``max_abs_dz_ds1_sd``; the :class:`SpectrumAnalysis` with both predictions.
+
+    Raises:
+        ValueError: as :func:`analyse` and :func:`predict`.
+        SolverError: a fixed point was not found.
+    """
+    import dataclasses
+    import time
+
+    if isinstance(solver, BlockKrylov):
+        solver = dataclasses.replace(solver, on_unconverged=OnUnconverged.IGNORE)
+    t0 = time.perf_counter()
+    analysis = analyse(apply_fn, params0, x, y, solver=solver)
+    seconds = time.perf_counter() - t0
+    spec = analysis.spectrum
+    ce, sd = predict(spec, lam_ce, ce_field), predict(spec, lam_sd, sd_field)
+    s = np.asarray(spec.s)
+    d, k = s.size, min(int(top), s.size)
+    M_ce, M_sd = np.asarray(ce.starvation), np.asarray(sd.starvation)
+    arrays = {
+        "s": s,
+        "alignment": np.asarray(analysis.alignment),
+        "U_top": np.asarray(spec.U[:, :k]),
+        "z_ce": np.asarray(ce.z_star),
+        "z_sd": np.asarray(sd.z_star),
+        "dz_ds1_ce": M_ce[:, 0],
+        "dz_ds1_sd": M_sd[:, 0],
+        "starvation_top_ce": M_ce[:k, :k],
+    }
+    if spec.residuals is not None:
+        arrays["residuals"] = np.asarray(spec.residuals)
+    facts: dict[str, Any] = {
+        "d": d,
+        "seconds": seconds,
+        "solver": spec.solver,
+        "converged": bool(spec.converged),
+        "residuals": None if spec.residuals is None else arrays["residuals"].tolist(),
+        "iterations": spec.iterations,
+        "matvecs": spec.products,
+        "s": s.tolist(),
+        "alignment": arrays["alignment"].tolist(),
+        "s1_over_s2": float(s[0] / s[1]) if d > 1 else None,
+        "top": {
+            key: arrays[key][:k].tolist()
+            for key in ("s", "alignment", "z_ce", "z_sd", "dz_ds1_ce", "dz_ds1_sd")
+        },
+        "newton_tol": newton_tolerance(spec.U.shape[0]),
+        "starvation_threshold": -DECOUPLED_ATOL,
+    }
+    for name, col in (("ce", M_ce[1:, 0]), ("sd", M_sd[1:, 0])):
+        starved = np.abs(col[col < -DECOUPLED_ATOL])
+        facts[f"starved_by_top_{name}"] = int(starved.size)
+        facts[f"starved_magnitude_{name}"] = (
+            [float(starved.max()), float(starved.min())] if starved.size else None
+        )
+    facts["max_abs_dz_ds1_sd"] = float(np.max(np.abs(M_sd[:, 0])))
+    return arrays, facts, analysis._replace(predictions={"ce": ce, "sd": sd})
 
 
 def starvation_summary(spectrum: FeatureSpectrum, lam: float, field: Field) -> dict[str, Any]:
@@ -602,6 +717,56 @@ def training_responses(
         save_every=save_every,
     )
     return {**out, "t": np.asarray(theory.t), "z_theory": np.asarray(theory.z)}
+
+
+def objective_for_lam(loss: str, lam: float, num_examples: int) -> tuple[Any, float]:
+    """The mean-form training objective and coupled weight decay whose theory λ is ``lam``.
+
+    The inverse of :func:`ntkdyn.objectives.theory_lam`, which stays the one conversion: its
+    λ per unit coefficient scales the objective (CE: ERM with weight decay λ/n; SD:
+    SpectralDecoupling with coefficient λ/2), and the round trip is checked.
+
+    Args:
+        loss: ``"ce"`` or ``"sd"``.
+        lam: the theory's λ > 0 (sum form).
+        num_examples: n, the examples of the mean.
+
+    Returns:
+        ``(objective, weight_decay)`` for :func:`training_responses`.
+
+    Raises:
+        ValueError: naming ``loss`` or ``lam``.
+    """
+    from ntkdyn.objectives import ERM, SpectralDecoupling, theory_lam
+
+    lam = _check_lam(lam)
+    if loss == "ce":
+        _, unit = theory_lam(ERM(), num_examples=num_examples, weight_decay=1.0)
+        objective, wd = ERM(), lam / unit
+    elif loss == "sd":
+        _, unit = theory_lam(SpectralDecoupling(coef=1.0), num_examples=num_examples)
+        objective, wd = SpectralDecoupling(coef=lam / unit), 0.0
+    else:
+        raise ValueError(f"loss: expected 'ce' or 'sd', got {loss!r}")
+    _, back = theory_lam(objective, num_examples=num_examples, weight_decay=wd)
+    if not math.isclose(back, lam, rel_tol=1e-12):
+        raise ValueError(f"lam: the objective's theory λ is {back}, expected {lam}")
+    return objective, wd
+
+
+def relative_error(z: ArrayLike, ref: ArrayLike) -> Float[np.ndarray, " T"]:
+    """‖z_t − ref_t‖ / ‖ref_t‖ for each saved time t (the absolute error where ref_t = 0).
+
+    Args:
+        z, ref: (T, d) responses, e.g. measured and predicted z(t).
+
+    Returns:
+        (T,) relative errors (0 at t = 0 when both start at z = 0).
+    """
+    z, ref = np.asarray(z, np.float64), np.asarray(ref, np.float64)
+    num = np.linalg.norm(z - ref, axis=-1)
+    den = np.linalg.norm(ref, axis=-1)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), num)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,10 +22,13 @@ from ntkdyn.analysis import (
     SpectrumAnalysis,
     analyse,
     measured_responses,
+    objective_for_lam,
     predict,
+    relative_error,
+    spectrum_report,
     starvation_table,
 )
-from ntkdyn.tangent import NTKMethod, feature_spectrum
+from ntkdyn.tangent import BlockKrylov, Dense, NTKMethod, feature_spectrum
 
 F64 = dict(rtol=1e-9, atol=1e-10)
 
@@ -147,7 +150,9 @@ def test_analyse_names_bad_predictions_and_method(key):
     with pytest.raises(ValueError, match=r"predictions\['ce'\]"):
         analyse(f, p0, x, y, predictions={"ce": (ce_field, -0.1)})
     with pytest.raises(ValueError, match="method: NTKMethod.STRUCTURED"):
-        analyse(f, p0, x, y, method=NTKMethod.STRUCTURED)
+        analyse(f, p0, x, y, solver=Dense(method=NTKMethod.STRUCTURED))
+    with pytest.raises(ValueError, match="solver"):
+        analyse(f, p0, x, y, solver=Dense(), tol=1e-9)
     assert isinstance(analyse(f, p0, x, y), SpectrumAnalysis)
 
 
@@ -163,7 +168,7 @@ def test_starvation_table_lives_in_analysis_and_the_command_uses_it():
 
 
 def test_analyse_top_k_matrix_free_is_the_truncated_dense_system(key):
-    """analyse(k=...) keeps the k leading directions of the dense spectrum and predicts on them.
+    """analyse(solver=BlockKrylov(k)) keeps the k leading directions of the dense spectrum and predicts on them.
 
     The first GD step from z = 0 is exact on the truncated system (each u_j is an eigenvector of
     YΘY, so u_jᵀYΘY1 = s_j² u_jᵀ1); the second is not (the dropped directions' margins feed back).
@@ -185,11 +190,13 @@ def test_analyse_top_k_matrix_free_is_the_truncated_dense_system(key):
         x,
         y,
         predictions={"ce": (ce_field, 0.1)},
-        k=k,
-        key=jax.random.PRNGKey(1),
-        residual_tol=1e-9,
+        solver=BlockKrylov(k, 1e-9, key=jax.random.PRNGKey(1)),
     )
-    assert a.truncated and a.report.converged and a.report.residuals.shape == (k,)
+    assert a.truncated and a.spectrum.converged and a.spectrum.residuals.shape == (k,)
+    assert a.report.converged and a.report.matvecs == a.spectrum.products
+    # the deprecated keywords are the same solver
+    legacy = analyse(f, p0, x, y, k=k, key=jax.random.PRNGKey(1), residual_tol=1e-9)
+    np.testing.assert_array_equal(legacy.spectrum.s, a.spectrum.s)
     assert a.spectrum.U.shape == (n, k)
     np.testing.assert_allclose(a.spectrum.s, dense.spectrum.s[:k], rtol=1e-12)
     np.testing.assert_allclose(a.spectrum.U, dense.spectrum.U[:, :k], atol=1e-8)
@@ -206,6 +213,8 @@ def test_analyse_top_k_matrix_free_is_the_truncated_dense_system(key):
     assert np.max(np.abs(measured[2] - theory[2])) > 1e-6 * np.max(np.abs(theory[2]))
     with pytest.raises(ValueError, match="key"):
         analyse(f, p0, x, y, k=k)
+    with pytest.raises(ValueError, match="key"):
+        BlockKrylov(k)
 
 
 @pytest.mark.parametrize("name", ["ce", "sd"])
@@ -250,3 +259,40 @@ def test_starvation_summary_is_predicts_matrix_with_its_facts(key):
     assert newton_tolerance(50_000) == pytest.approx(1e-9)
     with pytest.raises(ValueError, match="lam: the theory's λ must be finite and >= 0"):
         starvation_summary(a.spectrum, -1.0, ce_field)
+
+
+@pytest.mark.parametrize("loss, field", [("ce", ce_field), ("sd", sd_field)])
+def test_objective_for_lam_inverts_theory_lam(loss, field):
+    objective, wd = objective_for_lam(loss, 0.06, 300)
+    back_field, lam = theory_lam(objective, num_examples=300, weight_decay=wd)
+    assert back_field is field and lam == pytest.approx(0.06, rel=1e-14)
+    assert (wd == pytest.approx(2e-4)) if loss == "ce" else (objective.coef == pytest.approx(0.03))
+    with pytest.raises(ValueError, match="loss"):
+        objective_for_lam("mse", 0.06, 300)
+
+
+def test_relative_error_per_time():
+    ref = np.array([[0.0, 0.0], [3.0, 4.0]])
+    z = np.array([[0.0, 0.0], [3.0, 3.0]])
+    np.testing.assert_allclose(relative_error(z, ref), [0.0, 0.2])
+    np.testing.assert_allclose(relative_error(np.ones((2, 2)), np.zeros((2, 2))), [2**0.5] * 2)
+
+
+def test_spectrum_report_counts_starvation_by_the_one_threshold(key):
+    """Dense and BlockKrylov reports have the same facts; counts follow −DECOUPLED_ATOL."""
+    from ntkdyn.analysis import DECOUPLED_ATOL
+
+    f, p0, x, y = _linear(key)
+    arrays, facts, a = spectrum_report(f, p0, x, y, solver=Dense(), lam_ce=0.1, lam_sd=0.01, top=3)
+    col = arrays["dz_ds1_ce"][1:]
+    assert facts["starved_by_top_ce"] == int(np.sum(col < -DECOUPLED_ATOL))
+    starved = np.abs(col[col < -DECOUPLED_ATOL])
+    if starved.size:
+        assert facts["starved_magnitude_ce"] == [starved.max(), starved.min()]
+    assert facts["starved_by_top_sd"] == 0 and facts["starved_magnitude_sd"] is None
+    assert facts["residuals"] is None and facts["iterations"] is None and facts["d"] == 6
+    np.testing.assert_allclose(arrays["z_ce"], a.predictions["ce"].z_star)
+    solver = BlockKrylov(3, 1e-9, key=jax.random.PRNGKey(3))
+    arrays3, facts3, _ = spectrum_report(f, p0, x, y, solver=solver, lam_ce=0.1, lam_sd=0.01, top=3)
+    assert set(facts3) == set(facts) and len(facts3["residuals"]) == 3 and facts3["converged"]
+    np.testing.assert_allclose(arrays3["s"], arrays["s"][:3], rtol=1e-12)

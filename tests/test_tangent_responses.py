@@ -25,7 +25,8 @@ def test_feature_responses_of_linear_model_equal_S_Vt_dtheta(key):
     ckpts = [
         {"w": 0.1 * (i + 1) * jax.random.normal(jax.random.fold_in(k2, i), (8,))} for i in range(4)
     ]
-    spec, V = feature_spectrum(f, p0, x, y, return_V=True)
+    spec = feature_spectrum(f, p0, x, y, compute_V=True)
+    V = spec.V
     for c in ckpts:
         np.testing.assert_allclose(
             feature_responses(f, p0, c, x, y, spec.U), spec.s * (V.T @ c["w"]), **F64

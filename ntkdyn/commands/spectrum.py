@@ -1,872 +1,444 @@
-"""NTK spectrum of a network at initialisation on a dataset, with the starvation the theory predicts.
+"""NTK spectrum of any network at initialisation on any dataset, with the starvation the theory predicts.
 
-For the two-moons toy (Pezeshki et al. 2021, Sec. 2, Fig. 1: 2 → 500 → 1 ReLU, n = 300, Δ = 0.1)
-or an MNIST sample (digits < 5 vs ≥ 5; MLP or CNN) it computes the label-signed tangent features'
-spectrum YΦ = U S Vᵀ at θ₀ (empirical NTK, eigh in float64), the label alignment |u_jᵀ1| of each
-direction, and from the theory core the fixed points z* under cross-entropy with weight decay and
-under Spectral Decoupling, plus the starvation ∂z_j*/∂s₁ of every direction by the strongest one
-(Sec. 3.2: a negative value means feature 1 starves feature j).
+Data from :func:`ntkdyn.data.registry.load_dataset` (a registered name, a user's ``FILE.npz`` or a
+folder with ``metadata.csv``), the network from :func:`ntkdyn.models.registry.build_model` (a
+registered name or a user's ``package.module:factory``; batch norm frozen at θ₀ statistics of the
+training inputs). At θ₀: the spectrum YΦ = U S Vᵀ of the label-signed tangent features by a
+solver object (:class:`ntkdyn.tangent.Dense`, ``eigh`` of the float64 Gram matrix; or
+:class:`ntkdyn.tangent.BlockKrylov`, the ``--top`` leading triplets matrix-free by JVPs/VJPs, any
+model), the label alignments |u_jᵀ1|, the fixed points z* under CE with weight decay and under
+Spectral Decoupling, and the starvation ∂z_j*/∂s₁ of every direction by the strongest one
+(Pezeshki et al. 2021, Sec. 3.2), all by :func:`ntkdyn.analysis.spectrum_report`. ``--lam-ce``
+and ``--lam-sd`` are the theory's sum-form λ, as in ``ntkdyn theory``
+(:func:`ntkdyn.objectives.theory_lam` converts training coefficients: λ = n·wd, λ = 2c).
 
-The losses are the paper's means, (1/n)Σ softplus(−yf) + (wd/2)‖θ‖² and + c·mean(f²); in the
-theory's sum form these are λ_CE = n·wd and λ_SD = 2c.
+Examples::
 
-Example::
+    ntkdyn spectrum --data moons --n 300 --seed 0 --out runs/spectrum_moons
+    ntkdyn spectrum --data my.npz --model mypkg.nets:factory --out runs/mine
+    ntkdyn spectrum --data celeba --data-dir ../shared/data/celeba-10k --model resnet10 \\
+        --width 16 --image-size 64 --n 1000 --top 10 --solver krylov --out runs/spec_celeba
 
-    ntkdyn spectrum --dataset moons --n 300 --seed 0 --out runs/spectrum_moons
+Outputs: config.json, results.json (the same keys for every dataset and solver), metrics.jsonl
+(one record per direction), spectrum.npz, spectrum.png/.pdf, summary.md; with ``--train-steps``
+(full-batch GD of the network and its linearization beside the theory's z(t); on the krylov path
+the theory of the truncated system (U_k, s_k), exact for the first step) also responses.*.
+``--solver auto`` is dense up to n = 5,000 (the float64 Gram matrix is 8·n² bytes); dense runs
+the network in float64 (a float32 Gram resolves s_j/s₁ only down to ≈ √(n·ε₃₂)), krylov in
+float32 (half the time; the float64 Rayleigh–Ritz keeps s_j to a relative ≈ r_j²).
 
-writes config.json, results.json, metrics.jsonl (one record per direction), spectrum.npz,
-spectrum.png/.pdf and summary.md (``--quick``: n = 40, hidden 32, top 5, a few seconds). The
-empirical NTK method is the structured (layer-wise) one for the MLP and the Jacobian contraction
-for the CNN unless ``--method`` says otherwise; the choice is printed and recorded in results.json
-(``ntk_method``), and ``--method structured`` with ``--model cnn`` is an error. The computation is
-:func:`ntkdyn.analysis.analyse` (spectrum, fixed points, starvation) and, with ``--train-steps``,
-:func:`ntkdyn.analysis.predict` beside the measured responses of real and linearized training. Measured on the moons (seed 0, float64 Gram): 276 of 300
-directions above the n·ε cut-off, s₁ ≈ 160, s₂ ≈ 151, s₅ ≈ 36, s₁₀ ≈ 2.4 (a steep decay); the
-label-aligned directions are j = 2 and 3 (|u_jᵀ1| ≈ 14.8 and 6.2 of √300 ≈ 17.3); under CE
-(λ = 0.06) the top direction starves 128 of the other 275 (∂z_j*/∂s₁ < 0), under SD every
-∂z_j*/∂s₁ vanishes (|·| < 1e-16). On an MNIST sample (``--dataset mnist``: n = 300,
-784 → 300 → 300 → 1, seed 0): d = 300, s₁ ≈ 72 with s₁/s₂ ≈ 3.35, and under CE the top direction
-starves 155 of the other 299.
-
-Colored MNIST at dataset scale (``--dataset cmnist``; SPEC §4): the two training environments
-(colour flip 0.2 and 0.1, label noise 0.25, 2 × 14 × 14 inputs) of
-:func:`ntkdyn.data.colored_mnist.colored_mnist`, pooled in their shuffled order (the first n hold
-both environments in equal parts), from the MNIST files in ``--data-dir`` or else the embedded
-5k subset (4,166 training images); the model is the paper's MLP 392 → 300 → 300 → 1 with
-Xavier-uniform weights and zero biases. ``--spectrum auto`` (the default) decomposes the n × n
-Gram matrix when n ≤ 5,000 (200 MB in float64, ``eigh`` in about a minute here) and otherwise
-finds the ``--top`` leading triplets matrix-free (:func:`ntkdyn.feature_spectrum` with ``k``:
-JVPs/VJPs over batches of 1,024 examples, memory O((n + p)·k), no n × n matrix anywhere, also
-not in the measured z(t), which needs only U (n × k) and the recorded outputs). The matrix-free
-path runs the model in float32 by default (``--model-dtype auto``): products in float64 cost about
-twice as much on these CPUs, and the float64 Rayleigh–Ritz on the host keeps s_j to a relative
-≈ r_j², with r_j resolved down to ≈ 1e-6 · s₁²/s_j² (hence ``--residual-tol`` 1e-3 by default
-there, 1e-4 in float64). With ``--train-steps`` the theory is that of the truncated system
-(U_k, s_k): exact for the first GD step from z = 0 (each u_j is an eigenvector of YΘY), then
-departing from linearized training as the dropped directions' margins grow. Measured at
-n = 50,000 (``--top 50``): docs/results/spectrum_cmnist_50k.md.
-
-Example::
-
-    ntkdyn spectrum --dataset cmnist --data-dir ../shared/data/mnist --n 50000 --top 50 \
-        --train-steps 200 --save-every 10 --out runs/spectrum_cmnist50k
+Measured on the moons (defaults: seed 0, 2 → 500 → 1, dense): d = 276 of 300, s₁ ≈ 160.1,
+s₂ ≈ 150.7, s₁₀ ≈ 2.37; the label-aligned directions are j = 2 and 3 (|u_jᵀ1| ≈ 14.8 and 6.2 of
+√300); CE starves 48 of the other 275 (∂z_j*/∂s₁ < −1e-8, up to 0.02), SD none (|·| < 2e-17).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
+from ntkdyn.settings import (
+    ConfigError,
+    add_arguments,
+    check,
+    from_arguments,
+    integer,
+    number,
+    one_of,
+    optional,
+)
+
 HELP = __doc__.split("\n\n")[0] + (
-    "\n\nWrites singular values, label alignments |u_j^T 1|, a spectrum plot (PNG+PDF) and the predicted "
-    "fixed points and starvation dz_j*/ds_1 (CE vs SD) of the top directions. Float64."
+    "\n\nWrites singular values, label alignments |u_j^T 1|, a spectrum plot (PNG+PDF) and the "
+    "predicted fixed points and starvation dz_j*/ds_1 (CE vs SD). Float64."
 )
 X64 = True
-
-_METHODS = {
-    "structured": "STRUCTURED",
-    "jacobian": "JACOBIAN_CONTRACTION",
-    "vector-products": "NTK_VECTOR_PRODUCTS",
-}
-_DEFAULT_HIDDEN = {"moons": [500], "mnist": [300, 300], "cmnist": [300, 300]}
-_QUICK = {"n": 40, "hidden": {"moons": [32], "mnist": [16], "cmnist": [32, 32]}, "top": 5}
-#: Largest n decomposed densely by ``--spectrum auto``: the float64 Gram matrix is 8·n² bytes
-#: (200 MB at 5,000; 20 GB at 50,000) and ``eigh`` costs ≈ n³ (≈ 1 min at 5,000 on 2 cores).
+#: Largest n decomposed densely by ``--solver auto``: the float64 Gram matrix is 8·n² bytes
+#: (200 MB at 5,000) and ``eigh`` costs ≈ n³ (≈ 1 min at 5,000 on 2 cores).
 DENSE_MAX_N = 5000
-#: Residual tolerance of the matrix-free path per model dtype: float32 products resolve r_j only
-#: down to ≈ 1e-6 · s₁²/s_j².
-_RESIDUAL_TOL = {"float32": 1e-3, "float64": 1e-4}
-#: GD step on the summed loss when --eta is not given: moons/mnist 1e-4; cmnist 1/s₁², a fixed
-#: fraction of the stability limit 8/s₁² of the logistic loss (its Hessian is ≤ ΦᵀΦ/4 + λ), since
-#: s₁² grows with n (≈ 2.6e5 at n = 50,000).
-_DEFAULT_ETA = 1e-4
+#: Input values × examples held per JVP/VJP batch of the matrix-free solver (its working set is
+#: a few columns × batch × activations): 1,024 examples of MNIST, ≈ 85 images of 64 × 64 × 3.
+_BATCH_VALUES = 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of ``ntkdyn spectrum``.
+
+    Attributes:
+        data: a registered dataset (see ntkdyn.data.registry.DATASETS), a FILE.npz or a folder
+            with metadata.csv.
+        data_dir: the data's folder (mnist, cmnist: the MNIST files; celeba, folder: required).
+        model: a registered model (see ntkdyn.models.registry.MODELS) or package.module:factory.
+        n: number of training examples.
+        top: number of leading directions k (reported; found by the krylov solver).
+        solver: dense (eigh of the n x n Gram matrix, every direction), krylov (the top k
+            matrix-free, any model) or auto (dense for n <= 5000).
+        seed: seed of the data sample and of the initialisation.
+        image_size: side of decoded images (image data).
+        hidden: MLP hidden widths or CNN channels (none: the model's default for the data).
+        width: base width of a ResNet (none: the model's default).
+        lam_ce: the theory's CE weight-decay lambda (sum form, as ntkdyn theory).
+        lam_sd: the theory's SD logit-penalty lambda (sum form, as ntkdyn theory).
+        model_dtype: dtype the network is evaluated in (auto: float64 dense, float32 krylov).
+        residual_tol: krylov: residual r_j every direction must reach (none: 1e-3 for a float32
+            model, 1e-4 in float64).
+        max_iters: krylov: budget of block iterations.
+        train_steps: also train the network and its linearization by full-batch GD for this many
+            steps and draw their feature responses beside the theory's (0: off).
+        eta: GD step on the summed loss (none: 1/s_1^2, a fixed fraction of the stability limit).
+        loss: training loss with --train-steps.
+        save_every: record z(t) every this many steps (must divide --train-steps).
+    """
+
+    data: str = "moons"
+    data_dir: str | None = None
+    model: str = "mlp"
+    n: int = 300
+    top: int = 10
+    solver: str = "auto"
+    seed: int = 0
+    image_size: int | None = None
+    hidden: tuple[int, ...] = ()
+    width: int | None = None
+    lam_ce: float = 0.06
+    lam_sd: float = 0.006
+    model_dtype: str = "auto"
+    residual_tol: float | None = None
+    max_iters: int = 60
+    train_steps: int = 0
+    eta: float | None = None
+    loss: str = "ce"
+    save_every: int = 50
+
+    def __post_init__(self) -> None:
+        """Check every setting before anything runs.
+
+        Raises:
+            ConfigError: naming the setting at fault (the flag, on the command line).
+        """
+        check(
+            self,
+            {
+                "n": integer(2),
+                "top": integer(1),
+                "solver": one_of("auto", "dense", "krylov"),
+                "seed": integer(0),
+                "image_size": optional(integer(1)),
+                "width": optional(integer(1)),
+                "lam_ce": number(0, low_open=True),
+                "lam_sd": number(0, low_open=True),
+                "model_dtype": one_of("auto", "float32", "float64"),
+                "residual_tol": optional(number(0, 1, low_open=True, high_open=True)),
+                "max_iters": integer(1),
+                "train_steps": integer(0),
+                "eta": optional(number(0, low_open=True)),
+                "loss": one_of("ce", "sd"),
+                "save_every": integer(1),
+            },
+        )
+        if any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ConfigError("hidden", f"widths must be integers >= 1, got {self.hidden}")
+        if self.top > self.n:
+            msg = f"must be <= n = {self.n} (--n), got {self.top}; ask for fewer directions"
+            raise ConfigError("top", msg + " or more examples")
+        if self.train_steps and self.train_steps % self.save_every:
+            msg = f"must divide --train-steps={self.train_steps}, got {self.save_every}"
+            raise ConfigError("save_every", msg)
+
+    @property
+    def method(self) -> str:
+        """The solver that runs: ``dense`` or ``krylov`` (``auto`` resolved on n)."""
+        if self.solver != "auto":
+            return self.solver
+        return "krylov" if self.n > DENSE_MAX_N else "dense"
+
+    @property
+    def dtype(self) -> str:
+        """The network's dtype (``auto``: float64 for dense, float32 for krylov)."""
+        if self.model_dtype != "auto":
+            return self.model_dtype
+        return "float32" if self.method == "krylov" else "float64"
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> Config:
+        """``--quick``: 40 examples and the top 5 directions (seconds)."""
+        return cls(**{"n": 40, "top": 5, **overrides})
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the command's arguments to ``parser``."""
-    parser.add_argument(
-        "--dataset",
-        choices=["moons", "mnist", "cmnist"],
-        default="moons",
-        help="the data (cmnist: the two Colored MNIST training environments, pooled)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="directory with the MNIST IDX files (mnist, cmnist; default: the embedded 5k subset)",
-    )
-    parser.add_argument(
-        "--model", choices=["mlp", "cnn"], default="mlp", help="network (cnn: mnist only)"
-    )
-    parser.add_argument(
-        "--hidden",
-        type=int,
-        nargs="+",
-        default=None,
-        help="MLP hidden widths (default: 500 for moons, 300 300 for mnist and cmnist; --quick: "
-        "32 for moons, 16 for mnist, 32 32 for cmnist); CNN channels (default 16 32)",
-    )
-    parser.add_argument(
-        "--n",
-        type=int,
-        default=None,
-        help="number of training examples (default 300; --quick: 40; cmnist: up to 50,000 with "
-        "the full MNIST in --data-dir)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the data sample and the initialisation"
-    )
-    parser.add_argument("--delta", type=float, default=0.1, help="two-moons gap Delta")
-    parser.add_argument("--noise", type=float, default=0.1, help="two-moons noise")
-    parser.add_argument(
-        "--weight-decay", type=float, default=2e-4, help="CE weight decay on the mean loss"
-    )
-    parser.add_argument(
-        "--sd-coef", type=float, default=0.003, help="SD coefficient c of c*mean(f^2)"
-    )
-    parser.add_argument(
-        "--top",
-        type=int,
-        default=None,
-        help="number of leading directions reported (default 10; --quick: 5)",
-    )
-    parser.add_argument(
-        "--method",
-        choices=sorted(_METHODS),
-        default=None,
-        help="empirical NTK method (default: structured for --model mlp, jacobian for --model cnn; "
-        "structured needs the dense ReLU MLP)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="NTK batch size (memory bound); matrix-free: examples per JVP/VJP (default 1024)",
-    )
-    parser.add_argument(
-        "--spectrum",
-        choices=["auto", "dense", "matrix-free"],
-        default="auto",
-        help=f"dense: eigh of the n x n Gram matrix (all directions); matrix-free: the --top "
-        f"leading directions from JVPs/VJPs (no n x n matrix); auto: dense for n <= {DENSE_MAX_N}",
-    )
-    parser.add_argument(
-        "--model-dtype",
-        choices=["auto", "float32", "float64"],
-        default="auto",
-        help="dtype the network is evaluated in (auto: float64 dense, float32 matrix-free)",
-    )
-    parser.add_argument(
-        "--residual-tol",
-        type=float,
-        default=None,
-        help="matrix-free: residual r_j every direction must reach (default 1e-3 in float32, "
-        "1e-4 in float64)",
-    )
-    parser.add_argument(
-        "--max-iters",
-        type=int,
-        default=None,
-        help="matrix-free: budget of block iterations (default: that of ntkdyn.feature_spectrum)",
-    )
-    parser.add_argument(
-        "--train-steps",
-        type=int,
-        default=0,
-        help="also train the network and its linearization by full-batch GD for this many steps "
-        "and draw their feature responses against the theory's prediction (0: off)",
-    )
-    parser.add_argument(
-        "--eta",
-        type=float,
-        default=None,
-        help="GD step on the summed loss (with --train-steps; default 1e-4, cmnist 1/s_1^2)",
-    )
-    parser.add_argument(
-        "--loss", choices=["ce", "sd"], default="ce", help="training loss (with --train-steps)"
-    )
-    parser.add_argument(
-        "--save-every", type=int, default=50, help="record z(t) every this many steps"
-    )
-    parser.add_argument("--out", type=Path, default=Path("runs/spectrum"), help="output directory")
+    """Add the command's flags: one per :class:`Config` field, ``--quick`` and ``--out``."""
+    add_arguments(parser, Config())
+    parser.add_argument("--dataset", dest="data", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a small run of a few seconds: n = 40, hidden 32 (moons), 16 (mnist) or 32 32 "
-        "(cmnist), top 5 (explicit --n, --hidden, --top win)",
+        help="smoke test: n 40, top 5 (Config.quick()); other flags override them",
     )
+    parser.add_argument("--out", type=Path, default=Path("runs/spectrum"), help="output directory")
 
 
-def _resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill in the defaults that depend on --quick, --dataset and --model; record the NTK method."""
-    quick = bool(getattr(args, "quick", False))
-    if args.n is None:
-        args.n = _QUICK["n"] if quick else 300
-    if args.top is None:
-        args.top = _QUICK["top"] if quick else 10
-    if args.hidden is None and args.model == "mlp":
-        args.hidden = list((_QUICK["hidden"] if quick else _DEFAULT_HIDDEN)[args.dataset])
-    if args.method is None:
-        args.method = "structured" if args.model == "mlp" else "jacobian"
-        args.method_chosen_by = f"default for --model {args.model}"
-    else:
-        args.method_chosen_by = "--method"
-    if args.spectrum == "auto":
-        args.spectrum = "matrix-free" if args.n > DENSE_MAX_N else "dense"
-        args.spectrum_chosen_by = (
-            f"auto: n = {args.n} {'>' if args.n > DENSE_MAX_N else '<='} {DENSE_MAX_N}"
-        )
-    else:
-        args.spectrum_chosen_by = "--spectrum"
-    if args.model_dtype == "auto":
-        args.model_dtype = "float32" if args.spectrum == "matrix-free" else "float64"
-    if args.residual_tol is None:
-        args.residual_tol = _RESIDUAL_TOL[args.model_dtype]
-    return args
-
-
-def _check(args: argparse.Namespace) -> None:
-    if args.method == "structured" and args.model != "mlp":
-        raise ValueError(
-            f"--method: structured needs a dense ReLU MLP (--model mlp), got --model {args.model}; "
-            "use --method jacobian or --method vector-products"
-        )
-    if args.seed < 0:
-        raise ValueError(f"--seed: must be >= 0, got {args.seed}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    if not math.isfinite(args.delta):
-        raise ValueError(f"--delta: must be a finite number, got {args.delta}")
-    if not math.isfinite(args.noise) or args.noise < 0:
-        raise ValueError(f"--noise: must be a finite number >= 0, got {args.noise}")
-    if args.n < 2:
-        raise ValueError(f"--n: need at least 2 examples, got {args.n}")
-    if args.top < 1 or args.top > args.n:
-        raise ValueError(
-            f"--top: must satisfy 1 <= top <= n = {args.n} (--n), got {args.top}; ask for fewer "
-            "directions or more examples"
-        )
-    if args.spectrum == "matrix-free" and args.model != "mlp":
-        raise ValueError(
-            f"--spectrum: matrix-free is wired for --model mlp, got --model {args.model}; use "
-            "--spectrum dense"
-        )
-    if not (math.isfinite(args.residual_tol) and 0 < args.residual_tol < 1):
-        raise ValueError(f"--residual-tol: must lie in (0, 1), got {args.residual_tol}")
-    if args.max_iters is not None and args.max_iters < 1:
-        raise ValueError(f"--max-iters: must be >= 1, got {args.max_iters}")
-    if args.data_dir is not None and args.dataset == "moons":
-        raise ValueError(
-            f"--data-dir: the MNIST files are for --dataset mnist or cmnist, got --dataset moons "
-            f"(with --data-dir {args.data_dir})"
-        )
-    if args.model == "cnn" and args.dataset != "mnist":
-        raise ValueError(
-            f"--model: cnn needs 28 x 28 images; use --dataset mnist (got --dataset {args.dataset})"
-        )
-    for name, v in (("--weight-decay", args.weight_decay), ("--sd-coef", args.sd_coef)):
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{name}: must be a finite number > 0, got {v}")
-    if args.train_steps < 0:
-        raise ValueError(f"--train-steps: must be >= 0, got {args.train_steps}")
-    if args.train_steps and (args.save_every < 1 or args.train_steps % args.save_every):
-        raise ValueError(
-            f"--save-every: must be a positive divisor of --train-steps={args.train_steps}, got {args.save_every}"
-        )
-    if args.eta is not None and (not math.isfinite(args.eta) or args.eta <= 0):
-        raise ValueError(f"--eta: must be a finite step size > 0, got {args.eta}")
-    if args.hidden is not None and any(h < 1 for h in args.hidden):
-        raise ValueError(f"--hidden: widths must be >= 1, got {args.hidden}")
-
-
-def load_data(
-    dataset: str,
-    n: int,
-    seed: int,
-    *,
-    delta: float = 0.1,
-    noise: float = 0.1,
-    data_dir: Path | str | None = None,
-):
-    """Inputs and ±1 labels of a named dataset.
-
-    Args:
-        dataset: ``"moons"`` (the paper's two-moons toy), ``"mnist"`` (a random sample of MNIST,
-            pixels /255, label +1 for digits < 5, −1 otherwise) or ``"cmnist"`` (the first n
-            examples of the two Colored MNIST training environments of :func:`cmnist_pool`).
-        n: number of examples.
-        seed: sample seed.
-        delta, noise: two-moons settings.
-        data_dir: directory of the MNIST IDX files (``None``: the embedded 5k subset).
+def load_inputs(config: Config):
+    """The dataset, the model at θ₀ in the run's dtype and the solver, all validated.
 
     Returns:
-        ``(x, y)``: x (n, 2), (n, 28, 28) or (n, 392) float32, y (n,) float ±1.
+        ``(data, model, apply_fn, params, x, solver)``.
 
     Raises:
-        ValueError: naming ``dataset`` or ``--n`` (more examples than the data holds).
-        FileNotFoundError: ``data_dir`` lacks the MNIST files.
+        InputError: unknown data or model, ``--n``/``--top`` beyond the examples, a model whose
+            output is not one logit per example.
+        FileNotFoundError: missing data files.
     """
-    import numpy as np
-
-    if dataset == "moons":
-        from ntkdyn.data.moons import two_moons
-
-        x, y = two_moons(n=n, noise=noise, delta=delta, seed=seed)
-        return np.asarray(x, np.float32), np.asarray(y, np.float64)
-    if dataset == "mnist":
-        data = _mnist(data_dir)
-        if n > data.n_images:
-            raise ValueError(
-                f"--n: the {data.source} MNIST has {data.n_images} images, got n={n}; "
-                "lower --n or pass --data-dir with the full MNIST"
-            )
-        idx = np.random.default_rng(seed).choice(data.n_images, size=n, replace=False)
-        x = data.images[idx].astype(np.float32) / 255.0
-        y = np.where(data.labels[idx] < 5, 1.0, -1.0)
-        return x, y
-    if dataset == "cmnist":
-        x, y, _ = cmnist_pool(seed, data_dir)
-        if n > x.shape[0]:
-            raise ValueError(
-                f"--n: the Colored MNIST training environments hold {x.shape[0]} images here, got "
-                f"n={n}; lower --n or pass --data-dir with the full MNIST (50,000 training images)"
-            )
-        return x[:n], y[:n]
-    raise ValueError(f"dataset: expected 'moons', 'mnist' or 'cmnist', got {dataset!r}")
-
-
-def _mnist(data_dir):
-    from ntkdyn.data.mnist import load_mnist
-
-    if data_dir is None:
-        return load_mnist(source="embedded")
-    return load_mnist(data_dir, source="files")
-
-
-def cmnist_pool(seed: int, data_dir: Path | str | None = None):
-    """The two Colored MNIST training environments of one restart, pooled (SPEC §4).
-
-    :func:`ntkdyn.data.colored_mnist.colored_mnist` with key ``fold_in(PRNGKey(seed), 0)``:
-    the first 5/6 of the MNIST training images shuffled, even positions → environment 1
-    (colour flip 0.2), odd → environment 2 (0.1), label noise 0.25, 2 × 14 × 14 inputs /255.
-    The pool interleaves the two again (the shuffled order), so its first n examples hold
-    ⌈n/2⌉ of environment 1 and ⌊n/2⌋ of environment 2.
-
-    Args:
-        seed: restart seed.
-        data_dir: directory of the MNIST IDX files (``None``: the embedded 5k subset).
-
-    Returns:
-        ``(x, y, info)``: x (N, 392) float32, y (N,) float64 ±1 (label 1 → +1), and a dict with
-        the MNIST ``source``/``origin`` and the environment of each example (``env``, 0 or 1).
-
-    Raises:
-        FileNotFoundError: ``data_dir`` lacks the MNIST files.
-    """
-    import jax
-    import numpy as np
-
-    from ntkdyn.data.colored_mnist import colored_mnist
-
-    data = _mnist(data_dir)
-    envs = colored_mnist(jax.random.fold_in(jax.random.PRNGKey(seed), 0), data.images, data.labels)
-    e1, e2 = envs.train
-    m = min(e1.labels.shape[0], e2.labels.shape[0])
-    parts = []
-    for a, b in ((e1.flat, e2.flat), (e1.labels, e2.labels)):
-        a, b = np.asarray(a), np.asarray(b)
-        mixed = np.stack([a[:m], b[:m]], axis=1).reshape((2 * m,) + a.shape[1:])
-        parts.append(np.concatenate([mixed, a[m:], b[m:]]))
-    x, labels = parts
-    env = np.concatenate(
-        [
-            np.tile([0, 1], m),
-            np.zeros(e1.labels.shape[0] - m, int),
-            np.ones(e2.labels.shape[0] - m, int),
-        ]
-    )
-    info = {"source": data.source, "origin": data.origin, "env": env}
-    return x.astype(np.float32), np.where(labels > 0.5, 1.0, -1.0), info
-
-
-def build_model(model: str, dataset: str, hidden: list[int] | None, seed: int):
-    """The ``(apply_fn, params)`` of the requested network, initialised from ``seed`` (float32 weights).
-
-    Args:
-        model: ``"mlp"`` (ReLU MLP, zero biases; LeCun-normal weights, Xavier-uniform for
-            ``cmnist`` as in the Colored MNIST experiments) or ``"cnn"``.
-        dataset: ``"moons"`` (2 inputs), ``"mnist"`` (28 × 28) or ``"cmnist"`` (2 · 14 · 14).
-        hidden: MLP widths / CNN channels (``None``: the dataset's default).
-        seed: initialisation seed.
-
-    Returns:
-        ``(apply_fn, params)``.
-    """
-    import jax
-
-    from ntkdyn.models.cnn import init_cnn
-    from ntkdyn.models.mlp import init_mlp, xavier_uniform
-
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
-    if model == "cnn":
-        return init_cnn(key, 1, hidden or [16, 32])
-    widths = hidden if hidden is not None else _DEFAULT_HIDDEN[dataset]
-    if dataset == "cmnist":
-        return init_mlp(key, 2 * 14 * 14, widths, 1, kernel_init=xavier_uniform)
-    return init_mlp(key, 2 if dataset == "moons" else 28 * 28, widths)
-
-
-def compute_spectrum(
-    apply_fn,
-    params,
-    x,
-    y,
-    *,
-    method,
-    batch_size=None,
-    k: int | None = None,
-    key=None,
-    residual_tol: float = 1e-4,
-    max_iters: int | None = None,
-) -> tuple[Any, float]:
-    """The spectrum of YΦ at θ₀ (:func:`ntkdyn.analysis.analyse` without predictions), timed.
-
-    Args:
-        apply_fn, params: the network at θ₀.
-        x, y: inputs and ±1 labels.
-        method: :class:`ntkdyn.NTKMethod` of the dense path (``STRUCTURED`` needs a dense network).
-        batch_size: NTK batch size (matrix-free: examples per JVP/VJP).
-        k: ``None`` (dense) or the number of leading directions found matrix-free.
-        key: PRNG key of the matrix-free start block (with ``k``).
-        residual_tol, max_iters: matrix-free stopping rule (with ``k``).
-
-    Returns:
-        ``(analysis, seconds)``: the :class:`ntkdyn.analysis.SpectrumAnalysis` (no predictions;
-        ``report`` set on the matrix-free path, which never raises on an unconverged result: the
-        flag and residuals go to results.json) and the wall time (the decomposition and one
-        forward pass for f(X; θ₀)).
-    """
-    import time
-
-    from ntkdyn.analysis import analyse as analyse_spectrum
-    from ntkdyn.linalg import OnUnconverged
-
-    t0 = time.perf_counter()
-    result = analyse_spectrum(
-        apply_fn,
-        params,
-        x,
-        y,
-        method=method,
-        batch_size=batch_size,
-        k=k,
-        key=key,
-        residual_tol=residual_tol,
-        max_iters=max_iters,
-        on_unconverged=OnUnconverged.IGNORE,
-    )
-    return result, time.perf_counter() - t0
-
-
-def spectrum_arrays(analysis, top: int) -> dict[str, Any]:
-    """``s``, ``alignment``, ``U_top`` (n, top) and, matrix-free, ``residuals`` as NumPy arrays."""
-    import numpy as np
-
-    k_top = min(top, analysis.spectrum.s.shape[0])
-    arrays = {
-        "s": np.asarray(analysis.spectrum.s),
-        "alignment": np.asarray(analysis.alignment),
-        "U_top": np.asarray(analysis.spectrum.U[:, :k_top]),
-    }
-    if analysis.report is not None:
-        arrays["residuals"] = np.asarray(analysis.report.residuals)
-    return arrays
-
-
-def predictions(analysis, *, lam_ce: float, lam_sd: float, top: int) -> tuple[dict, Any]:
-    """CE and SD fixed points and starvation on the spectrum (truncated when matrix-free).
-
-    :func:`ntkdyn.analysis.predict` (Newton at :func:`ntkdyn.analysis.newton_tolerance`).
-
-    Args:
-        analysis: the :class:`ntkdyn.analysis.SpectrumAnalysis` at θ₀.
-        lam_ce: λ of the CE system (sum-form weight decay).
-        lam_sd: λ of the SD system (sum-form logit penalty).
-        top: size of the ``starvation_top_ce`` block.
-
-    Returns:
-        ``(arrays, analysis)``: ``z_ce``, ``z_sd``, ``dz_ds1_ce`` (∂z_j*/∂s₁ for all j),
-        ``dz_ds1_sd``, ``starvation_top_ce`` (top × top block of ∂z_j*/∂s_i); the analysis with
-        its ``predictions`` set.
-
-    Raises:
-        SolverError: a fixed point was not found.
-    """
-    import numpy as np
-
-    from ntkdyn.analysis import predict
-    from ntkdyn.dynamics import ce_field, sd_field
-
-    ce = predict(analysis.spectrum, lam_ce, ce_field)
-    sd = predict(analysis.spectrum, lam_sd, sd_field)
-    M_ce, M_sd = np.asarray(ce.starvation), np.asarray(sd.starvation)
-    k_top = min(top, M_ce.shape[0])
-    arrays = {
-        "z_ce": np.asarray(ce.z_star),
-        "z_sd": np.asarray(sd.z_star),
-        "dz_ds1_ce": M_ce[:, 0],
-        "dz_ds1_sd": M_sd[:, 0],
-        "starvation_top_ce": M_ce[:k_top, :k_top],
-    }
-    return arrays, analysis._replace(predictions={"ce": ce, "sd": sd})
-
-
-def analyse(
-    apply_fn,
-    params,
-    x,
-    y,
-    *,
-    lam_ce: float,
-    lam_sd: float,
-    top: int,
-    method,
-    batch_size=None,
-    k: int | None = None,
-    key=None,
-    residual_tol: float = 1e-4,
-    max_iters: int | None = None,
-) -> tuple[dict[str, Any], Any, float]:
-    """Spectrum, alignment, fixed points and starvation by the top direction, as arrays to write.
-
-    :func:`compute_spectrum` then :func:`predictions` (on the truncated system (U_k, s_k, λ)
-    when ``k`` is given).
-
-    Args:
-        apply_fn, params: the network at θ₀.
-        x, y: inputs and ±1 labels.
-        lam_ce, lam_sd: λ of the CE and SD systems (sum form).
-        top: number of leading directions in the summary.
-        method, batch_size, k, key, residual_tol, max_iters: as :func:`compute_spectrum`.
-
-    Returns:
-        ``(arrays, analysis, seconds)``: :func:`spectrum_arrays` and :func:`predictions`'s arrays
-        in one dict, the :class:`ntkdyn.analysis.SpectrumAnalysis`, the spectrum's wall time.
-    """
-    result, seconds = compute_spectrum(
-        apply_fn,
-        params,
-        x,
-        y,
-        method=method,
-        batch_size=batch_size,
-        k=k,
-        key=key,
-        residual_tol=residual_tol,
-        max_iters=max_iters,
-    )
-    arrays = spectrum_arrays(result, top)
-    pred, result = predictions(result, lam_ce=lam_ce, lam_sd=lam_sd, top=top)
-    return {**arrays, **pred}, result, seconds
-
-
-def run(args: argparse.Namespace) -> int:
-    """Compute the spectrum and write the run directory; prints a short summary."""
-    import time
-
-    t_start = time.perf_counter()
-    args = _resolve(args)
-    _check(args)
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from ntkdyn.analysis import DECOUPLED_ATOL, newton_tolerance
-    from ntkdyn.plots.spectrum import spectrum_figure
-    from ntkdyn.runs import RunDir
-    from ntkdyn.tangent import NTKMethod
+    from ntkdyn.data.registry import load_dataset
+    from ntkdyn.errors import InputError
+    from ntkdyn.models.registry import build_model
+    from ntkdyn.tangent import BlockKrylov, Dense, DenseStructure, NTKMethod
 
-    x, y = load_data(
-        args.dataset, args.n, args.seed, delta=args.delta, noise=args.noise, data_dir=args.data_dir
-    )
-    apply_fn, params = build_model(args.model, args.dataset, args.hidden, args.seed)
-    # Dense path: the float32 initialisation is evaluated in float64, since a float32 Gram only
-    # resolves s_j/s_1 down to ≈ √(n·ε₃₂), which would truncate most of the spectrum. The
-    # matrix-free path keeps float32 products by default (half the time; the Rayleigh–Ritz and
-    # the residuals are float64 on the host).
-    dtype = jnp.float64 if args.model_dtype == "float64" else jnp.float32
-    params = jax.tree.map(lambda a: a.astype(dtype), params)
-    x = x.astype(np.float64 if args.model_dtype == "float64" else np.float32)
-    lam_ce, lam_sd = args.n * args.weight_decay, 2.0 * args.sd_coef
-    matrix_free = args.spectrum == "matrix-free"
-    print(
-        f"spectrum: {args.spectrum} ({args.spectrum_chosen_by}), n = {args.n}, top = {args.top}, "
-        f"model in {args.model_dtype}",
-        flush=True,
-    )
-    analysis, seconds = compute_spectrum(
-        apply_fn,
-        params,
-        x,
-        y,
-        method=NTKMethod[_METHODS[args.method]],
-        batch_size=args.batch_size,
-        k=args.top if matrix_free else None,
-        key=jax.random.fold_in(jax.random.PRNGKey(args.seed), 2),
-        residual_tol=args.residual_tol,
-        max_iters=args.max_iters,
-    )
-    res = spectrum_arrays(analysis, args.top)
-    d, k = res["s"].shape[0], min(args.top, res["s"].shape[0])
-    report = analysis.report
-    residuals = res.get("residuals")
-    print(f"spectrum: {seconds:.1f} s, s_1 = {res['s'][0]:.6g}", flush=True)
-    out = RunDir(args.out)
-    config = {
-        k_: v for k_, v in vars(args).items() if not k_.startswith("_")
-    }  # write_config turns paths into strings
-    config.update(lam_ce=lam_ce, lam_sd=lam_sd)
-    out.write_config(config)
-    results = {
-        "dataset": args.dataset,
-        "model": args.model,
-        "n": args.n,
-        "d": d,
-        "method": args.spectrum,
-        "method_chosen_by": args.spectrum_chosen_by,
-        "model_dtype": args.model_dtype,
-        "seconds": seconds,
-        "converged": True if report is None else bool(report.converged),
-        "residuals": None if residuals is None else residuals.tolist(),
-        "residual_tol": args.residual_tol if matrix_free else None,
-        "iterations": None if report is None else int(report.iterations),
-        "matvecs": None if report is None else int(report.matvecs),
-        "ntk_method": None if matrix_free else args.method,
-        "ntk_method_chosen_by": None if matrix_free else args.method_chosen_by,
-        "lam_ce": lam_ce,
-        "lam_sd": lam_sd,
-        "s": res["s"].tolist(),
-        "alignment": res["alignment"].tolist(),
-        "s1_over_s2": float(res["s"][0] / res["s"][1]) if d > 1 else None,
-    }
-    if args.dataset == "cmnist":
-        results["mnist"] = "embedded 5k subset" if args.data_dir is None else str(args.data_dir)
-        results["examples_per_environment"] = [(args.n + 1) // 2, args.n // 2]
-    # The spectrum is on disk before the theory runs (at n = 50,000 it is the expensive part).
-    out.write_results(results)
-    out.write_npz("spectrum.npz", **res)
-    pred, analysis = predictions(analysis, lam_ce=lam_ce, lam_sd=lam_sd, top=args.top)
-    res.update(pred)
-    starved = [j for j in range(1, d) if res["dz_ds1_ce"][j] < 0]
-    results.update(
-        top={
-            key: res[key][:k].tolist()
-            for key in ("s", "alignment", "z_ce", "z_sd", "dz_ds1_ce", "dz_ds1_sd")
-        },
-        newton_tol=newton_tolerance(args.n),
-        starved_by_top_ce=len(starved),
-        starved_by_top_sd=int(np.sum(res["dz_ds1_sd"][1:] < -DECOUPLED_ATOL)),
-        max_abs_dz_ds1_sd=float(np.max(np.abs(res["dz_ds1_sd"]))),
-    )
-    out.write_metrics(
-        {
-            "j": j + 1,
-            "s": res["s"][j],
-            "residual": None if residuals is None else residuals[j],
-            "alignment": res["alignment"][j],
-            "z_ce": res["z_ce"][j],
-            "z_sd": res["z_sd"][j],
-            "dz_ds1_ce": res["dz_ds1_ce"][j],
-            "dz_ds1_sd": res["dz_ds1_sd"][j],
-        }
-        for j in range(d)
-    )
-    out.write_results(results)
-    out.write_npz("spectrum.npz", **res)
-    how = (
-        f"top {d}, matrix-free, {args.model_dtype}" if matrix_free else f"dense, {args.model_dtype}"
-    )
-    fig = spectrum_figure(
-        res["s"],
-        res["alignment"],
-        top=max(k, 1),
-        n=args.n,
-        title=f"{args.dataset}, {args.model}, n = {args.n}: spectrum of $Y\\Phi$ at init ({how})",
-    )
-    out.save_figure(fig, "spectrum")  # closes the figure
-    rows = [
-        "| j | s_j | r_j | abs(u_j^T 1) | z*_CE | z*_SD | dz_j*/ds_1 (CE) | dz_j*/ds_1 (SD) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    rows += [
-        f"| {j + 1} | {res['s'][j]:.6g} | "
-        f"{'-' if residuals is None else format(residuals[j], '.1e')} | "
-        f"{res['alignment'][j]:.3f} | {res['z_ce'][j]:.4g} | "
-        f"{res['z_sd'][j]:.4g} | {res['dz_ds1_ce'][j]:.3g} | {res['dz_ds1_sd'][j]:.2g} |"
-        for j in range(k)
-    ]
-    if matrix_free:
-        solver = (
-            f"Spectrum: matrix-free, top {d} directions ({args.spectrum_chosen_by}), model in "
-            f"{args.model_dtype}; {report.iterations} block iterations, {report.matvecs} products, "
-            f"converged = {bool(report.converged)} (every r_j <= {args.residual_tol:g}), "
-            f"max r_j = {float(np.max(residuals)):.2e}; {seconds:.1f} s. The theory below is that "
-            f"of the truncated system (U_{d}, s_{d}).\n"
+    data = load_dataset(config.data, n=config.n, seed=config.seed, data_dir=config.data_dir,
+                        image_size=config.image_size)  # fmt: skip
+    if len(data) < config.n:
+        raise InputError(f"--n: {config.data} holds {len(data)} examples, got n={config.n}")
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    model = build_model(config.model, key, data.x, hidden=tuple(config.hidden) or None,
+                        width=config.width, stats_x=data.x, dataset=data.name)  # fmt: skip
+    p = sum(int(np.size(a)) for a in jax.tree.leaves(model.params))
+    if config.method == "krylov" and config.top > p:
+        raise InputError(f"--top: the model has p = {p} parameters, at most p directions")
+    dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
+    params = jax.tree.map(lambda a: a.astype(dtype), model.params)
+    x = np.asarray(data.x, np.float64 if config.dtype == "float64" else np.float32)
+    per_example = max(1, int(np.prod(x.shape[1:])))
+    batch = max(1, min(1024, _BATCH_VALUES // per_example))
+    if config.method == "krylov":
+        tol = config.residual_tol or (1e-4 if config.dtype == "float64" else 1e-3)
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+        solver = BlockKrylov(config.top, tol, config.max_iters, key=key, batch_size=batch)
+    else:
+        structured = isinstance(model.apply_fn, DenseStructure)
+        method = NTKMethod.STRUCTURED if structured else NTKMethod.JACOBIAN_CONTRACTION
+        solver = Dense(method=method, batch_size=None if structured or batch >= len(x) else batch)
+    return data, model, model.apply_fn, params, x, solver
+
+
+def _g(v: float, digits: int = 4) -> str:
+    """A figure for a table: ``digits`` significant digits."""
+    return format(float(v), f".{digits}g")
+
+
+def summary_text(config: Config, results: dict, arrays: dict) -> str:
+    """summary.md: the setting in sentences, the starvation counts beside magnitudes, a table."""
+    from ntkdyn.runs.report import markdown_table
+
+    d, k = results["d"], min(config.top, results["d"])
+    krylov = results["residuals"] is not None
+    if krylov:
+        r = arrays["residuals"]
+        how = (
+            f"Spectrum: {results['solver']} ({results['method_chosen_by']}); model in "
+            f"{results['model_dtype']}; "
+            f"{results['iterations']} block iterations, {results['matvecs']} products, "
+            f"{'converged' if results['converged'] else 'NOT converged'} (every r_j <= "
+            f"{results['residual_tol']:g}: max r_j = {r.max():.2g}); {results['seconds']:.1f} s. "
+            f"The theory below is that of the truncated system (U_{d}, s_{d})."
         )
     else:
-        solver = (
-            f"Spectrum: dense ({args.spectrum_chosen_by}), model in {args.model_dtype}; "
-            f"{seconds:.1f} s.\nNTK method: {args.method} ({args.method_chosen_by}).\n"
+        how = (
+            f"Spectrum: {results['solver']} ({results['method_chosen_by']}; "
+            f"{results['ntk_method_chosen_by']}); model in "
+            f"{results['model_dtype']}; {results['seconds']:.1f} s. Residuals are not computed "
+            "by eigh (the decomposition is exact to rounding)."
         )
-    summary = (
-        f"# Tangent-feature spectrum: {args.dataset}, {args.model}, n = {args.n}, seed {args.seed}\n\n"
-        + solver
-        + f"d = {d} directions; s1/s2 = {results['s1_over_s2']}; lambda_CE = {lam_ce:.4g}, lambda_SD = {lam_sd:.4g}.\n"
-        f"Under CE the strongest feature starves {len(starved)} of the other {d - 1} directions "
-        f"(dz_j*/ds_1 < 0); under SD max |dz*/ds_1| = {results['max_abs_dz_ds1_sd']:.1e}.\n\n"
-        + "\n".join(rows)
-        + "\n"
+    thr = f"{-results['starvation_threshold']:.0e}"
+    lines = [
+        f"# Tangent-feature spectrum: {config.data}, {config.model}, n = {config.n}, "
+        f"seed {config.seed}",
+        "",
+        f"Data: {results['data_source']}.",
+        f"Model: {results['model_description']}.",
+    ]
+    if results["frozen_batch_stats"]:
+        lines.append(
+            "Batch norm is evaluated in eval mode with its statistics frozen at θ₀, measured on "
+            f"the {config.n} training inputs (per-example tangent features)."
+        )
+    lines += [how, ""]
+    ratio = "—" if results["s1_over_s2"] is None else _g(results["s1_over_s2"])
+    lines.append(
+        f"d = {d} directions; s_1 = {_g(arrays['s'][0])}, s_1/s_2 = {ratio}; "
+        f"λ_CE = {config.lam_ce:g}, λ_SD = {config.lam_sd:g} (the theory's sum form)."
     )
-    if args.train_steps:
-        eta = args.eta
-        if eta is None:
-            eta = 1.0 / float(res["s"][0]) ** 2 if args.dataset == "cmnist" else _DEFAULT_ETA
-        text, results["train"] = _track(
-            args,
-            out,
-            apply_fn,
-            params,
-            x,
-            y,
-            analysis,
-            lam_ce if args.loss == "ce" else lam_sd,
-            eta,
-        )
+    lines.append(
+        f"Feature 1 starves direction j when ∂z_j*/∂s_1 < −{thr} (DECOUPLED_ATOL), for CE and SD "
+        "alike."
+    )
+    for name in ("ce", "sd"):
+        count, mag = results[f"starved_by_top_{name}"], results[f"starved_magnitude_{name}"]
+        text = f"{name.upper()} starves {count} of {d - 1} directions"
+        if mag is not None:
+            text += f"; largest ∂z_j*/∂s_1 magnitude {mag[0]:.2g}, smallest {mag[1]:.2g}"
+        lines.append(text + ".")
+    lines.append(f"Under SD max |∂z_j*/∂s_1| = {results['max_abs_dz_ds1_sd']:.1e}.")
+    lines.append("")
+    header = ["j", "s_j", *(["r_j"] if krylov else []), "\\|u_jᵀ1\\|", "z*_CE", "z*_SD"]
+    header += ["∂z_j*/∂s_1 (CE)", "∂z_j*/∂s_1 (SD)"]
+    rows = []
+    for j in range(k):
+        row = [str(j + 1), _g(arrays["s"][j])]
+        row += [f"{arrays['residuals'][j]:.1e}"] if krylov else []
+        row += [_g(arrays["alignment"][j]), _g(arrays["z_ce"][j]), _g(arrays["z_sd"][j])]
+        row += [_g(arrays["dz_ds1_ce"][j], 3), _g(arrays["dz_ds1_sd"][j], 2)]
+        rows.append(row)
+    lines += markdown_table(header, rows)
+    return "\n".join(lines) + "\n"
+
+
+def run_spectrum(config: Config, out: Path | str) -> dict[str, Any]:
+    """Load, validate, compute and write the run directory; returns results.json's content.
+
+    Raises:
+        InputError: bad data, model or settings, or an unwritable ``out`` — before computing.
+    """
+    import numpy as np
+
+    from ntkdyn.analysis import spectrum_report
+    from ntkdyn.plots.spectrum import spectrum_figure
+    from ntkdyn.runs import RunDir
+    from ntkdyn.runs.files import check_writable
+    from ntkdyn.tangent import Dense
+
+    t_start = time.perf_counter()
+    data, model, apply_fn, params, x, solver = load_inputs(config)
+    check_writable(out)
+    y = np.asarray(data.signed_y, np.float64)
+    method = config.method
+    print(f"spectrum: {method}, n = {config.n}, top = {config.top}, model in {config.dtype}; "
+          f"{model.description}", flush=True)  # fmt: skip
+    arrays, res, analysis = spectrum_report(
+        apply_fn, params, x, y, solver=solver, lam_ce=config.lam_ce, lam_sd=config.lam_sd,
+        top=config.top,
+    )  # fmt: skip
+    dense = isinstance(solver, Dense)
+    chosen = "--solver" if config.solver != "auto" else f"auto: n = {config.n}"
+    if config.solver == "auto":
+        chosen += f" {'<=' if dense else '>'} {DENSE_MAX_N}"
+    ntk = solver.method.name.lower().split("_")[0] if dense else None
+    ntk_why = {"structured": "the model is a dense network", "jacobian": "generic, any model"}
+    results = {
+        "dataset": data.name,
+        "data_source": data.source,
+        "model": config.model,
+        "model_description": model.description,
+        "frozen_batch_stats": bool(model.frozen_batch_stats),
+        "n": config.n,
+        "method": method,
+        "method_chosen_by": chosen,
+        "model_dtype": config.dtype,
+        "residual_tol": None if dense else solver.tol,
+        "ntk_method": ntk,
+        "ntk_method_chosen_by": ntk_why.get(ntk),
+        "lam_ce": config.lam_ce,
+        "lam_sd": config.lam_sd,
+        "examples_per_environment": None,
+        **res,
+    }
+    if data.environments is not None:
+        results["examples_per_environment"] = np.bincount(data.environments).tolist()
+    print(f"spectrum: {res['seconds']:.1f} s, s_1 = {arrays['s'][0]:.6g}", flush=True)
+    summary = summary_text(config, results, arrays)
+    run = RunDir(out)
+    run.write_config({**dataclasses.asdict(config), "out": str(out)})
+    per_direction = ("s", "alignment", "z_ce", "z_sd", "dz_ds1_ce", "dz_ds1_sd")
+    residuals = arrays.get("residuals", [None] * res["d"])
+    run.write_metrics(
+        {"j": j + 1, "residual": residuals[j], **{key: arrays[key][j] for key in per_direction}}
+        for j in range(res["d"])
+    )
+    run.write_npz("spectrum.npz", **arrays)
+    how = f"top {res['d']}, matrix-free" if not dense else "dense"
+    title = f"{data.name}, {config.model}, n = {config.n}: spectrum of $Y\\Phi$ at init "
+    fig = spectrum_figure(arrays["s"], arrays["alignment"], top=max(min(config.top, res["d"]), 1),
+                          n=config.n, title=title + f"({how}, {config.dtype})")  # fmt: skip
+    run.save_figure(fig, "spectrum")  # closes the figure
+    if config.train_steps:
+        text, results["train"] = _track(config, run, apply_fn, params, x, y, analysis)
         summary += text
     results["seconds_total"] = time.perf_counter() - t_start
-    out.write_results(results)
     summary += f"\nWhole run: {results['seconds_total']:.1f} s.\n"
-    out.write_text("summary.md", summary)
+    run.write_results(results)
+    run.write_text("summary.md", summary)
     print(summary)
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry of ``ntkdyn spectrum``: the config from the flags, then :func:`run_spectrum`."""
+    base = Config.quick() if getattr(args, "quick", False) else Config()
+    run_spectrum(from_arguments(base, args), args.out)
     return 0
 
 
-def track_responses(
-    apply_fn,
-    params,
-    x,
-    y,
-    analysis,
-    *,
-    loss: str,
-    lam: float,
-    eta: float,
-    num_steps: int,
-    save_every: int,
-) -> dict[str, Any]:
-    """:func:`ntkdyn.analysis.training_responses` for the command's ``--loss`` at the theory's λ.
-
-    The objective of λ (sum form) is ERM with weight decay λ/n (CE) or SD with mean coefficient
-    λ/2; :func:`ntkdyn.objectives.theory_lam` maps either back to λ.
-    """
-    from ntkdyn.analysis import training_responses
-    from ntkdyn.objectives import ERM, SpectralDecoupling
-
-    n = x.shape[0]
-    objective, wd = (ERM(), lam / n) if loss == "ce" else (SpectralDecoupling(coef=lam / 2), 0.0)
-    return training_responses(
-        apply_fn,
-        params,
-        x,
-        y,
-        analysis,
-        objective,
-        weight_decay=wd,
-        eta=eta,
-        num_steps=num_steps,
-        save_every=save_every,
-        log=lambda line: print(line, flush=True),
-    )
-
-
-def _rel_err(z, ref):
-    """‖z_t − ref_t‖ / ‖ref_t‖ per saved time (0 where both vanish, at t = 0)."""
+def _track(config: Config, run, apply_fn, params, x, y, analysis) -> tuple[str, dict]:
+    """Train the network and its linearization; responses.npz/.json/.png and a summary line."""
     import numpy as np
 
-    num = np.linalg.norm(z - ref, axis=-1)
-    den = np.linalg.norm(ref, axis=-1)
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), num)
-
-
-def _track(args, out, apply_fn, params, x, y, analysis, lam, eta) -> tuple[str, dict]:
-    import numpy as np
-
+    from ntkdyn.analysis import objective_for_lam, relative_error, training_responses
     from ntkdyn.plots.spectrum import responses_figure
 
-    tr = track_responses(
-        apply_fn,
-        params,
-        x,
-        y,
-        analysis,
-        loss=args.loss,
-        lam=lam,
-        eta=eta,
-        num_steps=args.train_steps,
-        save_every=args.save_every,
-    )
-    out.write_npz(
-        "responses.npz",
-        **{k: v for k, v in tr.items() if not k.startswith("seconds") and k != "lam"},
-    )
+    lam = config.lam_ce if config.loss == "ce" else config.lam_sd
+    eta = config.eta if config.eta is not None else 1.0 / float(analysis.spectrum.s[0]) ** 2
+    objective, wd = objective_for_lam(config.loss, lam, x.shape[0])
+    steps, every = config.train_steps, config.save_every
+    tr = training_responses(
+        apply_fn, params, x, y, analysis, objective, weight_decay=wd, eta=eta, num_steps=steps,
+        save_every=every, log=lambda line: print(line, flush=True),
+    )  # fmt: skip
+    z = {k: tr[f"z_{k}"] for k in ("network", "linearized", "theory")}
+    run.write_npz("responses.npz", t=tr["t"], **{f"z_{k}": v for k, v in z.items()})
     # Draw the strongest responses at the end of training (the features the run actually learns).
-    order = np.argsort(-np.abs(tr["z_theory"][-1]))[:4]
-    d = tr["z_theory"].shape[1]
+    order = sorted(int(j) for j in np.argsort(-np.abs(z["theory"][-1]))[:4])
+    d = z["theory"].shape[1]
     truncated = f" (theory on the top {d} directions)" if analysis.truncated else ""
-    fig = responses_figure(
-        [
-            ("network", tr["t"], tr["z_network"]),
-            ("linearized", tr["t"], tr["z_linearized"]),
-            ("theory (GD in z)" + truncated, tr["t"], tr["z_theory"]),
-        ],
-        features=[int(j) for j in sorted(order)],
-        title=f"{args.dataset}, n = {args.n}, {args.loss.upper()} GD "
-        f"(lambda = {lam:.3g}, eta = {eta:.3g})",
-    )
-    out.save_figure(fig, "responses")  # closes the figure
-    err_lin = _rel_err(tr["z_linearized"], tr["z_theory"])
-    err_net = _rel_err(tr["z_network"], tr["z_theory"])
-    err_net_lin = _rel_err(tr["z_network"], tr["z_linearized"])
+    curves = [(k, tr["t"], v) for k, v in z.items()]
+    curves[2] = ("theory (GD in z)" + truncated, tr["t"], z["theory"])
+    title = f"{config.data}, n = {x.shape[0]}, {config.loss.upper()} GD (lambda = {lam:.3g}, "
+    fig = responses_figure(curves, features=order, title=title + f"eta = {eta:.3g})")
+    run.save_figure(fig, "responses")  # closes the figure
+    err = {
+        "linearized_vs_theory": relative_error(z["linearized"], z["theory"]),
+        "network_vs_theory": relative_error(z["network"], z["theory"]),
+        "network_vs_linearized": relative_error(z["network"], z["linearized"]),
+    }
     extra = {
         "eta": eta,
-        "steps": args.train_steps,
-        "save_every": args.save_every,
-        "loss": args.loss,
+        "steps": steps,
+        "save_every": every,
+        "loss": config.loss,
         "lam": lam,
         "directions": d,
         "theory_truncated": bool(analysis.truncated),
         "t_end": float(tr["t"][-1]),
-        "rel_err_linearized_vs_theory": float(err_lin[-1]),
-        "rel_err_network_vs_theory": float(err_net[-1]),
-        "rel_err_network_vs_linearized": float(err_net_lin[-1]),
-        "rel_err_linearized_vs_theory_t": err_lin.tolist(),
-        "rel_err_network_vs_theory_t": err_net.tolist(),
-        "max_abs_z_at_step_0": float(
-            max(np.max(np.abs(tr[k][0])) for k in ("z_network", "z_linearized", "z_theory"))
-        ),
+        **{f"rel_err_{k}": float(v[-1]) for k, v in err.items()},
+        "rel_err_linearized_vs_theory_t": err["linearized_vs_theory"].tolist(),
+        "rel_err_network_vs_theory_t": err["network_vs_theory"].tolist(),
+        "max_abs_z_at_step_0": float(max(np.max(np.abs(v[0])) for v in z.values())),
         "seconds_network": tr["seconds_network"],
         "seconds_linearized": tr["seconds_linearized"],
-        "features_drawn": [int(j) + 1 for j in sorted(order)],
+        "features_drawn": [j + 1 for j in order],
     }
-    out.write_json("responses.json", extra)
+    run.write_json("responses.json", extra)
     text = (
-        f"\nTraining ({args.loss.upper()}, {args.train_steps} full-batch GD steps, eta = {eta:.3g}, "
+        f"\nTraining ({config.loss.upper()}, {steps} full-batch GD steps, eta = {eta:.3g}, "
         f"t = {extra['t_end']:.3g}; network {tr['seconds_network']:.1f} s, linearized "
         f"{tr['seconds_linearized']:.1f} s): final z relative error vs theory{truncated}: "
-        f"linearized {err_lin[-1]:.2e}, network {err_net[-1]:.2e}; network vs linearized "
-        f"{err_net_lin[-1]:.2e}.\n"
+        f"linearized {err['linearized_vs_theory'][-1]:.2e}, network "
+        f"{err['network_vs_theory'][-1]:.2e}; network vs linearized "
+        f"{err['network_vs_linearized'][-1]:.2e}.\n"
     )
     return text, extra

@@ -13,7 +13,8 @@ One idea per module:
 * :mod:`~ntkdyn.tangent.ntk`: Θ by three methods (:class:`NTKMethod`);
 * :mod:`~ntkdyn.tangent.structure`: :class:`DenseStructure`, what the layer-wise NTK needs to know
   about a dense network (a protocol: this package imports no model class);
-* :mod:`~ntkdyn.tangent.spectrum`: (U, s) of YΦ and its :class:`ntkdyn.FeatureSystem`;
+* :mod:`~ntkdyn.tangent.spectrum`: (U, s) of YΦ by a solver (:class:`Dense`, :class:`BlockKrylov`)
+  and its :class:`ntkdyn.FeatureSystem`;
 * :mod:`~ntkdyn.tangent.responses`: z(t) of any parameter path.
 """
 
@@ -25,7 +26,13 @@ from ntkdyn.tangent.responses import (
     feature_responses,
     responses_from_outputs,
 )
-from ntkdyn.tangent.spectrum import FeatureSpectrum, feature_spectrum, signed_labels
+from ntkdyn.tangent.spectrum import (
+    BlockKrylov,
+    Dense,
+    FeatureSpectrum,
+    feature_spectrum,
+    signed_labels,
+)
 from ntkdyn.tangent.structure import DenseStructure
 
 __all__ = [
@@ -35,6 +42,8 @@ __all__ = [
     "tangent_features",
     "empirical_ntk",
     "FeatureSpectrum",
+    "Dense",
+    "BlockKrylov",
     "feature_spectrum",
     "feature_responses",
     "responses_from_outputs",

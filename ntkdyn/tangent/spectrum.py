@@ -1,19 +1,23 @@
 """The spectrum of the label-signed tangent features YΦ = U S Vᵀ, the theory's (U, s).
 
-:func:`feature_spectrum` takes the Gram matrix YΘY = U S² Uᵀ of the empirical NTK and decomposes
-it in float64 (all directions; memory n², time n³), or, given ``k``, finds the k leading triplets
-matrix-free with :func:`ntkdyn.truncated_svd` on :func:`signed_tangent_operator` (products YΦV by
-JVPs and ΦᵀYU by VJPs over batches of examples; memory O(n·k + p·k), neither Φ nor the Gram matrix
-is formed). :class:`FeatureSpectrum` holds (U, s) and turns into the theory core's
+:func:`feature_spectrum` decomposes YΦ with the solver it is given, as ``diffeqsolve`` takes a
+``Tsit5()``: :class:`Dense` takes ``eigh`` of the Gram matrix YΘY = U S² Uᵀ of the empirical NTK
+in float64 (all directions; memory n², time n³); :class:`BlockKrylov` finds the k leading
+triplets matrix-free with :func:`ntkdyn.truncated_svd` on :func:`signed_tangent_operator`
+(products YΦV by JVPs and ΦᵀYU by VJPs over batches of examples; memory O(n·k + p·k), neither Φ
+nor the Gram matrix is formed). Either way the result is one :class:`FeatureSpectrum` (U, s,
+optional V, the solver's residuals and product count) that turns into the theory core's
 :class:`ntkdyn.FeatureSystem` for a given λ (Pezeshki et al. 2021, Sec. 2 and 3).
 :func:`signed_labels` is the one place labels in {−1, +1} or {0, 1} become ±1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple
+import warnings
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +26,19 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ntkdyn._checks import check_outputs, check_x
-from ntkdyn.linalg import BlockOperator, OnUnconverged, TruncatedSVD, truncated_svd
+from ntkdyn.linalg import BlockOperator, OnUnconverged, truncated_svd
 from ntkdyn.systems import FeatureSystem, feature_system
 from ntkdyn.tangent.features import ApplyFn, apply_outputs
 from ntkdyn.tangent.ntk import NTKMethod, empirical_ntk
 
-__all__ = ["FeatureSpectrum", "feature_spectrum", "signed_labels", "signed_tangent_operator"]
+__all__ = [
+    "BlockKrylov",
+    "Dense",
+    "FeatureSpectrum",
+    "feature_spectrum",
+    "signed_labels",
+    "signed_tangent_operator",
+]
 
 # Examples per JVP/VJP call of the matrix-free path when no batch_size is given: the working set is
 # a few (columns × batch × width) activations, ≈ 80 MB per 64 columns of a 300-wide layer.
@@ -67,16 +78,129 @@ def signed_labels(y: ArrayLike, n: int, name: str = "y") -> np.ndarray:
     )
 
 
-class FeatureSpectrum(NamedTuple):
-    """Left singular vectors and singular values of the label-signed tangent features YΦ = U S Vᵀ.
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """Solver: ``eigh`` of the label-signed Gram matrix YΘY = U S² Uᵀ, every direction.
+
+    The empirical NTK Θ = ΦΦᵀ (:func:`ntkdyn.empirical_ntk`) is cast to float64 in NumPy, whatever
+    the model's dtype and whether or not ``jax_enable_x64`` is on; U and s come back in the default
+    float dtype (float64 when x64 is on). Directions with s_j² ≤ tol · s₁² are dropped (a
+    rank-deficient Φ, or more examples than parameters, gives exactly such null directions; they
+    have no dynamics). Memory n², time n³: the path for n up to a few thousand.
 
     Attributes:
-        U: (n, d) orthonormal columns, in order of decreasing s.
+        tol: relative eigenvalue cut-off in [0, 1) (default n · ε of the kernel's dtype, e.g.
+            ≈ 3.6e-5 for n = 300 in float32: below that the float32 Gram carries only rounding
+            noise).
+        method: :class:`ntkdyn.NTKMethod` of the Gram matrix (``STRUCTURED``: the layer-wise NTK of
+            a dense network, the fast path of an MLP).
+        batch_size: examples per NTK block (memory bound), or ``None`` for one block.
+    """
+
+    tol: float | None = None
+    method: NTKMethod = NTKMethod.JACOBIAN_CONTRACTION
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        """Raises: ValueError naming ``tol`` outside [0, 1)."""
+        if self.tol is not None and not (np.isfinite(self.tol) and 0 <= self.tol < 1):
+            raise ValueError(f"tol: must be a relative cut-off in [0, 1), got {self.tol}")
+
+    def describe(self) -> str:
+        """One line for reports, e.g. ``"dense: eigh of the float64 Gram matrix YΘY, NTK by
+        structured"``."""
+        method = self.method.name.lower().replace("_", " ")
+        return f"dense: eigh of the float64 Gram matrix YΘY, NTK by {method}"
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockKrylov:
+    """Solver: the k leading triplets of YΦ matrix-free, by randomized block Krylov.
+
+    :func:`ntkdyn.truncated_svd` (thick-restarted block Lanczos with float64 Rayleigh–Ritz) on
+    :func:`signed_tangent_operator`, whose products are JVPs and VJPs over batches of
+    ``batch_size`` examples in the model's dtype: works for any ``apply_fn``. Memory
+    O((n + p) · k), time ≈ (number of products) × (one forward-and-backward pass over the data).
+    The iteration stops once every residual r_j = ‖YΦ v_j − s_j u_j‖ / s_j ≤ ``tol``
+    (v_j = ΦᵀY u_j / s_j, so ΦᵀY u_j = s_j v_j exactly) or after ``max_iters`` block iterations.
+
+    Attributes:
+        k: number of leading directions, 1 ≤ k ≤ min(n, p).
+        tol: the residual every r_j must reach, in (0, 1) (float32 models resolve r_j down to
+            ≈ 1e-6 · s₁² / s_j²).
+        max_iters: budget of block iterations (each costs at most 2·8 products).
+        key: PRNG key of the random start block (required).
+        batch_size: examples per JVP/VJP evaluation (default 1024).
+        on_unconverged: an :class:`ntkdyn.OnUnconverged` (default: warn, and return the result
+            with ``converged=False``).
+    """
+
+    k: int
+    tol: float = 1e-4
+    max_iters: int = 60
+    _: dataclasses.KW_ONLY
+    key: PRNGKeyArray | None = None
+    batch_size: int | None = None
+    on_unconverged: OnUnconverged = OnUnconverged.WARN
+
+    def __post_init__(self) -> None:
+        """Raises: ValueError naming ``k``, ``tol``, ``max_iters`` or ``key``."""
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise ValueError(f"k: must be an integer >= 1, got k = {self.k}")
+        if not (np.isfinite(self.tol) and 0 < self.tol < 1):
+            raise ValueError(f"tol: must be a relative residual in (0, 1), got {self.tol}")
+        if isinstance(self.max_iters, bool) or int(self.max_iters) < 1:
+            raise ValueError(f"max_iters: must be an integer >= 1, got {self.max_iters}")
+        if self.key is None:
+            raise ValueError(
+                "key: BlockKrylov needs a PRNG key for its random start block, e.g. "
+                "BlockKrylov(k, key=jax.random.PRNGKey(0))"
+            )
+
+    def describe(self) -> str:
+        """One line for reports: the method, k and the stopping rule."""
+        return (
+            f"matrix-free block Krylov: top {self.k} by JVP/VJP products, stop at every "
+            f"r_j <= {self.tol:g} or after {self.max_iters} iterations"
+        )
+
+
+Solver = Dense | BlockKrylov
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpectrum:
+    """Singular triplets of the label-signed tangent features YΦ = U S Vᵀ, from any solver.
+
+    Unpacks as ``U, s = spectrum`` (the pair the theory uses).
+
+    Attributes:
+        U: (n, d) orthonormal columns, in order of decreasing s, signs with u_jᵀ1 ≥ 0.
         s: (d,) singular values s₁ ≥ … ≥ s_d > 0 (after truncation).
+        V: (p, d) right singular vectors (rows in ``ravel_pytree(params)`` order), or ``None``
+            when not requested.
+        residuals: (d,) r_j = ‖YΦ v_j − s_j u_j‖ / s_j of :class:`BlockKrylov`; ``None`` for
+            :class:`Dense` (``eigh`` computes none).
+        iterations: block iterations of :class:`BlockKrylov` (``None`` for :class:`Dense`).
+        products: operator products (columns) of :class:`BlockKrylov` (``None`` for
+            :class:`Dense`).
+        converged: whether every r_j reached the solver's tolerance (always true for
+            :class:`Dense`).
+        solver: the solver's one-line description (:meth:`Dense.describe`).
     """
 
     U: Float[Array, "n d"]
     s: Float[Array, " d"]
+    V: Float[Array, "p d"] | None = None
+    residuals: Float[np.ndarray, " d"] | None = None
+    iterations: int | None = None
+    products: int | None = None
+    converged: bool = True
+    solver: str = ""
+
+    def __iter__(self):
+        """``U, s = spectrum``."""
+        return iter((self.U, self.s))
 
     def to_system(self, lam: ArrayLike) -> FeatureSystem:
         """The theory core's :class:`ntkdyn.FeatureSystem` (U, s, λ) of this spectrum.
@@ -224,110 +348,119 @@ def signed_tangent_operator(
     return BlockOperator(matmat, rmatmat, (n, int(flat.size)), dtype)
 
 
+_LEGACY = ("tol", "method", "batch_size", "k", "key", "residual_tol", "max_iters")
+_LEGACY += ("on_unconverged", "return_V", "return_report")
+
+
 def feature_spectrum(
     apply_fn: ApplyFn,
     params: Any,
     x: ArrayLike,
     y: ArrayLike,
     *,
-    tol: float | None = None,
-    return_V: bool = False,
-    method: NTKMethod = NTKMethod.JACOBIAN_CONTRACTION,
-    batch_size: int | None = None,
-    k: int | None = None,
-    key: PRNGKeyArray | None = None,
-    residual_tol: float = 1e-4,
-    max_iters: int = 60,
-    on_unconverged: OnUnconverged = OnUnconverged.WARN,
-    return_report: bool = False,
-) -> (
-    FeatureSpectrum
-    | tuple[FeatureSpectrum, Float[Array, "p d"]]
-    | tuple[FeatureSpectrum, TruncatedSVD]
-    | tuple[FeatureSpectrum, Float[Array, "p d"], TruncatedSVD]
-):
-    """Spectrum of the label-signed tangent features YΦ = U S Vᵀ from the signed Gram matrix (Sec. 3).
+    solver: Solver | None = None,
+    compute_V: bool = False,
+    **legacy: Any,
+) -> FeatureSpectrum | tuple:
+    """Spectrum of the label-signed tangent features YΦ = U S Vᵀ at ``params`` (Sec. 2 and 3).
 
-    Computes Θ = ΦΦᵀ with :func:`ntkdyn.empirical_ntk`, casts it to float64 (in NumPy, whatever
-    the model's dtype and whether or not ``jax_enable_x64`` is on) and takes ``eigh`` of
-    YΘY = U S² Uᵀ. Directions with s_j² ≤ tol · s₁² are dropped (a rank-deficient Φ, or more
-    examples than parameters, gives exactly such null directions; they have no dynamics).
-    U and s are returned as JAX arrays in the default float dtype (float64 when x64 is enabled).
+    Φ = ∇_θ f(X; θ) (n × p), Y = diag(y±); YΘY = YΦΦᵀY = U S² Uᵀ. The ``solver`` picks the
+    algorithm (:class:`Dense`: ``eigh`` of YΘY in float64, every direction above its cut-off;
+    :class:`BlockKrylov`: the k leading triplets matrix-free); the result is one
+    :class:`FeatureSpectrum` either way, with the sign convention u_jᵀ1 ≥ 0. V = ΦᵀYUS⁻¹ comes
+    from VJPs without forming Φ (:class:`Dense`, on request) or from the solver's own products
+    (:class:`BlockKrylov`, no extra pass).
 
-    V is Φᵀ Y U S⁻¹ (p × d, rows in ``ravel_pytree(params)`` order); it is computed on demand by
-    vector-Jacobian products, without forming Φ.
-
-    With ``k``, only the k leading triplets are computed, matrix-free: :func:`ntkdyn.truncated_svd`
-    (randomized block Krylov with float64 Rayleigh–Ritz) on :func:`signed_tangent_operator`, whose
-    products are JVPs and VJPs over batches of ``batch_size`` examples in the model's dtype. Neither
-    Φ nor the n × n Gram matrix is formed: memory O((n + p) · k), time ≈ (number of products) × (one
-    forward-and-backward pass over the data). The iteration stops once every residual
-    r_j = ‖YΦ v_j − s_j u_j‖ / s_j ≤ ``residual_tol`` (v_j = ΦᵀY u_j / s_j, so ΦᵀY u_j = s_j v_j
-    exactly) or after ``max_iters`` block iterations; an unconverged result is handled as
-    ``on_unconverged`` says and reported with ``return_report``. V comes from the same products (no
-    extra pass). The same sign convention u_jᵀ1 ≥ 0 holds on both paths.
+    Deprecated keyword form (kept for existing callers, translated to a solver): ``tol``,
+    ``method``, ``batch_size`` → :class:`Dense`; with ``k`` (and ``key``, ``residual_tol``,
+    ``max_iters``, ``on_unconverged``, ``batch_size``) → :class:`BlockKrylov`; ``return_V`` and
+    ``return_report`` return the old tuples ``(spectrum, V)``, ``(spectrum, report)`` or
+    ``(spectrum, V, report)`` (report: the :class:`ntkdyn.TruncatedSVD`).
 
     Args:
         apply_fn: pure scalar-output ``apply_fn(params, x)``.
-        params: θ₀.
+        params: θ (a PyTree of floating arrays), usually θ₀.
         x: (n, ...) inputs.
         y: (n,) labels in {−1, +1} or {0, 1}.
-        tol: relative eigenvalue cut-off (default n · ε of the kernel's dtype, e.g. ≈ 3.6e-5 for
-            n = 300 in float32: below that the float32 Gram carries only rounding noise).
-        return_V: also return V.
-        method: :class:`ntkdyn.NTKMethod` for the Gram matrix (dense path only).
-        batch_size: forwarded to :func:`ntkdyn.empirical_ntk`; with ``k``, the examples per JVP/VJP
-            evaluation (default 1024).
-        k: ``None`` for the dense path (all directions above ``tol``); an integer
-            1 ≤ k ≤ min(n, p) for the k leading triplets, matrix-free.
-        key: PRNG key of the random start block (required with ``k``).
-        residual_tol: with ``k``, the residual every r_j must reach (float32 models resolve
-            r_j down to ≈ 1e-6 · s₁² / s_j²).
-        max_iters: with ``k``, the budget of block iterations (each costs at most 2·8 products:
-            blocks of 8 columns, :func:`ntkdyn.linalg.truncated_svd`).
-        on_unconverged: with ``k``, an :class:`ntkdyn.OnUnconverged` (default: warn and return
-            the result flagged unconverged in the report).
-        return_report: with ``k``, also return the solver's :class:`ntkdyn.TruncatedSVD` (residuals,
-            iterations, converged, matvecs; U, s, V in float64 with the same signs).
+        solver: :class:`Dense` (default ``Dense()``) or :class:`BlockKrylov`.
+        compute_V: also fill :attr:`FeatureSpectrum.V` (:class:`BlockKrylov` always may).
+        **legacy: the deprecated keywords above.
 
     Returns:
-        :class:`FeatureSpectrum` ``(U, s)``; with ``return_V`` the pair ``(spectrum, V)``; with
-        ``return_report`` the report last: ``(spectrum, report)`` or ``(spectrum, V, report)``.
+        :class:`FeatureSpectrum` (the deprecated ``return_V``/``return_report`` give tuples).
 
     Raises:
-        ValueError: naming ``y`` (shape, values outside {−1, +1}/{0, 1}), ``tol``, or the arguments
-            of :func:`ntkdyn.empirical_ntk`; naming ``x`` if the kernel is non-finite or zero;
-            with ``k``, naming ``k`` (≤ 0, above min(n, p) or the rank of Φ), ``key``, ``tol``,
-            ``residual_tol``, ``max_iters``, ``batch_size`` or the model's non-finite outputs.
-        ntkdyn.SVDNotConvergedError: with ``k`` and ``OnUnconverged.RAISE``, if the residuals miss
-            ``residual_tol``.
+        ValueError: naming ``y`` (shape, values outside {−1, +1}/{0, 1}), ``solver``, ``x`` (a
+            non-finite or zero kernel, non-finite outputs), ``k`` (above min(n, p) or the rank of
+            Φ), ``batch_size`` or the arguments of :func:`ntkdyn.empirical_ntk`.
+        ntkdyn.SVDNotConvergedError: :class:`BlockKrylov` with ``OnUnconverged.RAISE`` if the
+            residuals miss its tolerance.
     """
+    unknown = sorted(set(legacy) - set(_LEGACY))
+    if unknown:
+        raise TypeError(f"feature_spectrum() got unexpected keyword arguments {unknown}")
+    if legacy:
+        return _legacy_call(apply_fn, params, x, y, solver, compute_V, legacy)
+    spectrum, _ = _solve(apply_fn, params, x, y, Dense() if solver is None else solver, compute_V)
+    return spectrum
+
+
+def _legacy_call(apply_fn, params, x, y, solver, compute_V, kw):
+    """The deprecated keyword form: the same solver as an object, the old tuple shapes."""
+    warnings.warn(
+        "feature_spectrum(k=..., key=..., return_V=..., ...) is deprecated: pass "
+        "solver=Dense(tol, method, batch_size) or solver=BlockKrylov(k, tol, max_iters, key=...) "
+        "and read V and the residuals from the FeatureSpectrum",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if solver is not None:
+        raise ValueError(
+            f"solver: pass either solver= or the deprecated keywords, got both ({sorted(kw)})"
+        )
+    return_V, return_report = kw.pop("return_V", False), kw.pop("return_report", False)
+    if kw.get("k") is None:
+        if return_report:
+            raise ValueError(
+                "return_report: the report belongs to the matrix-free path; pass k as well, or "
+                "drop return_report for the dense decomposition"
+            )
+        # residual_tol, max_iters, key and on_unconverged have no effect here, as before.
+        solver = Dense(**{name: kw[name] for name in ("tol", "method", "batch_size") if name in kw})
+    else:
+        if kw.get("tol") is not None:
+            raise ValueError(
+                f"tol: is the eigenvalue cut-off of the dense path (k=None), got tol={kw['tol']} "
+                f"with k={kw['k']}; the matrix-free path stops on residual_tol"
+            )
+        solver = BlockKrylov(
+            kw["k"],
+            kw.get("residual_tol", 1e-4),
+            kw.get("max_iters", 60),
+            key=kw.get("key"),
+            batch_size=kw.get("batch_size"),
+            on_unconverged=kw.get("on_unconverged", OnUnconverged.WARN),
+        )
+    spectrum, report = _solve(apply_fn, params, x, y, solver, compute_V or return_V)
+    out: tuple = (dataclasses.replace(spectrum, V=None) if not compute_V else spectrum,)
+    if return_V:
+        out += (spectrum.V,)
+    if return_report:
+        out += (report,)
+    return out[0] if len(out) == 1 else out
+
+
+def _solve(apply_fn, params, x, y, solver, compute_V) -> tuple[FeatureSpectrum, Any]:
+    """(spectrum, the :class:`ntkdyn.TruncatedSVD` of :class:`BlockKrylov` or ``None``)."""
     x = check_x(x, "x")
     yv = signed_labels(y, x.shape[0])
-    if k is not None:
-        return _matrix_free_spectrum(
-            apply_fn,
-            params,
-            x,
-            yv,
-            k=k,
-            key=key,
-            tol=tol,
-            residual_tol=residual_tol,
-            max_iters=max_iters,
-            batch_size=batch_size,
-            on_unconverged=on_unconverged,
-            return_V=return_V,
-            return_report=return_report,
-        )
-    if return_report:
+    if isinstance(solver, BlockKrylov):
+        return _block_krylov(apply_fn, params, x, yv, solver, compute_V)
+    if not isinstance(solver, Dense):
         raise ValueError(
-            "return_report: the report belongs to the matrix-free path; pass k as well, or drop "
-            "return_report for the dense decomposition"
+            f"solver: expected ntkdyn.tangent.Dense() or BlockKrylov(k, key=...), got {solver!r}"
         )
-    if tol is not None and not (np.isfinite(tol) and 0 <= tol < 1):
-        raise ValueError(f"tol: must be a relative cut-off in [0, 1), got {tol}")
-    theta = empirical_ntk(apply_fn, params, x, method=method, batch_size=batch_size)
+    theta = empirical_ntk(apply_fn, params, x, method=solver.method, batch_size=solver.batch_size)
     G = np.asarray(theta, dtype=np.float64)
     if not np.all(np.isfinite(G)):
         raise ValueError(
@@ -342,6 +475,7 @@ def feature_spectrum(
         raise ValueError(
             "x: the tangent features are zero on these inputs (the NTK is zero); nothing to decompose"
         )
+    tol = solver.tol
     if tol is None:
         tol = x.shape[0] * float(jnp.finfo(theta.dtype).eps)
     keep = evals > tol * evals[0]
@@ -350,63 +484,41 @@ def feature_spectrum(
     U = U * np.where(U.sum(axis=0) < 0, -1.0, 1.0)[None, :]
     s = np.sqrt(evals[keep])
     dtype = jnp.result_type(float)
-    spectrum = FeatureSpectrum(jnp.asarray(U, dtype), jnp.asarray(s, dtype))
-    if not return_V:
-        return spectrum
-    # V = Φᵀ Y U S⁻¹ column by column: VJPs with cotangents Y u_j / s_j.
-    out_dtype = theta.dtype
-    cots = jnp.asarray((yv[:, None] * U / s[None, :]).T, out_dtype)
-    V = _right_vectors(apply_fn, params, x, cots)
-    return spectrum, V.T
+    V = None
+    if compute_V:
+        # V = Φᵀ Y U S⁻¹ column by column: VJPs with cotangents Y u_j / s_j.
+        cots = jnp.asarray((yv[:, None] * U / s[None, :]).T, theta.dtype)
+        V = _right_vectors(apply_fn, params, x, cots).T
+    spectrum = FeatureSpectrum(
+        jnp.asarray(U, dtype), jnp.asarray(s, dtype), V=V, solver=solver.describe()
+    )
+    return spectrum, None
 
 
-def _matrix_free_spectrum(
-    apply_fn,
-    params,
-    x,
-    yv,
-    *,
-    k,
-    key,
-    tol,
-    residual_tol,
-    max_iters,
-    batch_size,
-    on_unconverged,
-    return_V,
-    return_report,
-):
-    """The k-leading-triplet path of :func:`feature_spectrum` (arguments validated there)."""
-    if tol is not None:
-        raise ValueError(
-            f"tol: is the eigenvalue cut-off of the dense path (k=None), got tol={tol} with k={k}; "
-            "the matrix-free path stops on residual_tol"
-        )
-    if key is None:
-        raise ValueError(
-            "key: the matrix-free path (k given) needs a PRNG key for its random start block, "
-            "e.g. key=jax.random.PRNGKey(0)"
-        )
-    if not (np.isfinite(residual_tol) and 0 < residual_tol < 1):
-        raise ValueError(f"residual_tol: must be a relative residual in (0, 1), got {residual_tol}")
-    op = signed_tangent_operator(apply_fn, params, x, yv, batch_size=batch_size)
+def _block_krylov(apply_fn, params, x, yv, solver: BlockKrylov, compute_V: bool):
+    """The :class:`BlockKrylov` path of :func:`feature_spectrum` (labels already ±1)."""
+    op = signed_tangent_operator(apply_fn, params, x, yv, batch_size=solver.batch_size)
     res = truncated_svd(
         op,
-        k,
-        key=key,
-        tol=residual_tol,
-        max_iters=max_iters,
-        return_V=return_V,
-        on_unconverged=on_unconverged,
+        solver.k,
+        key=solver.key,
+        tol=solver.tol,
+        max_iters=solver.max_iters,
+        return_V=compute_V,
+        on_unconverged=solver.on_unconverged,
     )
     # The dense path's sign convention: u_jᵀ1 ≥ 0 (v_j flips with u_j).
     flip = np.where(res.U.sum(axis=0) < 0, -1.0, 1.0)
     res = res._replace(U=res.U * flip, V=None if res.V is None else res.V * flip)
     dtype = jnp.result_type(float)
-    spectrum = FeatureSpectrum(jnp.asarray(res.U, dtype), jnp.asarray(res.s, dtype))
-    out: tuple = (spectrum,)
-    if return_V:
-        out += (jnp.asarray(res.V, op.dtype),)
-    if return_report:
-        out += (res,)
-    return out[0] if len(out) == 1 else out
+    spectrum = FeatureSpectrum(
+        jnp.asarray(res.U, dtype),
+        jnp.asarray(res.s, dtype),
+        V=None if res.V is None else jnp.asarray(res.V, op.dtype),
+        residuals=np.asarray(res.residuals),
+        iterations=int(res.iterations),
+        products=int(res.matvecs),
+        converged=bool(res.converged),
+        solver=solver.describe(),
+    )
+    return spectrum, res
