@@ -39,7 +39,17 @@ from ntkdyn.objectives import (
     switch,
     theory_lam,
 )
-from ntkdyn.runs import RunDir, atomic_write_json, atomic_write_text
+from ntkdyn.objectives import (
+    L2,
+    Composite,
+    IRMPenalty,
+    Logistic,
+    LogitPenalty,
+    Penalty,
+    VRExPenalty,
+)
+from ntkdyn.errors import InputError
+from ntkdyn.runs import RunDir, atomic_write_json, atomic_write_text, check_writable
 
 # Theory: dynamics and fixed points
 # (dynamics.py, fixed_points.py)
@@ -78,6 +88,8 @@ from ntkdyn.tangent import (
     feature_response_trajectory,
     feature_responses,
     feature_spectrum,
+    BlockKrylov,
+    Dense,
     responses_from_outputs,
     signed_labels,
     tangent_features,
@@ -90,6 +102,7 @@ from ntkdyn.analysis import (
     analyse,
     measured_responses,
     predict,
+    spectrum_report,
     starvation_table,
 )
 from ntkdyn.linalg import (
@@ -119,6 +132,23 @@ from ntkdyn.models.mlp import (
     xavier_uniform,
 )
 
+# Your own data and network: the dataset and model registries, frozen batch statistics
+from ntkdyn.data.dataset import Dataset, stratified_sample
+from ntkdyn.data.registry import DATASETS, load_dataset, register_dataset
+from ntkdyn.data.npz import load_npz
+from ntkdyn.data.images import GroupDataset, ImageSplit
+from ntkdyn.data.metadata import load_metadata_folder, write_metadata_fixture
+from ntkdyn.models.registry import (
+    MODELS,
+    Model,
+    as_model,
+    build_model,
+    check_logits,
+    load_factory,
+    register_model,
+)
+from ntkdyn.models.frozen import freeze_batch_stats
+
 # Data: MNIST and Colored MNIST
 from ntkdyn.data.mnist import MNIST, download_mnist, load_mnist
 from ntkdyn.data.colored_mnist import (
@@ -132,8 +162,16 @@ from ntkdyn.data.colored_mnist import (
 # Two moons, full-batch multi-seed training, decision-boundary metrics
 from ntkdyn.data.moons import make_moons, two_moons
 from ntkdyn.train.fullbatch import TrainResult, TrainState, train_fullbatch
+from ntkdyn.train.hooks import MetricsCollector, Progress, Record, ResponseRecorder, every
+from ntkdyn.train.restarts import TrainedRestarts, train_restarts
 from ntkdyn.train.layout import SeedAxis, SeedLayout, cpu_restart_layout, eigen_matmul_options
-from ntkdyn.boundary import boundary_distances, boundary_metrics, line_residual, zero_level_set
+from ntkdyn.boundary import (
+    boundary_distances,
+    boundary_metrics,
+    line_residual,
+    seed_report,
+    zero_level_set,
+)
 
 # CelebA: data, ResNets, pretrained-weight import, data-parallel training, checkpoints
 from ntkdyn.data.celeba import (
@@ -167,7 +205,8 @@ from ntkdyn.train.dataparallel import (
     shard_batch,
 )
 from ntkdyn.train.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
-from ntkdyn.train.epochs import train_epochs
+from ntkdyn.train.epochs import progress_hook, train_epochs
+from ntkdyn.train.checkpoint import CheckpointHook
 from ntkdyn.train.groups import Selection, group_balanced_order, group_metrics, select_epoch
 
 __all__ = sorted(
