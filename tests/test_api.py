@@ -27,6 +27,7 @@ def test_exported_functions_document_args_and_returns():
     assert not weak, f"public functions with a one-line docstring and no Args/Returns: {weak}"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_help_for_every_subcommand(command, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -36,6 +37,7 @@ def test_help_for_every_subcommand(command, capsys):
     assert f"ntkdyn {command}" in out
 
 
+@pytest.mark.e2e
 def test_unknown_command_is_one_line_error():
     proc = subprocess.run(
         [sys.executable, "-m", "ntkdyn.cli", "bogus"], capture_output=True, text=True

@@ -70,6 +70,7 @@ def uninterrupted(tmp_path_factory, env):
     return out, proc
 
 
+@pytest.mark.e2e
 def test_results_contract(uninterrupted):
     out, proc = uninterrupted
     assert "Blond_Hair=1,Male=1" in proc.stderr  # group counts printed per split
@@ -118,6 +119,7 @@ def test_results_contract(uninterrupted):
     assert config["arch"] == "resnet10" and config["fixture"] and config["lr"] == 1e-3
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_same_results(uninterrupted, tmp_path, env):
     ref, _ = uninterrupted
     out = tmp_path / "b"
@@ -170,6 +172,7 @@ def test_killed_run_resumes_to_the_same_results(uninterrupted, tmp_path, env):
     assert strip((ref / "metrics.jsonl").read_text()) == strip((out / "metrics.jsonl").read_text())
 
 
+@pytest.mark.e2e
 def test_cli_errors_and_fixture_writer(tmp_path, capsys):
     assert (
         main(["celeba", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
@@ -215,6 +218,7 @@ def test_cli_errors_and_fixture_writer(tmp_path, capsys):
     assert "w.pth" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_every_argument_is_checked_before_anything_is_written(tmp_path, capsys):
     fx = tmp_path / "fx"
     assert main(["celeba", "--make-fixture", str(fx), "--fixture-size", "8", "4", "4"]) == 0
@@ -250,6 +254,7 @@ def test_every_argument_is_checked_before_anything_is_written(tmp_path, capsys):
         assert not out.exists(), args  # nothing written, no empty folder left behind
 
 
+@pytest.mark.e2e
 def test_a_run_failing_before_its_first_checkpoint_leaves_no_folder(tmp_path, capsys):
     fx = tmp_path / "fx"
     assert main(["celeba", "--make-fixture", str(fx), "--fixture-size", "8", "4", "4"]) == 0
@@ -321,6 +326,7 @@ def test_sgd_matches_pytorch_coupled_weight_decay():
     assert jax.tree.structure(adam.init(theta)) == jax.tree.structure(optax.adam(1e-3).init(theta))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_quick_default_groupdro_beats_erm_on_worst_group(tmp_path, env):
     """The documented smoke run: all three methods; Group DRO's worst-group accuracy above ERM's."""
@@ -338,6 +344,7 @@ def test_quick_default_groupdro_beats_erm_on_worst_group(tmp_path, env):
     assert res["groupdro"]["worst_group_acc"] > res["erm"]["worst_group_acc"]
 
 
+@pytest.mark.e2e
 def test_paper_preset_follows_the_authors_table_2_scripts(capsys):
     """Table_2/table_2.sh: only SD passes --adam; cross-entropy takes train.py's SGD branch."""
     from ntkdyn.experiments.celeba import PRESETS
@@ -355,6 +362,7 @@ def test_paper_preset_follows_the_authors_table_2_scripts(capsys):
     assert "--sd.optimizer" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_former_flag_spellings_still_work_with_a_note(tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["celeba", "--quick", "--sd-coef", "0.1", "0.1", "--dro-epochs", "0",

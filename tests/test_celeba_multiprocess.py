@@ -32,6 +32,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_processes_match_one_process_on_two_devices(tmp_path):
     one = tmp_path / "one"

@@ -20,6 +20,7 @@ def test_every_command_has_quick_and_out(name):
     assert {"--quick", "--out"} <= flags, f"ntkdyn {name} lacks { ({'--quick', '--out'} - flags) }"
 
 
+@pytest.mark.e2e
 def test_simulate_writes_a_run_with_summary(tmp_path):
     out = tmp_path / "sim"
     assert main(["simulate", "--s", "6", "2", "--delta", "0.5", "--quick", "--out", str(out)]) == 0
@@ -29,6 +30,7 @@ def test_simulate_writes_a_run_with_summary(tmp_path):
     assert "| final z |" in (out / "summary.md").read_text()
 
 
+@pytest.mark.e2e
 def test_starvation_quick_with_out(tmp_path, capsys):
     import json
 
@@ -48,6 +50,7 @@ def _raising(exc):
     return entry
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "exc, flag",
     [
@@ -66,6 +69,7 @@ def test_users_errors_are_one_line_with_status_2(monkeypatch, capsys, exc, flag)
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "exc",
     [
@@ -101,6 +105,7 @@ def test_debug_anywhere_on_the_line_prints_the_traceback(monkeypatch, capsys, ar
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("value, shown", [("1", True), ("yes", True), ("0", False), ("", False)])
 def test_debug_from_the_environment(monkeypatch, capsys, value, shown):
     monkeypatch.setenv("NTKDYN_DEBUG", value)
@@ -109,12 +114,14 @@ def test_debug_from_the_environment(monkeypatch, capsys, value, shown):
     assert ("Traceback" in capsys.readouterr().err) is shown
 
 
+@pytest.mark.e2e
 def test_interrupt_is_status_130(monkeypatch, capsys):
     monkeypatch.setattr(starvation, "run", _raising(KeyboardInterrupt()))
     assert main(["starvation"]) == 130
     assert "interrupted" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_parser_errors_stay_one_line(capsys):
     assert main(["starvation", "--s2", "two"]) == 2
     err = capsys.readouterr().err
@@ -137,6 +144,7 @@ def test_user_message_names_the_flag_as_typed():
     assert user_message(InputError("image 3: cannot decode"), flags) == "image 3: cannot decode"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "argv",
     [

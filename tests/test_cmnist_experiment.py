@@ -267,6 +267,7 @@ def test_starvation_figure():
         starvation_figure({"A": m}, max_abs=-1.0)
 
 
+@pytest.mark.e2e
 def test_sharded_restarts_match_one_device(tmp_path):
     """Restarts split over 4 CPU devices (3 restarts: padded) give the numbers of one device."""
     script = textwrap.dedent(
@@ -380,6 +381,7 @@ def test_experiment_contract_and_determinism(tmp_path):
     assert json.loads((tmp_path / "b" / "results.json").read_text())["methods"]["oracle"] == first
 
 
+@pytest.mark.e2e
 def test_split_restarts_merge_into_one_run(tmp_path, capsys):
     """Restarts 0–1 and 2 of a protocol, merged, give the numbers of one run of restarts 0–2."""
     kw = dict(
@@ -448,6 +450,7 @@ def test_split_restarts_merge_into_one_run(tmp_path, capsys):
     assert "Restarts: 3; seed 0" in (tmp_path / "m" / "summary.md").read_text()
 
 
+@pytest.mark.e2e
 def test_merge_bad_input(tmp_path, capsys):
     kw = dict(
         methods=("oracle",),
@@ -509,6 +512,7 @@ def test_sweep_selects_by_validation(tmp_path):
     assert "Sweeps" in (tmp_path / "summary.md").read_text()
 
 
+@pytest.mark.e2e
 def test_cli_bad_input(tmp_path, capsys):
     assert (
         main(["cmnist", "--seeds", "0", "--data-source", "embedded", "--out", str(tmp_path)]) == 2
@@ -557,6 +561,7 @@ def test_deprecated_flags_set_the_new_fields(capsys):
     assert X.from_arguments(X.Config(), parser.parse_args(["--max-images", "none"])).n is None
 
 
+@pytest.mark.e2e
 def test_cli_help(capsys):
     with pytest.raises(SystemExit):
         main(["cmnist", "--help"])
@@ -575,6 +580,7 @@ def test_cli_help(capsys):
     assert text.count("(default") == text.count("default:")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_cli_quick_under_two_minutes(tmp_path):
     assert main(["cmnist", "--quick", "--data-source", "embedded", "--out", str(tmp_path)]) == 0

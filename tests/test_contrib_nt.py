@@ -20,6 +20,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.e2e
 def test_neural_tangents_analytic_ntk_matches_ours_and_wide_networks():
     script = textwrap.dedent(
         """

@@ -223,6 +223,7 @@ SHARD_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.e2e
 def test_sharded_on_four_devices_equals_one_device():
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"

@@ -194,6 +194,7 @@ def _env(tmp_path):
     return env
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_results(folder, tmp_path):
     """Three runs of ~15 s each: uninterrupted, killed after its first checkpoint, resumed."""

@@ -86,3 +86,23 @@ def test_nothing_but_the_cli_imports_the_experiments():
         if m.startswith("ntkdyn.experiments")
     ]
     assert not bad, f"library modules that import an experiment: {bad}"
+
+
+def _runs_a_command(source: str) -> bool:
+    return "main([" in source or "subprocess" in source or "ntkdyn.cli" in source
+
+
+def test_every_test_that_runs_a_command_is_marked_e2e():
+    """The `e2e` marker means "runs an ntkdyn command as a user would" (pyproject.toml)."""
+    unmarked = []
+    for f in sorted((REPO / "tests").glob("test_*.py")):
+        if f.name == "test_layering.py":
+            continue
+        src = f.read_text()
+        for node in ast.parse(src).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                marks = [ast.unparse(d) for d in node.decorator_list]
+                runs = _runs_a_command(ast.get_source_segment(src, node) or "")
+                if runs and not any("mark.e2e" in m for m in marks):
+                    unmarked.append(f"{f.name}::{node.name}")
+    assert not unmarked, f"tests that run a command without @pytest.mark.e2e: {unmarked}"

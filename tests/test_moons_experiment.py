@@ -185,6 +185,7 @@ def test_objectives_that_need_the_params_train(monkeypatch):
 ARGS = ["--seeds", "2", "--epochs", "60", "--hidden", "16", "--n", "80"]
 
 
+@pytest.mark.e2e
 def test_command_writes_a_complete_run(tmp_path, capsys):
     out = tmp_path / "run"
     argv = [
@@ -254,6 +255,7 @@ def test_command_writes_a_complete_run(tmp_path, capsys):
     assert again["configs"]["dropout"] == results["configs"]["dropout"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "extra, match",
     [
@@ -278,6 +280,7 @@ def test_bad_input_is_one_line_naming_the_argument(tmp_path, capsys, extra, matc
     assert not out.exists()  # validation happens before anything is written
 
 
+@pytest.mark.e2e
 def test_help_lists_the_configurations(capsys):
     with pytest.raises(SystemExit):
         cli.main(["moons", "--help"])
@@ -286,6 +289,7 @@ def test_help_lists_the_configurations(capsys):
         assert name in text
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_quick_mode_runs_all_configurations(tmp_path):
     assert cli.main(["moons", "--quick", "--out", str(tmp_path)]) == 0

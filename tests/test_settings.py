@@ -91,6 +91,7 @@ def test_errors_name_the_field_in_python_and_the_flag_on_the_command_line():
         add_arguments(argparse.ArgumentParser(), Config)
 
 
+@pytest.mark.e2e
 def test_cli_version_and_unknown_flags(capsys):
     from ntkdyn import __version__
 

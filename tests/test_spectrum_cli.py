@@ -102,6 +102,7 @@ def test_same_seed_same_results(tmp_path):
     }
 
 
+@pytest.mark.e2e
 def test_mnist_mlp_runs_with_the_deprecated_dataset_flag(tmp_path):
     out = tmp_path / "mnist"
     args = ["--dataset", "mnist", "--hidden", "8", "--n", "12", "--top", "3"]
@@ -134,6 +135,7 @@ def user_files(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.e2e
 def test_npz_and_user_factory_end_to_end(user_files):
     out = user_files / "out"
     data = str(user_files / "data.npz")
@@ -164,6 +166,7 @@ def test_npz_and_user_factory_end_to_end(user_files):
     assert "| r_j |" in (out2 / "summary.md").read_text().replace("| s_j | r_j |", "| r_j |")
 
 
+@pytest.mark.e2e
 def test_batch_norm_resnet_matrix_free(tmp_path):
     """resnet10 (width 4, 32 px RGB): batch norm frozen at θ₀, top 3 by JVP/VJP products."""
     rng = np.random.default_rng(1)
@@ -189,6 +192,7 @@ def test_help_shows_one_default_per_flag(capsys):
         assert chunk.count("default") == 1, (flag, chunk)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "args, match",
     [
@@ -216,6 +220,7 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, 
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.e2e
 def test_bad_user_inputs_name_the_flag(user_files, capsys):
     data = str(user_files / "data.npz")
     cases = [

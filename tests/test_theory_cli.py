@@ -55,12 +55,14 @@ def test_starvation_json_is_one_object_with_the_published_shape(capsys):
     np.testing.assert_allclose(sd["dz2_ds1"], 0.0, atol=1e-12)
 
 
+@pytest.mark.e2e
 def test_starvation_table_without_json(capsys):
     assert main(["starvation", "--s1", "2", "5"]) == 0
     out = capsys.readouterr().out
     assert "dz2*/ds1" in out and "starvation under CE" in out and len(out.splitlines()) == 5
 
 
+@pytest.mark.e2e
 def test_theory_quick_writes_everything_and_one_verdict_line(tmp_path, capsys):
     out_dir = tmp_path / "theory"
     assert main(["theory", "--quick", "--out", str(out_dir)]) == 0
@@ -88,6 +90,7 @@ def test_theory_quick_writes_everything_and_one_verdict_line(tmp_path, capsys):
     assert npz["ce"].shape == (len(npz["s1"]), len(npz["t"]), 2)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_theory_is_deterministic(tmp_path, capsys):
     for name in ("a", "b"):
@@ -209,6 +212,7 @@ BAD = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("argv,name", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_arguments_exit_2_with_one_line(argv, name, tmp_path, capsys):
     assert main([*argv, *(["--out", str(tmp_path / "o")] if argv[0] != "starvation" else [])]) == 2
@@ -216,6 +220,7 @@ def test_bad_arguments_exit_2_with_one_line(argv, name, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and name in err and "Traceback" not in err
 
 
+@pytest.mark.e2e
 def test_bad_u_files(tmp_path, capsys):
     skew = tmp_path / "skew.npy"
     np.save(skew, np.array([[1.0, 0.5], [0.0, 1.0]]))
@@ -238,6 +243,7 @@ def test_bad_u_files(tmp_path, capsys):
         assert "--U" in err and text in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_console_script_error_has_no_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "ntkdyn.cli", "starvation", "--lam-sd", "0"],
@@ -248,6 +254,7 @@ def test_console_script_error_has_no_traceback():
     assert "Traceback" not in proc.stderr and "--lam-sd" in proc.stderr
 
 
+@pytest.mark.e2e
 def test_renamed_lambda_flags_keep_their_old_spelling_as_deprecated_aliases(capsys):
     """--lam/--sd-lam (starvation) still work, hidden from --help, with a note naming the new flag."""
     assert main(["starvation", "--quick", "--json", "--lam", "0.02", "--sd-lam", "0.004"]) == 0
@@ -263,6 +270,7 @@ def test_renamed_lambda_flags_keep_their_old_spelling_as_deprecated_aliases(caps
     assert "--lam-ce" in text and "--sd-lam" not in text and "--lam " not in text
 
 
+@pytest.mark.e2e
 def test_simulate_takes_the_lambda_of_its_loss(tmp_path, capsys):
     """--lam-ce for ce, --lam-sd for sd (defaults 0.01 and 0.002, as theory and starvation)."""
     for loss, extra, lam in (
