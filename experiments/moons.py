@@ -44,6 +44,7 @@ Command::
     ntkdyn moons --out runs/moons            # the paper's protocol (all 13 configurations)
     ntkdyn moons --quick --out /tmp/moons    # 2 seeds, 200 epochs, width 64: a smoke test
     ntkdyn moons --out runs/moons --replot   # redraw the figures from decision_functions.npz
+    ntkdyn moons --out runs/moons --resume   # continue an interrupted run (same flags)
 
 From Python: ``report(run(Config.quick()), "runs/moons")`` (:func:`run` writes nothing).
 
@@ -68,7 +69,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ntkdyn.objectives import ERM, Objective, SpectralDecoupling
-from ntkdyn.runs import seed_records
+from ntkdyn.runs import add_resume_flags, seed_records
 from ntkdyn.runs.tables import seed_table
 from ntkdyn.settings import (
     ConfigError,
@@ -118,10 +119,8 @@ class Setting:
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of the setting (for config.json)."""
         objective = {"name": type(self.objective).__name__, **dataclasses.asdict(self.objective)}
-        return {
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-            "objective": objective,
-        }
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**fields, "objective": objective}
 
 
 _SD = SpectralDecoupling(coef=0.003)
@@ -186,15 +185,8 @@ class Config:
             what = f"unknown configuration {unknown[0]!r}" if unknown else "no configuration given"
             raise ConfigError("config", f"{what}; choose from {', '.join(SETTINGS)}")
         object.__setattr__(self, "config", tuple(c for c in SETTINGS if c in names))
-        check(
-            self,
-            {
-                **dict.fromkeys(("seeds", "epochs", "hidden", "unroll"), integer(1)),
-                "n": integer(2),
-                "lr": number(0, low_open=True),
-                "noise": number(0),
-            },
-        )
+        counts = dict.fromkeys(("seeds", "epochs", "hidden", "unroll"), integer(1))
+        check(self, {**counts, "n": integer(2), "lr": number(0, low_open=True), "noise": number(0)})
         self.layout()  # the seed layout is a setting too
 
     @classmethod
@@ -270,10 +262,12 @@ def train_setting(
     records: int = 200,
     hooks=(),
     progress_every: float | None = None,
+    checkpoints=None,
 ):
     """The stacked ``TrainResult`` of one configuration on every seed at once
     (:func:`ntkdyn.train.restarts.train_restarts`): about ``records`` metric records, more
-    ``hooks``, a progress line at most every ``progress_every`` s (``None``: silent)."""
+    ``hooks``, a progress line at most every ``progress_every`` s (``None``: silent), resumable
+    with ``checkpoints`` (:class:`ntkdyn.train.checkpoint.Checkpoints`)."""
     import jax.numpy as jnp
 
     from ntkdyn.train.optimizers import pytorch_optimizer
@@ -293,6 +287,7 @@ def train_setting(
     options = dict(log_every=every, desc=desc, progress_seconds=progress_every or 0.0)
     options |= dict(hooks=hooks, layout=layout, unroll=min(config.unroll, every))
     options |= dict(keys=train_keys, num_steps=num_steps, model_state=stats0)
+    options["checkpoints"] = checkpoints
     return train_restarts(make_loss(setting), optimizer, params0, batch, **options).result
 
 
@@ -329,15 +324,16 @@ class Results(NamedTuple):
     seconds: dict[str, float]
 
 
-def run(config: Config, *, progress_every: float | None = PROGRESS_SECONDS) -> Results:
-    """Train and evaluate the selected configurations; write nothing (``progress_every``: as
-    :func:`train_setting`)."""
+def run(config: Config, *, progress_every=PROGRESS_SECONDS, checkpoints=None) -> Results:
+    """Train and evaluate the selected configurations; write nothing (``progress_every``, and
+    ``checkpoints``, one stage per configuration: as :func:`train_setting`)."""
     layout = config.layout()
     configs, values, data, responses, seconds, records = {}, {}, {}, {}, {}, []
     for name in config.config:
         setting, main = SETTINGS[name], name in MAIN_FIGURE
         X, y = setting_data(setting, config)
         opts = dict(layout=layout, records=500 if main else 200, progress_every=progress_every)
+        opts["checkpoints"] = checkpoints and checkpoints.stage(name)
         every = record_every(setting, config, opts["records"])
         z = [response_hook(setting, config, X, y, every)] if main and setting.shallow else []
         start = time.perf_counter()
@@ -369,9 +365,7 @@ def _verdict(configs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"compared_with": others}
     for key in ("boundary_min_distance", "boundary_line_residual"):
         sd = configs[PANEL_SD][key]
-        out[f"sd_largest_{key.removeprefix('boundary_')}"] = bool(
-            all(sd > configs[c][key] for c in others)
-        )
+        out[f"sd_largest_{key[9:]}"] = all(sd > configs[c][key] for c in others)  # boundary_*
     return out
 
 
@@ -471,6 +465,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         f"{', '.join(SETTINGS)}",
     )
     add_arguments(parser, Config(), skip=("config",))
+    add_resume_flags(parser, 1000)
 
 
 def resolve(args: argparse.Namespace) -> Config:
@@ -488,6 +483,7 @@ def cli(args: argparse.Namespace) -> int:
             written; FileNotFoundError: ``--replot`` of a folder without a finished run.
     """
     from ntkdyn.runs.files import check_writable
+    from ntkdyn.train.checkpoint import resumable
 
     if args.replot:
         _replot(args.out)
@@ -495,6 +491,8 @@ def cli(args: argparse.Namespace) -> int:
         return 0
     config = resolve(args)
     check_writable(args.out)
-    report(run(config), args.out, quick=bool(args.quick))
+    flags = dict(resume=args.resume, every=args.checkpoint_every)
+    with resumable(args.out, "ntkdyn moons", dataclasses.asdict(config), **flags) as ckpt:
+        report(run(config, checkpoints=ckpt), args.out, quick=bool(args.quick))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -199,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             import jax
 
             jax.config.update("jax_enable_x64", True)
-        return int(args._entry(args) or 0)
+        from ntkdyn.runs.files import command_scope  # the command's --out: one writer until it ends
+
+        with command_scope():
+            return int(args._entry(args) or 0)
     except KeyboardInterrupt:
         print("ntkdyn: interrupted", file=sys.stderr)
         return 130

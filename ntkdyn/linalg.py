@@ -84,7 +84,7 @@ from __future__ import annotations
 import enum
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +93,8 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 __all__ = [
     "BlockOperator",
+    "KrylovCheckpoint",
+    "KrylovState",
     "OnUnconverged",
     "SVDNotConvergedError",
     "SVDNotConvergedWarning",
@@ -186,6 +188,42 @@ class TruncatedSVD(NamedTuple):
     matvecs: int
 
 
+class KrylovState(NamedTuple):
+    """The state of :func:`truncated_svd` at the top of a block iteration (NumPy; resumable).
+
+    The random start is used only before the first iteration, so this state (with the same
+    operator and settings) continues the iteration exactly as an uninterrupted run would.
+
+    Attributes:
+        K: (n, m) orthonormal basis; W: (n, m) AAᵀK; T: (m, m) KᵀAAᵀK.
+        Z: (p, m) AᵀK when V is returned, else ``None``.
+        new: (n, c) the next block to apply AAᵀ to.
+        iterations: block iterations done; matvecs: products done.
+    """
+
+    K: np.ndarray
+    W: np.ndarray
+    T: np.ndarray
+    Z: np.ndarray | None
+    new: np.ndarray
+    iterations: int
+    matvecs: int
+
+
+class KrylovCheckpoint(Protocol):
+    """Where :func:`truncated_svd` saves and finds its :class:`KrylovState`.
+
+    ``load()`` returns the state to continue from (``None``: start afresh); ``save(state,
+    final)`` is called at the top of every block iteration (``final=False``; it decides how often
+    to write) and, with ``final=True``, with the state at the top of the last iteration once the
+    iteration stops (a run resumed from it repeats that one iteration and stops).
+    """
+
+    def load(self) -> KrylovState | None: ...  # pragma: no cover
+
+    def save(self, state: KrylovState, final: bool) -> None: ...  # pragma: no cover
+
+
 def _host(out: Any, shape: tuple[int, int], name: str) -> np.ndarray:
     """Operator output as float64 NumPy, shape- and finiteness-checked."""
     arr = np.asarray(out, dtype=np.float64)
@@ -230,6 +268,27 @@ def _orth(r: np.ndarray, basis: np.ndarray | None, floor: float, limit: int) -> 
     return q
 
 
+def _start(op: BlockOperator, key: Any, k: int, b: int, return_V: bool) -> KrylovState:
+    """The state before the first iteration: the orthonormalised range of a random block."""
+    n, p = (int(d) for d in op.shape)
+    omega = jax.random.normal(key, (p, b), dtype=op.dtype)
+    y0 = _host(op.matmat(omega), (n, b), "matmat")
+    scale0 = float(np.linalg.norm(y0, 2))
+    if scale0 == 0.0:
+        raise ValueError(
+            "op: the operator is zero on a random block (A Ω = 0); nothing to decompose"
+        )
+    # Directions of AΩ at rounding level (relative to its norm) lie outside the numerical range.
+    q = _orth(y0, None, floor=scale0 * 1e-12 * np.sqrt(max(n, p)), limit=b)
+    if q.shape[1] < min(k, b):
+        raise ValueError(
+            f"k: the operator has numerical rank {q.shape[1]} < k = {k}; ask for at most "
+            f"{q.shape[1]} triplets"
+        )
+    Z = np.zeros((p, 0), dtype=np.dtype(op.dtype)) if return_V else None
+    return KrylovState(np.zeros((n, 0)), np.zeros((n, 0)), np.zeros((0, 0)), Z, q, 0, b)
+
+
 def truncated_svd(
     op: BlockOperator,
     k: int,
@@ -242,6 +301,7 @@ def truncated_svd(
     depth: int = 16,
     return_V: bool = False,
     on_unconverged: OnUnconverged = OnUnconverged.WARN,
+    checkpoint: KrylovCheckpoint | None = None,
 ) -> TruncatedSVD:
     """The k largest singular triplets of A = ``op`` by block Krylov iteration (module docstring).
 
@@ -269,6 +329,8 @@ def truncated_svd(
             Ritz residuals).
         return_V: also return V (keeps the p × (t + b·depth) blocks Aᵀ Q in ``op.dtype``).
         on_unconverged: an :class:`OnUnconverged`: what to do if the budget ends first.
+        checkpoint: a :class:`KrylovCheckpoint`: continue from its state and save the state at
+            every iteration (the result equals an uninterrupted run's bit for bit).
 
     Returns:
         :class:`TruncatedSVD` (U, s, V, residuals, iterations, converged, matvecs).
@@ -312,29 +374,14 @@ def truncated_svd(
     m_max = min(n, t + int(depth) * b)
     dtype = op.dtype
 
-    omega = jax.random.normal(key, (p, b), dtype=dtype)
-    y0 = _host(op.matmat(omega), (n, b), "matmat")
-    matvecs = b
-    scale0 = float(np.linalg.norm(y0, 2))
-    if scale0 == 0.0:
-        raise ValueError(
-            "op: the operator is zero on a random block (A Ω = 0); nothing to decompose"
-        )
-    # Directions of AΩ at rounding level (relative to its norm) lie outside the numerical range.
-    q = _orth(y0, None, floor=scale0 * 1e-12 * np.sqrt(max(n, p)), limit=b)
-    if q.shape[1] < min(k, b):
-        raise ValueError(
-            f"k: the operator has numerical rank {q.shape[1]} < k = {k}; ask for at most "
-            f"{q.shape[1]} triplets"
-        )
-
-    K = np.zeros((n, 0))
-    W = np.zeros((n, 0))
-    T = np.zeros((0, 0))
-    Z = np.zeros((p, 0), dtype=np.dtype(dtype)) if return_V else None
-    new = q
-    iterations = 0
+    state = None if checkpoint is None else checkpoint.load()
+    if state is None:
+        state = _start(op, key, k, b, return_V)
+    K, W, T, Z, new, iterations, matvecs = state
     while True:
+        state = KrylovState(K, W, T, Z, new, iterations, matvecs)
+        if checkpoint is not None:
+            checkpoint.save(state, False)
         # One block application of AAᵀ: rmatmat then matmat.
         zb = _check_finite_device(op.rmatmat(jnp.asarray(new, dtype)), (p, new.shape[1]), "rmatmat")
         wb = _host(op.matmat(zb), (n, new.shape[1]), "matmat")
@@ -389,6 +436,8 @@ def truncated_svd(
             if Z is not None:
                 Z = Z @ g_top.astype(Z.dtype)
 
+    if checkpoint is not None:
+        checkpoint.save(state, True)
     s = np.sqrt(th[:k])
     U = u_top[:, :k]
     V = None

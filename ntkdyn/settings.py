@@ -238,10 +238,20 @@ def _parser_for(tp: Any, optional: bool):
 
 def _convert(tp: Any, value: Any, name: str) -> Any:
     if tp is int:
-        if float(value) != int(float(value)):
+        try:
+            as_float = float(value)
+            whole = math.isfinite(as_float) and as_float == int(as_float)
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
             raise ConfigError(name, f"expected an integer in this position, got {value}")
-        return int(float(value))
-    return tp(value) if tp in (float, str) else value
+        return int(as_float)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(name, f"expected a number in this position, got {value}") from None
+    return tp(value) if tp is str else value
 
 
 def add_arguments(

@@ -24,6 +24,7 @@ bounded number of batches in flight, and yields batches in an order fixed by ``(
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from ntkdyn.data.images import (
     load_image,
     normalize_images,
 )
-from ntkdyn.errors import InputError
+from ntkdyn.errors import DataError, InputError
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
@@ -87,10 +88,27 @@ SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 # --------------------------------------------------------------------------------------------
 
 
-def _malformed(path: Path, lineno: int, what: str) -> InputError:
-    return InputError(
+def _malformed(path: Path, lineno: int, what: str) -> DataError:
+    return DataError(
         f"{path}: line {lineno}: {what}; the file is malformed — re-download it or fix that line"
     )
+
+
+def _text(path: Path) -> str:
+    """The file as UTF-8 text (the release's files are ASCII), or a message naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise _malformed(path, line, f"not text (byte {data[exc.start]:#04x})") from None
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    try:
+        return list(csv.reader(io.StringIO(_text(path), newline="")))
+    except csv.Error as exc:
+        raise _malformed(path, 1, f"not a CSV file ({exc})") from None
 
 
 def read_attributes(
@@ -116,8 +134,7 @@ def read_attributes(
             f"attribute file {path} not found; expected list_attr_celeba.txt or .csv from the CelebA release"
         )
     if path.suffix.lower() == ".csv":
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
+        rows = _csv_rows(path)
         if not rows:
             raise _malformed(path, 1, "the file is empty")
         header = [h.strip() for h in rows[0]]
@@ -131,8 +148,7 @@ def read_attributes(
         body = [(i + 2, [c.strip() for c in r]) for i, r in enumerate(rows[1:]) if r]
         expected_count = None
     else:
-        with open(path) as fh:
-            lines = fh.read().splitlines()
+        lines = _text(path).splitlines()
         if len(lines) < 2:
             raise _malformed(
                 path, len(lines) or 1, "expected a count line and a line of attribute names"
@@ -196,14 +212,13 @@ def read_partition(path: str | os.PathLike) -> dict[str, int]:
         )
     out: dict[str, int] = {}
     if path.suffix.lower() == ".csv":
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
+        rows = _csv_rows(path)
         if not rows or [c.strip() for c in rows[0]] != ["image_id", "partition"]:
             raise _malformed(path, 1, "expected the header 'image_id,partition'")
         body = [(i + 2, [c.strip() for c in r]) for i, r in enumerate(rows[1:]) if r]
     else:
-        with open(path) as fh:
-            body = [(i + 1, line.split()) for i, line in enumerate(fh) if line.strip()]
+        lines = _text(path).splitlines()
+        body = [(i + 1, line.split()) for i, line in enumerate(lines) if line.strip()]
     for lineno, parts in body:
         if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
             raise _malformed(path, lineno, f"expected '<file> <0|1|2>', got {' '.join(parts)!r}")

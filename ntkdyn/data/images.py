@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,25 @@ __all__ = [
     "epoch_order",
     "iterate_batches",
 ]
+
+#: Largest image (width × height) decoded: PIL's decompression-bomb limit (about 89 million
+#: pixels; a 178 × 218 CelebA face has 38,804). A header declaring more is refused before decoding.
+_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+#: What PIL raises on a corrupt, truncated or hostile file while identifying or decoding it: its
+#: own kinds (UnidentifiedImageError, DecompressionBombError) and the plain ones its plugins let
+#: through on malformed headers and streams.
+_DECODE_ERRORS = (
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    TypeError,
+    ZeroDivisionError,
+)
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -176,6 +196,11 @@ def decode_image(
     try:
         with Image.open(path) as img:
             w0, h0 = img.size
+            if w0 * h0 > _MAX_PIXELS:
+                raise InputError(
+                    f"image {path}: declares {w0}x{h0} pixels, more than the {_MAX_PIXELS:,} "
+                    "ntkdyn decodes; the file is corrupt or not a photograph — replace it"
+                )
             try:
                 box = centre_crop_box(w0, h0, crop)
             except ValueError as exc:
@@ -194,14 +219,19 @@ def decode_image(
             # crop, then resize (not resize(box=...), which samples outside the box at the edges)
             img = img.crop(box).resize((image_size, image_size), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
+    except InputError:  # already says what is wrong with the file
+        raise
     except FileNotFoundError:
         raise FileNotFoundError(
             f"image {path} not found; it is listed in the attribute file — is the image folder complete?"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except _DECODE_ERRORS as exc:
         raise InputError(
-            f"image {path}: cannot be decoded ({exc}); re-download or replace it"
+            f"image {path}: cannot be decoded ({type(exc).__name__}: {exc}); re-download or "
+            "replace it"
         ) from None
+    if arr.shape != (image_size, image_size, 3):  # pragma: no cover - PIL's contract
+        raise InputError(f"image {path}: decoded to shape {arr.shape}; replace it")
     return arr
 
 

@@ -34,7 +34,7 @@ from ntkdyn.data.celeba_fixture import (
     group_labels,
 )
 from ntkdyn.data.images import GroupDataset, ImageSplit
-from ntkdyn.errors import InputError
+from ntkdyn.errors import DataError, InputError
 
 __all__ = [
     "METADATA_FILE",
@@ -103,17 +103,30 @@ def load_metadata_folder(
         raise FileNotFoundError(f"--data-dir: {root} has no {METADATA_FILE}; {_FORMAT}")
     if target_name == attribute_name:
         raise InputError(f"attribute_name: must differ from target_name, both are {target_name!r}")
-    with open(meta, newline="") as fh:
-        reader = csv.DictReader(fh)
+    data = meta.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"--data-dir: {meta}: line {line}: not UTF-8 text (byte {data[exc.start]:#04x}); "
+            f"save it as UTF-8 CSV; {_FORMAT}"
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing_cols = [c for c in METADATA_COLUMNS if c not in header]
         if missing_cols:
-            raise InputError(
+            raise DataError(
                 f"--data-dir: {meta} lacks the column(s) {', '.join(missing_cols)} (header: "
                 f"{','.join(header) or 'empty'}); {_FORMAT}"
             )
         reader.fieldnames = header
         rows = list(reader)
+    except csv.Error as exc:
+        raise DataError(
+            f"--data-dir: {meta}: line {reader.line_num}: not a CSV file ({exc}); {_FORMAT}"
+        ) from None
     n = len(rows)
     files: list[str] = []
     split = np.empty(n, np.int32)

@@ -28,11 +28,12 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import math
 import os
 import struct
 import urllib.error
 import urllib.request
-import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import UInt8
 
+from ntkdyn.errors import DataError
 from ntkdyn.runs import atomic_write_bytes
 
 __all__ = [
@@ -128,23 +130,41 @@ def default_cache_dir() -> Path:
 # ----------------------------------------------------------------------------------------- parsing
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:  # truncated or not gzip
-        raise ValueError(
-            f"{path}: cannot read ({exc}); the file is corrupt or truncated — delete it and {_HOW_TO_GET}"
-        ) from exc
+#: Largest size ratio of a gzip stream (DEFLATE compresses at most about 1032 : 1): a ``.gz`` IDX
+#: file whose header declares more data than that could never hold it, and is refused unread.
+_GZIP_MAX_RATIO = 1100
+_CHUNK = 1 << 20
+
+
+def _corrupt(path: Path, what: str) -> DataError:
+    return DataError(
+        f"{path}: {what}; the file is corrupt or truncated — delete it and {_HOW_TO_GET}"
+    )
+
+
+def _read_exact(fh, size: int, path: Path, header: tuple[int, ...]) -> bytes:
+    """Exactly ``size`` bytes from ``fh`` read in chunks (never one allocation of a declared size);
+    a stream that ends early or goes on is refused."""
+    parts, got = [], 0
+    while got < size:
+        chunk = fh.read(min(_CHUNK, size - got))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    if got < size or fh.read(1):
+        more = "fewer" if got < size else "more"
+        raise _corrupt(path, f"its header {header} needs {size} data bytes but it holds {more}")
+    return b"".join(parts)
 
 
 def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.ndarray:
     """Read one IDX file (optionally gzipped) of unsigned bytes.
 
     The format: a 4-byte big-endian magic number ``0x0000 08 D`` (type 0x08 = uint8, D dimensions),
-    D big-endian uint32 sizes, then the data in C order.
+    D big-endian uint32 sizes, then the data in C order. The size the header declares is checked
+    against the file's before any data is read (a ``.gz`` file against the most it could
+    decompress to), and data is read in chunks, so a corrupt header never allocates its size.
 
     Args:
         path: the ``.idx*-ubyte`` or ``.gz`` file.
@@ -155,47 +175,58 @@ def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: on a wrong magic number or a size that disagrees with the header (naming the file).
+        DataError: on a wrong magic number, a size that disagrees with the header, or a file that
+            cannot be read or decompressed (naming the file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; {_HOW_TO_GET}")
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise ValueError(
-            f"{path}: only {len(data)} bytes, not an IDX file; delete it and {_HOW_TO_GET}"
-        )
-    magic = struct.unpack(">I", data[:4])[0]
-    ndim = magic & 0xFF
-    if (magic >> 8) != 0x08 or ndim == 0 or (expect_magic is not None and magic != expect_magic):
-        want = f"{expect_magic}" if expect_magic is not None else "0x0000080D"
-        raise ValueError(
-            f"{path}: wrong magic number {magic} (expected {want}); not an MNIST IDX file — {_HOW_TO_GET}"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated header; delete it and {_HOW_TO_GET}")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(shape))
-    if len(data) != expected:
-        raise ValueError(
-            f"{path}: {len(data)} bytes but its header {shape} needs {expected}; the file is truncated "
-            f"or corrupt — delete it and {_HOW_TO_GET}"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
+    gz = path.suffix == ".gz"
+    try:
+        on_disk = path.stat().st_size
+        with gzip.open(path, "rb") if gz else path.open("rb") as fh:
+            head = fh.read(4)
+            if len(head) < 4:
+                raise DataError(
+                    f"{path}: only {len(head)} bytes, not an IDX file; delete it and {_HOW_TO_GET}"
+                )
+            magic = struct.unpack(">I", head)[0]
+            ndim = magic & 0xFF
+            bad = (magic >> 8) != 0x08 or ndim == 0
+            if bad or (expect_magic is not None and magic != expect_magic):
+                want = f"{expect_magic}" if expect_magic is not None else "0x0000080D"
+                raise DataError(
+                    f"{path}: wrong magic number {magic} (expected {want}); not an MNIST IDX file "
+                    f"— {_HOW_TO_GET}"
+                )
+            dims = fh.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise _corrupt(path, "truncated header")
+            shape = struct.unpack(f">{ndim}I", dims)
+            size = math.prod(shape)
+            if math.prod(max(d, 1) for d in shape) >= 2**62:  # a 0 elsewhere hides it from size
+                raise _corrupt(path, f"its header declares the impossible shape {shape}")
+            header = 4 + 4 * ndim
+            if (not gz and header + size != on_disk) or (gz and size > _GZIP_MAX_RATIO * on_disk):
+                held = f"{on_disk} bytes" + (" compressed" if gz else "")
+                raise _corrupt(path, f"{held} but its header {shape} needs {header + size}")
+            data = _read_exact(fh, size, path, shape)
+    except (OSError, EOFError, zlib.error) as exc:  # truncated or not gzip
+        raise _corrupt(path, f"cannot read ({exc})") from None
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
 
 
 def _check_arrays(images: np.ndarray, labels: np.ndarray, where: str) -> None:
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(
+        raise DataError(
             f"{where}: images have shape {images.shape}, expected (N, 28, 28); {_HOW_TO_GET}"
         )
     if labels.shape != (images.shape[0],):
-        raise ValueError(
+        raise DataError(
             f"{where}: {images.shape[0]} images but labels of shape {labels.shape}; the files do not belong together — {_HOW_TO_GET}"
         )
     if labels.size and int(labels.max()) > 9:
-        raise ValueError(
+        raise DataError(
             f"{where}: label {int(labels.max())} outside 0–9; corrupt labels — {_HOW_TO_GET}"
         )
 
@@ -217,7 +248,7 @@ def _read_npz(npz: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The images and labels of ``split`` from a Keras-layout ``mnist.npz``, read without pickle.
 
     Raises:
-        ValueError: naming the file when it is not a zip of ``.npy`` arrays, is corrupt or
+        DataError: naming the file when it is not a zip of ``.npy`` arrays, is corrupt or
             truncated, lacks the split's arrays, or holds object arrays (which only unpickling
             could read; ntkdyn never unpickles data files).
     """
@@ -226,30 +257,23 @@ def _read_npz(npz: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         with npz.open("rb") as fh:
             head = fh.read(len(_ZIP_MAGIC))
     except OSError as exc:
-        raise ValueError(f"{npz}: cannot read ({exc}); {_HOW_TO_GET}") from exc
+        raise DataError(f"{npz}: cannot read ({exc}); {_HOW_TO_GET}") from exc
     if head != _ZIP_MAGIC:
-        raise ValueError(
+        raise DataError(
             f"{npz}: not a NumPy .npz archive (expected a zip of .npy arrays, as Keras' "
             f"mnist.npz; the file starts with {head!r}) — delete it and {_HOW_TO_GET}"
         )
-    try:
-        with np.load(npz, allow_pickle=False) as f:
-            if xk not in f or yk not in f:
-                raise ValueError(
-                    f"{npz}: arrays {xk!r}/{yk!r} missing (has {sorted(f.files)}); expected the "
-                    f"Keras layout — {_HOW_TO_GET}"
-                )
-            try:
-                return np.asarray(f[xk]), np.asarray(f[yk])
-            except ValueError as exc:  # numpy refuses object arrays without unpickling
-                raise ValueError(
-                    f"{npz}: {xk!r}/{yk!r} are object arrays, not plain uint8 arrays; re-save "
-                    f"them as uint8 arrays (np.savez) — {_HOW_TO_GET}"
-                ) from exc
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ValueError(
-            f"{npz}: cannot read ({exc}); corrupt or truncated — delete it and {_HOW_TO_GET}"
-        ) from exc
+    from ntkdyn.data.npz import read_npz_arrays
+
+    arrays, names = read_npz_arrays(
+        npz, (xk, yk), where=str(npz), fix=f"delete it and {_HOW_TO_GET}"
+    )
+    if xk not in arrays or yk not in arrays:
+        raise DataError(
+            f"{npz}: arrays {xk!r}/{yk!r} missing (has {sorted(names)}); expected the "
+            f"Keras layout — {_HOW_TO_GET}"
+        )
+    return arrays[xk], arrays[yk]
 
 
 def _load_dir(directory: Path, split: str) -> MNIST | None:
@@ -270,7 +294,7 @@ def _load_dir(directory: Path, split: str) -> MNIST | None:
     if npz.is_file():
         images, labels = _read_npz(npz, split)
         if images.dtype != np.uint8 or labels.dtype != np.uint8:
-            raise ValueError(
+            raise DataError(
                 f"{npz}: expected uint8 arrays, got {images.dtype}/{labels.dtype}; {_HOW_TO_GET}"
             )
         _check_arrays(images, labels, str(npz))
@@ -391,8 +415,9 @@ def load_mnist(
         An :class:`MNIST` with ``source`` set to where the images came from.
 
     Raises:
-        ValueError: on an unknown ``source``/``split``, or corrupt, truncated or wrong-magic files
-            (naming the file and how to obtain good ones).
+        ValueError: on an unknown ``source``/``split``.
+        DataError: corrupt, truncated or wrong-magic files, wrong shapes or labels (naming the
+            file and how to obtain good ones).
         FileNotFoundError: with ``source="files"`` (or an explicit ``data_dir``) when files are missing.
         OSError: with ``source="download"`` when no mirror delivers intact files.
     """

@@ -9,21 +9,26 @@ The arrays (``numpy.savez``)::
     split        (n,) 0/1/2 or "train"/"val"/"test"        optional (without it every example is train)
 
 Everything is checked before anything else is done, and each problem raises an
-:class:`ntkdyn.errors.InputError` naming ``--data``, the file and what to do.
+:class:`ntkdyn.errors.InputError` naming ``--data``, the file and what to do (a file that cannot be
+read as an archive of arrays: :class:`ntkdyn.errors.DataError`). Arrays are read without pickle,
+their declared sizes checked against the archive first (:func:`read_npz_arrays`).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ntkdyn.data.dataset import Dataset, stratified_sample
-from ntkdyn.errors import InputError
+from ntkdyn.errors import DataError, InputError
 
-__all__ = ["NPZ_KEYS", "load_npz"]
+__all__ = ["NPZ_KEYS", "load_npz", "read_npz_arrays"]
 
 #: The arrays a user's ``.npz`` may hold (others are ignored).
 NPZ_KEYS: tuple[str, ...] = ("x", "y", "groups", "group_names", "split")
@@ -33,24 +38,111 @@ _FORMAT = (
 )
 
 
+#: What reading a zip member or an ``.npy`` header can raise on a corrupt or hostile file: bad zip
+#: structure, truncation, a bad deflate stream, an unknown compression or an encrypted member
+#: (RuntimeError), a malformed header (ValueError, struct.error).
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    OSError,
+    EOFError,
+    ValueError,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    KeyError,
+)
+#: Largest size ratio of a deflated zip member (DEFLATE compresses at most about 1032 : 1).
+_ZIP_MAX_RATIO = 1100
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _declared(fh) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype from an ``.npy`` header (None for a format version without a public reader)."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        return None
+    return tuple(shape), np.dtype(dtype)
+
+
+def read_npz_arrays(
+    path: str | os.PathLike, keys: tuple[str, ...], *, where: str, fix: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays ``keys`` (those present) of an ``.npz`` archive, and the names of all its arrays.
+
+    Nothing is unpickled, and each array's size (its header's shape × item size) is checked
+    against its zip member before memory is allocated, so a truncated or hostile file is refused
+    with a message instead of a crash or an allocation of its declared size.
+
+    Args:
+        path: the archive.
+        keys: the arrays to read.
+        where: how messages start (``"--data: FILE"``).
+        fix: what to do, appended to messages.
+
+    Returns:
+        ``(arrays, names)``.
+
+    Raises:
+        DataError: not a zip archive, a single ``.npy``, an object array, a size that disagrees
+            with the archive, or an unreadable member.
+    """
+    path, head = Path(path), b""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_NPY_MAGIC))
+        zf = zipfile.ZipFile(path)
+    except _READ_ERRORS as exc:
+        if head == _NPY_MAGIC:
+            raise DataError(f"{where} holds a single array, not an .npz archive; {fix}") from None
+        raise DataError(f"{where} is not a readable .npz file ({exc}); {fix}") from None
+    with zf:
+        members = {i.filename.removesuffix(".npy"): i for i in zf.infolist() if not i.is_dir()}
+        arrays = {}
+        for key in keys:
+            info = members.get(key)
+            if info is None:
+                continue
+            try:
+                with zf.open(info) as fh:
+                    declared = _declared(fh)
+                if declared is not None:
+                    shape, dtype = declared
+                    if dtype.hasobject:
+                        raise DataError(
+                            f"{where}: {key!r} holds object arrays (Python objects), which ntkdyn "
+                            f"never unpickles; store plain numeric or string arrays; {fix}"
+                        )
+                    need = math.prod(shape) * dtype.itemsize
+                    ratio_ok = info.file_size <= _ZIP_MAX_RATIO * info.compress_size + 4096
+                    if need > info.file_size or not ratio_ok:
+                        raise DataError(
+                            f"{where}: array {key!r} declares shape {shape} of {dtype} ({need} "
+                            f"bytes) but its entry holds {info.file_size} bytes "
+                            f"({info.compress_size} stored); the file is truncated or corrupt; "
+                            f"{fix}"
+                        )
+                with zf.open(info) as fh:
+                    arrays[key] = np.lib.format.read_array(fh, allow_pickle=False)
+            except DataError:
+                raise
+            except _READ_ERRORS as exc:
+                raise DataError(
+                    f"{where}: array {key!r} is unreadable ({exc}); the file is truncated or "
+                    f"corrupt, or holds Python objects; {fix}"
+                ) from None
+        return arrays, list(members)
+
+
 def _read(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
     """The recognised arrays of the archive and the names of all its arrays."""
     if not path.is_file():
         raise FileNotFoundError(f"--data: no file {path}; pass an existing .npz file ({_FORMAT})")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise InputError(f"--data: {path} is not a readable .npz file ({exc}); {_FORMAT}") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise InputError(f"--data: {path} holds a single array, not an .npz archive; {_FORMAT}")
-    with z:
-        try:
-            return {k: z[k] for k in z.files if k in NPZ_KEYS}, list(z.files)
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise InputError(
-                f"--data: {path} holds Python objects or an unreadable array ({exc}); store "
-                f"plain numeric and string arrays; {_FORMAT}"
-            ) from None
+    return read_npz_arrays(path, NPZ_KEYS, where=f"--data: {path}", fix=_FORMAT)
 
 
 def _labels(y: np.ndarray, path: Path, n: int) -> np.ndarray:
@@ -59,7 +151,7 @@ def _labels(y: np.ndarray, path: Path, n: int) -> np.ndarray:
             f"--data: {path}: y has shape {y.shape}, expected a 1-D array of length n = {n} "
             "(the first axis of x); flatten it or fix its length"
         )
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+    if y.dtype.kind not in "biuf":
         raise InputError(f"--data: {path}: y has dtype {y.dtype}; store numeric labels 0/1 or ±1")
     values = np.unique(y)
     if set(values.tolist()) <= {0, 1}:
@@ -79,7 +171,13 @@ def _split_ids(split: np.ndarray, path: Path, n: int) -> np.ndarray:
             f"--data: {path}: split has shape {split.shape}, expected a 1-D array of length n = {n}"
         )
     if split.dtype.kind in "US":
-        names = np.char.lower(np.char.strip(split.astype(str)))
+        try:
+            names = np.char.lower(np.char.strip(split.astype(str)))
+        except UnicodeError:
+            raise InputError(
+                f"--data: {path}: split holds bytes that are not text; use 'train', 'val', "
+                "'test' or 0/1/2"
+            ) from None
         bad = sorted(set(names.tolist()) - set(_SPLITS))
         if bad:
             raise InputError(
@@ -131,19 +229,22 @@ def load_npz(
                 f"{_FORMAT}"
             )
     x = arrays["x"]
-    if x.ndim < 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+    if x.ndim < 2 or x.dtype.kind not in "biuf":
         raise InputError(
             f"--data: {path}: x has shape {x.shape} and dtype {x.dtype}; expected numbers shaped "
             "(n, features...) — one row per example (reshape a 1-D x to (n, 1))"
         )
     total = x.shape[0]
     y = _labels(arrays["y"], path, total)
-    bad = ~np.isfinite(x.reshape(total, -1)).all(axis=1) if total else np.zeros(0, bool)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf: refused with it
+        finite = np.isfinite(x.astype(np.float32, copy=False).reshape(total, -1))
+    bad = ~finite.all(axis=1) if total else np.zeros(0, bool)
     if bad.any():
-        count = int((~np.isfinite(x)).sum())
+        count = int((~finite).sum())
         raise InputError(
             f"--data: {path}: x holds {count} NaN or inf value(s) in {int(bad.sum())} example(s), "
-            f"the first at index {int(np.argmax(bad))}; clean or drop those examples"
+            f"the first at index {int(np.argmax(bad))} (values beyond float32's range count as "
+            "inf); clean or drop those examples"
         )
     groups = names = None
     if "groups" in arrays:
@@ -152,7 +253,7 @@ def load_npz(
             groups.ndim != 1
             or groups.shape[0] != total
             or not np.issubdtype(groups.dtype, np.integer)
-            or (total and groups.min() < 0)
+            or (total and (groups.min() < 0 or int(groups.max()) > np.iinfo(np.int32).max))
         ):
             raise InputError(
                 f"--data: {path}: groups must be a 1-D array of {total} non-negative ints, got "
@@ -169,6 +270,11 @@ def load_npz(
                 f"{len(names)} names; give one name per group id"
             )
     elif groups is not None and total:
+        if int(groups.max()) >= max(total, 1024):
+            raise InputError(
+                f"--data: {path}: groups go up to {int(groups.max())} for {total} examples and "
+                "no group_names; number the groups 0, 1, 2, ... or add group_names"
+            )
         names = tuple(f"group {g}" for g in range(int(groups.max()) + 1))
     if "split" in arrays:
         sid = _split_ids(arrays["split"], path, total)

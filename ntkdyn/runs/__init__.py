@@ -9,6 +9,9 @@ time (``metrics.jsonl``), final results (``results.json``), figures (PNG and PDF
 Markdown summary (``summary.md``). Every file is written atomically — to a temporary file in the
 same directory, then ``os.replace`` — so an interrupted run never leaves a half-written file.
 Same seed, same numbers: JSON is written with sorted keys and a fixed float representation.
+One writer per directory: :class:`RunDir` holds the directory's ``.lock``
+(:func:`acquire_run_lock`), so a second process on the same directory is refused; the command line
+releases it when the command ends (:func:`command_scope`).
 
 Reports over restarts (seeds) share a few helpers: :func:`mean_std` and :func:`pool_mean_std`
 (mean ± std of per-restart values, and of groups known only by count, mean and std),
@@ -17,15 +20,22 @@ Reports over restarts (seeds) share a few helpers: :func:`mean_std` and :func:`p
 summaries; :func:`sweep_selection` picks a hyperparameter grid's point by validation and
 :func:`svd_report` records a truncated SVD's convergence. :func:`merge_runs` joins runs
 of one protocol over disjoint restart ranges into one run directory, as if one run had trained all
-the restarts. :class:`StepProgress` reports long compiled work as whole lines (done/total, elapsed).
+the restarts. :mod:`~ntkdyn.runs.resume` holds what resumable commands share: :func:`start_run`
+(the folder's checks), :func:`interruptible` (Ctrl-C and SIGTERM stop at the next checkpoint and
+print how to continue), :func:`stop_requested`. :class:`StepProgress` reports long compiled work as whole lines (done/total, elapsed).
 """
 
 from ntkdyn.runs.files import (
+    LOCK_NAME,
     RunDir,
+    acquire_run_lock,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     check_writable,
+    command_scope,
+    release_run_lock,
+    release_run_locks,
     to_jsonable,
 )
 from ntkdyn.runs.merge import MergedRun, RunPart, check_same_config, merge_runs, seed_records
@@ -44,9 +54,22 @@ from ntkdyn.runs.report import (
     sweep_selection,
     versus_published_table,
 )
+from ntkdyn.runs.resume import (
+    add_resume_flags,
+    deferring,
+    interruptible,
+    resume_command,
+    start_run,
+    stop_requested,
+)
 
 __all__ = [
     "RunDir",
+    "LOCK_NAME",
+    "acquire_run_lock",
+    "release_run_lock",
+    "release_run_locks",
+    "command_scope",
     "check_writable",
     "group_accuracy_table",
     "group_headlines",
@@ -72,4 +95,10 @@ __all__ = [
     "RunPart",
     "MergedRun",
     "merge_runs",
+    "add_resume_flags",
+    "deferring",
+    "interruptible",
+    "resume_command",
+    "start_run",
+    "stop_requested",
 ]

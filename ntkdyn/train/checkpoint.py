@@ -6,15 +6,26 @@ file. Leaves are stored in ``jax.tree`` flattening order with their key paths; r
 them against a template tree (same structure, shapes and dtypes), so a checkpoint from another
 model or optimiser is refused with a message instead of being mis-loaded. The metadata (epoch,
 position in the epoch, history, best model so far, …) is JSON, stored in the same file.
+
+Resumable runs: a :class:`Checkpoints` value tells a loop where to save, how often and whether
+to continue (:func:`ntkdyn.train.fullbatch.train_fullbatch` saves its whole carry, history and
+hook records between compiled chunks; :class:`KrylovCheckpoints` saves the block Krylov state of
+:func:`ntkdyn.truncated_svd`), so that a run killed at any instant and resumed ends with exactly
+the numbers of an uninterrupted one. :func:`resumable` is the command-line side: the run folder's
+checks, ``--resume``, and Ctrl-C / SIGTERM (:mod:`ntkdyn.runs.resume`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import json
 import os
 import re
-from collections.abc import Callable
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +33,19 @@ import jax
 import numpy as np
 
 from ntkdyn.runs import atomic_write_bytes, to_jsonable
+from ntkdyn.runs.resume import stop_requested
 
 __all__ = [
     "CheckpointHook",
+    "Checkpoints",
+    "KrylovCheckpoints",
+    "read_checkpoint",
+    "resumable",
     "save_checkpoint",
     "latest_checkpoint",
     "restore_checkpoint",
+    "restore_state",
+    "saved_arrays",
     "list_checkpoints",
 ]
 
@@ -93,6 +111,7 @@ def save_checkpoint(
     if jax.process_index() == 0:
         buf = io.BytesIO()
         np.savez(buf, **arrays)
+        _crash_point(path, buf.getvalue())
         atomic_write_bytes(path, buf.getvalue())
         for old in list_checkpoints(directory)[:-keep]:
             old.unlink(missing_ok=True)
@@ -127,16 +146,9 @@ def restore_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dic
         ValueError: the file is not a checkpoint, or its leaves do not match ``template``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        with np.load(path) as data:
-            meta = json.loads(bytes(data["__meta__"]).decode())
-            leaves = [data[f"leaf_{i:05d}"] for i in range(len(meta["paths"]))]
-    except (KeyError, OSError, ValueError) as exc:
-        raise ValueError(
-            f"checkpoint {path}: unreadable ({exc}); delete it to start over"
-        ) from None
+    stored, metadata = read_checkpoint(path)
+    meta = {"paths": list(stored), "metadata": metadata}
+    leaves = list(stored.values())
     expected, treedef = jax.tree_util.tree_flatten_with_path(template)
     paths = [jax.tree_util.keystr(p) for p, _ in expected]
     if paths != meta["paths"]:
@@ -154,6 +166,235 @@ def restore_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dic
                 f"this run expects {np.dtype(t.dtype)}{list(np.shape(t))}"
             )
     return jax.tree_util.tree_unflatten(treedef, leaves), meta["metadata"]
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every leaf of a checkpoint by its key path, without a template, and its metadata.
+
+    Args:
+        path: a checkpoint file.
+
+    Returns:
+        ``(leaves, metadata)``: ``leaves`` maps ``jax.tree_util.keystr`` paths to NumPy arrays, in
+        the saved tree's flattening order.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        with np.load(path) as data:
+            meta = json.loads(bytes(data["__meta__"]).decode())
+            leaves = {p: data[f"leaf_{i:05d}"] for i, p in enumerate(meta["paths"])}
+    except (KeyError, OSError, ValueError) as exc:
+        raise ValueError(
+            f"checkpoint {path}: unreadable ({exc}); delete it to start over"
+        ) from None
+    return leaves, meta["metadata"]
+
+
+#: Test hook: ``N`` makes the N-th checkpoint write of the process stop dead half-way through
+#: its temporary file (``os._exit(137)``, as a SIGKILL would), to test that a resumed run ignores it.
+CRASH_ENV = "NTKDYN_CHECKPOINT_CRASH"
+#: Test hook: seconds to pause before each checkpoint write (a window to kill a run in).
+PAUSE_ENV = "NTKDYN_CHECKPOINT_PAUSE"
+_writes = [0]
+
+
+def _crash_point(path: Path, data: bytes) -> None:
+    pause = os.environ.get(PAUSE_ENV, "").strip()
+    if pause:
+        time.sleep(float(pause))
+    when = os.environ.get(CRASH_ENV, "").strip()
+    if not when:
+        return
+    _writes[0] += 1
+    if _writes[0] != int(when):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.crash.tmp", "wb") as fh:
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        os.fsync(fh.fileno())
+    os._exit(137)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoints:
+    """Where a loop saves its state, how often, and whether it continues from there.
+
+    A loop handed one saves its whole state (:func:`save_checkpoint`) every ``every`` steps (or
+    iterations), when it ends, and when an interrupt is pending
+    (:func:`ntkdyn.runs.resume.stop_requested`), after which it raises ``KeyboardInterrupt``. With
+    ``resume`` it starts from the newest checkpoint in ``directory`` (from scratch when there is
+    none); without it a folder that holds checkpoints is refused.
+
+    Attributes:
+        directory: the loop's checkpoint folder (created on the first save).
+        every: steps between checkpoints (≥ 1); a loop rounds it up to its own chunk length.
+        resume: continue from the newest checkpoint.
+        keep: how many checkpoints to keep (≥ 1).
+
+    Raises:
+        ValueError: ``every`` or ``keep`` not an integer ≥ 1.
+    """
+
+    directory: Path
+    every: int = 500
+    resume: bool = False
+    keep: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "directory", Path(self.directory))
+        for name in ("every", "keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+
+    def stage(self, name: str) -> Checkpoints:
+        """The checkpoints of one stage of a run (a method, a configuration) in a subfolder."""
+        return dataclasses.replace(self, directory=self.directory / name)
+
+    def latest(self) -> tuple[int, dict[str, np.ndarray], dict[str, Any]] | None:
+        """``(step, leaves, metadata)`` of the newest checkpoint when resuming, else ``None``.
+
+        Raises:
+            ValueError: the folder holds checkpoints and ``resume`` is off, or one is unreadable.
+        """
+        path = latest_checkpoint(self.directory)
+        if path is None:
+            return None
+        if not self.resume:
+            raise ValueError(
+                f"checkpoints: {self.directory} already holds checkpoints; resume them or "
+                "choose another folder"
+            )
+        for torn in self.directory.glob(".ckpt_*.tmp"):  # a write that a kill cut short
+            torn.unlink(missing_ok=True)
+        leaves, meta = read_checkpoint(path)
+        return int(meta["step"]), leaves, meta
+
+    def save(self, step: int, state: Any, arrays: Mapping[str, Any], metadata: dict) -> Path:
+        """Save ``state`` (a PyTree, under ``state``) and named ``arrays`` at ``step``."""
+        tree = {"state": jax.device_get(state), "arrays": {k: _host(v) for k, v in arrays.items()}}
+        return save_checkpoint(
+            self.directory, step, tree, {"step": int(step), **metadata}, keep=self.keep
+        )
+
+
+def restore_state(leaves: Mapping[str, np.ndarray], template: Any, where: str) -> Any:
+    """The ``state`` saved by :meth:`Checkpoints.save`, checked against ``template``.
+
+    Raises:
+        ValueError: naming ``where`` when the structure, a shape or a dtype differs.
+    """
+    expected, treedef = jax.tree_util.tree_flatten_with_path(template)
+    out = []
+    for p, t in expected:
+        key = "['state']" + jax.tree_util.keystr(p)
+        leaf = leaves.get(key)
+        if leaf is None or leaf.shape != tuple(np.shape(t)) or leaf.dtype != np.dtype(t.dtype):
+            raise ValueError(
+                f"checkpoint in {where}: leaf {jax.tree_util.keystr(p)} differs from this run's "
+                "(another model, method or optimiser?); use a fresh --out"
+            )
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def saved_arrays(leaves: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The named ``arrays`` saved by :meth:`Checkpoints.save`."""
+    head = "['arrays']['"
+    return {k[len(head) : -2]: v for k, v in leaves.items() if k.startswith(head)}
+
+
+class KrylovCheckpoints:
+    """The :class:`ntkdyn.linalg.KrylovCheckpoint` of a block Krylov solver in :class:`Checkpoints`.
+
+    Saves the iteration's state every ``checkpoints.every`` block iterations, when it stops, and
+    when an interrupt is pending (then raises ``KeyboardInterrupt``); loads the newest when resuming.
+    """
+
+    _FIELDS = ("K", "W", "T", "Z", "new")
+
+    def __init__(self, checkpoints: Checkpoints):
+        self.checkpoints = checkpoints
+        self._loaded = -1
+
+    def load(self):
+        """The newest saved :class:`ntkdyn.linalg.KrylovState` (``None``: start afresh)."""
+        from ntkdyn.linalg import KrylovState
+
+        found = self.checkpoints.latest()
+        if found is None:
+            return None
+        _, leaves, meta = found
+        a = saved_arrays(leaves)
+        self._loaded = int(meta["iterations"])
+        fields = {f: a.get(f) for f in self._FIELDS}
+        return KrylovState(**fields, iterations=self._loaded, matvecs=int(meta["matvecs"]))
+
+    def save(self, state, final: bool) -> None:
+        """Write ``state`` when due (see the class docstring)."""
+        stop = stop_requested()
+        due = state.iterations % self.checkpoints.every == 0 and state.iterations != self._loaded
+        if not (final or stop or due):
+            return
+        arrays = {f: getattr(state, f) for f in self._FIELDS if getattr(state, f) is not None}
+        meta = {"iterations": int(state.iterations), "matvecs": int(state.matvecs), "final": final}
+        self.checkpoints.save(state.iterations, {}, arrays, meta)
+        if stop and not final:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def resumable(
+    out: str | os.PathLike,
+    command: str,
+    settings: dict[str, Any],
+    *,
+    resume: bool,
+    every: int,
+    ignore: Iterable[str] = (),
+    nested: Iterable[str] = (),
+) -> Iterator[Checkpoints]:
+    """A resumable command's run: the folder checked, its settings written, interrupts handled.
+
+    :func:`ntkdyn.runs.resume.start_run` (refuses checkpoints without ``resume``, another command
+    or other settings with it) inside :func:`ntkdyn.runs.resume.interruptible` (SIGINT and SIGTERM
+    stop at the next checkpoint and print the command line that continues the run). A run that
+    fails or is interrupted before its first checkpoint removes the folder it created.
+
+    Args:
+        out: the run folder (``--out``).
+        command: e.g. ``"ntkdyn cmnist"``.
+        settings: the settings that make the numbers.
+        resume: ``--resume``.
+        every: ``--checkpoint-every``.
+        ignore: settings a resumed run may change.
+        nested: settings whose entries have flags of their own (``protocol`` → ``--sd.coef``).
+
+    Yields:
+        The run's :class:`Checkpoints` in ``out/checkpoints`` (one :meth:`Checkpoints.stage` per
+        loop).
+    """
+    from ntkdyn.runs.resume import interruptible, start_run
+
+    out = Path(out)
+    created = not out.exists()
+    with interruptible(command.split()[-1]):
+        try:
+            folder = start_run(
+                out, command, settings, resume=bool(resume), ignore=ignore, nested=nested
+            )
+            yield Checkpoints(folder, int(every), resume=bool(resume))
+        except BaseException:
+            if created and not any((out / "checkpoints").rglob("ckpt_*.npz")):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 class CheckpointHook:

@@ -39,6 +39,12 @@ split over a 1-D ``jax.sharding.Mesh`` with ``jax.shard_map``; S need not be a m
 device count: the seed axis is padded by repeating the first seed, and the padding is removed from
 every output.
 
+Resuming: with ``checkpoints`` (:class:`ntkdyn.train.checkpoint.Checkpoints`) the loop runs in
+host-called chunks (as with hooks) and saves the whole carry — parameters, model and optimizer
+state, step counters, the last metrics — with the history so far and the hooks' records between
+chunks; a resumed run continues the same sequence of compiled calls from there, so its results
+equal an uninterrupted run's bit for bit.
+
 Example:
     >>> import jax, jax.numpy as jnp, optax
     >>> from ntkdyn.train.fullbatch import train_fullbatch
@@ -57,6 +63,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -67,6 +74,8 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Int, PyTree
 
+from ntkdyn.runs.resume import deferring, stop_requested
+from ntkdyn.train.checkpoint import Checkpoints, restore_state, saved_arrays
 from ntkdyn.train.hooks import Hook, Record, call_hooks, check_hooks, chunk_steps, due
 from ntkdyn.train.layout import SeedAxis, SeedLayout
 
@@ -154,6 +163,7 @@ def train_fullbatch(
     unroll: int = 1,
     compiler_options: Mapping[str, Any] | None = None,
     hooks: Sequence[Hook] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainResult:
     """Train S seeds for ``num_steps`` full-batch steps: θ_{t+1} = θ_t + optimizer(∇_θ L(θ_t; t)).
 
@@ -186,6 +196,13 @@ def train_fullbatch(
             after every ``every``-th step and at the end. With hooks the loop compiles one chunk
             of c steps, c the gcd of the hooks' ``every`` and ``log_every``, and calls it from the
             host; the history and final state equal the hook-less run's (up to float rounding).
+        checkpoints: :class:`~ntkdyn.train.checkpoint.Checkpoints`: save the loop's state (the
+            stacked carry, the history so far and the state of hooks that have one, see
+            :mod:`ntkdyn.train.hooks`) every ``checkpoints.every`` steps, rounded up to a multiple
+            of the chunk length c (so the chunks, and the numbers, are those of a run without
+            checkpoints), at the end, and when an interrupt is pending; with ``resume``, continue
+            from the newest one. A resumed run returns exactly what an uninterrupted one returns
+            (same inputs, same seed layout).
 
     Returns:
         :class:`TrainResult` with the final stacked state, the history and the record steps.
@@ -281,7 +298,7 @@ def train_fullbatch(
         return record
 
     seeds = _Seeds(layout, num_seeds, batch_axis, compiler_options)
-    if hooks:
+    if hooks or checkpoints is not None:
         return _train_chunked(
             seeds,
             init_carry,
@@ -294,6 +311,7 @@ def train_fullbatch(
             num_steps=num_steps,
             log_every=log_every,
             hooks=hooks,
+            checkpoints=checkpoints,
         )
 
     def one_seed(seeded, key, batch):
@@ -329,6 +347,7 @@ def _train_chunked(
     num_steps,
     log_every,
     hooks,
+    checkpoints=None,
 ) -> TrainResult:
     """The loop with hooks: one compiled chunk of steps, called from the host between hook calls."""
     chunk = chunk_steps(hooks, log_every)
@@ -338,36 +357,96 @@ def _train_chunked(
     record_fn = seeds.compile(lambda c, key, b: evaluate(c, b))
     history: list[dict[str, Any]] = []
     step = 0
-    while step < num_steps:
-        length = min(chunk, num_steps - step)
-        if length not in compiled:
-            compiled[length] = seeds.compile(lambda c, key, b, n=length: run_steps(c, key, b, n))
-        carry = compiled[length](carry, keys, batch)
-        step += length
-        logged = log_every is not None and step % log_every == 0
-        if logged:
-            history.append(seeds.take(record_fn(carry, keys, batch)))
-        if due(hooks, step, last_step=num_steps):
-            p, ms, opt, count, last = seeds.take(carry)
-            metrics = {k: np.asarray(v) for k, v in last.items()}
-            call_hooks(
-                hooks,
-                Record(
-                    step=step,
-                    params=p,
-                    model_state=ms,
-                    metrics=metrics,
-                    final=step == num_steps,
-                    state=TrainState(p, ms, opt, count),
-                ),
-                last_step=num_steps,
-            )
+    if checkpoints is not None:
+        saver = _Saver(checkpoints, chunk, hooks, num_steps)
+        step, carry, history = saver.restore(carry)
+    with deferring() if checkpoints is not None else contextlib.nullcontext():
+        while step < num_steps:
+            length = min(chunk, num_steps - step)
+            if length not in compiled:
+                compiled[length] = seeds.compile(
+                    lambda c, key, b, n=length: run_steps(c, key, b, n)
+                )
+            carry = compiled[length](carry, keys, batch)
+            step += length
+            logged = log_every is not None and step % log_every == 0
+            if logged:
+                history.append(seeds.take(record_fn(carry, keys, batch)))
+            if due(hooks, step, last_step=num_steps):
+                p, ms, opt, count, last = seeds.take(carry)
+                metrics = {k: np.asarray(v) for k, v in last.items()}
+                call_hooks(
+                    hooks,
+                    Record(
+                        step=step,
+                        params=p,
+                        model_state=ms,
+                        metrics=metrics,
+                        final=step == num_steps,
+                        state=TrainState(p, ms, opt, count),
+                    ),
+                    last_step=num_steps,
+                )
+            if checkpoints is not None:
+                saver.after_chunk(step, carry, history)
     p, ms, opt, count, _ = seeds.take(carry)
     stacked = {
         k: jnp.stack([h[k] for h in history], axis=1) for k in (history[0] if history else {})
     }
     steps = np.arange(1, len(history) + 1, dtype=np.int64) * (log_every or 0)
     return TrainResult(TrainState(p, ms, opt, count), stacked, steps)
+
+
+class _Saver:
+    """The checkpoints of :func:`_train_chunked`: the carry (seed axis as laid out), the history
+    records and the hooks' states, saved between chunks and restored bit for bit."""
+
+    def __init__(self, checkpoints: Checkpoints, chunk: int, hooks, num_steps: int):
+        self.ckpt, self.hooks, self.num_steps = checkpoints, hooks, num_steps
+        self.every = -(-checkpoints.every // chunk) * chunk  # a multiple of the chunk length
+
+    def restore(self, carry):
+        found = self.ckpt.latest()
+        if found is None:
+            return 0, carry, []
+        step, leaves, meta = found
+        where = str(self.ckpt.directory)
+        host = restore_state(leaves, jax.device_get(carry), where)
+        if meta.get("num_steps") != self.num_steps:
+            raise ValueError(
+                f"checkpoint in {where}: a run of {meta.get('num_steps')} steps, this one "
+                f"{self.num_steps}; use a fresh --out"
+            )
+        # Each leaf goes back where the fresh carry's lives (same sharding, same compiled chunk).
+        carry = jax.tree_util.tree_map(lambda a, h: jax.device_put(h, a.sharding), carry, host)
+        arrays = saved_arrays(leaves)
+        history = [
+            {k[len("history/") :]: v[:, r] for k, v in arrays.items() if k.startswith("history/")}
+            for r in range(int(meta["records"]))
+        ]
+        for i, hook in enumerate(self.hooks):
+            if callable(getattr(hook, "restore_state", None)):
+                head = f"hook{i}/"
+                hook.restore_state(
+                    {k[len(head) :]: v for k, v in arrays.items() if k.startswith(head)}
+                )
+        return step, carry, history
+
+    def after_chunk(self, step: int, carry, history) -> None:
+        stop = stop_requested()
+        if not (stop or step % self.every == 0 or step == self.num_steps):
+            return
+        arrays = {}
+        if history:
+            arrays = {f"history/{k}": np.stack([np.asarray(h[k]) for h in history], axis=1)
+                      for k in history[0]}  # fmt: skip
+        for i, hook in enumerate(self.hooks):
+            if callable(getattr(hook, "checkpoint_state", None)):
+                arrays |= {f"hook{i}/{k}": v for k, v in hook.checkpoint_state().items()}
+        meta = {"num_steps": self.num_steps, "records": len(history)}
+        self.ckpt.save(step, carry, arrays, meta)
+        if stop and step < self.num_steps:
+            raise KeyboardInterrupt
 
 
 class _Seeds:

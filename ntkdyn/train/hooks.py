@@ -14,6 +14,11 @@ The standard hooks: :class:`Progress` (step, loss, steps/s on stderr, throttled)
 z(t) recorder, wrapping :class:`ntkdyn.tangent.FeatureResponseTracker`) and :class:`SeedResponses`
 (one recorder per seed of a stacked run, each against its own spectrum at θ₀).
 
+A hook that keeps what it recorded may also offer ``checkpoint_state() -> dict of arrays`` and
+``restore_state(arrays)``: a loop with checkpoints (:class:`ntkdyn.train.checkpoint.Checkpoints`)
+saves the one beside its own state and hands it back to a resumed run's fresh hook, so the resumed
+run records exactly what an uninterrupted one does.
+
 Example:
     >>> calls = []
     >>> hook = every(10, lambda r: calls.append(r.step))
@@ -250,6 +255,19 @@ class MetricsCollector:
         self._steps.append(int(record.step))
         self._rows.append({k: np.asarray(v) for k, v in metrics.items()})
 
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """What it recorded, for a checkpoint (every row must hold the same metrics)."""
+        rows = {
+            f"metric/{k}": np.stack([r[k] for r in self._rows]) for k in (self._rows or [{}])[0]
+        }
+        return {"steps": self.steps, **rows}
+
+    def restore_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Continue from :meth:`checkpoint_state`'s arrays."""
+        self._steps = [int(s) for s in arrays.get("steps", [])]
+        names = [k for k in arrays if k.startswith("metric/")]
+        self._rows = [{k[7:]: arrays[k][i] for k in names} for i in range(len(self._steps))]
+
     @property
     def steps(self) -> np.ndarray:
         """(R,) the steps recorded."""
@@ -286,6 +304,7 @@ class ResponseRecorder:
         self.every, self.seed = every, seed
         self.tracker = FeatureResponseTracker(apply_fn, params0, x, y, U)
         self._measure = (apply_fn, params0, x, y, U)
+        self._before: tuple[np.ndarray, np.ndarray] | None = None  # restored from a checkpoint
 
     def __call__(self, record: Record) -> None:
         self.tracker(record.step, _seed(record.params, self.seed))
@@ -293,12 +312,28 @@ class ResponseRecorder:
     @property
     def steps(self) -> np.ndarray:
         """(T,) the recorded steps."""
-        return self.tracker.steps
+        if self._before is None:
+            return self.tracker.steps
+        return np.concatenate([self._before[0], self.tracker.steps]).astype(np.int64)
 
     @property
     def z(self) -> np.ndarray:
         """(T, k) the recorded responses."""
-        return self.tracker.z
+        if self._before is None:
+            return self.tracker.z
+        parts = [z for z in (self._before[1], self.tracker.z) if z.size]
+        return np.concatenate(parts) if parts else self.tracker.z
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The recorded steps and responses, for a checkpoint."""
+        return {"steps": self.steps, "z": self.z}
+
+    def restore_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Continue after :meth:`checkpoint_state`'s records (a fresh recorder's are dropped)."""
+        from ntkdyn.tangent import FeatureResponseTracker
+
+        self.tracker = FeatureResponseTracker(*self._measure)
+        self._before = (np.asarray(arrays["steps"], np.int64), np.asarray(arrays["z"]))
 
     def curve(self, params: Any) -> dict[str, np.ndarray]:
         """The recorded z(t) from step 0 (z = 0) and the share of Δf it holds at ``params``.
@@ -364,6 +399,19 @@ class SeedResponses:
     def __call__(self, record: Record) -> None:
         for recorder in self.recorders:
             recorder(record)
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """Every seed's records, for a checkpoint."""
+        return {
+            f"{s}/{k}": v
+            for s, r in enumerate(self.recorders)
+            for k, v in r.checkpoint_state().items()
+        }
+
+    def restore_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Continue every seed's recorder from :meth:`checkpoint_state`'s arrays."""
+        for s, recorder in enumerate(self.recorders):
+            recorder.restore_state({k: arrays[f"{s}/{k}"] for k in ("steps", "z")})
 
     def mean_curve(self) -> tuple[np.ndarray, np.ndarray]:
         """``(steps (T + 1,), z (T + 1, k))``: the seed-mean z(t), from step 0 (z = 0)."""
