@@ -27,7 +27,8 @@ Expected (float64):
 Outputs in ``--out``: ``config.json``, ``results.json`` (fixed points, derivatives, the finite-difference
 check, SD invariance, dual/primal agreement, the verdict), ``summary.md``, ``metrics.jsonl`` (the
 sampled trajectories), ``trajectories.npz``, and the figures (PNG + PDF) ``theory_z2_vs_z1``,
-``theory_slider``, ``theory_sensitivity``, ``theory_starvation_map``. One verdict line on stdout.
+``theory_slider``, ``theory_sensitivity``, ``theory_starvation_map``, and ``theory.html``: the slider
+over ``slider_grid`` as one interactive offline page (:mod:`ntkdyn.slider`). One verdict line on stdout.
 """
 
 from __future__ import annotations
@@ -40,15 +41,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ntkdyn.settings import (
-    ConfigError,
-    add_arguments,
-    check,
-    each,
-    from_arguments,
-    integer,
-    number,
-)
+from ntkdyn.settings import ConfigError, add_arguments, check, each, from_arguments, integer, number
 
 HELP = (
     __doc__.split("\n\n")[0]
@@ -73,6 +66,7 @@ class Config:
         figure_save_every: sampling interval of the z₂-vs-z₁ figure (must divide ``save_every``).
         figure_s1: s₁ values of the z₂-vs-z₁ figure.
         slider_s1: s₁ values of the slider view.
+        slider_grid: (start, stop, num) of the s₁ grid of the interactive page ``theory.html``.
         table_s1: s₁ values of the fixed-point table and the finite-difference check.
         sweep: (start, stop, num) of the s₁ sweep of the sensitivity figure.
         map_s1: (start, stop, num) of the phase map's s₁ axis.
@@ -94,6 +88,7 @@ class Config:
     figure_save_every: int = 1
     figure_s1: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0)
     slider_s1: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0)
+    slider_grid: tuple[float, float, int] = (2.0, 8.0, 61)
     table_s1: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
     sweep: tuple[float, float, int] = (1.0, 8.0, 71)
     map_s1: tuple[float, float, int] = (1.0, 8.0, 36)
@@ -136,7 +131,7 @@ class Config:
             raise ConfigError(
                 "figure_steps", f"must be >= steps={self.steps}, got {self.figure_steps}"
             )
-        for name in ("sweep", "map_s1", "map_s2"):
+        for name in ("sweep", "map_s1", "map_s2", "slider_grid"):
             lo, hi, num = getattr(self, name)
             if not (0 < lo < hi) or num < 2:
                 raise ConfigError(name, f"needs 0 < start < stop and num >= 2, got {(lo, hi, num)}")
@@ -188,6 +183,7 @@ class Results(NamedTuple):
         phase_map: axes ``map_s1``, ``map_s2`` and ∂z₂*/∂s₁ ``map_ce``, ``map_sd``
             (len(s2), len(s1)).
         table: :func:`ntkdyn.analysis.starvation_table` at ``table_s1``.
+        slider: :class:`ntkdyn.slider.SliderData` over ``slider_grid`` (the page ``theory.html``).
         checks: closed forms and cross-checks, name → value.
         verdict: ``starvation``, ``sd_decoupled`` and the one-line ``text``.
     """
@@ -197,6 +193,7 @@ class Results(NamedTuple):
     sweep: dict[str, np.ndarray]
     phase_map: dict[str, np.ndarray]
     table: dict[str, Any]
+    slider: Any
     checks: dict[str, Any]
     verdict: dict[str, Any]
 
@@ -220,6 +217,7 @@ def run(config: Config) -> Results:
     from ntkdyn.analysis import starvation_table
     from ntkdyn.dynamics import ce_field, dual_field, dual_to_z, gd, integrate, sd_field
     from ntkdyn.fixed_points import fixed_points_batch, sd_square_margin
+    from ntkdyn.slider import slider_data
     from ntkdyn.systems import rotation_system
 
     c = config
@@ -238,12 +236,8 @@ def run(config: Config) -> Results:
     r = c.save_every // c.figure_save_every
     t_dense, ce_dense, sd_dense = np.asarray(ce.t[0]), np.asarray(ce.z), np.asarray(sd.z)
     # The dual flow: an adaptive solve, log-spaced samples (it moves fast at first).
-    dual_ts = jnp.concatenate(
-        [
-            jnp.zeros(1),
-            jnp.logspace(math.log10(c.dual_t1) - 7, math.log10(c.dual_t1), c.dual_points),
-        ]
-    )
+    top = math.log10(c.dual_t1)
+    dual_ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(top - 7, top, c.dual_points)])
     dual = jax.vmap(
         lambda sy: integrate(dual_field, sy, jnp.full(2, c.dual_alpha0), t1=c.dual_t1, ts=dual_ts)
     )(ce_batch)
@@ -268,6 +262,9 @@ def run(config: Config) -> Results:
     map_sd = np.asarray(J_sd_all[ns : ns + nm, 1, 0]).reshape(len(m2), len(m1))
     z_ce_traj = np.asarray(z_ce_all[ns + nm :])
     table = starvation_table(c.table_s1, c.s2, c.delta, c.lam_ce, c.lam_sd, c.fd_h)
+    kw = dict(s2=c.s2, delta=c.delta, lam_ce=c.lam_ce, lam_sd=c.lam_sd, eta=c.eta)
+    grid = np.linspace(*c.slider_grid[:2], int(c.slider_grid[2]))
+    slider = slider_data(grid, **kw, num_steps=c.steps, save_every=c.save_every)
 
     # Checks.
     a = sd_square_margin(c.lam_sd)
@@ -315,6 +312,7 @@ def run(config: Config) -> Results:
         ),
         phase_map=dict(map_s1=m1, map_s2=m2, map_ce=map_ce, map_sd=map_sd),
         table=table,
+        slider=slider,
         checks=checks,
         verdict=_verdict(table, checks),
     )
@@ -390,6 +388,8 @@ def _metrics(results: Results) -> list[dict[str, Any]]:
 
 def results_record(results: Results) -> dict[str, Any]:
     """The content of ``results.json``: fixed points, sweep, phase map, checks, final GD, verdict."""
+    from ntkdyn.slider import slider_record
+
     sw, pm, tr = results.sweep, results.phase_map, results.trajectories
     return {
         "fixed_points": results.table,
@@ -415,6 +415,7 @@ def results_record(results: Results) -> dict[str, Any]:
             "dual": tr["dual"][:, -1],
         },
         "verdict": results.verdict,
+        "slider": slider_record(results.slider),
     }
 
 
@@ -430,6 +431,7 @@ def report(results: Results, run_dir) -> dict[str, Any]:
     """
     from ntkdyn.plots.theory import theory_figures
     from ntkdyn.runs import RunDir
+    from ntkdyn.slider import slider_page
 
     config, tr = results.config, results.trajectories
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
@@ -461,6 +463,7 @@ def report(results: Results, run_dir) -> dict[str, Any]:
     record = results_record(results)
     rd.write_results(record)
     rd.write_text("summary.md", _summary(results))
+    rd.write_text("theory.html", slider_page(results.slider))
     return record
 
 

@@ -9,7 +9,8 @@ loss ``--loss`` picks the flow (Pezeshki et al. 2021, Sec. 3–4):
 about ``--alpha0``; an approximation). ``--steps K`` runs discrete GD with step ``--eta``
 (t = η·k); ``--t1 T`` integrates the gradient flow with an adaptive solver to time T in the same
 units (η·steps). Writes ``trajectory.json``, ``trajectory.npz``, ``trajectory.{png,pdf}``,
-``config.json`` and ``results.json`` (final state, fixed point, starvation matrix) into ``--out``.
+``config.json`` and ``results.json`` (final state, fixed point, starvation matrix) into ``--out``;
+``--slider S1_MIN S1_MAX`` adds ``slider.html``, the interactive s₁ slider of a two-feature system.
 
 Examples::
 
@@ -77,6 +78,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtol", type=float, default=1e-8, help="ODE relative tolerance")
     parser.add_argument("--atol", type=float, default=1e-10, help="ODE absolute tolerance")
     parser.add_argument("--max-steps", type=int, default=16_384, help="ODE step budget")
+    parser.add_argument(
+        "--slider",
+        type=float,
+        nargs=2,
+        metavar=("S1_MIN", "S1_MAX"),
+        help="also write slider.html: this two-feature system (--delta, --s S1 S2) with s1 swept "
+        "over 61 values in [S1_MIN, S1_MAX], CE and SD side by side (the other loss at its default "
+        "lambda), by GD (--steps, --eta, --save-every); a system of more features or a given --U "
+        "has no single s1 to sweep, so it is not offered there",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/simulate"), help="output directory")
     parser.add_argument(
         "--quick",
@@ -209,6 +220,36 @@ def _check_horizon(args, mode: str, steps: int) -> None:
         raise InputError(f"--max-steps: must be >= 1, got {args.max_steps}")
 
 
+def _check_slider(args, mode: str) -> None:
+    """``--slider`` needs a two-feature U(δ), GD and an increasing positive range of s₁."""
+    if args.slider is None:
+        return
+    lo, hi = args.slider
+    if args.delta is None or mode != "gd" or args.loss not in ("ce", "sd"):
+        raise InputError(
+            "--slider: sweeps s1 of a two-feature system by GD; pass --delta and two --s values, "
+            f"--loss ce or sd and --steps (got --delta {args.delta}, --loss {args.loss}, {mode})"
+        )
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+        raise InputError(f"--slider: needs 0 < S1_MIN < S1_MAX, got {lo} {hi}")
+
+
+def _slider_page(args, lam: float, steps: int) -> str:
+    """The slider page of ``--slider``: CE and SD over 61 values of s₁, s₂ = the second ``--s``."""
+    import numpy as np
+
+    from ntkdyn.slider import slider_data, slider_page
+
+    lam_ce, lam_sd = (LAM_CE, lam) if args.loss == "sd" else (lam, LAM_SD)
+    data = slider_data(
+        np.linspace(*args.slider, 61), s2=args.s[1], delta=args.delta, lam_ce=lam_ce,
+        lam_sd=lam_sd, eta=args.eta, num_steps=steps, save_every=args.save_every,
+    )  # fmt: skip
+    return slider_page(
+        data, title=f"ntkdyn simulate: s₁ from {args.slider[0]:g} to {args.slider[1]:g}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Integrate the chosen system, write the trajectory, figure and results, print a summary.
 
@@ -252,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick and mode == "ode" and args.num_points == 101:
         args.num_points = 21
     _check_horizon(args, mode, steps)
+    _check_slider(args, mode)
     check_writable(args.out)
     fields = {
         "ce": ce_field,
@@ -323,6 +365,8 @@ def run(args: argparse.Namespace) -> int:
     }
     rd.write_results(results)
     rd.write_text("summary.md", _summary(args, lam, mode, steps, z, z_star, M, traj))
+    if args.slider is not None:
+        rd.write_text("slider.html", _slider_page(args, lam, steps))
     sys.stdout.write(
         f"final z = {np.array2string(z[-1], precision=4)}; fixed point z* = "
         f"{'none (no finite fixed point)' if z_star is None else np.array2string(z_star, precision=4)}; "
