@@ -22,6 +22,7 @@ Commands::
     ntkdyn cmnist --data-dir MNIST --seeds 5 --out runs/a                # seeds 0-4 ...
     ntkdyn cmnist --data-dir MNIST --seeds 5 --first-seed 5 --out runs/b # ... and 5-9 elsewhere
     ntkdyn cmnist --merge runs/a runs/b --out runs/cmnist_10             # = one run of seeds 0-9
+    ntkdyn cmnist --out runs/cmnist --resume    # continue an interrupted run (same flags)
 
 Without ``--data-dir`` (or ``$NTKDYN_DATA_DIR``) the embedded 5,000-image subset is used;
 ``--data-source download`` fetches full MNIST. ``--restarts``, ``--first-restart``, ``--max-images``
@@ -63,6 +64,7 @@ from ntkdyn.settings import (
 from ntkdyn.train.recipes import IRMRecipe, OracleRecipe, Recipe, SDRecipe, VRExRecipe
 
 HELP = __doc__.split("\n\n")[0] + "\n\nPublished protocol by default; --quick for a smoke test."
+COMMAND = "ntkdyn cmnist"  # config.json's command, checked by --resume
 
 PROBE_INPUTS: tuple[str, ...] = ("digit_gray", "digit_color", "blank_gray", "blank_color")
 #: Methods whose feature responses z(t) are recorded (the paper's Fig. 5 pair).
@@ -89,24 +91,15 @@ LABELS = {m: v.label for m, v in METHODS.items()}
 
 #: Published train / test accuracy (fractions; mean, std over 10 restarts) and probe results.
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "erm": {
-        "train": (0.911, 0.004),
-        "test": (0.237, 0.008),
-        "probe": {"acc": (0.633, 0.239, 0.499, 0.094), "entropy": (0.54, 0.44, 0.63, 0.00)},
-    },
-    "irm": {
-        "train": (0.705, 0.006),
-        "test": (0.671, 0.014),
-        "probe": {"acc": (0.669, 0.666, 0.497, 0.496), "entropy": (0.60, 0.59, 0.65, 0.64)},
-    },
+    "erm": {"train": (0.911, 0.004), "test": (0.237, 0.008),
+            "probe": {"acc": (0.633, 0.239, 0.499, 0.094), "entropy": (0.54, 0.44, 0.63, 0.00)}},
+    "irm": {"train": (0.705, 0.006), "test": (0.671, 0.014),
+            "probe": {"acc": (0.669, 0.666, 0.497, 0.496), "entropy": (0.60, 0.59, 0.65, 0.64)}},
     "vrex": {"train": (0.715, 0.010), "test": (0.687, 0.009)},
-    "sd": {
-        "train": (0.700, 0.009),
-        "test": (0.684, 0.012),
-        "probe": {"acc": (0.683, 0.672, 0.500, 0.094), "entropy": (0.66, 0.63, 0.66, 0.41)},
-    },
+    "sd": {"train": (0.700, 0.009), "test": (0.684, 0.012),
+           "probe": {"acc": (0.683, 0.672, 0.500, 0.094), "entropy": (0.66, 0.63, 0.66, 0.41)}},
     "oracle": {"train": (0.735, 0.002), "test": (0.730, 0.004)},
-}
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +221,7 @@ def init_params(method: Recipe, keys):
     return init_mlp_stacked(keys, 196 if method.grayscale else 392, widths, xavier_uniform)
 
 
-def train_method(config: Config, name: str, envs, spectra: dict, log, verbose=True):
+def train_method(config: Config, name: str, envs, spectra: dict, log, verbose=True, ckpt=None):
     """Train ``name`` on every seed (and grid point with ``--sweep``), then evaluate it.
 
     Returns:
@@ -240,7 +233,7 @@ def train_method(config: Config, name: str, envs, spectra: dict, log, verbose=Tr
 
     from ntkdyn.data.colored_mnist import environment_batches, probe_batches
     from ntkdyn.runs.tables import grid_results, history_records
-    from ntkdyn.tangent import feature_spectrum
+    from ntkdyn.tangent import BlockKrylov, feature_spectrum
     from ntkdyn.train.recipes import environment_evaluation, environment_loss
     from ntkdyn.train.restarts import train_restarts
 
@@ -258,8 +251,8 @@ def train_method(config: Config, name: str, envs, spectra: dict, log, verbose=Tr
     if k and net not in spectra:
         log(f"cmnist: top-{k} NTK directions at θ₀ on all training examples (matrix-free)")
         start, key = time.perf_counter(), seeds.keys("spectrum")[0]
-        spec, rep = feature_spectrum(apply_fn, p0, x, y, k=k, key=key, return_report=True)
-        spectra[net] = (spec, rep, time.perf_counter() - start)
+        spec = feature_spectrum(apply_fn, p0, x, y, solver=BlockKrylov(k, 1e-4, 60, key=key))
+        spectra[net] = (spec, spec.report, time.perf_counter() - start)
         log(f"cmnist: spectrum in {spectra[net][2]:.1f} s")
 
     eval_fn, evaluate = environment_evaluation(apply_fn)
@@ -279,6 +272,7 @@ def train_method(config: Config, name: str, envs, spectra: dict, log, verbose=Tr
         eval_fn=eval_fn,
         layout=seeds.layout(),
         compiler_options=seeds.compiler_options(),
+        checkpoints=ckpt and ckpt.stage(name),
     )
     result, R = trained.result, config.seeds
     log(f"cmnist: {name}: {len(grid) * R} runs x {method.steps} steps in {trained.seconds:.1f} s")
@@ -291,10 +285,11 @@ def train_method(config: Config, name: str, envs, spectra: dict, log, verbose=Tr
     return entry, records, trained.curves(eval_fn(p0, None, b0), names)
 
 
-def run(config: Config, *, verbose: bool = True) -> Results:
+def run(config: Config, *, verbose: bool = True, checkpoints=None) -> Results:
     """Run the protocol: data, each method's training and evaluation, z(t) and the theory.
 
-    Writes nothing (:func:`report` does); ``verbose``: progress and timings on stderr.
+    Writes nothing (:func:`report` does); ``verbose``: progress and timings on stderr;
+    ``checkpoints``: resumable training (:class:`ntkdyn.train.checkpoint.Checkpoints`).
     """
     import jax
 
@@ -321,7 +316,7 @@ def run(config: Config, *, verbose: bool = True) -> Results:
     envs = jax.jit(jax.vmap(lambda k: colored_mnist(k, images, digits)))(seeds.keys("data"))
     records, methods_out, curves, spectra = [], {}, {}, {}
     for name in config.methods:
-        entry, recs, curve = train_method(config, name, envs, spectra, log, verbose)
+        entry, recs, curve = train_method(config, name, envs, spectra, log, verbose, checkpoints)
         methods_out[name], records = entry, records + recs
         if curve is not None:
             curves[LABELS[name]] = curve
@@ -373,11 +368,11 @@ def report(results: Results, run_dir) -> None:
     run_dir.write_text("summary.md", summary_markdown(res, config))
 
 
-def run_experiment(config: Config, out: str, *, verbose: bool = True) -> dict[str, Any]:
+def run_experiment(config: Config, out: str, *, verbose=True, checkpoints=None) -> dict[str, Any]:
     """:func:`run`, then :func:`report` into ``out`` (created only after training); results.json."""
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError("out", f"{out} exists and is not a directory; choose another --out")
-    results = run(config, verbose=verbose)
+    results = run(config, verbose=verbose, checkpoints=checkpoints)
     report(results, out)
     return results.results
 
@@ -456,6 +451,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """``ntkdyn cmnist``'s flags: one per :class:`Config` field (--METHOD.FIELD for the protocol),
     and the former spellings as hidden aliases."""
     from ntkdyn.commands import deprecated_alias
+    from ntkdyn.runs.resume import add_resume_flags
 
     add_arguments(parser, Config(), quick=Config.quick())
     for old, new, kind in (
@@ -472,6 +468,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "steps); other flags override them",
     )
     parser.add_argument("--out", default="runs/cmnist", help="output directory")
+    add_resume_flags(parser, 500)
     parser.add_argument(
         "--merge",
         nargs="+",
@@ -488,8 +485,12 @@ def cli(args: argparse.Namespace) -> int:
     if getattr(args, "merge", None):
         results = merge(args.merge, args.out)
     else:
-        base = Config.quick() if args.quick else Config()
-        results = run_experiment(from_arguments(base, args), args.out)
+        from ntkdyn.train.checkpoint import resumable
+
+        config = from_arguments(Config.quick() if args.quick else Config(), args)
+        flags = dict(resume=args.resume, every=args.checkpoint_every, nested=("protocol",))
+        with resumable(args.out, COMMAND, dataclasses.asdict(config), **flags) as ckpt:
+            results = run_experiment(config, args.out, checkpoints=ckpt)
     for m, r in results["methods"].items():
         print(
             f"{LABELS[m]:>16}: train {pct(r['train_acc_mean'], r['train_acc_std'])}  "

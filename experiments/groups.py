@@ -40,7 +40,7 @@ SELECTIONS = ("val_avg", "val_worst")
 ARCHS = ("resnet10", "resnet18", "resnet50")
 OPTIMIZERS = ("adam", "sgd")
 COUNTS = ("width", "image_size", "batch_size", "eval_batch_size", "epochs", "seeds",
-          "checkpoint_every", "log_every", "workers")  # settings that count: at least one  # fmt: skip
+          "checkpoint_every", "log_every", "workers", "responses_n")  # settings that count: at least one  # fmt: skip
 #: Settings a resumed run may change (they do not change the numbers).
 RESUMABLE = ("devices", "processes", "workers", "prefetch", "cache_images")
 
@@ -109,6 +109,8 @@ class Config:
         workers: image-decoding threads.
         prefetch: batches decoded ahead.
         fixture: the data is the synthetic fixture (set by --quick without --data-dir).
+        responses: k directions at θ₀ whose z(t) is measured per epoch (0: off; ntkdyn.journey).
+        responses_n: training images of the stratified sample they are measured on.
     """
 
     data_dir: str | None = None
@@ -141,6 +143,8 @@ class Config:
     workers: int = 8
     prefetch: int = 2
     fixture: bool = False
+    responses: int = 0
+    responses_n: int = 1000
 
     def __post_init__(self):
         from ntkdyn.settings import ConfigError, check, integer, number, one_of, optional
@@ -155,6 +159,7 @@ class Config:
             {
                 **dict.fromkeys(COUNTS, integer(1)),
                 "seed": integer(),
+                "responses": integer(0),
                 "prefetch": integer(0),
                 "crop": optional(integer(1)),
                 "lr": rate,
@@ -166,6 +171,8 @@ class Config:
                 "selection": optional(one_of(*SELECTIONS)),
             },
         )
+        if self.responses > self.responses_n:
+            raise ConfigError("responses", f"must be <= --responses-n ({self.responses_n})")
         if self.spurious == self.target:
             raise ConfigError("spurious", f"must differ from --target, got {self.spurious!r}")
         bench = benchmark(self.loader)
@@ -245,13 +252,13 @@ def run(cfg: Config, *, checkpoint_dir: str | Path, resume: bool = False) -> Res
     """Train every (method, seed) of ``cfg``, evaluate per group, select epochs; write no results.
 
     Each (method, seed) is :func:`ntkdyn.train.groups.train_on_groups`, checkpointed in
-    ``checkpoint_dir/<method>/seed<k>/`` (continued from there with ``resume``); the methods of a
-    seed start from the same weights. Returns the :class:`Results`.
-    """
+    ``checkpoint_dir/<method>/seed<k>/`` (continued with ``resume``); the methods of a seed start
+    from the same weights (and share the spectrum at θ₀). Returns the :class:`Results`."""
     import jax
     import jax.numpy as jnp
 
     from ntkdyn.data.images import decode_split
+    from ntkdyn.journey import journey_results, sample_journey, theory_lams
     from ntkdyn.models.resnet import RESNET_ARCHS
     from ntkdyn.train.dataparallel import data_mesh
     from ntkdyn.train.groups import summarize_methods, train_on_groups, validation_curves
@@ -272,17 +279,23 @@ def run(cfg: Config, *, checkpoint_dir: str | Path, resume: bool = False) -> Res
         pipeline=dict(image_size=size, crop=crop, workers=cfg.workers, prefetch=cfg.prefetch),
     )  # fmt: skip
     inits: dict[int, Any] = {}  # the methods of a seed start from the same weights
+    journeys: dict[int, Any] = {}
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.methods}
     for method, k in ((m, k) for m in cfg.methods for k in range(cfg.seeds)):
         recipe = cfg.recipe(method)
         if k not in inits:
             inits[k] = initial_variables(cfg, model, k)
+        if cfg.responses and k not in journeys:
+            journeys[k] = sample_journey(model, inits[k], data.splits["train"], data.group_names,
+                k=cfg.responses, n=cfg.responses_n, seed=cfg.seed + k, image_size=size, crop=crop,
+                images=images.get("train"))  # fmt: skip
         runs[method].append(
             train_on_groups(
                 model.apply, inits[k], recipe.make_optimizer(), cfg.objective(method, counts),
                 data.splits, data.group_names, balanced=recipe.balanced, seed=cfg.seed + k,
                 epochs=recipe.epochs, checkpoint_dir=Path(checkpoint_dir) / method / f"seed{k}",
                 tags={"method": method, "seed": k}, **common,
+                responses=journeys[k][0].measure if k in journeys else None,
             )
         )  # fmt: skip
     recipes = {m: cfg.recipe(m) for m in runs}
@@ -301,6 +314,8 @@ def run(cfg: Config, *, checkpoint_dir: str | Path, resume: bool = False) -> Res
         **({"published": dict(published)} if published else {}),
         "config": {k: config[k] for k in shown},
     }  # fmt: skip
+    if journeys:
+        results["journey"] = journey_results(journeys, runs, theory_lams(recipes, cfg.sd.coef))
     records = [rec for rs in runs.values() for r in rs for rec in r["records"]]
     curves = validation_curves(runs)
     return Results(config, results, records, curves, data.describe(), data.group_names)
@@ -339,7 +354,8 @@ def report(res: Results, run_dir: str | Path) -> None:
     ]
     setup += [f"* {m}: {Recipe(**e['training']).describe()}" for m, e in methods.items()]
     text = group_summary_markdown(
-        bench.title, setup, methods, res.group_names, res.counts, rules=SELECTIONS,
+        bench.title, setup, methods, res.group_names, res.counts,
+        rules=(*SELECTIONS, "val_worst_threshold"),
         published=bench.published, note=bench.fixture_note if cfg["fixture"] else "",
     )  # fmt: skip
     rd.write_config(cfg)

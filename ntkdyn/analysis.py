@@ -589,7 +589,9 @@ def starvation_summary(spectrum: FeatureSpectrum, lam: float, field: Field) -> d
     :func:`predict` (float64, Newton at :func:`newton_tolerance`) gives z* and
     M[j, i] = ∂z_j*/∂s_i; feature i starves feature j when M[j, i] < −:data:`DECOUPLED_ATOL`.
     A theory that has no fixed point (λ = 0, or Newton fails) is reported, not raised, so the
-    trained run that asked keeps its results.
+    trained run that asked keeps its results. Newton runs at :func:`newton_tolerance` (n), and,
+    if it stalls there, once more at that tolerance times s₁² (the field's scale; ``newton_tol``
+    says which).
 
     Args:
         spectrum: (U, s), e.g. the k leading directions found matrix-free.
@@ -613,12 +615,19 @@ def starvation_summary(spectrum: FeatureSpectrum, lam: float, field: Field) -> d
         spectrum64 = FeatureSpectrum(
             jnp.asarray(spectrum.U, jnp.float64), jnp.asarray(spectrum.s, jnp.float64)
         )
+        if lam == 0.0:
+            return {**out, "error": "λ = 0: no finite fixed point"}
+        tol = newton_tolerance(n)
         try:
-            if lam == 0.0:
-                raise SolverError("λ = 0: no finite fixed point")
             p = predict(spectrum64, lam, field)
-        except SolverError as exc:
-            return {**out, "error": str(exc)}
+        except SolverError:
+            # The field scales as s²: with s₁ in the hundreds (a ResNet) it rounds at s₁²·n·ε, so
+            # Newton gets the same relative tolerance on that scale.
+            tol *= max(1.0, float(spectrum64.s[0]) ** 2)
+            try:
+                p = predict(spectrum64, lam, field, rtol=tol, atol=tol)
+            except SolverError as exc:
+                return {**out, "error": str(exc)}
         z, M = np.asarray(p.z_star, np.float64), np.asarray(p.starvation, np.float64)
     i = int(np.argmax(np.abs(z)))
     col = np.delete(M[:, i], i)
@@ -632,7 +641,7 @@ def starvation_summary(spectrum: FeatureSpectrum, lam: float, field: Field) -> d
         "negative_fraction_dominant": float(np.mean(col < -DECOUPLED_ATOL)),
         "dominant_min": float(np.min(col)),
         "max_abs": float(np.max(np.abs(M))),
-        "newton_tol": newton_tolerance(n),
+        "newton_tol": tol,
     }
 
 

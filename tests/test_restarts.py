@@ -124,6 +124,25 @@ def test_responses_and_curves_of_the_first_run():
     np.testing.assert_array_equal(curves["loss"][1:], out.result.history["nll_eval"][0])
 
 
+def test_curves_align_when_the_last_step_is_not_a_record_step():
+    """11 steps logged every 5: the history has steps 5 and 10, the recorder also 11."""
+    keys, apply_fn, params0, batch, loss_fn, _ = _problem()
+
+    def f(p, x):
+        return apply_fn(p, x)[:, 0]
+
+    U = jnp.linalg.qr(jax.random.normal(jax.random.key(2), (N, 3)))[0]
+    out = train_restarts(
+        loss_fn, optax.sgd(0.1), params0, batch, keys=keys, num_steps=11, log_every=5,
+        responses=(f, batch["x"][0], batch["y"][0], U),
+        eval_fn=lambda p, _, b: {"nll": jnp.mean(optax.sigmoid_binary_cross_entropy(f(p, b["x"]), b["y"]))},
+    )  # fmt: skip
+    assert list(out.responses.steps) == [5, 10, 11]
+    curves = out.curves({"nll": 0.7}, {"loss": "nll"})
+    np.testing.assert_array_equal(curves["steps"], [0, 5, 10])
+    assert curves["z"].shape[0] == curves["loss"].shape[0] == 3
+
+
 def test_progress_lines_and_no_change_to_the_numbers(capsys):
     keys, _, params0, batch, loss_fn, _ = _problem()
     kw = dict(keys=keys, num_steps=8, log_every=4)

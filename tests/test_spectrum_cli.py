@@ -164,6 +164,13 @@ def test_npz_and_user_factory_end_to_end(user_files):
     assert set(free) == set(res)  # the same keys whatever the solver
     np.testing.assert_allclose(free["s"], res["s"][:4], rtol=1e-6)
     assert "| r_j |" in (out2 / "summary.md").read_text().replace("| s_j | r_j |", "| r_j |")
+    # dense with the tangent features kept in memory: the same spectrum
+    out3 = user_files / "out3"
+    rc = main(["spectrum", "--data", data, "--model", "mymod_spec:factory", "--n", "30", "--top",
+               "4", "--cache-features", "--out", str(out3)])  # fmt: skip
+    cached = _results(out3)
+    assert rc == 0 and "kept in memory" in cached["solver"]
+    np.testing.assert_allclose(cached["s"], res["s"], rtol=1e-8)
 
 
 @pytest.mark.e2e

@@ -116,3 +116,27 @@ def test_linen_apply_is_accepted(key, xs):
     for method in (NTKMethod.JACOBIAN_CONTRACTION, NTKMethod.NTK_VECTOR_PRODUCTS):
         theta = empirical_ntk(apply_fn, variables, x1, x2, method=method)
         np.testing.assert_allclose(theta, ref, **tol(jnp.float32))
+
+
+def test_cached_features_give_the_same_gram_matrix():
+    import flax.linen as nn
+
+    class Small(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(3, (3, 3))(x))
+            return nn.Dense(1)(x.mean(axis=(1, 2)))[:, 0]
+
+    x = np.random.default_rng(3).normal(size=(11, 5, 5, 2)).astype(np.float32)
+    module = Small()
+    params = module.init(jax.random.PRNGKey(1), x[:1])
+    apply_fn = module.apply
+    ref = np.asarray(empirical_ntk(apply_fn, params, x, batch_size=4))
+    cached = np.asarray(empirical_ntk(apply_fn, params, x, batch_size=4, cache_features=True))
+    np.testing.assert_allclose(cached, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="cache_features"):
+        empirical_ntk(apply_fn, params, x, x, batch_size=4, cache_features=True)
+    with pytest.raises(ValueError, match="cache_features"):
+        empirical_ntk(
+            apply_fn, params, x, method=NTKMethod.NTK_VECTOR_PRODUCTS, cache_features=True
+        )

@@ -19,6 +19,12 @@ Examples::
     ntkdyn spectrum --data celeba --data-dir ../shared/data/celeba-10k --model resnet10 \\
         --width 16 --image-size 64 --n 1000 --top 10 --solver krylov --out runs/spec_celeba
 
+Resuming (``--solver krylov``; a dense run has nothing to resume): the block Krylov iteration
+saves its state in ``OUT/checkpoints/spectrum/`` every ``--checkpoint-every`` block iterations
+and on Ctrl-C or SIGTERM; ``--resume`` continues it, with
+results.json identical to an uninterrupted run's (timings aside). With ``--train-steps`` the
+training after the spectrum starts over on a resumed run (it takes seconds beside the spectrum).
+
 Outputs: config.json, results.json (the same keys for every dataset and solver), metrics.jsonl
 (one record per direction), spectrum.npz, spectrum.png/.pdf, summary.md; with ``--train-steps``
 (full-batch GD of the network and its linearization beside the theory's z(t); on the krylov path
@@ -35,6 +41,7 @@ s₂ ≈ 150.7, s₁₀ ≈ 2.37; the label-aligned directions are j = 2 and 3 (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -62,6 +69,8 @@ DENSE_MAX_N = 5000
 #: Input values × examples held per JVP/VJP batch of the matrix-free solver (its working set is
 #: a few columns × batch × activations): 1,024 examples of MNIST, ≈ 85 images of 64 × 64 × 3.
 _BATCH_VALUES = 2**20
+#: The name a run folder records (``checkpoints/command.json``), checked by ``--resume``.
+COMMAND = "ntkdyn spectrum"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +96,9 @@ class Config:
         residual_tol: krylov: residual r_j every direction must reach (none: 1e-3 for a float32
             model, 1e-4 in float64).
         max_iters: krylov: budget of block iterations.
+        cache_features: dense, any model: compute the tangent features once and keep them in
+            memory (n x p floats): n per-example gradients instead of (n / batch)^2 blocks of them,
+            the fast path for a ResNet on a few thousand images.
         train_steps: also train the network and its linearization by full-batch GD for this many
             steps and draw their feature responses beside the theory's (0: off).
         eta: GD step on the summed loss (none: 1/s_1^2, a fixed fraction of the stability limit).
@@ -109,6 +121,7 @@ class Config:
     model_dtype: str = "auto"
     residual_tol: float | None = None
     max_iters: int = 60
+    cache_features: bool = False
     train_steps: int = 0
     eta: float | None = None
     loss: str = "ce"
@@ -179,10 +192,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="smoke test: n 40, top 5 (Config.quick()); other flags override them",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/spectrum"), help="output directory")
+    from ntkdyn.runs.resume import add_resume_flags
+
+    add_resume_flags(parser, 5, unit="block Krylov iterations")
 
 
-def load_inputs(config: Config):
+def load_inputs(config: Config, checkpoint: Any = None):
     """The dataset, the model at θ₀ in the run's dtype and the solver, all validated.
+
+    ``checkpoint``: the block Krylov solver's :class:`ntkdyn.linalg.KrylovCheckpoint` (or None).
 
     Returns:
         ``(data, model, apply_fn, params, x, solver)``.
@@ -219,11 +237,18 @@ def load_inputs(config: Config):
     if config.method == "krylov":
         tol = config.residual_tol or (1e-4 if config.dtype == "float64" else 1e-3)
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
-        solver = BlockKrylov(config.top, tol, config.max_iters, key=key, batch_size=batch)
+        solver = BlockKrylov(
+            config.top, tol, config.max_iters, key=key, batch_size=batch, checkpoint=checkpoint
+        )
     else:
         structured = isinstance(model.apply_fn, DenseStructure)
         method = NTKMethod.STRUCTURED if structured else NTKMethod.JACOBIAN_CONTRACTION
-        solver = Dense(method=method, batch_size=None if structured or batch >= len(x) else batch)
+        if config.cache_features and not structured:
+            solver = Dense(batch_size=min(batch, 256), cache_features=True)
+        else:
+            solver = Dense(
+                method=method, batch_size=None if structured or batch >= len(x) else batch
+            )
     return data, model, model.apply_fn, params, x, solver
 
 
@@ -299,8 +324,11 @@ def summary_text(config: Config, results: dict, arrays: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_spectrum(config: Config, out: Path | str) -> dict[str, Any]:
+def run_spectrum(config: Config, out: Path | str, checkpoints: Any = None) -> dict[str, Any]:
     """Load, validate, compute and write the run directory; returns results.json's content.
+
+    ``checkpoints``: :class:`ntkdyn.train.checkpoint.Checkpoints` of a resumable run (the block
+    Krylov iteration's, in its ``spectrum`` stage), or None.
 
     Raises:
         InputError: bad data, model or settings, or an unwritable ``out`` — before computing.
@@ -311,19 +339,23 @@ def run_spectrum(config: Config, out: Path | str) -> dict[str, Any]:
     from ntkdyn.plots.spectrum import spectrum_figure
     from ntkdyn.runs import RunDir
     from ntkdyn.runs.files import check_writable
+    from ntkdyn.runs.resume import deferring
     from ntkdyn.tangent import Dense
+    from ntkdyn.train.checkpoint import KrylovCheckpoints
 
     t_start = time.perf_counter()
-    data, model, apply_fn, params, x, solver = load_inputs(config)
+    krylov = KrylovCheckpoints(checkpoints.stage("spectrum")) if checkpoints else None
+    data, model, apply_fn, params, x, solver = load_inputs(config, krylov)
     check_writable(out)
     y = np.asarray(data.signed_y, np.float64)
     method = config.method
     print(f"spectrum: {method}, n = {config.n}, top = {config.top}, model in {config.dtype}; "
           f"{model.description}", flush=True)  # fmt: skip
-    arrays, res, analysis = spectrum_report(
-        apply_fn, params, x, y, solver=solver, lam_ce=config.lam_ce, lam_sd=config.lam_sd,
-        top=config.top,
-    )  # fmt: skip
+    with deferring() if krylov else contextlib.nullcontext():  # Ctrl-C: at the next checkpoint
+        arrays, res, analysis = spectrum_report(
+            apply_fn, params, x, y, solver=solver, lam_ce=config.lam_ce, lam_sd=config.lam_sd,
+            top=config.top,
+        )  # fmt: skip
     dense = isinstance(solver, Dense)
     chosen = "--solver" if config.solver != "auto" else f"auto: n = {config.n}"
     if config.solver == "auto":
@@ -378,9 +410,20 @@ def run_spectrum(config: Config, out: Path | str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry of ``ntkdyn spectrum``: the config from the flags, then :func:`run_spectrum`."""
+    """Entry of ``ntkdyn spectrum``: the config from the flags, then :func:`run_spectrum`
+    (resumable: ``--resume``, ``--checkpoint-every``)."""
+    from ntkdyn.train.checkpoint import resumable
+
     base = Config.quick() if getattr(args, "quick", False) else Config()
-    run_spectrum(from_arguments(base, args), args.out)
+    config = from_arguments(base, args)
+    if config.method != "krylov":  # seconds to minutes, nothing to resume: no checkpoints
+        run_spectrum(config, args.out)
+        return 0
+    settings = dataclasses.asdict(config)
+    every = getattr(args, "checkpoint_every", 5)
+    resume = getattr(args, "resume", False)
+    with resumable(args.out, COMMAND, settings, resume=resume, every=every) as checkpoints:
+        run_spectrum(config, args.out, checkpoints)
     return 0
 
 

@@ -161,7 +161,7 @@ def group_summary_markdown(
             (:func:`ntkdyn.train.groups.summarize_methods`).
         group_names: the group columns.
         counts: the group counts per split, shown as a preformatted block.
-        rules: the selection rules, one table each.
+        rules: the selection rules, one table each (a rule missing from a method is skipped).
         published: published numbers beside ours (:func:`group_accuracy_table`).
         note: a paragraph in bold before the tables (e.g. that the data is synthetic).
 
@@ -172,7 +172,12 @@ def group_summary_markdown(
     if note:
         lines += [f"**{note}**", ""]
     seeds = sorted(
-        {len(r[f"by_{rule}"].get("per_seed", ())) for r in methods.values() for rule in rules}
+        {
+            len(r[f"by_{rule}"].get("per_seed", ()))
+            for r in methods.values()
+            for rule in rules
+            if f"by_{rule}" in r
+        }
     )
     if seeds == [1]:
         lines += ["One seed (n = 1): single values, no spread.", ""]
@@ -186,6 +191,8 @@ def group_summary_markdown(
             "",
         ]
     for rule in rules:
+        if not all(f"by_{rule}" in r for r in methods.values()):
+            continue  # a rule the run did not record (e.g. runs of an earlier version)
         blocks = {m: r[f"by_{rule}"] for m, r in methods.items()}
         table = group_accuracy_table(blocks, group_names, published=published)
         lines += [f"Epoch selected by {rule}:", "", *table, ""]

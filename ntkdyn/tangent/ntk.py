@@ -14,10 +14,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ntkdyn._checks import check_output_axis, check_outputs, check_x
-from ntkdyn.tangent.features import ApplyFn, apply_outputs, batch_bounds, jacobian_blocks
+from ntkdyn.tangent.features import (
+    ApplyFn,
+    apply_outputs,
+    batch_bounds,
+    jacobian_blocks,
+    tangent_features,
+)
 from ntkdyn.tangent.structure import DenseStructure
 
 __all__ = ["NTKMethod", "empirical_ntk"]
@@ -82,6 +89,21 @@ def _ntk_jacobian(apply_fn, params, x1, x2, K, batch_size, same):
         j1 = jac(params, x1[a:b])
         out.append(jnp.concatenate([contract(j1, jac(params, x2[c:d])) for c, d in cols], axis=1))
     return jnp.concatenate(out, axis=0)
+
+
+def _ntk_cached(apply_fn, params, x, batch_size):
+    """ΦΦᵀ with Φ computed once, block by block, into host memory (``cache_features``)."""
+    rows = batch_bounds(x.shape[0], batch_size)
+    phi = None
+    for a, b in rows:
+        block = np.asarray(tangent_features(apply_fn, params, x[a:b]))
+        if phi is None:
+            phi = np.empty((x.shape[0], block.shape[1]), block.dtype)
+        phi[a:b] = block
+    gram = np.empty((x.shape[0], x.shape[0]), phi.dtype)
+    for a, b in rows:
+        gram[a:b] = phi[a:b] @ phi.T
+    return jnp.asarray(gram)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,6 +224,7 @@ def empirical_ntk(
     method: NTKMethod = NTKMethod.JACOBIAN_CONTRACTION,
     batch_size: int | None = None,
     output_axis: int | None = None,
+    cache_features: bool = False,
 ) -> Float[Array, "n1 n2"] | Float[Array, "n1 n2 k k"]:
     """Empirical neural tangent kernel Θ(x1, x2) = Φ(x1) Φ(x2)ᵀ (Jacot et al. 2018; Sec. 2).
 
@@ -219,6 +242,11 @@ def empirical_ntk(
         batch_size: examples per block (``None``: one block).
         output_axis: for per-class outputs (n, K), the class axis (1 or -1); Θ is then
             (n1, n2, K, K) with Θ[i, j, k, l] = ∇f_k(x1_i) · ∇f_l(x2_j).
+        cache_features: ``JACOBIAN_CONTRACTION`` with ``batch_size`` on one input set (x2 =
+            ``None``), scalar outputs: compute each block of Φ once and keep Φ (n × p numbers) in
+            host memory, so the Gram matrix costs n per-example gradients instead of
+            (n / batch_size)² blocks of them (a ResNet on a few thousand images: minutes, not
+            hours); memory O(n·p).
 
     Returns:
         Θ, shape (n1, n2) (or (n1, n2, K, K)), in the dtype of the outputs.
@@ -240,6 +268,13 @@ def empirical_ntk(
     output_axis = check_output_axis(output_axis)
     K = check_outputs(apply_fn, params, x1, output_axis, "x1")
     batch_bounds(x1.shape[0], batch_size)
+    if cache_features:
+        if method is not NTKMethod.JACOBIAN_CONTRACTION or not same or K is not None:
+            raise ValueError(
+                "cache_features: needs method=JACOBIAN_CONTRACTION, one input set (x2=None) and "
+                "scalar outputs"
+            )
+        return _ntk_cached(apply_fn, params, x1, batch_size)
     if method is NTKMethod.JACOBIAN_CONTRACTION:
         return _ntk_jacobian(apply_fn, params, x1, x2, K, batch_size, same)
     if method is NTKMethod.NTK_VECTOR_PRODUCTS:

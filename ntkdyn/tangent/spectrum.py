@@ -26,7 +26,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ntkdyn._checks import check_outputs, check_x
-from ntkdyn.linalg import BlockOperator, OnUnconverged, truncated_svd
+from ntkdyn.linalg import BlockOperator, KrylovCheckpoint, OnUnconverged, truncated_svd
 from ntkdyn.systems import FeatureSystem, feature_system
 from ntkdyn.tangent.features import ApplyFn, apply_outputs
 from ntkdyn.tangent.ntk import NTKMethod, empirical_ntk
@@ -95,11 +95,15 @@ class Dense:
         method: :class:`ntkdyn.NTKMethod` of the Gram matrix (``STRUCTURED``: the layer-wise NTK of
             a dense network, the fast path of an MLP).
         batch_size: examples per NTK block (memory bound), or ``None`` for one block.
+        cache_features: keep Φ in host memory and compute each block of it once
+            (:func:`ntkdyn.empirical_ntk`'s ``cache_features``): the fast dense path for a large
+            network on a few thousand examples.
     """
 
     tol: float | None = None
     method: NTKMethod = NTKMethod.JACOBIAN_CONTRACTION
     batch_size: int | None = None
+    cache_features: bool = False
 
     def __post_init__(self) -> None:
         """Raises: ValueError naming ``tol`` outside [0, 1)."""
@@ -110,7 +114,8 @@ class Dense:
         """One line for reports, e.g. ``"dense: eigh of the float64 Gram matrix YΘY, NTK by
         structured"``."""
         method = self.method.name.lower().replace("_", " ")
-        return f"dense: eigh of the float64 Gram matrix YΘY, NTK by {method}"
+        cached = ", Φ kept in memory" if self.cache_features else ""
+        return f"dense: eigh of the float64 Gram matrix YΘY, NTK by {method}{cached}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +138,9 @@ class BlockKrylov:
         batch_size: examples per JVP/VJP evaluation (default 1024).
         on_unconverged: an :class:`ntkdyn.OnUnconverged` (default: warn, and return the result
             with ``converged=False``).
+        checkpoint: a :class:`ntkdyn.linalg.KrylovCheckpoint` that saves the iteration's state
+            and continues from it (a resumable run; the result is the same bit for bit), or
+            ``None``.
     """
 
     k: int
@@ -142,6 +150,7 @@ class BlockKrylov:
     key: PRNGKeyArray | None = None
     batch_size: int | None = None
     on_unconverged: OnUnconverged = OnUnconverged.WARN
+    checkpoint: KrylovCheckpoint | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         """Raises: ValueError naming ``k``, ``tol``, ``max_iters`` or ``key``."""
@@ -187,6 +196,8 @@ class FeatureSpectrum:
         converged: whether every r_j reached the solver's tolerance (always true for
             :class:`Dense`).
         solver: the solver's one-line description (:meth:`Dense.describe`).
+        report: the :class:`ntkdyn.TruncatedSVD` of :class:`BlockKrylov` (U and s in float64
+            whatever the default dtype, residuals, products), ``None`` for :class:`Dense`.
     """
 
     U: Float[Array, "n d"]
@@ -197,6 +208,7 @@ class FeatureSpectrum:
     products: int | None = None
     converged: bool = True
     solver: str = ""
+    report: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def __iter__(self):
         """``U, s = spectrum``."""
@@ -460,7 +472,10 @@ def _solve(apply_fn, params, x, y, solver, compute_V) -> tuple[FeatureSpectrum, 
         raise ValueError(
             f"solver: expected ntkdyn.tangent.Dense() or BlockKrylov(k, key=...), got {solver!r}"
         )
-    theta = empirical_ntk(apply_fn, params, x, method=solver.method, batch_size=solver.batch_size)
+    theta = empirical_ntk(
+        apply_fn, params, x, method=solver.method, batch_size=solver.batch_size,
+        cache_features=solver.cache_features,
+    )  # fmt: skip
     G = np.asarray(theta, dtype=np.float64)
     if not np.all(np.isfinite(G)):
         raise ValueError(
@@ -506,6 +521,7 @@ def _block_krylov(apply_fn, params, x, yv, solver: BlockKrylov, compute_V: bool)
         max_iters=solver.max_iters,
         return_V=compute_V,
         on_unconverged=solver.on_unconverged,
+        checkpoint=solver.checkpoint,
     )
     # The dense path's sign convention: u_jᵀ1 ≥ 0 (v_j flips with u_j).
     flip = np.where(res.U.sum(axis=0) < 0, -1.0, 1.0)
@@ -520,5 +536,6 @@ def _block_krylov(apply_fn, params, x, yv, solver: BlockKrylov, compute_V: bool)
         products=int(res.matvecs),
         converged=bool(res.converged),
         solver=solver.describe(),
+        report=res,
     )
     return spectrum, res

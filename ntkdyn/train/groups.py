@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from jaxtyping import Int
+from jaxtyping import Float, Int
 
 from ntkdyn.runs import mean_std
 
@@ -153,11 +153,26 @@ class Selection(enum.Enum):
     VAL_AVG = "val_avg"
     #: Validation worst-group accuracy: Sagawa et al. 2020 (Group DRO); needs validation groups.
     VAL_WORST = "val_worst"
+    #: Validation worst-group accuracy after shifting the decision threshold (one scalar added to
+    #: the logit, :func:`tune_threshold`) on validation; the test split takes the same shift.
+    VAL_WORST_THRESHOLD = "val_worst_threshold"
 
     @property
     def metric(self) -> str:
         """The key of :func:`group_metrics` that the rule maximises."""
-        return {"val_avg": "avg_acc", "val_worst": "worst_group_acc"}[self.value]
+        return "avg_acc" if self is Selection.VAL_AVG else "worst_group_acc"
+
+    def view(self, epoch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The epoch's ``val`` and ``test`` metrics the rule reads: the shifted ones for the
+        threshold rule (with ``threshold``), the plain ones otherwise."""
+        if self is not Selection.VAL_WORST_THRESHOLD:
+            return epoch
+        if "threshold" not in epoch:
+            raise ValueError(
+                "epochs: the threshold rule needs each epoch's 'threshold' block "
+                "(group_evaluator(..., tune=True))"
+            )
+        return {**epoch, **epoch["threshold"]}
 
 
 def _selection(rule: Selection | str) -> Selection:
@@ -187,7 +202,7 @@ def select_epoch(epochs: Sequence[Mapping[str, Any]], rule: Selection | str) -> 
     if not epochs:
         raise ValueError("epochs: no epoch to select from; train at least one epoch")
     key = rule.metric
-    return max(range(len(epochs)), key=lambda i: (epochs[i]["val"][key], -i))
+    return max(range(len(epochs)), key=lambda i: (rule.view(epochs[i])["val"][key], -i))
 
 
 def summarize_selected(
@@ -241,19 +256,79 @@ def summarize_selected(
         },
         "per_seed": [
             {"seed": i, "epoch": c["epoch"], "test": c["test"], "val": c["val"]}
+            | ({"threshold": c["threshold"]} if "threshold" in c else {})
             for i, c in enumerate(chosen)
         ],
     }
+
+
+def tune_threshold(
+    logits: Float[np.ndarray, " n"],
+    y: Int[np.ndarray, " n"],
+    group: Int[np.ndarray, " n"],
+    group_names: Sequence[str],
+) -> float:
+    """The decision threshold t (predict 1 where ŷ > t) of best worst-group accuracy on a split.
+
+    Every distinct cut of the sorted logits is tried (the midpoints between neighbours, one below
+    the smallest and one above the largest, and t = 0), with each group's accuracy counted by
+    binary search: O(n log n). Ties go to the higher average accuracy, then to the t nearest 0, so
+    the chosen t never does worse than t = 0 on this split. A shifted threshold is one scalar
+    added to the logit: the cheapest baseline that can trade one class's accuracy for the other's.
+
+    Args:
+        logits: (n,) logits ŷ.
+        y: (n,) labels in {0, 1}.
+        group: (n,) group ids in [0, len(group_names)).
+        group_names: the groups.
+
+    Returns:
+        t, a float.
+
+    Raises:
+        ValueError: arrays of different lengths, an empty split or non-finite logits.
+    """
+    logits, y, group = (np.asarray(v) for v in (logits, y, group))
+    if not (logits.shape == y.shape == group.shape) or logits.ndim != 1 or not len(logits):
+        raise ValueError(
+            f"logits, y, group: expected equal non-empty 1-D shapes, got {logits.shape}, "
+            f"{y.shape}, {group.shape}"
+        )
+    if not np.all(np.isfinite(logits)):
+        raise ValueError("logits: non-finite values; the threshold needs finite logits")
+    u = np.unique(logits.astype(np.float64))
+    cuts = np.concatenate([[u[0] - 1.0, 0.0], (u[1:] + u[:-1]) / 2, [u[-1] + 1.0]])
+    correct = np.zeros_like(cuts)
+    worst = np.full_like(cuts, np.inf)
+    for g in range(len(group_names)):
+        sel = group == g
+        if not sel.any():
+            continue
+        pos = np.sort(logits[sel & (y == 1)])  # right where ŷ > t
+        neg = np.sort(logits[sel & (y == 0)])  # right where ŷ <= t
+        right = (len(pos) - np.searchsorted(pos, cuts, side="right")) + np.searchsorted(
+            neg, cuts, side="right"
+        )
+        correct += right
+        worst = np.minimum(worst, right / sel.sum())
+    best = np.lexsort((np.abs(cuts), -correct, -worst))[0]
+    return float(cuts[best])
 
 
 def group_evaluator(
     predict: Callable[[Any, str], tuple[np.ndarray, np.ndarray]],
     splits: Mapping[str, Any],
     group_names: Sequence[str],
+    *,
+    tune: str | None = None,
+    extra: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> Callable[[Any], dict[str, Any]]:
     """An ``evaluate(state) -> {split: group_metrics}`` for a training loop's end of epoch.
 
     A logit ŷ > 0 predicts label 1; each split's predictions go through :func:`group_metrics`.
+    With ``tune`` (a split name, e.g. ``"val"``), the threshold t of :func:`tune_threshold` on that
+    split is applied to every split (ŷ > t), recorded as ``{"threshold": {"t", split: metrics}}``.
+    ``extra(state)`` adds fields (e.g. feature responses) to the epoch's record.
 
     Args:
         predict: ``(state, split name) -> (index, logits)``: the examples' positions in the split
@@ -267,12 +342,24 @@ def group_evaluator(
         The evaluation function.
     """
 
+    if tune is not None and tune not in splits:
+        raise ValueError(f"tune: expected one of the splits {list(splits)}, got {tune!r}")
+
     def evaluate(state: Any) -> dict[str, Any]:
-        out = {}
+        out, seen = {}, {}
         for name, split in splits.items():
             index, logits = predict(state, name)
-            pred = (np.asarray(logits) > 0).astype(np.int32)
-            out[name] = group_metrics(pred, split.y[index], split.group[index], group_names)
+            seen[name] = logits, y, g = np.asarray(logits), split.y[index], split.group[index]
+            out[name] = group_metrics((logits > 0).astype(np.int32), y, g, group_names)
+        if tune is not None:
+            t = tune_threshold(*seen[tune], group_names)
+            shifted = {
+                name: group_metrics((logits > t).astype(np.int32), y, g, group_names)
+                for name, (logits, y, g) in seen.items()
+            }
+            out["threshold"] = {"t": t, **shifted}
+        if extra is not None:
+            out.update(extra(state))
         return out
 
     return evaluate
@@ -293,8 +380,13 @@ def select_epochs(
     out = {}
     for rule in rules:
         rule = _selection(rule)
+        if rule is Selection.VAL_WORST_THRESHOLD and any("threshold" not in e for e in epochs):
+            continue  # runs evaluated without the shifted threshold (recorded before it existed)
         best = select_epoch(epochs, rule)
-        out[rule.value] = {**epochs[best], "epoch": best + 1}
+        view = rule.view(epochs[best])
+        out[rule.value] = {"epoch": best + 1, "val": view["val"], "test": view["test"]}
+        if "t" in view:
+            out[rule.value]["threshold"] = view["t"]
     return out
 
 
@@ -331,6 +423,7 @@ def summarize_methods(
                 [r["selected"][rule.value] for r in seed_runs], rule, group_names
             )
             for rule in Selection
+            if all(rule.value in r["selected"] for r in seed_runs)
         }
         entry = dict(blocks[_selection(headline[method]).value])
         for rule, block in blocks.items():
@@ -361,6 +454,7 @@ def train_on_groups(
     pipeline: Mapping[str, Any] | None = None,
     images: Mapping[str, np.ndarray] | None = None,
     tags: Mapping[str, Any] | None = None,
+    responses: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train a classifier on an image dataset with groups; evaluate val and test per group each epoch.
 
@@ -391,9 +485,14 @@ def train_on_groups(
             crop, workers, prefetch).
         images: split → decoded 8-bit images (:func:`ntkdyn.data.images.decode_split`), if cached.
         tags: fields of every record (e.g. method and seed); they also label the progress lines.
+        responses: ``responses(state) -> {name: value}`` measured after each epoch and kept in
+            its record (e.g. :meth:`ntkdyn.train.journey.GroupJourney.measure`: z(t) and the
+            groups' margins); checkpointed with the epochs, so a resumed run keeps them.
 
     Returns:
-        ``{"epochs": [{"epoch", "val", "test"}], "records": [...], "selected": {rule: epoch}}``.
+        ``{"epochs": [{"epoch", "val", "test", "threshold", ...}], "records": [...], "selected":
+        {rule: epoch}}``; ``threshold`` holds the metrics with the decision threshold tuned on
+        validation worst-group accuracy (:func:`tune_threshold`).
     """
     import jax
 
@@ -432,7 +531,13 @@ def train_on_groups(
         dp.init_train_state(variables, optimizer, objective),
         dp.make_train_step(model_apply, optimizer, objective),
         batches,
-        group_evaluator(predict, {s: splits[s] for s in ("val", "test")}, group_names),
+        group_evaluator(
+            predict,
+            {s: splits[s] for s in ("val", "test")},
+            group_names,
+            tune="val",
+            extra=responses,
+        ),  # fmt: skip
         epochs=epochs,
         steps_per_epoch=steps,
         batch_size=batch_size,

@@ -61,6 +61,9 @@ class TrainedRestarts(NamedTuple):
         """
         run0 = jax.tree_util.tree_map(lambda a: a[0], self.result.state.params)
         out = dict(self.responses.curve(run0)) if self.responses is not None else {}
+        if out and names:  # the recorder also records the last step, the history only multiples
+            keep = np.isin(out["steps"], np.concatenate([[0], np.asarray(self.result.steps)]))
+            out["steps"], out["z"] = out["steps"][keep], out["z"][keep]
         for name, h in names.items():
             values = np.asarray(self.result.history[h][0], np.float64)
             out[name] = np.concatenate([[float(initial[h])], values])
@@ -121,7 +124,8 @@ def train_restarts(
             Uᵀ Y (f(x; θ_t) − f(x; θ₀)) (:class:`~ntkdyn.train.hooks.ResponseRecorder`).
         hooks: more record hooks, called after those.
         **train_kwargs: the rest of :func:`~ntkdyn.train.fullbatch.train_fullbatch` (``eval_fn``,
-            ``layout``, ``compiler_options``, ``unroll``).
+            ``layout``, ``compiler_options``, ``unroll``, and ``checkpoints``: a resumable run,
+            whose recorder z(t) and progress hook continue where the checkpoint left them).
 
     Returns:
         :class:`TrainedRestarts`; run g·R + r is restart r at grid point g.
