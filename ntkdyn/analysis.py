@@ -105,6 +105,7 @@ __all__ = [
     "SpectrumAnalysis",
     "analyse",
     "predict",
+    "predict_at_scale",
     "measured_responses",
     "starvation_table",
     "starvation_summary",
@@ -539,7 +540,10 @@ def spectrum_report(
     analysis = analyse(apply_fn, params0, x, y, solver=solver)
     seconds = time.perf_counter() - t0
     spec = analysis.spectrum
-    ce, sd = predict(spec, lam_ce, ce_field), predict(spec, lam_sd, sd_field)
+    (ce, tol_ce), (sd, tol_sd) = (
+        predict_at_scale(spec, lam_ce, ce_field),
+        predict_at_scale(spec, lam_sd, sd_field),
+    )
     s = np.asarray(spec.s)
     d, k = s.size, min(int(top), s.size)
     M_ce, M_sd = np.asarray(ce.starvation), np.asarray(sd.starvation)
@@ -570,7 +574,7 @@ def spectrum_report(
             key: arrays[key][:k].tolist()
             for key in ("s", "alignment", "z_ce", "z_sd", "dz_ds1_ce", "dz_ds1_sd")
         },
-        "newton_tol": newton_tolerance(spec.U.shape[0]),
+        "newton_tol": max(tol_ce, tol_sd),
         "starvation_threshold": -DECOUPLED_ATOL,
     }
     for name, col in (("ce", M_ce[1:, 0]), ("sd", M_sd[1:, 0])):
@@ -581,6 +585,31 @@ def spectrum_report(
         )
     facts["max_abs_dz_ds1_sd"] = float(np.max(np.abs(M_sd[:, 0])))
     return arrays, facts, analysis._replace(predictions={"ce": ce, "sd": sd})
+
+
+def predict_at_scale(
+    spectrum: FeatureSpectrum, lam: float, field: Field
+) -> tuple[Prediction, float]:
+    """:func:`predict` (with the starvation matrix) at :func:`newton_tolerance` (n), and, if Newton
+    stalls there, once more at that tolerance times s₁².
+
+    The field scales as s²: with s₁ in the hundreds (a ResNet's spectrum) it rounds at ≈ s₁²·n·ε,
+    so Newton gets the same relative tolerance on that scale.
+
+    Returns:
+        ``(prediction, tolerance used)``.
+
+    Raises:
+        SolverError: Newton fails at both tolerances.
+    """
+    from ntkdyn.dynamics import SolverError
+
+    tol = newton_tolerance(int(spectrum.U.shape[0]))
+    try:
+        return predict(spectrum, lam, field), tol
+    except SolverError:
+        tol *= max(1.0, float(spectrum.s[0]) ** 2)
+        return predict(spectrum, lam, field, rtol=tol, atol=tol), tol
 
 
 def starvation_summary(spectrum: FeatureSpectrum, lam: float, field: Field) -> dict[str, Any]:
@@ -609,7 +638,6 @@ def starvation_summary(spectrum: FeatureSpectrum, lam: float, field: Field) -> d
     from ntkdyn.dynamics import SolverError
 
     lam = _check_lam(lam)
-    n = int(spectrum.U.shape[0])
     out: dict[str, Any] = {"lam": lam}
     with jax.enable_x64(True):  # the fixed points sit at margins where σ(−m) ~ 1e-3
         spectrum64 = FeatureSpectrum(
@@ -617,17 +645,10 @@ def starvation_summary(spectrum: FeatureSpectrum, lam: float, field: Field) -> d
         )
         if lam == 0.0:
             return {**out, "error": "λ = 0: no finite fixed point"}
-        tol = newton_tolerance(n)
         try:
-            p = predict(spectrum64, lam, field)
-        except SolverError:
-            # The field scales as s²: with s₁ in the hundreds (a ResNet) it rounds at s₁²·n·ε, so
-            # Newton gets the same relative tolerance on that scale.
-            tol *= max(1.0, float(spectrum64.s[0]) ** 2)
-            try:
-                p = predict(spectrum64, lam, field, rtol=tol, atol=tol)
-            except SolverError as exc:
-                return {**out, "error": str(exc)}
+            p, tol = predict_at_scale(spectrum64, lam, field)
+        except SolverError as exc:
+            return {**out, "error": str(exc)}
         z, M = np.asarray(p.z_star, np.float64), np.asarray(p.starvation, np.float64)
     i = int(np.argmax(np.abs(z)))
     col = np.delete(M[:, i], i)

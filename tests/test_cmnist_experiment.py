@@ -138,6 +138,7 @@ def _assert_params_close(a, b):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # the library's own check: tests/test_fullbatch.py::test_vmapped_equals_one_seed_at_a_time
 def test_vmapped_equals_sequential(small):
     envs, keys = small
     cfg = dict(hidden=16, lr=1e-2, steps=12, anneal_steps=6)
@@ -268,6 +269,7 @@ def test_starvation_figure():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # the library's own check: tests/test_fullbatch.py::test_sharded_on_four_devices_equals_one_device
 def test_sharded_restarts_match_one_device(tmp_path):
     """Restarts split over 4 CPU devices (3 restarts: padded) give the numbers of one device."""
     script = textwrap.dedent(

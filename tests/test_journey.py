@@ -172,3 +172,24 @@ def test_journey_describe_and_the_methods_lambdas(journey):
     assert {"z_star", "matrix"} <= set(d["prediction"]["erm"]) or "error" in d["prediction"]["erm"]
     with pytest.raises(ValueError, match="k"):
         GroupJourney(journey[0], journey[1], journey[2], j.y, j.attribute, j.group, NAMES, k=25)
+
+
+def test_newton_at_the_fields_scale_when_singular_values_are_large():
+    """s in the hundreds (a ResNet's): the default tolerance is below the field's rounding."""
+    import jax.numpy as jnp
+
+    from ntkdyn import sd_field
+    from ntkdyn.analysis import newton_tolerance, predict_at_scale
+    from ntkdyn.tangent.spectrum import FeatureSpectrum
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        q, _ = np.linalg.qr(rng.normal(size=(100, 5)))
+        q = q * np.sign(q.sum(0))
+        s = np.array([346.08, 297.02, 285.55, 264.47, 235.14])
+        spec = FeatureSpectrum(jnp.asarray(q), jnp.asarray(s))
+        p, tol = predict_at_scale(spec, 0.2, sd_field)
+        assert newton_tolerance(100) <= tol <= newton_tolerance(100) * s[0] ** 2
+        field = np.asarray(sd_field(p.z_star, spec.to_system(0.2)))
+        assert np.max(np.abs(field)) <= 10 * tol * max(1.0, float(np.max(np.abs(p.z_star))))
+        assert np.asarray(p.starvation).shape == (5, 5)
