@@ -423,7 +423,7 @@ def merge(run_dirs, out: str) -> dict[str, Any]:
 
 def summary_markdown(results: dict[str, Any], config: Config) -> str:
     """The Markdown summary: accuracies beside the published ones, the probe, sweeps, the theory."""
-    from ntkdyn.runs.tables import STARVATION_NOTE, protocol_summary
+    from ntkdyn.runs.tables import protocol_summary, starvation_reading
 
     probe = (
         "Probe (Fig. 4): accuracy % / mean binary entropy (nats), ours (published)",
@@ -441,7 +441,7 @@ def summary_markdown(results: dict[str, Any], config: Config) -> str:
         note="Published figures are on full MNIST (60,000 images); accuracies in %, mean ± std "
         "over restarts.",
         probe=probe,
-        theory=STARVATION_NOTE.format(anneal=config.method("sd").anneal_steps),
+        theory=starvation_reading(results, config.method("sd").anneal_steps),
         figures="Figures: `cmnist_probe.png`, `cmnist_feature_responses_over_training.png` and "
         "`cmnist_starvation_matrix.png` (the last two when ERM or SD ran).",
     )

@@ -193,3 +193,23 @@ def test_newton_at_the_fields_scale_when_singular_values_are_large():
         field = np.asarray(sd_field(p.z_star, spec.to_system(0.2)))
         assert np.max(np.abs(field)) <= 10 * tol * max(1.0, float(np.max(np.abs(p.z_star))))
         assert np.asarray(p.starvation).shape == (5, 5)
+
+
+def test_the_colored_mnist_reading_follows_the_numbers():
+    from ntkdyn.runs.tables import starvation_reading
+
+    res = {
+        "starvation": {
+            "sd": {"max_abs": 3e-18, "negative_fraction_col1": 0.0, "col1_min": 0.0},
+            "ce": {"max_abs": 2e-3, "negative_fraction_col1": 0.25, "col1_min": -4e-4},
+        },
+        "responses": {"ERM": {"captured": 0.31}, "SD": {"captured": 0.8}},
+    }
+    text = starvation_reading(res, 450)
+    assert "SD predicts no starvation" in text and "starves 25 %" in text
+    assert "ERM: the directions at θ₀ hold 31 %" in text and "mostly outside" in text
+    assert "SD: the directions at θ₀ hold 80 %" in text and "mostly inside" in text
+    assert "step 450" in text and "Commentary" in text
+    res["starvation"]["sd"]["max_abs"] = 1e-3  # an SD matrix that is not round-off is reported
+    assert "SD predicts no starvation" not in starvation_reading(res, 450)
+    assert starvation_reading({}, 450) == ""
