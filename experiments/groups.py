@@ -258,7 +258,7 @@ def run(cfg: Config, *, checkpoint_dir: str | Path, resume: bool = False) -> Res
     import jax.numpy as jnp
 
     from ntkdyn.data.images import decode_split
-    from ntkdyn.journey import journey_results, sample_journey, theory_lams
+    from ntkdyn.journey import journey_results, sample_journey
     from ntkdyn.models.resnet import RESNET_ARCHS
     from ntkdyn.train.dataparallel import data_mesh
     from ntkdyn.train.groups import summarize_methods, train_on_groups, validation_curves
@@ -315,7 +315,7 @@ def run(cfg: Config, *, checkpoint_dir: str | Path, resume: bool = False) -> Res
         "config": {k: config[k] for k in shown},
     }  # fmt: skip
     if journeys:
-        results["journey"] = journey_results(journeys, runs, theory_lams(recipes, cfg.sd.coef))
+        results["journey"] = journey_results(journeys, runs, recipes, cfg.sd.coef)
     records = [rec for rs in runs.values() for r in rs for rec in r["records"]]
     curves = validation_curves(runs)
     return Results(config, results, records, curves, data.describe(), data.group_names)

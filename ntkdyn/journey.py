@@ -264,7 +264,9 @@ def sample_journey(
     return journey, f"{n} of the {len(split)} training images, {note}"
 
 
-def theory_lams(recipes: Mapping[str, Any], sd_coef: Sequence[float]) -> dict[str, Any]:
+def theory_lams(
+    recipes: Mapping[str, Any], sd_coef: Sequence[float], n: int
+) -> dict[str, tuple[Any, float]]:
     """Each method's theory (field, λ) through :func:`ntkdyn.objectives.theory_lam`, on n examples.
 
     ERM and Group DRO are cross-entropy with their optimizer's weight decay when it is coupled
@@ -276,27 +278,30 @@ def theory_lams(recipes: Mapping[str, Any], sd_coef: Sequence[float]) -> dict[st
     Args:
         recipes: method → :class:`ntkdyn.train.groups.Recipe` (``optimizer``, ``weight_decay``).
         sd_coef: SD's per-class coefficients.
+        n: examples of the spectrum's sample (the theory's sums run over them).
 
     Returns:
-        method → ``n ↦ (field, λ)`` on n examples (the spectrum's sample: the theory's sums run
-        over them).
+        method → ``(field, λ)``.
     """
     from ntkdyn.objectives import ERM, SpectralDecoupling, theory_lam
 
-    def one(method: str, recipe: Any):
+    out = {}
+    for method, recipe in recipes.items():
         if method == "sd":
-            sd = SpectralDecoupling(coef=float(np.mean(sd_coef)))
-            return lambda n: theory_lam(sd, num_examples=n)
-        wd = recipe.weight_decay if recipe.optimizer == "sgd" else 0.0
-        return lambda n: theory_lam(ERM(), num_examples=n, weight_decay=wd)
-
-    return {method: one(method, recipe) for method, recipe in recipes.items()}
+            out[method] = theory_lam(
+                SpectralDecoupling(coef=float(np.mean(sd_coef))), num_examples=n
+            )
+        else:
+            wd = recipe.weight_decay if recipe.optimizer == "sgd" else 0.0
+            out[method] = theory_lam(ERM(), num_examples=n, weight_decay=wd)
+    return out
 
 
 def journey_results(
     journeys: Mapping[int, tuple[GroupJourney, str]],
     runs: Mapping[str, Sequence[Mapping[str, Any]]],
-    lams: Mapping[str, Any],
+    recipes: Mapping[str, Any],
+    sd_coef: Sequence[float],
 ) -> dict[str, Any]:
     """results.json's ``journey``: the sample, per seed :meth:`GroupJourney.describe`, and per
     method and seed the measurements of every epoch.
@@ -304,12 +309,12 @@ def journey_results(
     Args:
         journeys: seed index → ``(journey, note)`` (:func:`sample_journey`).
         runs: method → per seed ``{"epochs": [{"journey": ...}, ...]}``.
-        lams: :func:`theory_lams`.
+        recipes, sd_coef: each method's recipe and SD's coefficients (:func:`theory_lams`).
     """
     first = next(iter(journeys.values()))
-    n = len(first[0].y)
+    lams = theory_lams(recipes, sd_coef, len(first[0].y))
     return {
         "sample": first[1],
-        "seeds": [j.describe({m: f(n) for m, f in lams.items()}) for j, _ in journeys.values()],
+        "seeds": [j.describe(lams) for j, _ in journeys.values()],
         "epochs": {m: [[e["journey"] for e in r["epochs"]] for r in rs] for m, rs in runs.items()},
     }

@@ -162,7 +162,7 @@ def test_journey_describe_and_the_methods_lambdas(journey):
         "sd": Recipe("sgd", 0.01, 0.9, 1e-4, 3, balanced=False, selection="val_avg"),
         "groupdro": Recipe("adam", 0.01, 0.9, 1e-2, 3, balanced=True, selection="val_worst"),
     }
-    lams = {m: f(24) for m, f in theory_lams(recipes, (0.3, 0.1)).items()}
+    lams = theory_lams(recipes, (0.3, 0.1), 24)
     assert lams["erm"][1] == pytest.approx(24 * 1e-2)  # λ_CE = n·wd (coupled SGD)
     assert lams["sd"][1] == pytest.approx(2 * 0.2)  # λ_SD = 2·mean(c)
     assert lams["groupdro"][1] == 0.0  # Adam's decoupled decay is not the theory's λ
