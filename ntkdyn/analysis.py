@@ -679,6 +679,7 @@ def training_responses(
     num_steps: int,
     save_every: int = 1,
     log: Callable[[str], None] | None = None,
+    checkpoints: Any = None,
 ) -> dict[str, Any]:
     """z(t) of real training, of linearized training and of the theory's GD, on one (U, s, λ).
 
@@ -699,6 +700,10 @@ def training_responses(
         weight_decay: coupled weight decay of the mean-form loss (λ = n·wd for CE).
         eta, num_steps, save_every: GD step (sum form), steps and record interval.
         log: called with one line per training run (e.g. ``print``), or ``None``.
+        checkpoints: :class:`ntkdyn.train.checkpoint.Checkpoints` (or ``None``): both training
+            runs save their state in its stages ``network`` and ``linearized``
+            (:func:`ntkdyn.linearized.train_gd`) and, with ``resume``, continue from there; the
+            z(t) of a resumed run equal an uninterrupted one's with the same checkpoints.
 
     Returns:
         Dict with NumPy arrays ``t`` (T,), ``z_network``, ``z_linearized``, ``z_theory`` (T, d),
@@ -730,6 +735,7 @@ def training_responses(
             linearized=linearized,
             objective=objective,
             weight_decay=weight_decay,
+            checkpoints=checkpoints.stage(name) if checkpoints is not None else None,
             **kw,
         )
         jax.block_until_ready(trace.outputs)

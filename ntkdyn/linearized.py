@@ -24,17 +24,22 @@ and λ, with the same η.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+if TYPE_CHECKING:
+    from ntkdyn.train.checkpoint import Checkpoints
+
 from ntkdyn._checks import check_outputs, check_x
 from ntkdyn.objectives import ERM, Objective, theory_lam
+from ntkdyn.runs.resume import deferring, stop_requested
 from ntkdyn.tangent import ApplyFn, responses_from_outputs, signed_labels
 from ntkdyn.tangent.features import apply_outputs
 from ntkdyn.train.hooks import Hook, Record, call_hooks, check_hooks, chunk_steps
@@ -165,8 +170,10 @@ def _run_hooked(
     num_steps,
     save_every,
     hooks,
+    checkpoints=None,
 ):
-    """:func:`_run` as compiled chunks called from the host, with the hooks called between them."""
+    """:func:`_run` as compiled chunks called from the host, with the hooks called between them
+    (and, with ``checkpoints``, the loop's state saved and restored there)."""
 
     def build(p0):
         return _problem(
@@ -185,21 +192,79 @@ def _run_hooked(
         return p, values[-1]
 
     out_fn = jax.jit(lambda p: build(params0)[1](p))
-    f0 = jax.jit(lambda: build(params0)[0])()
+
+    @jax.jit
+    def start():  # f(θ₀) and the first record in one program, as in _run: z(0) = 0 exactly
+        f0, outputs, _ = build(params0)
+        return f0, outputs(params0)
+
+    f0, out0 = start()
     chunk = chunk_steps(hooks, save_every)
-    params, outs, step = params0, [out_fn(params0)], 0
-    while step < num_steps:
-        length = min(chunk, num_steps - step)
-        params, value = advance(params, length)
-        step += length
-        if step % save_every == 0:
-            outs.append(out_fn(params))
-        call_hooks(
-            hooks,
-            Record(step=step, params=params, metrics={"loss": np.asarray(value)}),
-            last_step=num_steps,
-        )
+    params, outs, step = params0, [out0], 0
+    saver = None
+    if checkpoints is not None:
+        saver = _Saver(checkpoints, chunk, hooks, num_steps=num_steps, save_every=save_every)
+        step, params, outs = saver.restore(step, params, outs)
+    with deferring() if saver is not None else contextlib.nullcontext():
+        while step < num_steps:
+            length = min(chunk, num_steps - step)
+            params, value = advance(params, length)
+            step += length
+            if step % save_every == 0:
+                outs.append(out_fn(params))
+            call_hooks(
+                hooks,
+                Record(step=step, params=params, metrics={"loss": np.asarray(value)}),
+                last_step=num_steps,
+            )
+            if saver is not None:
+                saver.after_chunk(step, params, outs)
     return jnp.stack(outs), f0, params
+
+
+class _Saver:
+    """The checkpoints of :func:`_run_hooked`: θ_k, the outputs recorded so far and the hooks'
+    states, saved between compiled chunks and restored bit for bit."""
+
+    def __init__(self, checkpoints, chunk: int, hooks, *, num_steps: int, save_every: int):
+        self.ckpt, self.hooks = checkpoints, hooks
+        self.meta = {"num_steps": int(num_steps), "save_every": int(save_every)}
+        self.every = -(-checkpoints.every // chunk) * chunk  # a multiple of the chunk length
+
+    def restore(self, step, params, outs):
+        from ntkdyn.train.checkpoint import restore_hook_states, restore_state, saved_arrays
+
+        found = self.ckpt.latest()
+        if found is None:
+            return step, params, outs
+        step, leaves, meta = found
+        where = str(self.ckpt.directory)
+        for key, value in self.meta.items():
+            if meta.get(key) != value:
+                raise ValueError(
+                    f"checkpoint in {where}: a run with {key} = {meta.get(key)}, this one "
+                    f"{value}; use a fresh --out"
+                )
+        host = restore_state(leaves, jax.device_get(params), where)
+        params = jax.tree.map(lambda a, h: jax.device_put(h, a.sharding), params, host)
+        arrays = saved_arrays(leaves)
+        outs = [jnp.asarray(row) for row in arrays["outputs"]]
+        if len(outs) != step // self.meta["save_every"] + 1:
+            raise ValueError(f"checkpoint in {where}: unreadable outputs; use a fresh --out")
+        restore_hook_states(self.hooks, arrays)
+        return step, params, outs
+
+    def after_chunk(self, step: int, params, outs) -> None:
+        from ntkdyn.train.checkpoint import hook_states
+
+        stop = stop_requested()
+        last = step == self.meta["num_steps"]
+        if not (stop or last or step % self.every == 0):
+            return
+        arrays = {"outputs": np.stack([np.asarray(o) for o in outs]), **hook_states(self.hooks)}
+        self.ckpt.save(step, params, arrays, dict(self.meta))
+        if stop and not last:
+            raise KeyboardInterrupt
 
 
 def train_gd(
@@ -216,6 +281,7 @@ def train_gd(
     center: bool = True,
     linearized: bool = False,
     hooks: Sequence[Hook] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> GDTrace:
     """Full-batch gradient descent θ_{k+1} = θ_k − η∇L(θ_k) on the loss of the module docstring.
 
@@ -243,13 +309,21 @@ def train_gd(
             :class:`~ntkdyn.train.hooks.Record` (θ_k, ``metrics={"loss": n·L}`` of the last step)
             every ``every`` steps and at the end; the loop then runs compiled chunks of the gcd of
             the hooks' ``every`` and ``save_every`` steps (same trace up to float rounding).
+        checkpoints: :class:`~ntkdyn.train.checkpoint.Checkpoints`: run in the chunks of
+            ``hooks`` and save θ_k, the outputs recorded so far and the hooks' states every
+            ``checkpoints.every`` steps (rounded up to a multiple of the chunk), at the end and
+            when an interrupt is pending (then ``KeyboardInterrupt``); with ``resume``, continue
+            from the newest checkpoint. A run resumed from any checkpoint returns the trace of an
+            uninterrupted run with the same ``hooks`` and ``checkpoints`` bit for bit, whatever
+            ``checkpoints.every`` is.
 
     Returns:
         :class:`GDTrace`.
 
     Raises:
         ValueError: naming ``eta``, ``num_steps``, ``save_every``, ``weight_decay``,
-            ``objective``, ``x``, ``y`` or ``params0`` on bad input.
+            ``objective``, ``x``, ``y`` or ``params0`` on bad input, or naming the checkpoint
+            folder when its checkpoint is of another run.
     """
     x = check_x(x, "x")
     check_outputs(apply_fn, params0, x, None)
@@ -267,7 +341,7 @@ def train_gd(
     hooks = check_hooks(hooks)
     dtype = jax.eval_shape(apply_fn, params0, x).dtype
     yv = jnp.asarray(signed_labels(y, x.shape[0]), dtype)
-    if hooks:
+    if hooks or checkpoints is not None:
         outs, f0, params = _run_hooked(
             apply_fn,
             params0,
@@ -281,6 +355,7 @@ def train_gd(
             num_steps=int(num_steps),
             save_every=int(save_every),
             hooks=hooks,
+            checkpoints=checkpoints,
         )
         steps = jnp.arange(outs.shape[0]) * int(save_every)
         return GDTrace(steps, outs, f0, params, float(eta))

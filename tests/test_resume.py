@@ -21,6 +21,8 @@ import pytest
 
 from ntkdyn.errors import InputError
 from ntkdyn.linalg import BlockOperator, truncated_svd
+from ntkdyn.linearized import train_gd
+from ntkdyn.objectives import SpectralDecoupling
 from ntkdyn.runs.resume import deferring, interruptible, resume_command, start_run, stop_requested
 from ntkdyn.train.checkpoint import (
     CRASH_ENV,
@@ -154,6 +156,55 @@ def test_block_krylov_resumed_equals_uninterrupted(tmp_path):
                                       np.asarray(y if y is not None else 0))  # fmt: skip
 
 
+def _gd(checkpoints=None, stop_at=None, linearized=False):
+    apply, _, params, (x, y), _ = _problem()
+    p0 = jax.tree.map(lambda a: a[0], params)
+    hooks = [MetricsCollector(2)]
+    if stop_at is not None:
+
+        def stop(record):
+            if record.step >= stop_at:
+                raise Stop()
+
+        hooks.append(every(2, stop))
+    return train_gd(apply, p0, x, y, eta=0.05, num_steps=24, save_every=4, hooks=hooks,
+                    objective=SpectralDecoupling(coef=0.1),
+                    linearized=linearized, checkpoints=checkpoints), hooks[0]  # fmt: skip
+
+
+@pytest.mark.parametrize("linearized", [False, True])
+def test_train_gd_resumed_equals_uninterrupted(tmp_path, linearized):
+    whole, rec = _gd(Checkpoints(tmp_path / "w", every=4), linearized=linearized)
+    ckpt = Checkpoints(tmp_path / "c", every=3)  # rounded up to 4, a multiple of the chunk of 2
+    with pytest.raises(Stop):
+        _gd(ckpt, stop_at=18, linearized=linearized)
+    assert [p.name for p in list_checkpoints(ckpt.directory)] == ["ckpt_0000000012.npz",
+                                                                   "ckpt_0000000016.npz"]  # fmt: skip
+    resumed, rrec = _gd(Checkpoints(ckpt.directory, 5, resume=True), linearized=linearized)
+    for a, b in zip(whole, resumed, strict=True):
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    assert whole.outputs.shape == (7, 16)
+    for k in rec.history:  # the hook's records before the stop came back from the checkpoint
+        np.testing.assert_array_equal(rec.history[k], rrec.history[k])
+    # a finished run resumed returns its trace without a step; another run's folder is refused
+    again, _ = _gd(Checkpoints(ckpt.directory, 5, resume=True), linearized=linearized)
+    np.testing.assert_array_equal(again.outputs, whole.outputs)
+    apply, _, params, (x, y), _ = _problem()
+    with pytest.raises(ValueError, match="a run with num_steps = 24, this one 20; use a fresh"):
+        train_gd(apply, jax.tree.map(lambda a: a[0], params), x, y, eta=0.05, num_steps=20,
+                 save_every=4, checkpoints=Checkpoints(ckpt.directory, 4, resume=True))  # fmt: skip
+
+
+def test_train_gd_checkpoint_interval_does_not_change_the_numbers(tmp_path):
+    a, _ = _gd(Checkpoints(tmp_path / "a", every=1))
+    b, _ = _gd(Checkpoints(tmp_path / "b", every=24))
+    plain, _ = _gd()  # the same chunks with no checkpoints at all
+    for u, v, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(w))
+
+
 def test_start_run_refuses_what_cannot_continue(tmp_path):
     out = tmp_path / "run"
     start_run(out, "ntkdyn cmnist", {"seeds": 2, "n": 100}, resume=False)
@@ -259,6 +310,21 @@ def test_spectrum_killed_and_resumed_writes_the_same_results(tmp_path, capsys):
                         "same arguments or a fresh --out") and len(err.splitlines()) == 1  # fmt: skip
     assert main(["moons", "--quick", "--out", out, "--resume"]) == 2
     assert "holds a run of ntkdyn spectrum, not of ntkdyn moons" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_spectrum_train_steps_killed_and_resumed_writes_the_same_results(tmp_path, capsys):
+    args = ["spectrum", "--quick", "--train-steps", "60", "--save-every", "5", "--eta", "1e-3",
+            "--train-checkpoint-every", "5"]  # fmt: skip
+    base, resumed = _kill_and_resume(tmp_path, capsys, args, 1, random.Random(3))
+    assert base == resumed and base["method"] == "dense" and base["train"]["steps"] == 60
+    z = [np.load(tmp_path / d / "responses.npz") for d in ("base", "out")]
+    for k in ("z_network", "z_linearized", "z_theory"):
+        np.testing.assert_array_equal(z[0][k], z[1][k])
+    assert {p.name for p in (tmp_path / "out" / "checkpoints").iterdir()} >= {
+        "network",
+        "linearized",
+    }
 
 
 CMNIST = ["cmnist", "--quick", "--methods", "erm", "sd", "--n", "100", "--top", "2",

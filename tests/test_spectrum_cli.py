@@ -38,7 +38,7 @@ def test_moons_run_writes_consistent_results(tmp_path):
     assert rc == 0
     names = {"config.json", "results.json", "metrics.jsonl", "spectrum.npz", "summary.md"}
     names |= {"spectrum.png", "spectrum.pdf", "responses.npz", "responses.json"}
-    names |= {"responses.png", "responses.pdf"}
+    names |= {"responses.png", "responses.pdf", "checkpoints"}  # the training's: resumable
     assert {p.name for p in out.iterdir()} == names
     # linearized training reproduces the theory's GD in z exactly (full-rank U); the network is close
     track = json.loads((out / "responses.json").read_text())

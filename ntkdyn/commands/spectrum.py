@@ -19,11 +19,13 @@ Examples::
     ntkdyn spectrum --data celeba --data-dir ../shared/data/celeba-10k --model resnet10 \\
         --width 16 --image-size 64 --n 1000 --top 10 --solver krylov --out runs/spec_celeba
 
-Resuming (``--solver krylov``; a dense run has nothing to resume): the block Krylov iteration
-saves its state in ``OUT/checkpoints/spectrum/`` every ``--checkpoint-every`` block iterations
-and on Ctrl-C or SIGTERM; ``--resume`` continues it, with
-results.json identical to an uninterrupted run's (timings aside). With ``--train-steps`` the
-training after the spectrum starts over on a resumed run (it takes seconds beside the spectrum).
+Resuming (``--solver krylov`` or ``--train-steps``; a dense spectrum alone has nothing to
+resume): the block Krylov iteration saves its state in ``OUT/checkpoints/spectrum/`` every
+``--checkpoint-every`` block iterations, and the training of ``--train-steps`` saves θ and the
+outputs recorded so far in ``OUT/checkpoints/network/`` and ``linearized/`` every
+``--train-checkpoint-every`` GD steps; both also save on Ctrl-C or SIGTERM. ``--resume``
+continues where the run stopped (a dense spectrum is computed again: it is deterministic), with
+results.json identical to an uninterrupted run's (timings aside).
 
 Outputs: config.json, results.json (the same keys for every dataset and solver), metrics.jsonl
 (one record per direction), spectrum.npz, spectrum.png/.pdf, summary.md; with ``--train-steps``
@@ -195,6 +197,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from ntkdyn.runs.resume import add_resume_flags
 
     add_resume_flags(parser, 5, unit="block Krylov iterations")
+    parser.add_argument(
+        "--train-checkpoint-every", type=int, default=100, metavar="STEPS",
+        help="GD steps of --train-steps between checkpoints, rounded up to a multiple of "
+        "--save-every (the numbers do not depend on it)",
+    )  # fmt: skip
 
 
 def load_inputs(config: Config, checkpoint: Any = None):
@@ -324,11 +331,14 @@ def summary_text(config: Config, results: dict, arrays: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_spectrum(config: Config, out: Path | str, checkpoints: Any = None) -> dict[str, Any]:
+def run_spectrum(
+    config: Config, out: Path | str, checkpoints: Any = None, train_checkpoint_every: int = 100
+) -> dict[str, Any]:
     """Load, validate, compute and write the run directory; returns results.json's content.
 
     ``checkpoints``: :class:`ntkdyn.train.checkpoint.Checkpoints` of a resumable run (the block
-    Krylov iteration's, in its ``spectrum`` stage), or None.
+    Krylov iteration's in its ``spectrum`` stage, the training's in ``network`` and
+    ``linearized``), or None; ``train_checkpoint_every``: GD steps between the training's.
 
     Raises:
         InputError: bad data, model or settings, or an unwritable ``out`` — before computing.
@@ -344,7 +354,9 @@ def run_spectrum(config: Config, out: Path | str, checkpoints: Any = None) -> di
     from ntkdyn.train.checkpoint import KrylovCheckpoints
 
     t_start = time.perf_counter()
-    krylov = KrylovCheckpoints(checkpoints.stage("spectrum")) if checkpoints else None
+    krylov = None
+    if checkpoints is not None and config.method == "krylov":
+        krylov = KrylovCheckpoints(checkpoints.stage("spectrum"))
     data, model, apply_fn, params, x, solver = load_inputs(config, krylov)
     check_writable(out)
     y = np.asarray(data.signed_y, np.float64)
@@ -399,7 +411,10 @@ def run_spectrum(config: Config, out: Path | str, checkpoints: Any = None) -> di
                           n=config.n, title=title + f"({how}, {config.dtype})")  # fmt: skip
     run.save_figure(fig, "spectrum")  # closes the figure
     if config.train_steps:
-        text, results["train"] = _track(config, run, apply_fn, params, x, y, analysis)
+        train = None
+        if checkpoints is not None:
+            train = dataclasses.replace(checkpoints, every=int(train_checkpoint_every))
+        text, results["train"] = _track(config, run, apply_fn, params, x, y, analysis, train)
         summary += text
     results["seconds_total"] = time.perf_counter() - t_start
     summary += f"\nWhole run: {results['seconds_total']:.1f} s.\n"
@@ -416,19 +431,23 @@ def run(args: argparse.Namespace) -> int:
 
     base = Config.quick() if getattr(args, "quick", False) else Config()
     config = from_arguments(base, args)
-    if config.method != "krylov":  # seconds to minutes, nothing to resume: no checkpoints
+    train_every = getattr(args, "train_checkpoint_every", 100)
+    if train_every < 1:
+        raise ConfigError("train_checkpoint_every", f"must be an integer >= 1, got {train_every}")
+    if config.method != "krylov" and not config.train_steps:  # seconds: nothing to resume
         run_spectrum(config, args.out)
         return 0
     settings = dataclasses.asdict(config)
     every = getattr(args, "checkpoint_every", 5)
     resume = getattr(args, "resume", False)
     with resumable(args.out, COMMAND, settings, resume=resume, every=every) as checkpoints:
-        run_spectrum(config, args.out, checkpoints)
+        run_spectrum(config, args.out, checkpoints, train_every)
     return 0
 
 
-def _track(config: Config, run, apply_fn, params, x, y, analysis) -> tuple[str, dict]:
-    """Train the network and its linearization; responses.npz/.json/.png and a summary line."""
+def _track(config: Config, run, apply_fn, params, x, y, analysis, checkpoints=None):
+    """Train the network and its linearization (resumable with ``checkpoints``);
+    responses.npz/.json/.png and a summary line."""
     import numpy as np
 
     from ntkdyn.analysis import objective_for_lam, relative_error, training_responses
@@ -440,7 +459,7 @@ def _track(config: Config, run, apply_fn, params, x, y, analysis) -> tuple[str, 
     steps, every = config.train_steps, config.save_every
     tr = training_responses(
         apply_fn, params, x, y, analysis, objective, weight_decay=wd, eta=eta, num_steps=steps,
-        save_every=every, log=lambda line: print(line, flush=True),
+        save_every=every, log=lambda line: print(line, flush=True), checkpoints=checkpoints,
     )  # fmt: skip
     z = {k: tr[f"z_{k}"] for k in ("network", "linearized", "theory")}
     run.write_npz("responses.npz", t=tr["t"], **{f"z_{k}": v for k, v in z.items()})

@@ -46,6 +46,8 @@ __all__ = [
     "restore_checkpoint",
     "restore_state",
     "saved_arrays",
+    "hook_states",
+    "restore_hook_states",
     "list_checkpoints",
 ]
 
@@ -309,6 +311,24 @@ def saved_arrays(leaves: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The named ``arrays`` saved by :meth:`Checkpoints.save`."""
     head = "['arrays']['"
     return {k[len(head) : -2]: v for k, v in leaves.items() if k.startswith(head)}
+
+
+def hook_states(hooks: Iterable[Any]) -> dict[str, np.ndarray]:
+    """The arrays of every hook that keeps a state (``hook.checkpoint_state()``), as named arrays
+    ``hook<i>/<name>`` for :meth:`Checkpoints.save`."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, hook in enumerate(hooks):
+        if callable(getattr(hook, "checkpoint_state", None)):
+            arrays |= {f"hook{i}/{k}": np.asarray(v) for k, v in hook.checkpoint_state().items()}
+    return arrays
+
+
+def restore_hook_states(hooks: Iterable[Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """Give each hook that keeps a state (``hook.restore_state``) what :func:`hook_states` saved."""
+    for i, hook in enumerate(hooks):
+        if callable(getattr(hook, "restore_state", None)):
+            head = f"hook{i}/"
+            hook.restore_state({k[len(head) :]: v for k, v in arrays.items() if k.startswith(head)})
 
 
 class KrylovCheckpoints:

@@ -75,7 +75,13 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Int, PyTree
 
 from ntkdyn.runs.resume import deferring, stop_requested
-from ntkdyn.train.checkpoint import Checkpoints, restore_state, saved_arrays
+from ntkdyn.train.checkpoint import (
+    Checkpoints,
+    hook_states,
+    restore_hook_states,
+    restore_state,
+    saved_arrays,
+)
 from ntkdyn.train.hooks import Hook, Record, call_hooks, check_hooks, chunk_steps, due
 from ntkdyn.train.layout import SeedAxis, SeedLayout
 
@@ -424,12 +430,7 @@ class _Saver:
             {k[len("history/") :]: v[:, r] for k, v in arrays.items() if k.startswith("history/")}
             for r in range(int(meta["records"]))
         ]
-        for i, hook in enumerate(self.hooks):
-            if callable(getattr(hook, "restore_state", None)):
-                head = f"hook{i}/"
-                hook.restore_state(
-                    {k[len(head) :]: v for k, v in arrays.items() if k.startswith(head)}
-                )
+        restore_hook_states(self.hooks, arrays)
         return step, carry, history
 
     def after_chunk(self, step: int, carry, history) -> None:
@@ -440,9 +441,7 @@ class _Saver:
         if history:
             arrays = {f"history/{k}": np.stack([np.asarray(h[k]) for h in history], axis=1)
                       for k in history[0]}  # fmt: skip
-        for i, hook in enumerate(self.hooks):
-            if callable(getattr(hook, "checkpoint_state", None)):
-                arrays |= {f"hook{i}/{k}": v for k, v in hook.checkpoint_state().items()}
+        arrays |= hook_states(self.hooks)
         meta = {"num_steps": self.num_steps, "records": len(history)}
         self.ckpt.save(step, carry, arrays, meta)
         if stop and step < self.num_steps:
