@@ -1,15 +1,18 @@
-"""Tables, figures and the reading of docs/results/celeba_10k_journey.md from celeba_10k_journey.sh.
+"""Tables, figures and the reading of docs/results/celeba_10k_journey.md from celeba_10k_journey.sh
+(and of the CelebA-HQ table in docs/results/celebahq_30k.md from celebahq_30k_thresholds.sh).
 
 Usage, from the repository root::
 
     python docs/results/scripts/celeba_10k_journey_report.py [RUNS_DIR] [--copy DEST]
+        [--prefix celeba_10k] [--title CelebA-10k]
 
 Prints Markdown: the test table of every method under three selection rules over the seeds found
 (own rule, validation worst group, validation worst group with the decision threshold tuned on
 validation), the epochs chosen, and the journey of the runs that measured responses (the spectrum
 at θ₀, what each direction carries, the theory's prediction, the measured responses and a reading
-whose every sentence is computed from the numbers). Writes ``docs/figures/celeba_10k_directions.png``
-and ``docs/figures/celeba_10k_responses.png``. ``--copy DEST`` copies each run's results.json,
+whose every sentence is computed from the numbers). Writes ``docs/figures/PREFIX_directions_sK.png``
+and ``docs/figures/PREFIX_responses_sK.png`` (PREFIX: ``--prefix``, the figures' data name:
+``--title``). ``--copy DEST`` copies each run's results.json,
 config.json and summary.md under DEST/<run>/.
 """
 
@@ -104,7 +107,12 @@ def last_epoch_notes(results: dict[str, dict[int, dict]]) -> list[str]:
     return notes or ["* No method chose its last epoch under any rule."]
 
 
-def journey(results: dict[str, dict[int, dict]], figures: Path) -> list[str]:
+def journey(
+    results: dict[str, dict[int, dict]],
+    figures: Path,
+    prefix: str = "celeba_10k",
+    title: str = "CelebA-10k",
+) -> list[str]:
     from ntkdyn.plots.journey import direction_groups_figure, journey_responses_figure
 
     seeds = sorted({s for m in results.values() for s, r in m.items() if "journey" in r})
@@ -176,12 +184,12 @@ def journey(results: dict[str, dict[int, dict]], figures: Path) -> list[str]:
                 "entries below the threshold."
             )
         epochs = {m: r["journey"]["epochs"][m][0] for m, r in runs.items()}
-        fig = direction_groups_figure(share, s, title=f"CelebA-10k, ResNet-10 at θ₀ (seed {seed})")
-        fig.savefig(figures / f"celeba_10k_directions_s{seed}.png", dpi=130)
+        fig = direction_groups_figure(share, s, title=f"{title}, ResNet-10 at θ₀ (seed {seed})")
+        fig.savefig(figures / f"{prefix}_directions_s{seed}.png", dpi=130)
         fig = journey_responses_figure(
             {METHODS[m]: e for m, e in epochs.items()}, carry, group=MINORITY
         )
-        fig.savefig(figures / f"celeba_10k_responses_s{seed}.png", dpi=130)
+        fig.savefig(figures / f"{prefix}_responses_s{seed}.png", dpi=130)
         lines += [
             "",
             "Measured over training (z_j per epoch on the sample, the blond men's mean "
@@ -235,10 +243,12 @@ def journey(results: dict[str, dict[int, dict]], figures: Path) -> list[str]:
 
 def main() -> int:
     args = sys.argv[1:]
-    copy = None
-    if "--copy" in args:
-        i = args.index("--copy")
-        copy, args = Path(args[i + 1]), args[:i] + args[i + 2 :]
+    options = {"--copy": None, "--prefix": "celeba_10k", "--title": "CelebA-10k"}
+    for flag in options:
+        if flag in args:
+            i = args.index(flag)
+            options[flag], args = args[i + 1], args[:i] + args[i + 2 :]
+    copy = Path(options["--copy"]) if options["--copy"] else None
     runs = Path(args[0] if args else "runs/celeba10k_journey")
     results = load_runs(runs)
     figures = Path("docs/figures")
@@ -247,7 +257,7 @@ def main() -> int:
     print("\n## Chosen epochs\n")
     print("\n".join(last_epoch_notes(results)))
     print("\n## Journey\n")
-    print("\n".join(journey(results, figures)))
+    print("\n".join(journey(results, figures, options["--prefix"], options["--title"])))
     if copy is not None:
         for path in sorted(runs.glob("*_s*/results.json")):
             dest = copy / path.parent.name
