@@ -165,6 +165,10 @@ def test_select_epochs_and_summarize_methods_keep_both_rules_and_a_headline():
     assert out["erm"]["avg_acc"] == 0.8 and out["groupdro"]["avg_acc"] == 0.6
     assert out["erm"]["by_val_worst"]["avg_acc"] == 0.6 and out["erm"]["training"] == 1
     assert out["groupdro"]["selection"]["rule"] == "val_worst"
+    assert [p["seed"] for p in out["erm"]["per_seed"]] == [0]  # no run seed: the index
+    two = summarize_methods({"erm": [{"selected": sel, "seed": 7}, {"selected": sel, "seed": 8}]},
+                            {"erm": "val_avg"}, ["g"])  # fmt: skip
+    assert [p["seed"] for p in two["erm"]["by_val_worst"]["per_seed"]] == [7, 8]
     with pytest.raises(ValueError, match="headline"):
         summarize_methods(runs, {"erm": "val_avg"}, ["g"])
 

@@ -206,7 +206,10 @@ def select_epoch(epochs: Sequence[Mapping[str, Any]], rule: Selection | str) -> 
 
 
 def summarize_selected(
-    chosen: Sequence[Mapping[str, Any]], rule: Selection | str, group_names: Sequence[str]
+    chosen: Sequence[Mapping[str, Any]],
+    rule: Selection | str,
+    group_names: Sequence[str],
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """One result from the epoch each seed selected under ``rule``: test mean ± std over seeds.
 
@@ -220,6 +223,7 @@ def summarize_selected(
             ``e``; ``val`` and ``test`` from :func:`group_metrics`), K ≥ 1 seeds.
         rule: the :class:`Selection` (or its value) that chose them.
         group_names: the groups, in the order ``group_acc`` lists them.
+        seeds: the run seed of each entry of ``chosen`` (``per_seed[].seed``; default: its index).
 
     Returns:
         ``{"avg_acc", "avg_acc_std", "worst_group_acc", "worst_group_acc_std", "group_acc",
@@ -255,9 +259,9 @@ def summarize_selected(
             "epochs": [c["epoch"] for c in chosen],
         },
         "per_seed": [
-            {"seed": i, "epoch": c["epoch"], "test": c["test"], "val": c["val"]}
+            {"seed": int(k), "epoch": c["epoch"], "test": c["test"], "val": c["val"]}
             | ({"threshold": c["threshold"]} if "threshold" in c else {})
-            for i, c in enumerate(chosen)
+            for k, c in zip(range(len(chosen)) if seeds is None else seeds, chosen, strict=True)
         ],
     }
 
@@ -403,7 +407,8 @@ def summarize_methods(
     rule's block at the top level (what tables and figures show).
 
     Args:
-        runs: method → per seed ``{"selected": {rule: epoch}}`` (:func:`select_epochs`).
+        runs: method → per seed ``{"selected": {rule: epoch}, "seed": run seed}``
+            (:func:`select_epochs`; without ``seed``, the index).
         headline: method → its headline rule.
         group_names: the groups.
         extra: method → more fields of its entry (e.g. its training recipe as ``training``).
@@ -420,7 +425,10 @@ def summarize_methods(
             raise ValueError(f"headline: no selection rule for method {method!r}")
         blocks = {
             rule.value: summarize_selected(
-                [r["selected"][rule.value] for r in seed_runs], rule, group_names
+                [r["selected"][rule.value] for r in seed_runs],
+                rule,
+                group_names,
+                seeds=[r.get("seed", i) for i, r in enumerate(seed_runs)],
             )
             for rule in Selection
             if all(rule.value in r["selected"] for r in seed_runs)
@@ -491,7 +499,7 @@ def train_on_groups(
 
     Returns:
         ``{"epochs": [{"epoch", "val", "test", "threshold", ...}], "records": [...], "selected":
-        {rule: epoch}}``; ``threshold`` holds the metrics with the decision threshold tuned on
+        {rule: epoch}, "seed": seed}``; ``threshold`` holds the metrics with the decision threshold tuned on
         validation worst-group accuracy (:func:`tune_threshold`).
     """
     import jax
@@ -550,7 +558,7 @@ def train_on_groups(
         tags=tags,
         desc=desc,
     )
-    return {**history, "selected": select_epochs(history["epochs"])}
+    return {**history, "selected": select_epochs(history["epochs"]), "seed": int(seed)}
 
 
 def validation_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
