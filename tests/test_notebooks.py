@@ -15,6 +15,19 @@ def test_notebooks_exist():
     assert NOTEBOOKS, "no notebooks found in notebooks/"
 
 
+#: TeX a notebook's text could hold: the offline site loads no MathJax, so it would show raw.
+TEX = __import__("re").compile(r"\$[^$\n]+\$|\\\(|\\\[|\\begin\{")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_text_holds_no_tex(path):
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(path, as_version=4)
+    found = [(i, m.group()) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+             for m in TEX.finditer(c.source)]  # fmt: skip
+    assert not found, f"{path.name}: TeX in markdown cells {found}; write formulas in Unicode"
+
+
 MAX_KB = 400  # a stored notebook, outputs included
 
 

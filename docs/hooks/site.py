@@ -269,7 +269,8 @@ def on_page_markdown(markdown, page, config, files):
 
 
 # The notebook template loads MathJax and, for Mermaid diagrams, a module from a CDN; the site stays
-# offline, so both are dropped (formulas show as TeX; the notebooks hold no diagram).
+# offline, so both are dropped: the notebooks write formulas in Unicode (tests/test_notebooks.py
+# checks they hold no TeX) and hold no diagram.
 EMPTY_SCRIPT = re.compile(r'<script[^>]*\ssrc=""[^>]*>\s*</script>')
 CDN_MODULE = re.compile(
     r"<script[^>]*>(?:(?!</script>).)*cdnjs\.(?:(?!</script>).)*</script>", re.S
