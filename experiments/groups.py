@@ -294,7 +294,7 @@ def run(cfg: Config, *, checkpoint_dir: str | Path, resume: bool = False) -> Res
                 model.apply, inits[k], recipe.make_optimizer(), cfg.objective(method, counts),
                 data.splits, data.group_names, balanced=recipe.balanced, seed=cfg.seed + k,
                 epochs=recipe.epochs, checkpoint_dir=Path(checkpoint_dir) / method / f"seed{k}",
-                tags={"method": method, "seed": k}, **common,
+                tags={"method": method, "seed": cfg.seed + k}, **common,
                 responses=journeys[k][0].measure if k in journeys else None,
             )
         )  # fmt: skip
