@@ -442,15 +442,14 @@ def resolve(args: argparse.Namespace, config: type[Config] = Config) -> Config:
 
 
 def main(args: argparse.Namespace, config: type[Config] = Config) -> int:
-    """The command: check everything, :func:`run`, then :func:`report` (process 0 writes).
-
-    A run that fails before its first checkpoint removes the output folder it created.
-    """
+    """The command: check everything, :func:`run`, then :func:`report` (process 0 writes); a run
+    that fails before its first checkpoint removes the folder it created."""
     import jax
 
     from ntkdyn.errors import InputError
     from ntkdyn.runs import RunDir, check_same_config
     from ntkdyn.runs.report import group_headlines
+    from ntkdyn.runs.resume import interruptible
     from ntkdyn.train.dataparallel import initialize_multihost, lead_first
 
     sizes = tuple(args.fixture_size)
@@ -479,20 +478,21 @@ def main(args: argparse.Namespace, config: type[Config] = Config) -> int:
     elif any((out / "checkpoints").rglob("ckpt_*.npz")):
         raise InputError(f"--out: {out} holds a run's checkpoints; pass --resume or a fresh --out")
     created = not out.exists()
-    try:
-        bench, folder = benchmark(cfg.loader), Path(cfg.data_dir)
-        if cfg.fixture:  # every process reaches the barrier; a missing fixture is written once
-            write = bench.write_fixture
-            lead_first(lambda: (folder / bench.marker).is_file() or write(folder, cfg, sizes), "fx")
-        counts = load_data(cfg, devices).describe()
-        if lead:
-            RunDir(out).write_config(settings)
-            print(counts, file=sys.stderr)
-        res = run(cfg, checkpoint_dir=out / "checkpoints", resume=bool(args.resume))
-    except BaseException:
-        if created and lead and not any((out / "checkpoints").rglob("ckpt_*.npz")):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with interruptible(getattr(args, "command", None) or "groups"):  # Ctrl-C: the resume line
+        try:
+            bench, folder = benchmark(cfg.loader), Path(cfg.data_dir)
+            if cfg.fixture:  # every process reaches the barrier; a missing fixture is written once
+                mark, write = folder / bench.marker, bench.write_fixture
+                lead_first(lambda: mark.is_file() or write(folder, cfg, sizes), "fx")
+            counts = load_data(cfg, devices).describe()
+            if lead:
+                RunDir(out).write_config(settings)
+                print(counts, file=sys.stderr)
+            res = run(cfg, checkpoint_dir=out / "checkpoints", resume=bool(args.resume))
+        except BaseException:
+            if created and lead and not any((out / "checkpoints").rglob("ckpt_*.npz")):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     if lead:
         report(res, out)
         print(*group_headlines(res.results["methods"], benchmark(cfg.loader).published), sep="\n")

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from ntkdyn.runs.resume import interruptible
 from ntkdyn.train.epochs import metrics_record, train_epochs
 
 STEPS, EPOCHS = 4, 3
@@ -40,7 +41,8 @@ def run(tmp, **kw):
         tags={"method": "toy"},
         desc="toy",
     )
-    return train_epochs(init(), step, batches, evaluate, **(args | kw))
+    step_fn = kw.pop("step_fn", step)
+    return train_epochs(init(), step_fn, batches, evaluate, **(args | kw))
 
 
 def strip(records):
@@ -95,6 +97,32 @@ def test_interrupted_run_resumes_to_the_same_history(tmp_path):
         )
     assert not (tmp_path / "b" / "done.json").exists()
     resumed = run(tmp_path / "b", resume=True)
+    assert resumed["epochs"] == ref["epochs"]
+    assert strip(resumed["records"]) == strip(ref["records"])
+
+
+@pytest.mark.parametrize("at", [5, 8])  # mid-epoch; the last step of epoch 2
+def test_sigint_saves_a_checkpoint_at_once_and_the_run_resumes_to_the_same_history(tmp_path, at):
+    import os
+    import signal
+
+    from ntkdyn.train.checkpoint import list_checkpoints
+
+    ref = run(tmp_path / "ref", checkpoint_every=100)
+    calls = {"n": 0}
+
+    def signalled(state, batch):  # Ctrl-C arrives during step `at`
+        calls["n"] += 1
+        if calls["n"] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(state, batch)
+
+    with pytest.raises(KeyboardInterrupt), interruptible("groups", ["groups", "--out", "x"]):
+        run(tmp_path / "b", step_fn=signalled, checkpoint_every=100)
+    assert calls["n"] == at  # stopped after that step, not at the next periodic checkpoint
+    saved = [p.name for p in list_checkpoints(tmp_path / "b")]
+    assert saved[-1] == f"ckpt_{at:010d}.npz" and not (tmp_path / "b" / "done.json").exists()
+    resumed = run(tmp_path / "b", resume=True, checkpoint_every=100)
     assert resumed["epochs"] == ref["epochs"]
     assert strip(resumed["records"]) == strip(ref["records"])
 

@@ -229,3 +229,34 @@ def test_a_killed_run_resumes_to_the_uninterrupted_results(folder, tmp_path):
         return [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
 
     assert strip(ref) == strip(out)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_prints_the_resume_line_and_resumes_to_the_same_results(
+    folder, tmp_path
+):
+    """Ctrl-C mid-epoch: a checkpoint at once, exit 130 with the command that continues the run."""
+    cmd = [sys.executable, "-c", SHIM.format(ENTRY), "groups", *SMALL, "--data-dir", str(folder)]
+    cmd += ["--epochs", "2", "--method", "erm", "--checkpoint-every", "1000"]
+    env = _env(tmp_path)
+    ref = tmp_path / "ref"
+    done = subprocess.run(cmd + ["--out", str(ref)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(cmd + ["--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "config.json").exists():
+        time.sleep(0.02)
+    time.sleep(2.0)  # into the first epoch's steps
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, err[-3000:]
+    assert f"to resume: ntkdyn groups {' '.join(cmd[4:])} --out {out} --resume" in err
+    assert list((out / "checkpoints").rglob("ckpt_*.npz"))  # what --resume continues from
+    resumed = subprocess.run(
+        cmd + ["--out", str(out), "--resume"], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (json.loads((d / "results.json").read_text()) for d in (ref, out))
+    assert a["methods"] == b["methods"]

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from ntkdyn.runs import atomic_write_json
+from ntkdyn.runs.resume import deferring, stop_requested
 from ntkdyn.train.checkpoint import CheckpointHook, latest_checkpoint, restore_checkpoint
 from ntkdyn.train.hooks import Hook, Record, check_hooks, every
 
@@ -187,66 +188,72 @@ def train_epochs(
     checkpoint = CheckpointHook(ckpt_dir, int(checkpoint_every), lambda: meta)
     step_hooks = (every(int(log_every), keep_record), *extra)
     last_step = epochs * steps_per_epoch
-    for epoch in range(meta["epoch"], epochs):
-        start = meta["batch"]
-        t0, seen = time.perf_counter(), 0
-        for batch in batches(epoch, start):
-            if meta["batch"] >= steps_per_epoch:
-                break
-            state, metrics = step_fn(state, batch)
-            meta["batch"] += 1
-            seen += batch_size
-            step = epoch * steps_per_epoch + meta["batch"]
-            end = meta["batch"] == steps_per_epoch
-            due = [h for h in step_hooks if end or step % h.every == 0]
-            if due:
-                record = Record(
-                    step=step,
-                    params=getattr(state, "params", None),
-                    model_state=getattr(state, "batch_stats", None),
-                    metrics={
-                        **metrics_record(metrics),
-                        "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
-                    },
-                    epoch=epoch + 1,
-                    final=step == last_step,
-                    state=state,
+    with deferring():  # Ctrl-C or SIGTERM: a checkpoint after the current step, then stop
+        for epoch in range(meta["epoch"], epochs):
+            start = meta["batch"]
+            t0, seen = time.perf_counter(), 0
+            for batch in batches(epoch, start):
+                if meta["batch"] >= steps_per_epoch:
+                    break
+                state, metrics = step_fn(state, batch)
+                meta["batch"] += 1
+                seen += batch_size
+                step = epoch * steps_per_epoch + meta["batch"]
+                end = meta["batch"] == steps_per_epoch
+                due = [h for h in step_hooks if end or step % h.every == 0]
+                if due:
+                    record = Record(
+                        step=step,
+                        params=getattr(state, "params", None),
+                        model_state=getattr(state, "batch_stats", None),
+                        metrics={
+                            **metrics_record(metrics),
+                            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                        },
+                        epoch=epoch + 1,
+                        final=step == last_step,
+                        state=state,
+                    )
+                    for hook in due:
+                        hook(record)
+                stop = stop_requested()
+                if not end and (stop or step % checkpoint.every == 0):
+                    checkpoint(Record(step=step, params=None, epoch=epoch + 1, state=state))
+                    if stop:
+                        raise KeyboardInterrupt
+            if meta["batch"] < steps_per_epoch:
+                raise ValueError(
+                    f"batches: epoch {epoch + 1} yielded {meta['batch'] - start} batches from batch "
+                    f"{start}, expected {steps_per_epoch - start}"
                 )
-                for hook in due:
-                    hook(record)
-            if not end and step % checkpoint.every == 0:
-                checkpoint(Record(step=step, params=None, epoch=epoch + 1, state=state))
-        if meta["batch"] < steps_per_epoch:
-            raise ValueError(
-                f"batches: epoch {epoch + 1} yielded {meta['batch'] - start} batches from batch "
-                f"{start}, expected {steps_per_epoch - start}"
+            result = {"epoch": epoch + 1, **evaluate(state)}
+            meta["epochs"].append(result)
+            meta["records"].append(
+                {
+                    "kind": "eval",
+                    **tags,
+                    "epoch": epoch + 1,
+                    "step": (epoch + 1) * steps_per_epoch,
+                    **{
+                        f"{split}_{k}": v
+                        for split, m in result.items()
+                        if isinstance(m, Mapping)
+                        for k, v in m.items()
+                        if isinstance(v, (int, float))
+                    },
+                }
             )
-        result = {"epoch": epoch + 1, **evaluate(state)}
-        meta["epochs"].append(result)
-        meta["records"].append(
-            {
-                "kind": "eval",
-                **tags,
-                "epoch": epoch + 1,
-                "step": (epoch + 1) * steps_per_epoch,
-                **{
-                    f"{split}_{k}": v
-                    for split, m in result.items()
-                    if isinstance(m, Mapping)
-                    for k, v in m.items()
-                    if isinstance(v, (int, float))
-                },
-            }
-        )
-        line = " | ".join(
-            f"{split} " + " ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
-            for split, m in result.items()
-            if isinstance(m, Mapping)
-        )
-        print(f"[{desc}] epoch {epoch + 1}: {line}", file=sys.stderr)
-        meta["epoch"], meta["batch"] = epoch + 1, 0
-        step = (epoch + 1) * steps_per_epoch
-        checkpoint(Record(step=step, params=None, epoch=epoch + 1, state=state))
+            line = " | ".join(
+                f"{split} " + " ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
+                for split, m in result.items()
+                if isinstance(m, Mapping)
+            )
+            print(f"[{desc}] epoch {epoch + 1}: {line}", file=sys.stderr)
+            meta["epoch"], meta["batch"] = epoch + 1, 0
+            step = (epoch + 1) * steps_per_epoch
+            checkpoint(Record(step=step, params=None, epoch=epoch + 1, state=state))
+            if stop_requested() and epoch + 1 < epochs:
+                raise KeyboardInterrupt
     out = {"epochs": meta["epochs"], "records": meta["records"]}
     if jax.process_index() == 0:
         atomic_write_json(done_file, out)
