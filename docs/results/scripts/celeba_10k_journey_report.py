@@ -50,10 +50,21 @@ def pm(values: list[float]) -> str:
 
 
 def load_runs(runs: Path) -> dict[str, dict[int, dict]]:
+    """Each method's runs by seed: ``METHOD_sK``, or ``METHOD_VALUE_sK`` when the validation grid
+    kept a value other than the default (a ``grid METHOD keeps VALUE`` line of jobs.log)."""
+    log = runs / "jobs.log"
+    kept = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if " grid " in line and " keeps " in line:
+            kept[line.split()[2]] = line.split()[-1]
     out: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
     for path in sorted(runs.glob("*_s*/results.json")):
-        method, seed = path.parent.name.rsplit("_s", 1)
-        if method in out:
+        name, seed = path.parent.name.rsplit("_s", 1)
+        method = name.split("_")[0]
+        if method not in out or not seed.isdigit():
+            continue
+        grid_kept = (runs / f"{method}_{kept.get(method)}_s{seed}").is_dir()
+        if name == (f"{method}_{kept[method]}" if grid_kept else method):
             out[method][int(seed)] = json.loads(path.read_text())
     return out
 

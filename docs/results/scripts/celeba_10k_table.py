@@ -1,9 +1,11 @@
 """Tables and figure of docs/results/celeba_10k.md from the runs of celeba_10k.sh.
 
-Usage, from the repository root: ``python docs/results/scripts/celeba_10k_table.py [RUNS_DIR]``.
-Prints the validation grid (validation numbers only) and the 5-seed table (test accuracy %, mean ±
+Usage, from the repository root: ``python docs/results/scripts/celeba_10k_table.py [RUNS_DIR]
+[--script celeba_10k.sh] [--prefix celeba_10k] [--title CelebA-10k]`` (the script whose grid the
+runs followed; the figure's file name and data name: ``celebahq_30k.sh``, ``celebahq_30k``,
+``CelebA-HQ 30k`` for docs/results/celebahq_30k.md). Prints the validation grid (validation numbers only) and the 5-seed table (test accuracy %, mean ±
 sample std over seeds, each method under both selection rules) as Markdown, and writes
-``docs/figures/celeba_10k_groups.png`` (per-group test accuracy, each method under its own rule).
+``docs/figures/PREFIX_groups.png`` (per-group test accuracy, each method under its own rule).
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ GROUPS = {
 FLAGS = {"erm": "weight decay", "sd": "SD coefficient c", "groupdro": "step size η"}
 
 
-def script_values() -> tuple[dict[str, list[str]], dict[str, str]]:
-    """The grid and default values, read from celeba_10k.sh (one source of truth)."""
-    text = (Path(__file__).parent / "celeba_10k.sh").read_text()
+def script_values(script: str = "celeba_10k.sh") -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The grid and default values, read from the protocol's script (one source of truth)."""
+    text = (Path(__file__).parent / script).read_text()
     out = {}
     for name in ("GRID", "DEFAULT"):
-        line = next(ln for ln in text.splitlines() if ln.startswith(f"declare -A {name}="))
+        line = next(
+            ln.strip()
+            for ln in text.splitlines()
+            if ln.strip().lower().startswith(f"declare -a {name.lower()}=")
+        )
         body = line.split("=(", 1)[1].rstrip(")")
         pairs = body.split("[")[1:]
         out[name] = {p.split("]=")[0]: p.split("]=")[1].strip().strip('"') for p in pairs}
@@ -64,8 +70,14 @@ def pm(values: list[float]) -> str:
 
 
 def main() -> int:
-    runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/celeba10k")
-    grid, default = script_values()
+    args = sys.argv[1:]
+    options = {"--script": "celeba_10k.sh", "--prefix": "celeba_10k", "--title": "CelebA-10k"}
+    for flag in options:
+        if flag in args:
+            i = args.index(flag)
+            options[flag], args = args[i + 1], args[:i] + args[i + 2 :]
+    runs = Path(args[0] if args else "runs/celeba10k")
+    grid, default = script_values(options["--script"])
     kept = kept_values(runs)
     print("## Validation grid (seed 0; validation accuracy %, never test)\n")
     print("| method | hyperparameter | value | rule | epoch | val average | val worst group |")
@@ -125,13 +137,13 @@ def main() -> int:
             list(GROUPS),
             worst=worst,
             std=stds,
-            title=f"CelebA-10k, from scratch: per-group test accuracy, mean ± std over {n} seeds "
+            title=f"{options['--title']}, from scratch: per-group test accuracy, mean ± std over {n} seeds "
             "(each method under its own selection rule; dashed: mean worst group)",
         )
         ax = fig.axes[0]
         ax.set_xticks(range(len(GROUPS)), list(GROUPS.values()))
         ax.title.set_fontsize(8)
-        out = Path("docs/figures/celeba_10k_groups.png")
+        out = Path(f"docs/figures/{options['--prefix']}_groups.png")
         fig.savefig(out, dpi=130, metadata={"Software": None})
         print(f"\nwrote {out}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
