@@ -3,9 +3,10 @@ against the one at θ₀, on the journey's sample (docs/results/celeba_10k_journ
 
 Usage, from the repository root, after celeba_10k_journey.sh::
 
-    python docs/results/scripts/celeba_10k_kernel_drift.py [RUNS_DIR]
+    python docs/results/scripts/celeba_10k_kernel_drift.py [RUNS_DIR] [RUN ...]
 
-For each run with responses (seeds 0 and 1, every method) it rebuilds θ₀ and the stratified sample
+For each run with responses (seeds 0 and 1, every method; or the RUNs named, e.g. ``erm_s0``; runs of
+``ntkdyn celeba`` and of ``ntkdyn groups`` alike) it rebuilds θ₀ and the stratified sample
 exactly as the run did (same settings, same seed), restores the last checkpoint θ_T, and compares
 the label-signed tangent Gram matrices K = YΦΦᵀY of the two (each with its batch statistics
 measured on the sample, ntkdyn.freeze_batch_stats): the kernel distance
@@ -26,7 +27,7 @@ import numpy as np
 
 def drift(run: Path, method: str) -> dict[str, float]:
     import jax
-    from ntkdyn.experiments import celeba
+    from ntkdyn.experiments import celeba, groups
     from ntkdyn.experiments.groups import initial_variables, load_data
 
     from ntkdyn.journey import sample_journey
@@ -37,8 +38,9 @@ def drift(run: Path, method: str) -> dict[str, float]:
     from ntkdyn.train.dataparallel import init_train_state
 
     saved = json.loads((run / "config.json").read_text())
-    fields = {f.name for f in dataclasses.fields(celeba.Config)}
-    cfg = celeba.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
+    config = celeba.Config if saved.get("loader", "celeba") == "celeba" else groups.Config
+    fields = {f.name for f in dataclasses.fields(config)}
+    cfg = config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
                            if k in fields and k not in ("sd", "dro")})  # fmt: skip
     cfg = dataclasses.replace(
         cfg, sd=type(cfg.sd)(**saved["sd"]), dro=type(cfg.dro)(**saved["dro"])
@@ -77,14 +79,15 @@ def drift(run: Path, method: str) -> dict[str, float]:
 
 def main() -> int:
     runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/celeba10k_journey")
+    names = sys.argv[2:]
     print(
         "| run | steps | kernel distance 1 − cos(K₀, K_T) | ‖K_T‖/‖K₀‖ | top-k overlap ‖U₀ᵀU_T‖²/k |"
     )
     print("|---|---:|---:|---:|---:|")
-    for run in sorted(runs.glob("*_s[01]")):
+    for run in [runs / n for n in names] if names else sorted(runs.glob("*_s[01]")):
         if not (run / "results.json").exists():
             continue
-        method = run.name.rsplit("_s", 1)[0]
+        method = run.name.split("_")[0]
         d = drift(run, method)
         print(f"| {run.name} | {d['step']} | {d['distance']:.3f} | {d['scale']:.2f} | {d['overlap']:.3f} |",
               flush=True)  # fmt: skip
