@@ -37,17 +37,7 @@ for m in sd groupdro erm; do
 done
 declare -A KEEP
 for m in sd groupdro erm; do
-  KEEP[$m]=$(python - "$R" "$m" ${GRID[$m]} <<'PY'
-import json, sys
-runs, method, values = sys.argv[1], sys.argv[2], sys.argv[3:]
-default = {"erm": "1e-4", "sd": "0.1", "groupdro": "0.01"}[method]
-def score(v):
-    name = f"{method}_s0" if v == default else f"{method}_{v}_s0"
-    r = json.load(open(f"{runs}/{name}/results.json"))["methods"][method]["by_val_worst"]
-    return r["val_worst_group_acc"], r["val_avg_acc"]
-print(max(values, key=score))
-PY
-)
+  KEEP[$m]=$(python docs/results/scripts/celeba_10k_table.py "$R" --keep "$m" --script celeba_10k.sh)
   echo "$(date -Is) grid $m keeps ${FLAG[$m]} ${KEEP[$m]}" >> "$R/jobs.log"
 done
 for k in 0 1 2 3 4; do

@@ -3,7 +3,8 @@
 Usage, from the repository root: ``python docs/results/scripts/celeba_10k_table.py [RUNS_DIR]
 [--script celeba_10k.sh] [--prefix celeba_10k] [--title CelebA-10k]`` (the script whose grid the
 runs followed; the figure's file name and data name: ``celebahq_30k.sh``, ``celebahq_30k``,
-``CelebA-HQ 30k`` for docs/results/celebahq_30k.md). Prints the validation grid (validation numbers only) and the 5-seed table (test accuracy %, mean ±
+``CelebA-HQ 30k`` for docs/results/celebahq_30k.md). ``RUNS_DIR --keep METHOD`` prints the grid
+value the protocol keeps for METHOD (the scripts call it). Otherwise prints the validation grid (validation numbers only) and the 5-seed table (test accuracy %, mean ±
 sample std over seeds, each method under both selection rules) as Markdown, and writes
 ``docs/figures/PREFIX_groups.png`` (per-group test accuracy, each method under its own rule).
 """
@@ -63,6 +64,17 @@ def kept_values(runs: Path) -> dict[str, str]:
     return kept
 
 
+def keep(runs: Path, method: str, grid: dict[str, list[str]], default: dict[str, str]) -> str:
+    """The grid value kept for ``method``: the best validation worst-group accuracy at the epoch
+    that rule chooses, ties to the validation average (seed 0; no test number is read)."""
+
+    def score(value: str) -> tuple[float, float]:
+        r = load(runs, run_name(method, value, default[method], 0), method)["by_val_worst"]
+        return r["val_worst_group_acc"], r["val_avg_acc"]
+
+    return max(grid[method], key=score)
+
+
 def pm(values: list[float]) -> str:
     """Mean ± sample std in percent (the mean alone for one seed)."""
     mean, std = mean_std(values, ddof=1)
@@ -78,6 +90,9 @@ def main() -> int:
             options[flag], args = args[i + 1], args[:i] + args[i + 2 :]
     runs = Path(args[0] if args else "runs/celeba10k")
     grid, default = script_values(options["--script"])
+    if len(args) == 3 and args[1] == "--keep":  # the protocol scripts' choice of a grid value
+        print(keep(runs, args[2], grid, default))
+        return 0
     kept = kept_values(runs)
     print("## Validation grid (seed 0; validation accuracy %, never test)\n")
     print("| method | hyperparameter | value | rule | epoch | val average | val worst group |")

@@ -39,18 +39,7 @@ for m in sd groupdro erm; do for v in ${GRID[$m]}; do echo "$m $v 0"; done; done
   | xargs -P "${PAR:-1}" -L 1 bash -c 'job "$0" "$1" "$2"'
 declare -A KEEP
 for m in sd groupdro erm; do
-  # shellcheck disable=SC2086
-  KEEP[$m]=$(python - "$R" "$m" ${GRID[$m]} <<'PY'
-import json, sys
-runs, method, values = sys.argv[1], sys.argv[2], sys.argv[3:]
-default = {"erm": "1e-4", "sd": "0.1", "groupdro": "0.01"}[method]
-def score(v):
-    name = f"{method}_s0" if v == default else f"{method}_{v}_s0"
-    r = json.load(open(f"{runs}/{name}/results.json"))["methods"][method]["by_val_worst"]
-    return r["val_worst_group_acc"], r["val_avg_acc"]
-print(max(values, key=score))
-PY
-)
+  KEEP[$m]=$(python docs/results/scripts/celeba_10k_table.py "$R" --keep "$m" --script celebahq_30k.sh)
   echo "$(date -Is) grid $m keeps ${KEEP[$m]}" >> "$R/jobs.log"
 done
 for k in 0 1 2 3 4; do for m in sd groupdro erm; do echo "$m ${KEEP[$m]} $k"; done; done \
