@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 from ntkdyn._checks import check_outputs, check_x
 from ntkdyn.objectives import ERM, Objective, theory_lam
-from ntkdyn.runs.resume import deferring, stop_requested
+from ntkdyn.runs.resume import deferring
 from ntkdyn.tangent import ApplyFn, responses_from_outputs, signed_labels
 from ntkdyn.tangent.features import apply_outputs
 from ntkdyn.train.hooks import Hook, Record, call_hooks, check_hooks, chunk_steps
@@ -203,8 +203,17 @@ def _run_hooked(
     params, outs, step = params0, [out0], 0
     saver = None
     if checkpoints is not None:
-        saver = _Saver(checkpoints, chunk, hooks, num_steps=num_steps, save_every=save_every)
-        step, params, outs = saver.restore(step, params, outs)
+        from ntkdyn.train.checkpoint import ChunkCheckpoints
+
+        settings = {"num_steps": int(num_steps), "save_every": int(save_every)}
+        saver = ChunkCheckpoints(checkpoints, chunk, hooks, settings)
+        found = saver.restore(params)
+        if found is not None:
+            step, params, arrays, _ = found
+            outs = [jnp.asarray(row) for row in arrays["outputs"]]
+            if len(outs) != step // save_every + 1:
+                where = checkpoints.directory
+                raise ValueError(f"checkpoint in {where}: unreadable outputs; use a fresh --out")
     with deferring() if saver is not None else contextlib.nullcontext():
         while step < num_steps:
             length = min(chunk, num_steps - step)
@@ -218,53 +227,8 @@ def _run_hooked(
                 last_step=num_steps,
             )
             if saver is not None:
-                saver.after_chunk(step, params, outs)
+                saver.after_chunk(step, params, lambda: {"outputs": np.stack(outs)})
     return jnp.stack(outs), f0, params
-
-
-class _Saver:
-    """The checkpoints of :func:`_run_hooked`: θ_k, the outputs recorded so far and the hooks'
-    states, saved between compiled chunks and restored bit for bit."""
-
-    def __init__(self, checkpoints, chunk: int, hooks, *, num_steps: int, save_every: int):
-        self.ckpt, self.hooks = checkpoints, hooks
-        self.meta = {"num_steps": int(num_steps), "save_every": int(save_every)}
-        self.every = -(-checkpoints.every // chunk) * chunk  # a multiple of the chunk length
-
-    def restore(self, step, params, outs):
-        from ntkdyn.train.checkpoint import restore_hook_states, restore_state, saved_arrays
-
-        found = self.ckpt.latest()
-        if found is None:
-            return step, params, outs
-        step, leaves, meta = found
-        where = str(self.ckpt.directory)
-        for key, value in self.meta.items():
-            if meta.get(key) != value:
-                raise ValueError(
-                    f"checkpoint in {where}: a run with {key} = {meta.get(key)}, this one "
-                    f"{value}; use a fresh --out"
-                )
-        host = restore_state(leaves, jax.device_get(params), where)
-        params = jax.tree.map(lambda a, h: jax.device_put(h, a.sharding), params, host)
-        arrays = saved_arrays(leaves)
-        outs = [jnp.asarray(row) for row in arrays["outputs"]]
-        if len(outs) != step // self.meta["save_every"] + 1:
-            raise ValueError(f"checkpoint in {where}: unreadable outputs; use a fresh --out")
-        restore_hook_states(self.hooks, arrays)
-        return step, params, outs
-
-    def after_chunk(self, step: int, params, outs) -> None:
-        from ntkdyn.train.checkpoint import hook_states
-
-        stop = stop_requested()
-        last = step == self.meta["num_steps"]
-        if not (stop or last or step % self.every == 0):
-            return
-        arrays = {"outputs": np.stack([np.asarray(o) for o in outs]), **hook_states(self.hooks)}
-        self.ckpt.save(step, params, arrays, dict(self.meta))
-        if stop and not last:
-            raise KeyboardInterrupt
 
 
 def train_gd(

@@ -48,6 +48,7 @@ __all__ = [
     "saved_arrays",
     "hook_states",
     "restore_hook_states",
+    "ChunkCheckpoints",
     "list_checkpoints",
 ]
 
@@ -329,6 +330,63 @@ def restore_hook_states(hooks: Iterable[Any], arrays: Mapping[str, np.ndarray]) 
         if callable(getattr(hook, "restore_state", None)):
             head = f"hook{i}/"
             hook.restore_state({k[len(head) :]: v for k, v in arrays.items() if k.startswith(head)})
+
+
+class ChunkCheckpoints:
+    """The checkpoints of a loop of compiled chunks called from the host (the full-batch loop,
+    :func:`ntkdyn.linearized.train_gd`): its carry, named arrays of its own and the hooks' states,
+    saved between chunks and restored bit for bit.
+
+    Args:
+        checkpoints: where and how often (``every`` is rounded up to a multiple of ``chunk``).
+        chunk: the loop's steps per compiled chunk.
+        hooks: the loop's record hooks (their ``checkpoint_state``/``restore_state``).
+        settings: what a resumed run must share with the saved one (``num_steps`` required);
+            saved as metadata and compared on restore.
+    """
+
+    def __init__(self, checkpoints: Checkpoints, chunk: int, hooks, settings: dict[str, int]):
+        self.ckpt, self.hooks, self.settings = checkpoints, hooks, dict(settings)
+        self.every = -(-checkpoints.every // chunk) * chunk  # a multiple of the chunk length
+
+    def restore(self, carry: Any) -> tuple[int, Any, dict[str, np.ndarray], dict] | None:
+        """``(step, carry, arrays, metadata)`` of the newest checkpoint (the carry's leaves placed
+        where ``carry``'s live), or ``None`` when there is none to continue.
+
+        Raises:
+            ValueError: naming the folder when the checkpoint is of another run.
+        """
+        found = self.ckpt.latest()
+        if found is None:
+            return None
+        step, leaves, meta = found
+        where = str(self.ckpt.directory)
+        for key, value in self.settings.items():
+            if meta.get(key) != value:
+                raise ValueError(
+                    f"checkpoint in {where}: a run with {key} = {meta.get(key)}, this one "
+                    f"{value}; use a fresh --out"
+                )
+        host = restore_state(leaves, jax.device_get(carry), where)
+        # Each leaf goes back where the fresh carry's lives (same sharding, same compiled chunk).
+        carry = jax.tree_util.tree_map(lambda a, h: jax.device_put(h, a.sharding), carry, host)
+        arrays = saved_arrays(leaves)
+        restore_hook_states(self.hooks, arrays)
+        return step, carry, arrays, meta
+
+    def after_chunk(
+        self, step: int, carry: Any, arrays: Callable[[], dict[str, Any]], metadata=None
+    ) -> None:
+        """Save when due (every ``every`` steps, at the last step, or an interrupt pending, after
+        which ``KeyboardInterrupt`` is raised); ``arrays()`` is called only then."""
+        stop = stop_requested()
+        last = step == self.settings["num_steps"]
+        if not (stop or last or step % self.every == 0):
+            return
+        saved = {**arrays(), **hook_states(self.hooks)}
+        self.ckpt.save(step, carry, saved, {**self.settings, **(metadata or {})})
+        if stop and not last:
+            raise KeyboardInterrupt
 
 
 class KrylovCheckpoints:

@@ -74,14 +74,8 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Int, PyTree
 
-from ntkdyn.runs.resume import deferring, stop_requested
-from ntkdyn.train.checkpoint import (
-    Checkpoints,
-    hook_states,
-    restore_hook_states,
-    restore_state,
-    saved_arrays,
-)
+from ntkdyn.runs.resume import deferring
+from ntkdyn.train.checkpoint import Checkpoints, ChunkCheckpoints
 from ntkdyn.train.hooks import Hook, Record, call_hooks, check_hooks, chunk_steps, due
 from ntkdyn.train.layout import SeedAxis, SeedLayout
 
@@ -364,8 +358,14 @@ def _train_chunked(
     history: list[dict[str, Any]] = []
     step = 0
     if checkpoints is not None:
-        saver = _Saver(checkpoints, chunk, hooks, num_steps)
-        step, carry, history = saver.restore(carry)
+        saver = ChunkCheckpoints(checkpoints, chunk, hooks, {"num_steps": num_steps})
+        found = saver.restore(carry)
+        if found is not None:
+            step, carry, arrays, meta = found
+            history = [
+                {k[len("history/") :]: v[:, r] for k, v in arrays.items() if k.startswith("history/")}
+                for r in range(int(meta["records"]))
+            ]  # fmt: skip
     with deferring() if checkpoints is not None else contextlib.nullcontext():
         while step < num_steps:
             length = min(chunk, num_steps - step)
@@ -394,7 +394,8 @@ def _train_chunked(
                     last_step=num_steps,
                 )
             if checkpoints is not None:
-                saver.after_chunk(step, carry, history)
+                saver.after_chunk(step, carry, lambda: _history_arrays(history),
+                                  {"records": len(history)})  # fmt: skip
     p, ms, opt, count, _ = seeds.take(carry)
     stacked = {
         k: jnp.stack([h[k] for h in history], axis=1) for k in (history[0] if history else {})
@@ -403,49 +404,12 @@ def _train_chunked(
     return TrainResult(TrainState(p, ms, opt, count), stacked, steps)
 
 
-class _Saver:
-    """The checkpoints of :func:`_train_chunked`: the carry (seed axis as laid out), the history
-    records and the hooks' states, saved between chunks and restored bit for bit."""
-
-    def __init__(self, checkpoints: Checkpoints, chunk: int, hooks, num_steps: int):
-        self.ckpt, self.hooks, self.num_steps = checkpoints, hooks, num_steps
-        self.every = -(-checkpoints.every // chunk) * chunk  # a multiple of the chunk length
-
-    def restore(self, carry):
-        found = self.ckpt.latest()
-        if found is None:
-            return 0, carry, []
-        step, leaves, meta = found
-        where = str(self.ckpt.directory)
-        host = restore_state(leaves, jax.device_get(carry), where)
-        if meta.get("num_steps") != self.num_steps:
-            raise ValueError(
-                f"checkpoint in {where}: a run of {meta.get('num_steps')} steps, this one "
-                f"{self.num_steps}; use a fresh --out"
-            )
-        # Each leaf goes back where the fresh carry's lives (same sharding, same compiled chunk).
-        carry = jax.tree_util.tree_map(lambda a, h: jax.device_put(h, a.sharding), carry, host)
-        arrays = saved_arrays(leaves)
-        history = [
-            {k[len("history/") :]: v[:, r] for k, v in arrays.items() if k.startswith("history/")}
-            for r in range(int(meta["records"]))
-        ]
-        restore_hook_states(self.hooks, arrays)
-        return step, carry, history
-
-    def after_chunk(self, step: int, carry, history) -> None:
-        stop = stop_requested()
-        if not (stop or step % self.every == 0 or step == self.num_steps):
-            return
-        arrays = {}
-        if history:
-            arrays = {f"history/{k}": np.stack([np.asarray(h[k]) for h in history], axis=1)
-                      for k in history[0]}  # fmt: skip
-        arrays |= hook_states(self.hooks)
-        meta = {"num_steps": self.num_steps, "records": len(history)}
-        self.ckpt.save(step, carry, arrays, meta)
-        if stop and step < self.num_steps:
-            raise KeyboardInterrupt
+def _history_arrays(history: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The history records as arrays ``history/<name>`` (records on axis 1, after the seeds)."""
+    if not history:
+        return {}
+    return {f"history/{k}": np.stack([np.asarray(h[k]) for h in history], axis=1)
+            for k in history[0]}  # fmt: skip
 
 
 class _Seeds:
