@@ -194,11 +194,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="smoke test: n 40, top 5 (Config.quick()); other flags override them",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/spectrum"), help="output directory")
-    from ntkdyn.runs.resume import add_resume_flags
+    from ntkdyn.runs.resume import add_resume_flags, positive_int
 
     add_resume_flags(parser, 5, unit="block Krylov iterations")
     parser.add_argument(
-        "--train-checkpoint-every", type=int, default=100, metavar="STEPS",
+        "--train-checkpoint-every", type=positive_int, default=100, metavar="STEPS",
         help="GD steps of --train-steps between checkpoints, rounded up to a multiple of "
         "--save-every (the numbers do not depend on it)",
     )  # fmt: skip
@@ -432,8 +432,6 @@ def run(args: argparse.Namespace) -> int:
     base = Config.quick() if getattr(args, "quick", False) else Config()
     config = from_arguments(base, args)
     train_every = getattr(args, "train_checkpoint_every", 100)
-    if train_every < 1:
-        raise ConfigError("train_checkpoint_every", f"must be an integer >= 1, got {train_every}")
     if config.method != "krylov" and not config.train_steps:  # seconds: nothing to resume
         run_spectrum(config, args.out)
         return 0

@@ -209,14 +209,15 @@ def add_resume_flags(parser: Any, every: int, unit: str = "steps") -> None:
     )
     parser.add_argument(
         "--checkpoint-every",
-        type=_positive,
+        type=positive_int,
         default=every,
         metavar="N",
         help=f"{unit} between checkpoints (in --out/checkpoints; also on Ctrl-C or SIGTERM)",
     )
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``argparse.ArgumentTypeError`` otherwise)."""
     import argparse
 
     try:
